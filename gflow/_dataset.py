@@ -1,0 +1,128 @@
+"""The dataset type every trainer and analysis in gflow consumes.
+
+A binary classification set `{(x_s, c_s)}` (SPEC.md §1). Labels are stored as integers
+`y_s ∈ {0, 1}`: `0` is the paper's class 1 (signed label `ỹ = +1`), `1` is class 2
+(`ỹ = −1`). An optional held-out split travels with the training split so that test loss and
+accuracy can be observed along a trajectory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 2:
+        raise ValueError(f"{which} inputs must be a 2-d array [samples, features]; got shape {x.shape}.")
+    if y.ndim != 1:
+        raise ValueError(f"{which} labels must be a 1-d array [samples]; got shape {y.shape}.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{which} inputs and labels disagree on the number of samples: "
+            f"{x.shape[0]} inputs vs {y.shape[0]} labels."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{which} split is empty: at least one sample per class is needed.")
+    if x.shape[1] == 0:
+        raise ValueError(f"{which} inputs have zero features.")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{which} inputs must be numeric; got dtype {x.dtype}.")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise ValueError(f"{which} inputs contain {bad} non-finite values (NaN or inf).")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            pass
+        else:
+            raise ValueError(f"{which} labels must be integers 0 (class 1) or 1 (class 2); got dtype {y.dtype}.")
+    y = y.astype(np.int32)
+    values = set(np.unique(y).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(
+            f"{which} labels must be 0 (class 1) or 1 (class 2); got values {sorted(values)}."
+        )
+    return x, y
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A validated binary classification dataset.
+
+    Attributes:
+        x: float32 inputs ``[N, D]``.
+        y: int32 labels ``[N]`` in ``{0, 1}`` (0 = class 1, ỹ = +1; 1 = class 2, ỹ = −1).
+        name: short identifier (``"mnist5k-0to4-vs-5to9"``, ``"clusters"``...).
+        provenance: where the numbers came from and how they were preprocessed.
+        x_test, y_test: optional held-out split with the same feature count.
+
+    Construction validates: 2-d inputs, matching sample counts, finite values, labels in
+    {0, 1} with both classes present in the training split.
+
+    Example:
+        >>> import numpy as np
+        >>> ds = Dataset(np.eye(2, 3), np.array([0, 1]), name="toy", provenance="hand-made")
+        >>> ds.n_samples, ds.dim
+        (2, 3)
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str
+    provenance: str
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+    def __post_init__(self):
+        x, y = _check_split(self.x, self.y, "training")
+        counts = np.bincount(y, minlength=2)
+        if counts.min() == 0:
+            missing = "class 1 (label 0)" if counts[0] == 0 else "class 2 (label 1)"
+            raise ValueError(
+                f"training labels contain only one class: {missing} has no samples; "
+                "a binary task needs both."
+            )
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y)
+        if (self.x_test is None) != (self.y_test is None):
+            raise ValueError("x_test and y_test must be given together (or both omitted).")
+        if self.x_test is not None:
+            xt, yt = _check_split(self.x_test, self.y_test, "test")
+            if xt.shape[1] != x.shape[1]:
+                raise ValueError(
+                    f"test inputs have {xt.shape[1]} features but training inputs have {x.shape[1]}."
+                )
+            object.__setattr__(self, "x_test", xt)
+            object.__setattr__(self, "y_test", yt)
+
+    @property
+    def n_samples(self) -> int:
+        """N, the number of training samples."""
+        return int(self.x.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """D, the input dimension."""
+        return int(self.x.shape[1])
+
+    @property
+    def has_test(self) -> bool:
+        return self.x_test is not None
+
+    @property
+    def signed_labels(self) -> np.ndarray:
+        """ỹ_s = +1 for class 1 (label 0), −1 for class 2 (label 1)."""
+        return (1 - 2 * self.y).astype(np.float32)
+
+    def class_counts(self) -> tuple[int, int]:
+        c = np.bincount(self.y, minlength=2)
+        return int(c[0]), int(c[1])
+
+    def describe(self) -> str:
+        n1, n2 = self.class_counts()
+        test = f", test N={self.x_test.shape[0]}" if self.has_test else ""
+        return f"{self.name}: N={self.n_samples} ({n1} class 1 / {n2} class 2), D={self.dim}{test}"
