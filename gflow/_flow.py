@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import diffrax
 import jax
@@ -104,6 +105,22 @@ def _snapshot_grid(ts: np.ndarray, snapshot_times) -> np.ndarray:
     return np.unique(np.concatenate([[ts[0], ts[-1]], extra]))
 
 
+def _diffeqsolve(params0, data, ts, solver, controller, saveat, config):
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        solver,
+        t0=ts[0],
+        t1=ts[-1],
+        dt0=config.dt0,
+        y0=params0,
+        args=data,
+        saveat=saveat,
+        stepsize_controller=controller,
+        max_steps=config.max_steps,
+        throw=False,
+    )
+
+
 def _absolute_tolerance(params0: Params, config: FlowConfig):
     if config.atol is not None:
         return config.atol
@@ -125,19 +142,11 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
             diffrax.SubSaveAt(ts=snap_ts),
         ]
     )
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        solver,
-        t0=ts[0],
-        t1=ts[-1],
-        dt0=config.dt0,
-        y0=params0,
-        args=data,
-        saveat=saveat,
-        stepsize_controller=controller,
-        max_steps=config.max_steps,
-        throw=False,
-    )
+    with warnings.catch_warnings():
+        # diffrax pre-fills save buffers with inf, which NumPy warns about when casting to the
+        # integer observables (kappa, active, cell_hash); the filled entries are overwritten.
+        warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+        sol = _diffeqsolve(params0, data, ts, solver, controller, saveat, config)
     obs, snaps = sol.ys
     result = sol.result
     status = jnp.where(

@@ -84,7 +84,7 @@ def init_params(
 
 def preactivations(params: Params, x: jax.Array) -> jax.Array:
     """z_i(x_s) = w_i·x_s + b_i, shape ``[N, d]``."""
-    return x @ params.W.T + params.b
+    return x @ params.W.T + params.b[None, :]
 
 
 def gating_pattern(params: Params, x: jax.Array) -> jax.Array:

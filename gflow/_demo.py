@@ -1,0 +1,180 @@
+"""The main job: one network trained by the ODE and by SGD from the same tiny initialisation.
+
+On the embedded MNIST digits (or any dataset) it shows the paper's three principles: silent
+alignment (cos δ_i → 1 while norms stay ~σ), exponential unlocking (straight lines of log P_i)
+and the race (a few neurons carry most of Σ P_i at the end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._dataset import Dataset
+from ._flow import FlowConfig, gradient_flow
+from ._network import init_params
+from ._observables import balance_drift, training_data
+from ._race import loss_drop_time, race_winners
+from ._sgd import SGDConfig, check_hyperparameters, train_sgd
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and rates of the demo (defaults: the paper's SGD settings, a smaller width)."""
+
+    width: int = 50
+    sigma: float = 1e-5
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 4
+    t_end: float | None = None  # None: 1.75 × the estimated loss-drop time
+    rtol: float = 1e-4
+    save_points: int = 201
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.width, int) and self.width > 0):
+            raise ValueError(f"width must be a positive integer; got {self.width!r}.")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0; got {self.sigma!r}.")
+        check_hyperparameters(self.learning_rate, self.momentum)
+        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
+            raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
+        if self.t_end is not None and not self.t_end > 0:
+            raise ValueError(f"t_end must be > 0; got {self.t_end!r}.")
+        if not self.save_points >= 3:
+            raise ValueError(f"save_points must be >= 3; got {self.save_points!r}.")
+
+
+def estimated_drop_time(dataset: Dataset, sigma: float) -> float:
+    """Flow time at which the fastest neuron's P reaches O(1) from P(0) ~ σ².
+
+    Uses the largest small-init unlocking rate γ = (√2/N)‖Σ_s ỹ_s x_s‖ (SPEC §4, all samples
+    active) and P(t) ≈ σ² e^{γ t}: t_drop ≈ log(1/σ²)/γ.
+    """
+    gamma = np.sqrt(2.0) / dataset.n_samples * np.linalg.norm(dataset.signed_labels @ dataset.x)
+    if not gamma > 0:
+        raise ValueError("the dataset's classes have equal sums (Σ ỹ_s x_s = 0): no unlocking rate to estimate t_end")
+    return float(np.log(1.0 / sigma**2) / gamma)
+
+
+def run_demo(dataset: Dataset, config: DemoConfig, out: Path, *, dtype=jnp.float32, log=print) -> dict:
+    """Train by the ODE and by SGD, write figures and ``summary.json`` to ``out``; return the summary."""
+    from . import _plots
+
+    data = training_data(dataset, dtype)
+    t_end = config.t_end or 1.75 * estimated_drop_time(dataset, config.sigma)
+    if config.batch_size > dataset.n_samples:
+        raise ValueError(f"batch_size ({config.batch_size}) must not exceed N ({dataset.n_samples}).")
+    k_init, k_order = jax.random.split(jax.random.key(config.seed))
+    params0 = init_params(k_init, config.width, dataset.dim, config.sigma, dtype=dtype)
+    log(f"data     {dataset.describe()}")
+    log(f"network  d={config.width} neurons, σ={config.sigma:g}, dtype={jnp.dtype(dtype).name}, flow time 0..{t_end:.1f}")
+
+    ts = np.linspace(0.0, t_end, config.save_points)
+    start = time.perf_counter()
+    flow = gradient_flow(params0, data, ts, config=FlowConfig(rtol=config.rtol, max_steps=200_000))
+    jax.block_until_ready(flow.observables.P)
+    flow_seconds = time.perf_counter() - start
+    log(f"ODE      Tsit5, rtol={config.rtol:g}: {int(flow.num_steps)} solver steps in {flow_seconds:.1f} s")
+
+    dt_step = config.learning_rate / (1.0 - config.momentum)
+    record_every = max(1, int(round((t_end / (config.save_points - 1)) / dt_step)))
+    steps = record_every * int(np.ceil(t_end / (dt_step * record_every)))
+    sgd_config = SGDConfig(steps=steps, record_every=record_every, batch_size=config.batch_size)
+    start = time.perf_counter()
+    sgd = train_sgd(params0, k_order, data, learning_rate=config.learning_rate, momentum=config.momentum, config=sgd_config)
+    jax.block_until_ready(sgd.observables.P)
+    sgd_seconds = time.perf_counter() - start
+    log(f"SGD      η={config.learning_rate:g}, β={config.momentum:g}, B={config.batch_size}: {steps} steps in {sgd_seconds:.1f} s")
+
+    summary = _summarise(dataset, config, flow, sgd, t_end, flow_seconds, sgd_seconds)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _draw(_plots, flow, sgd, summary, out)
+    summary["figures"] = [str(p.name) for p in figures]
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _summarise(dataset, config, flow, sgd, t_end, flow_seconds, sgd_seconds) -> dict:
+    def one(traj, seconds):
+        obs = jax.tree.map(np.asarray, traj.observables)
+        t = np.asarray(traj.t, dtype=np.float64)
+        winners = race_winners(obs.P[-1])
+        return {
+            "loss_drop_time": loss_drop_time(t, obs.loss),
+            "final_loss": float(obs.loss[-1]),
+            "final_train_accuracy": float(obs.accuracy[-1]),
+            "final_test_accuracy": float(obs.test_accuracy[-1]),
+            "balance_drift": float(np.max(balance_drift(obs))),
+            "race_winners": int(winners.size),
+            "winners_share": 0.9,
+            "seconds": round(seconds, 3),
+            "steps": int(traj.num_steps),
+        }
+
+    return {
+        "dataset": dataset.name,
+        "provenance": dataset.provenance,
+        "n_samples": dataset.n_samples,
+        "dim": dataset.dim,
+        "config": dataclasses.asdict(config),
+        "t_end": float(t_end),
+        "ode": one(flow, flow_seconds),
+        "sgd": one(sgd, sgd_seconds),
+    }
+
+
+def _early_index(t: np.ndarray, t_drop: float) -> int:
+    """Index of the 'early' time of the paper's figure 4: a quarter of the loss-drop time."""
+    target = 0.25 * t_drop if np.isfinite(t_drop) else t[len(t) // 8]
+    return int(np.argmin(np.abs(t - target)))
+
+
+def _draw(plots, flow, sgd, summary, out: Path) -> list[Path]:
+    f = jax.tree.map(np.asarray, flow.observables)
+    s = jax.tree.map(np.asarray, sgd.observables)
+    t, ts = np.asarray(flow.t, np.float64), np.asarray(sgd.t, np.float64)
+    early = _early_index(t, summary["ode"]["loss_drop_time"])
+    return [
+        plots.plot_norms(t, f.P, out / "norms_ode.png", title="ODE: P_i = |w_i||v_i|"),
+        plots.plot_cos_delta(t, f.cos_target, out / "cos_delta_ode.png", title="ODE: cos δ_i to the current cell's target"),
+        plots.plot_overlay(t, f.P, f.loss, ts, s.P, s.loss, out / "ode_vs_sgd.png"),
+        plots.plot_final_vs_early(f.cos_target[early], f.P[-1], out / "final_P_vs_early_cos.png", t_early=float(t[early])),
+        plots.plot_loss(t, f.loss, out / "loss_ode.png", test_loss=f.test_loss, accuracy=f.accuracy, test_accuracy=f.test_accuracy),
+    ]
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.replace(path)
+
+
+def format_summary(summary: dict) -> str:
+    rows = [("", "ODE", "SGD")]
+    for key, label, fmt in [
+        ("loss_drop_time", "loss-drop time t", "{:.1f}"),
+        ("final_loss", "final loss", "{:.4f}"),
+        ("final_train_accuracy", "train accuracy", "{:.3f}"),
+        ("final_test_accuracy", "test accuracy", "{:.3f}"),
+        ("balance_drift", "balance drift max_i", "{:.2e}"),
+        ("race_winners", "neurons carrying 90% of ΣP", "{}"),
+        ("steps", "steps", "{}"),
+        ("seconds", "seconds", "{:.1f}"),
+    ]:
+        rows.append((label, fmt.format(summary["ode"][key]), fmt.format(summary["sgd"][key])))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{r[0]:<{width}}  {r[1]:>10}  {r[2]:>10}" for r in rows]
+    d = summary["config"]["width"]
+    lines.append(
+        f"race: {summary['ode']['race_winners']} of {d} neurons (ODE) and {summary['sgd']['race_winners']} "
+        f"of {d} (SGD) carry 90% of the total norm ΣP_i"
+    )
+    return "\n".join(lines)
