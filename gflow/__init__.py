@@ -18,6 +18,7 @@ from ._data import read_csv_digits as read_csv_digits
 from ._data import read_mnist_idx as read_mnist_idx
 from ._data import read_npz_images as read_npz_images
 from ._data import xor_clusters as xor_clusters
+from ._config import RunConfig as RunConfig
 from ._dataset import Dataset as Dataset
 from ._flow import FlowConfig as FlowConfig
 from ._flow import gradient_flow as gradient_flow
@@ -39,10 +40,13 @@ from ._observables import observe as observe
 from ._observables import small_init_unlocking_rate as small_init_unlocking_rate
 from ._observables import target_directions as target_directions
 from ._observables import training_data as training_data
+from ._runs import Run as Run
+from ._runs import load_run as load_run
 from ._sgd import SGDConfig as SGDConfig
 from ._sgd import flow_time as flow_time
 from ._sgd import train_gd as train_gd
 from ._sgd import train_sgd as train_sgd
+from ._sweep import sweep as sweep
 from ._trajectory import Trajectory as Trajectory
 from ._trajectory import TrajectoryError as TrajectoryError
 from ._trajectory import status_message as status_message

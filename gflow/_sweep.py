@@ -1,0 +1,535 @@
+"""Sweeps: seeds × hyper-parameters in one compiled program, chunked, sharded and resumable.
+
+A sweep runs every hyper-parameter point (the product σ × η × β of a `RunConfig`) for every
+seed. Each run ("member") is one trainer call (`gflow.train_sgd`, `gflow.train_gd` or
+`gflow.gradient_flow`) from ``init_params(key(seed), d, D, σ)``; the seed also fixes the SGD
+batch order, so a seed means the same initial weights at every point of the sweep.
+
+How the work is laid out:
+
+* **One program.** Members are taken point-major (``m = point·S + seed_index``) and cut into
+  chunks of ``chunk_size`` consecutive members. A chunk is one call of one jitted,
+  ``jax.vmap``-ed function of ``(seed, σ, η, β)`` arrays: the hyper-parameters are traced
+  values, so every chunk of every point reuses the same compilation (compiled ahead of time,
+  once; the last chunk is padded with copies of its last member, which are dropped).
+* **Bounded memory.** Only one chunk's trajectories exist at a time; each finished chunk is
+  written to the run folder (`gflow._runs`) and released, however many seeds.
+* **Sharded.** The member axis is split over all local devices with a ``jax.sharding.Mesh`` of
+  one axis named ``'seed'`` (``NamedSharding(mesh, PartitionSpec('seed'))``; the data are
+  replicated), so the chunk size is rounded up to a multiple of the device count.
+* **Failures are values.** A member whose parameters become NaN/inf (status NON_FINITE) or
+  whose ODE solve fails (SOLVER_FAILED, MAX_STEPS_REACHED) is marked in ``status.npy`` and
+  left out of every summary; the other members of its chunk are unaffected.
+* **Resumable and reproducible.** Results depend only on the configuration, the data and the
+  seeds (no wall-clock or device-order randomness): rerunning gives identical numbers, and a
+  sweep killed at any moment continues with ``resume=True`` (``gflow sweep --resume``) from
+  its last finished chunk, to the same bits as an uninterrupted sweep.
+
+Several devices on one machine need nothing: all local devices are used. On CPU, XLA can
+pretend to have several (useful to test sharding)::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 gflow sweep --seeds 0:64 ...
+
+Several machines (multi-host, one process per host, all processes run the same command and
+see the same output folder, e.g. a shared filesystem; process 0 writes the files)::
+
+    # on host i of n (i = 0 .. n-1), host0 reachable on port 1234 from all hosts:
+    gflow sweep --coordinator host0:1234 --num-processes n --process-id i \\
+        --seeds 0:1024 --sigma 1e-5,1e-4 --out /shared/sweep
+    # under SLURM or Open MPI the three values are detected:
+    srun gflow sweep --distributed --seeds 0:1024 --out /shared/sweep
+
+Both call ``jax.distributed.initialize(...)`` before any computation; the mesh then spans
+``jax.devices()`` of all hosts, each host feeds its own shards
+(``jax.make_array_from_callback``) and results are gathered with
+``jax.experimental.multihost_utils.process_allgather``.
+
+Example:
+    >>> ds = gflow.load_dataset("clusters", n_samples=64, dim=8)  # doctest: +SKIP
+    >>> cfg = RunConfig(trainer="gd", width=8, sigma=1e-3, lr=(0.05, 0.1), steps=200, seeds="0:16")
+    >>> run = sweep(ds, cfg, out="runs/gd")  # doctest: +SKIP
+    >>> run.observables["loss"].shape  # doctest: +SKIP
+    (2, 16, 21)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from . import _runs
+from ._config import RunConfig, config_differences
+from ._dataset import Dataset
+from ._flow import FlowConfig, gradient_flow
+from ._network import init_params
+from ._observables import TrainingData, training_data
+from ._progress import Progress
+from ._sgd import SGDConfig, flow_time, train_sgd
+from ._trajectory import NON_FINITE, OK, STATUS_MESSAGES
+
+MESH_AXIS = "seed"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """Where every member of a sweep goes.
+
+    Attributes:
+        config: the `RunConfig`.
+        points: hyper-parameter points (σ-major product).
+        seeds: the seeds.
+        chunk_size: members per compiled call (a multiple of the device count).
+        chunks: ``[start, stop)`` member ranges.
+        t: flow time of every record ``[point, time]`` (float64).
+    """
+
+    config: RunConfig
+    points: list
+    seeds: tuple
+    chunk_size: int
+    chunks: list
+    t: np.ndarray
+
+    @property
+    def num_members(self) -> int:
+        return len(self.points) * len(self.seeds)
+
+    def member_inputs(self) -> dict[str, np.ndarray]:
+        """Per-member seed, σ, η, β (η, β are 0 for the flow, where they are unused)."""
+        s = len(self.seeds)
+        point = np.repeat(np.arange(len(self.points)), s)
+
+        def column(name):
+            return np.asarray([self.points[p][name] or 0.0 for p in point], dtype=np.float64)
+
+        return {
+            "seed": np.tile(np.asarray(self.seeds, dtype=np.int32), len(self.points)),
+            "sigma": column("sigma"),
+            "lr": column("lr"),
+            "momentum": column("momentum"),
+        }
+
+
+def plan_sweep(config: RunConfig, dataset: Dataset, *, num_devices: int = 1, chunk_size: int | None = None) -> SweepPlan:
+    """Lay out the members of ``config`` on ``dataset`` (validates batch ≤ N, epochs → steps).
+
+    ``chunk_size`` (default ``config.chunk_size``) is rounded up to a multiple of
+    ``num_devices``, and never exceeds the member count rounded up the same way.
+    """
+    points = config.points()
+    members = len(points) * len(config.seeds)
+    requested = config.chunk_size if chunk_size is None else chunk_size
+    size = min(requested, members)
+    size = num_devices * math.ceil(size / num_devices)
+    chunks = [[start, min(start + size, members)] for start in range(0, members, size)]
+    if config.trainer == "flow":
+        t = np.tile(config.save_times(), (len(points), 1))
+    else:
+        sgd = config.sgd_config(dataset.n_samples)
+        k = np.arange(sgd.num_records, dtype=np.float64) * sgd.record_every
+        t = np.stack([flow_time(k, p["lr"], p["momentum"]) for p in points])
+    return SweepPlan(config=config, points=points, seeds=config.seeds, chunk_size=size, chunks=chunks, t=t)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberSpec:
+    """Static description of one member's computation (hashable: the jit cache key).
+
+    Everything a run depends on that is not a traced value: trainer, sizes, dtype and the
+    trainer's static config. Two sweeps with equal specs share one compilation.
+    """
+
+    trainer: str
+    width: int
+    dim: int
+    dtype: str
+    orthogonal_init: bool
+    sgd: SGDConfig | None = None
+    flow: FlowConfig | None = None
+    save_times: tuple | None = None
+
+    @classmethod
+    def of(cls, config: RunConfig, n_samples: int, dim: int) -> MemberSpec:
+        common = dict(trainer=config.trainer, width=config.width, dim=dim, dtype=config.dtype,
+                      orthogonal_init=config.orthogonal_init)
+        if config.trainer == "flow":
+            return cls(**common, flow=config.flow_config(), save_times=tuple(config.save_times().tolist()))
+        return cls(**common, sgd=config.sgd_config(n_samples))
+
+
+def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
+    """One member: ``(observables, final params, status, num_steps)``.
+
+    The initial weights are ``init_params(split(key(seed))[0], d, D, σ)``; the SGD batch order
+    comes from ``split(key(seed))[1]``; η and β are unused by the flow.
+    """
+    key_init, key_batch = jax.random.split(jax.random.key(seed))
+    params0 = init_params(key_init, spec.width, spec.dim, sigma, orthogonal=spec.orthogonal_init,
+                          dtype=jnp.dtype(spec.dtype))
+    if spec.trainer == "flow":
+        traj = gradient_flow(params0, data, np.asarray(spec.save_times), config=spec.flow, throw=False)
+    else:
+        traj = train_sgd(params0, key_batch, data, learning_rate=lr, momentum=momentum, config=spec.sgd, throw=False)
+    obs = traj.observables
+    # Weights can stay finite while the recorded loss or P_i = ‖w_i‖‖v_i‖ overflow: diverged too.
+    recorded = jnp.stack([jnp.all(jnp.isfinite(a)) for a in (obs.loss, obs.P, obs.Q, obs.w_norm, obs.v_norm, obs.b)])
+    status = jnp.where((traj.status == OK) & ~jnp.all(recorded), NON_FINITE, traj.status).astype(traj.status.dtype)
+    return obs, traj.final_params, status, traj.num_steps
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def run_members(data: TrainingData, seed, sigma, lr, momentum, *, spec: MemberSpec):
+    """`run_member` vmapped over the leading (member) axis of ``seed, sigma, lr, momentum``.
+
+    Jitted once per ``spec`` and input sharding: hyper-parameters are traced, so every chunk of
+    every point of a sweep, and every later sweep with the same spec, reuses the compilation.
+    """
+    member = functools.partial(run_member, spec=spec)
+    return jax.vmap(member, in_axes=(None, 0, 0, 0, 0))(data, seed, sigma, lr, momentum)
+
+
+def device_mesh(devices: Sequence | None = None) -> Mesh:
+    """A one-axis mesh named ``'seed'`` over ``devices`` (default: all devices of all hosts)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices must name at least one device.")
+    return Mesh(np.asarray(devices), (MESH_AXIS,))
+
+
+def _put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds; each process supplies its shards."""
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def _to_host(tree):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+class _Program:
+    """The chunk program: members sharded over the mesh, data replicated, compiled once."""
+
+    def __init__(self, spec: MemberSpec, data: TrainingData, mesh: Mesh, chunk_size: int):
+        self.spec = spec
+        self.members = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self.dtype = np.dtype(spec.dtype)
+        self.data = jax.tree.map(lambda a: _put(np.asarray(a), replicated), data)
+        example = self._inputs({"seed": np.zeros(chunk_size, np.int32),
+                                **{k: np.ones(chunk_size) for k in ("sigma", "lr", "momentum")}})
+        self._example = example
+        self._compiled = None
+        self.compile_seconds = 0.0
+        with _quiet_casts():
+            self.out_shapes = jax.eval_shape(functools.partial(run_members, spec=spec), self.data, *example)
+
+    def compile(self):
+        """Compile once (ahead of time, timed); later calls return the same executable."""
+        if self._compiled is None:
+            started = time.perf_counter()
+            with _quiet_casts():
+                self._compiled = run_members.lower(self.data, *self._example, spec=self.spec).compile()
+            self.compile_seconds = time.perf_counter() - started
+        return self._compiled
+
+    def _inputs(self, columns: dict) -> list:
+        return [
+            _put(np.asarray(columns["seed"], np.int32), self.members),
+            *(_put(np.asarray(columns[k], self.dtype), self.members) for k in ("sigma", "lr", "momentum")),
+        ]
+
+    def __call__(self, columns: dict):
+        """Run one chunk (``columns`` padded to the chunk size); host arrays back."""
+        return _to_host(self.compile()(self.data, *self._inputs(columns)))
+
+
+@contextlib.contextmanager
+def _quiet_casts():
+    """diffrax pre-fills its save buffers with inf, also those of the integer observables (kappa,
+    active, cell_hash); NumPy warns about that cast although every slot is overwritten."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+        yield
+
+
+def _agree(value):
+    """Process 0's ``value`` on every process (itself when there is one process)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
+def _chunk_columns(inputs: dict, start: int, stop: int, size: int) -> dict:
+    """Members ``[start, stop)``, padded to ``size`` with copies of the last one."""
+    index = np.minimum(np.arange(start, start + size), stop - 1)
+    return {k: v[index] for k, v in inputs.items()}
+
+
+def _split_outputs(out, count: int) -> tuple[dict, dict]:
+    observables, params, status, num_steps = out
+    arrays = {name: np.asarray(a)[:count] for name, a in observables._asdict().items()}
+    arrays["status"] = np.asarray(status)[:count]
+    arrays["num_steps"] = np.asarray(num_steps)[:count]
+    return arrays, {name: np.asarray(a)[:count] for name, a in params._asdict().items()}
+
+
+def _layout(plan: SweepPlan, out_shapes, dim: int) -> dict:
+    observables, params, status, num_steps = out_shapes
+    neuron_axes = {2: ("member", "time", "neuron"), 1: ("member", "time")}
+
+    def spec(shape_dtype, axes):
+        return {"axes": list(axes), "shape": list(shape_dtype.shape[1:]), "dtype": np.dtype(shape_dtype.dtype).str}
+
+    fields = {name: spec(s, neuron_axes[len(s.shape) - 1]) for name, s in observables._asdict().items()}
+    fields["status"] = spec(status, ("member",))
+    fields["num_steps"] = spec(num_steps, ("member",))
+    final = {"W": spec(params.W, ("member", "neuron", "input")), "b": spec(params.b, ("member", "neuron")),
+             "V": spec(params.V, ("member", "neuron", "output"))}
+    return {
+        "format": _runs.FORMAT,
+        "trainer": plan.config.trainer,
+        "points": plan.points,
+        "seeds": list(plan.seeds),
+        "member_order": "point-major: member m = point * len(seeds) + seed_index",
+        "chunk_size": plan.chunk_size,
+        "chunks": plan.chunks,
+        "width": plan.config.width,
+        "dim": dim,
+        "time": {"file": "t.npy", "axes": ["point", "time"],
+                 "meaning": "flow time of each record; t = k·η/(1−β) after k SGD/GD steps"},
+        "fields": fields,
+        "final_params": final,
+        "status_codes": {str(k): v for k, v in STATUS_MESSAGES.items()} | {str(_runs.NOT_RUN): _runs.NOT_RUN_MESSAGE},
+    }
+
+
+def _dataset_record(dataset: Dataset) -> dict:
+    return {
+        "name": dataset.name,
+        "describe": dataset.describe(),
+        "provenance": dataset.provenance,
+        "n_samples": dataset.n_samples,
+        "dim": dataset.dim,
+        "n_test": int(dataset.x_test.shape[0]) if dataset.has_test else 0,
+        "fingerprint": _runs.dataset_fingerprint(dataset),
+    }
+
+
+def _open_folder(out, config: RunConfig, dataset_record: dict, resume: bool) -> tuple[Path, dict | None, dict | None]:
+    """Check the folder; for a resumed run return its manifest and layout."""
+    folder = Path(out)
+    if folder.is_dir() and _runs.is_run_folder(folder):
+        if not resume:
+            raise ValueError(
+                f"output folder {folder} already holds a run; continue it with resume (--resume) "
+                "or choose another output folder."
+            )
+        stored = _runs.read_json(folder / "config.json", "configuration")
+        diff = config_differences(stored, config.to_dict())
+        if diff:
+            raise ValueError(f"cannot resume {folder}: it was made with a different configuration ({'; '.join(diff)}).")
+        manifest = _runs.read_json(folder / "manifest.json", "manifest")
+        layout = _runs.read_json(folder / "axes.json", "axes and fields")
+        before = manifest.get("dataset", {}).get("fingerprint")
+        if before != dataset_record["fingerprint"]:
+            raise ValueError(f"cannot resume {folder}: it was made with different data ({manifest.get('dataset', {}).get('describe')}).")
+        _runs.create_run_folder(folder)
+        _runs.remove_partial_chunks(folder)
+        return folder, manifest, layout
+    return _runs.create_run_folder(folder), None, None
+
+
+def sweep(
+    dataset: Dataset,
+    config: RunConfig,
+    *,
+    out=None,
+    resume: bool = False,
+    devices: Sequence | None = None,
+    progress: bool = False,
+    command: Sequence[str] | None = None,
+    report: bool = True,
+) -> _runs.Run:
+    """Run every point × seed of ``config`` on ``dataset``; stream chunks to ``out`` if given.
+
+    Args:
+        dataset: a `gflow.Dataset`.
+        config: a `RunConfig` (points, seeds, trainer options, chunk size).
+        out: run folder (created); ``None`` keeps everything in memory (no files).
+        resume: continue the run in ``out`` from its last finished chunk. Refused (``ValueError``)
+            when the folder's configuration or data differ. Without ``resume`` a folder that
+            already holds a run is refused.
+        devices: devices of the ``'seed'`` mesh (default: all).
+        progress: show a progress bar on stderr.
+        command: command line recorded in the manifest (default ``sys.argv``).
+        report: with ``out``, write ``summary.json``, the figures and ``report.md`` at the end.
+
+    Returns:
+        The `gflow._runs.Run` (read back from ``out`` when given).
+    """
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config must be a gflow RunConfig; got {type(config).__name__}.")
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"dataset must be a gflow Dataset; got {type(dataset).__name__}.")
+    if config.trainer != "flow":
+        config.num_steps(dataset.n_samples)  # batch <= N, epochs -> steps: fail before any file or compile
+    record = _dataset_record(dataset)
+    # Only process 0 touches the folder (several processes in a multi-host sweep); the others
+    # learn from it which chunk size to use and which chunks are done.
+    writer = jax.process_index() == 0
+    folder = manifest = stored_layout = None
+    if out is not None:
+        folder = Path(out)
+        if writer:
+            folder, manifest, stored_layout = _open_folder(out, config, record, resume)
+    mesh = device_mesh(devices)
+    n_devices = mesh.devices.size
+    stored_chunk = int(_agree(stored_layout["chunk_size"] if stored_layout is not None else 0))
+    plan = plan_sweep(config, dataset, num_devices=n_devices)
+    if stored_chunk:
+        if stored_chunk % n_devices:
+            raise ValueError(
+                f"cannot resume {folder}: its chunks hold {stored_chunk} runs, not a multiple "
+                f"of the {n_devices} devices now in use."
+            )
+        plan = plan_sweep(config, dataset, num_devices=n_devices, chunk_size=stored_chunk)
+
+    data = training_data(dataset, config.dtype)
+    program = _Program(MemberSpec.of(config, dataset.n_samples, dataset.dim), data, mesh, plan.chunk_size)
+    layout = _layout(plan, program.out_shapes, dataset.dim)
+    if stored_layout is not None and stored_layout != json_roundtrip(layout):
+        raise ValueError(f"cannot resume {folder}: its axes.json describes a different layout than this gflow makes.")
+    finished = np.zeros(len(plan.chunks), bool)
+    if folder is not None and writer:
+        finished[_runs.finished_chunks(folder, len(plan.chunks))] = True
+    finished = _agree(finished)
+    done = np.flatnonzero(finished).tolist()
+    pending = np.flatnonzero(~finished).tolist()
+
+    log = _InvocationLog(folder if writer else None, manifest or _new_manifest(config, plan, record), command)
+    log.manifest.update({
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in mesh.devices.ravel()],
+        "device_count": n_devices,
+        "process_count": jax.process_count(),
+        "chunks_total": len(plan.chunks),
+    })
+    if folder is not None and writer and stored_layout is None:
+        _runs.write_npy_atomic(folder / "t.npy", plan.t)
+        _runs.write_json_atomic(folder / "axes.json", layout)
+    log.save(len(done))
+    if folder is not None and writer and stored_layout is None:
+        # Written last: config.json marks a complete run folder (a kill before it leaves a
+        # folder that the next sweep simply starts over in).
+        _runs.write_json_atomic(folder / "config.json", config.to_dict())
+
+    bar = Progress(len(pending), label=f"gflow {config.trainer}", done_before=len(done), enabled=progress)
+    if progress:
+        where = f" → {folder}" if folder is not None else ""
+        print(f"gflow {config.trainer}: {dataset.describe()}; d={config.width}; {len(plan.points)} point(s) × "
+              f"{len(plan.seeds)} seed(s) in {len(plan.chunks)} chunk(s) of {plan.chunk_size} on {n_devices} "
+              f"{jax.default_backend()} device(s){where}", file=sys.stderr)
+    inputs = plan.member_inputs()
+    in_memory: dict[int, tuple] = {}
+    try:
+        if pending:
+            bar.note("compiling (one program for all chunks)")
+            program.compile()
+            log.invocation["compile_seconds"] = program.compile_seconds
+            bar.note("")
+            bar.start()
+        for i in pending:
+            start, stop = plan.chunks[i]
+            begun = time.perf_counter()
+            arrays, params = _split_outputs(program(_chunk_columns(inputs, start, stop, plan.chunk_size)), stop - start)
+            if folder is None:
+                in_memory[i] = (arrays, params)
+            elif writer:
+                _runs.write_chunk(folder, i, arrays, params)
+            log.invocation["chunks_computed"].append(i)
+            log.invocation["chunk_seconds"].append(time.perf_counter() - begun)
+            log.save(len(done))
+            failed = int(np.sum(arrays["status"] != OK))
+            bar.update(note=f"{failed} failed run(s) in this chunk" if failed else "")
+    except KeyboardInterrupt:
+        log.invocation.update(ended=_runs.now(), state="interrupted")
+        log.save(len(done))
+        raise
+    finally:
+        bar.close()
+    log.invocation.update(ended=_runs.now(), state="finished")
+    log.save(len(done))
+    if folder is None:
+        return _runs.assemble_run(None, config.to_dict(), log.manifest, json_roundtrip(layout), plan.t, in_memory)
+    run = _runs.load_run(folder)
+    if writer and report:
+        _runs.write_outputs(run)
+    return run
+
+
+def _new_manifest(config: RunConfig, plan: SweepPlan, record: dict) -> dict:
+    return {
+        "format": _runs.FORMAT,
+        "versions": _runs.versions(),
+        "dtype": config.dtype,
+        "trainer": config.trainer,
+        "seeds": list(plan.seeds),
+        "points": plan.points,
+        "dataset": record,
+        "invocations": [],
+    }
+
+
+class _InvocationLog:
+    """The manifest of a run folder with one more invocation (command, timestamps, timings),
+    rewritten atomically after every chunk."""
+
+    def __init__(self, folder: Path | None, manifest: dict, command: Sequence[str] | None):
+        self.folder = folder
+        self.manifest = manifest
+        self.invocation = {
+            "command": list(sys.argv if command is None else command),
+            "started": _runs.now(),
+            "ended": None,
+            "state": "running",
+            "compile_seconds": 0.0,
+            "chunks_computed": [],
+            "chunk_seconds": [],
+        }
+        manifest.setdefault("invocations", []).append(self.invocation)
+
+    def save(self, done_before: int) -> None:
+        invocations = self.manifest["invocations"]
+        chunk_seconds = [x for s in invocations for x in s.get("chunk_seconds", [])]
+        self.manifest["chunks_finished"] = done_before + len(self.invocation["chunks_computed"])
+        self.manifest["timings"] = {
+            "compile_seconds": sum(s.get("compile_seconds") or 0.0 for s in invocations),
+            "compute_seconds": float(sum(chunk_seconds)),
+            "seconds_per_chunk": float(np.median(chunk_seconds)) if chunk_seconds else None,
+        }
+        if self.folder is not None:
+            _runs.write_json_atomic(self.folder / "manifest.json", self.manifest)
+
+
+def json_roundtrip(obj):
+    """``obj`` as it reads back from JSON (tuples → lists), to compare with a stored file."""
+    return json.loads(json.dumps(obj))

@@ -1,0 +1,176 @@
+"""Run folders: what a sweep writes is what `load_run` reads, and the numbers are the trainers'.
+
+Tiny problems (64 samples in 8 dimensions, d = 8) so that one compilation serves several tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gflow
+from gflow._config import RunConfig
+from gflow._observables import Observables
+from gflow._runs import NOT_RUN, load_run, summarize
+from gflow._sweep import sweep
+from gflow._trajectory import MAX_STEPS_REACHED, OK
+
+# Two learning rates × three seeds = 6 runs in chunks of 4: the second chunk is padded and the
+# first one straddles the two points.
+SGD = dict(trainer="sgd", dataset="clusters", width=8, sigma=1e-3, lr=(0.05, 0.1), momentum=0.9, batch=8,
+           steps=300, record_every=30, seeds="0:3", chunk_size=4, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def clusters() -> gflow.Dataset:
+    return gflow.load_dataset("clusters", n_samples=64, dim=8)
+
+
+@pytest.fixture(scope="module")
+def sgd_folder(clusters, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "sgd"
+    sweep(clusters, RunConfig(**SGD), out=out)
+    return out
+
+
+def test_load_run_round_trip(sgd_folder, clusters):
+    run = load_run(sgd_folder)
+    again = sweep(clusters, RunConfig(**SGD))  # in memory: a second, independent computation
+    assert run.complete and np.all(run.status == OK)
+    assert run.axes["P"] == ("point", "seed", "time", "neuron")
+    assert run.axes["loss"] == ("point", "seed", "time")
+    assert run.axes["W"] == ("point", "seed", "neuron", "input")
+    assert run.observables["P"].shape == (2, 3, 11, 8)
+    assert run.final_params.W.shape == (2, 3, 8, 8) and run.final_params.V.shape == (2, 3, 8, 2)
+    # Same configuration, same numbers: bitwise, field by field (determinism).
+    for field in Observables._fields:
+        np.testing.assert_array_equal(run.observables[field], again.observables[field], err_msg=field)
+    for a, b in zip(run.final_params, again.final_params):
+        np.testing.assert_array_equal(a, b)
+    # The time axis is the flow time t = k·η/(1−β) of SPEC §1 (k = 0, 30, ..., 300).
+    k = np.arange(0, 301, 30)
+    np.testing.assert_allclose(run.t, np.stack([k * 0.05 / 0.1, k * 0.1 / 0.1]), rtol=1e-12)
+    # The stored final weights belong to the member whose records they sit next to:
+    # P_i = ‖w_i‖‖v_i‖ from the weights equals the last recorded P_i, run by run.
+    W, V = run.final_params.W.astype(np.float64), run.final_params.V.astype(np.float64)
+    P_final = np.linalg.norm(W, axis=-1) * np.linalg.norm(V, axis=-1)
+    np.testing.assert_allclose(P_final, run.observables["P"][:, :, -1], rtol=1e-13)
+    # Configuration and manifest come back.
+    assert RunConfig.from_mapping(run.config) == RunConfig(**SGD)
+    m = run.manifest
+    for lib in ("gflow", "jax", "jaxlib", "optax", "diffrax"):
+        assert m["versions"][lib]
+    assert m["backend"] == jax.default_backend() and m["device_count"] == len(m["devices"]) >= 1
+    assert m["dtype"] == "float64" and m["seeds"] == [0, 1, 2]
+    invocation = m["invocations"][-1]
+    assert invocation["started"] <= invocation["ended"] and invocation["state"] == "finished"
+    assert invocation["chunks_computed"] == [0, 1] and m["timings"]["compile_seconds"] >= 0
+
+
+def test_run_folder_files_are_standard(sgd_folder):
+    layout = json.loads((sgd_folder / "axes.json").read_text())
+    chunk = sgd_folder / "chunks" / "chunk-00001"
+    # Plain .npy files with the member axis first: the last chunk holds members 4 and 5 only.
+    for name, spec in layout["fields"].items():
+        a = np.load(chunk / f"{name}.npy", allow_pickle=False)
+        assert a.shape == (2, *spec["shape"]) and a.dtype == np.dtype(spec["dtype"]), name
+    with np.load(chunk / "params_final.npz") as z:
+        assert sorted(z.files) == ["V", "W", "b"]
+    assert layout["chunks"] == [[0, 4], [4, 6]]
+    # No temporary or partial files are left behind.
+    leftovers = [p for p in sgd_folder.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+    # The report shows every figure it links, and the per-point numbers.
+    report = (sgd_folder / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(links) == 8 and all((sgd_folder / link).is_file() for link in links)
+    assert "loss-drop time" in report and "balance drift" in report and "race winners" in report
+    summary = json.loads((sgd_folder / "summary.json").read_text())
+    assert [p["ok"] for p in summary["points"]] == [3, 3]
+
+
+def test_unfinished_run_loads_with_missing_runs_marked(sgd_folder, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sgd_folder, copy)
+    shutil.rmtree(copy / "chunks" / "chunk-00001")
+    run = load_run(copy)
+    assert not run.complete
+    assert run.status.ravel().tolist() == [OK] * 4 + [NOT_RUN] * 2
+    assert np.all(np.isnan(run.observables["loss"][1, 1:]))
+    assert "resume" in run.status_messages[1, 2]
+    full = load_run(sgd_folder)
+    np.testing.assert_array_equal(run.observables["P"][0], full.observables["P"][0])
+
+
+def test_vmapped_sweep_equals_python_loop_over_seeds(clusters):
+    """The sweep (vmap over members, chunked, padded) against one `train_sgd` call per run."""
+    run = sweep(clusters, RunConfig(**SGD))
+    data = gflow.training_data(clusters, jnp.float64)
+    config = gflow.SGDConfig(steps=300, record_every=30, batch_size=8)
+    for p, lr in enumerate((0.05, 0.1)):
+        for s, seed in enumerate((0, 1, 2)):
+            key_init, key_batch = jax.random.split(jax.random.key(seed))
+            params0 = gflow.init_params(key_init, 8, 8, 1e-3, dtype=jnp.float64)
+            traj = gflow.train_sgd(params0, key_batch, data, learning_rate=lr, momentum=0.9, config=config)
+            for field in ("P", "cos_delta", "Q", "loss", "accuracy", "cell_hash"):
+                expected = np.asarray(getattr(traj.observables, field))
+                got = run.observables[field][p, s]
+                # vmapped and single calls may round differently in the last bits (float64).
+                np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15, err_msg=f"{field} lr={lr} seed={seed}")
+            np.testing.assert_allclose(run.final_params.W[p, s], np.asarray(traj.final_params.W), rtol=1e-9, atol=1e-15)
+
+
+def test_flow_sweep_marks_failed_solves_and_keeps_the_rest(clusters):
+    """σ = 1e-3 needs ~1000 solver steps on this problem, σ = 0.3 under 100: with max_steps = 300
+    the small-σ runs stop (MAX_STEPS_REACHED) inside the same vmapped batch as the large-σ runs,
+    which finish, conserve the balance Q_i (SPEC §2) and equal a sweep of σ = 0.3 alone."""
+    flow = dict(trainer="flow", dataset="clusters", width=8, t_end=40.0, save_points=21, rtol=1e-4,
+                max_steps=300, chunk_size=4)
+    both = sweep(clusters, RunConfig(**flow, sigma=(1e-3, 0.3), seeds="0:2"))
+    alone = sweep(clusters, RunConfig(**flow, sigma=0.3, seeds="0:4"))
+    assert both.status.tolist() == [[MAX_STEPS_REACHED] * 2, [OK] * 2]
+    assert "max_steps" in both.status_messages[0, 0]
+    for field in Observables._fields:
+        np.testing.assert_array_equal(both.observables[field][1], alone.observables[field][0, :2], err_msg=field)
+    drift = np.asarray(gflow.balance_drift(both.observables_of(1, 0)))
+    assert np.max(drift) < 1e-3  # ~rtol: the flow conserves Q_i
+    summary = summarize(both)
+    assert summary[0]["ok"] == 0 and summary[0]["final_loss"]["median"] is None
+    assert [f["status"] for f in summary[0]["failed"]] == [MAX_STEPS_REACHED] * 2
+    assert summary[1]["ok"] == 2 and summary[1]["balance_drift"]["max"] < 1e-3
+
+
+def test_config_file_then_flags(tmp_path):
+    """Defaults < the TOML file < the flags; '-' in a file key stands for '_'."""
+    from gflow._cli import build_parser
+    from gflow._cli._run import resolve_config
+
+    path = tmp_path / "sweep.toml"
+    path.write_text('trainer = "gd"\nwidth = 16\nlr = [0.05]\nsteps = 400\nrecord-every = 20\nseeds = "0:8"\n')
+    args = build_parser().parse_args(["sweep", "--config", str(path), "--lr", "0.1,0.2", "--seeds", "3:5"])
+    config = resolve_config(args, sweep=True)
+    assert config.lr == (0.1, 0.2) and config.seeds == (3, 4)  # flags win
+    assert config.width == 16 and config.steps == 400 and config.record_every == 20  # from the file
+    assert config.momentum == (0.0,) and config.batch is None and config.sigma == (1e-5,)  # defaults of gd
+    # gflow run takes one configuration: a list in the file is refused, pointing to gflow sweep.
+    path.write_text("sigma = [1e-5, 1e-4]\n")
+    with pytest.raises(ValueError, match="use gflow sweep"):
+        resolve_config(build_parser().parse_args(["run", "--config", str(path)]), sweep=False)
+
+
+def test_figures_command_redraws_a_run_folder(sgd_folder, capsys):
+    from gflow._cli import main
+
+    report = sgd_folder / "report.md"
+    report.unlink()
+    assert main(["figures", str(sgd_folder), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "8 figure(s), 6 of 6 run(s) on disk (6 ok)" in out
+    assert report.is_file() and "![norms](figures/norms_p0.png)" in report.read_text()
