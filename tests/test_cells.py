@@ -1,0 +1,287 @@
+"""Cells, the Cover bound and Algorithm 1 (SPEC.md §3, paper Appendix D).
+
+Checked against independent constructions: brute-force enumeration of the cells that many
+random directions visit, Cover's recursion, explicit Python loops for the target map, and a
+dataset whose stable cells are known in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gflow import Dataset, gating_pattern, init_params, training_data
+from gflow._cells import (
+    cell_transitions,
+    count_distinct,
+    cover_bound,
+    direction_gates,
+    group_patterns,
+    is_stable,
+    log10_cover_bound,
+    map_patterns,
+    map_patterns_both_signs,
+    neuron_patterns,
+    pack_patterns,
+    pattern_fingerprints,
+    same_cell,
+    stable_cells,
+    unpack_patterns,
+)
+
+
+@pytest.fixture(autouse=True)
+def strict_rank_promotion():
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
+def general_position_data(n, dim, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim))
+    y = np.arange(n) % 2
+    return training_data(Dataset(x, y, name="gauss", provenance="test"), jnp.float64)
+
+
+def orthogonal_clusters(per_cluster=6, eps=0.05):
+    """Four clusters at orthonormal means e_0..e_3 (0, 1: class 1; 2, 3: class 2); sample s adds
+    ``eps`` along its own private axis e_{4+s}, so samples of different clusters are orthogonal
+    and samples of one cluster overlap only through their mean.
+
+    Closed form of the target map (κ = +1): ``T(g) ∝ Σ_k a_k μ_k ± eps Σ_{s∈g} e_{4+s}`` with
+    ``a_k = |g ∩ C_k|`` for class-1 clusters and ``−|g ∩ C_k|`` for class-2 ones, so
+    ``gate(T(g)) = ∪ {C_k : class 1, g ∩ C_k ≠ ∅}``: the stable cells are C_0, C_1, C_0 ∪ C_1 and the
+    empty pattern (T = 0, gate(0) = ∅). For κ = −1 the same holds with the class-2 clusters.
+    """
+    n = 4 * per_cluster
+    cluster = np.repeat(np.arange(4), per_cluster)
+    x = np.zeros((n, 4 + n))
+    x[np.arange(n), cluster] = 1.0
+    x[np.arange(n), 4 + np.arange(n)] = eps
+    y = (cluster >= 2).astype(int)
+    data = training_data(Dataset(x, y, name="orthogonal", provenance="test"), jnp.float64)
+    return data, cluster
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 70, 129])
+def test_pack_round_trip(n):
+    rng = np.random.default_rng(n)
+    g = rng.random((7, n)) < 0.5
+    words = jax.jit(pack_patterns)(jnp.asarray(g))
+    assert words.shape == (7, -(-n // 32)) and words.dtype == jnp.uint32
+    back = jax.jit(unpack_patterns, static_argnums=1)(words, n)
+    np.testing.assert_array_equal(np.asarray(back), g)
+
+
+def test_pack_layout_is_little_endian_bits_in_words():
+    g = np.zeros(40, bool)
+    g[[0, 2, 31, 32, 39]] = True
+    words = np.asarray(pack_patterns(jnp.asarray(g)))
+    assert words.tolist() == [1 + 4 + 2**31, 1 + 2**7]
+
+
+def test_unpack_rejects_wrong_width():
+    with pytest.raises(ValueError, match="n_samples=100"):
+        unpack_patterns(jnp.zeros((2, 3), jnp.uint32), 100)
+
+
+def test_neuron_patterns_pack_the_core_gate():
+    data = general_position_data(50, 5)
+    params = init_params(jax.random.key(0), 9, 5, 1.0, dtype=jnp.float64)
+    packed = neuron_patterns(params, data.x)
+    np.testing.assert_array_equal(np.asarray(unpack_patterns(packed, 50)), np.asarray(gating_pattern(params, data.x)).T)
+    assert np.all(np.asarray(same_cell(packed, packed)))
+
+
+# --------------------------------------------------------------------------- Cover bound
+
+
+def test_cover_bound_closed_forms_and_recursion():
+    assert cover_bound(6, 2) == 2 * sum(math.comb(5, k) for k in range(2)) == 12
+    for n in range(1, 12):
+        assert cover_bound(n, 1) == 2  # a line through the origin: two half-lines
+        assert cover_bound(n, n) == 2**n == cover_bound(n, n + 5)  # every dichotomy
+        for d in range(2, 8):
+            # Cover (1965): adding a hyperplane splits the cells it crosses, C(N+1, D) = C(N, D) + C(N, D−1).
+            assert cover_bound(n + 1, d) == cover_bound(n, d) + cover_bound(n, d - 1)
+
+
+def test_log10_cover_bound_large():
+    value = log10_cover_bound(4000, 1024)
+    assert math.isfinite(value) and 900 < value < 1300
+    assert log10_cover_bound(6, 2) == pytest.approx(math.log10(12))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_cover_bound_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError, match="positive integer"):
+        cover_bound(bad, 3)
+
+
+@pytest.mark.parametrize("n, dim", [(6, 2), (7, 3)])
+def test_random_directions_visit_exactly_the_cover_bound_cells(n, dim):
+    """N points in general position, b = 0: the cells number exactly C(N, D), and enough random
+    directions land in every one of them (brute force, counted two ways)."""
+    data = general_position_data(n, dim, seed=dim)
+    u = jax.random.normal(jax.random.key(1), (200_000, dim), jnp.float64)
+    words = pack_patterns(direction_gates(u, data.x))
+    brute = np.unique(np.asarray(words), axis=0).shape[0]
+    assert brute == cover_bound(n, dim)
+    assert int(count_distinct(words)) == brute
+
+
+# --------------------------------------------------------------------------- distinct patterns
+
+
+def test_group_patterns_matches_numpy_unique():
+    rng = np.random.default_rng(3)
+    base = rng.random((37, 70)) < 0.5
+    g = base[rng.integers(0, 37, size=500)]
+    words = pack_patterns(jnp.asarray(g))
+    groups = jax.jit(group_patterns)(words)
+    uniq, inverse, counts = np.unique(np.asarray(words), axis=0, return_inverse=True, return_counts=True)
+    k = int(groups.count)
+    assert k == uniq.shape[0]
+    rep = np.asarray(groups.representative)[:k]
+    grp = np.asarray(groups.group)
+    w = np.asarray(words)
+    np.testing.assert_array_equal(w[rep[grp]], w)  # every probe's representative has its pattern
+    assert sorted(np.asarray(groups.size)[:k].tolist()) == sorted(counts.tolist())
+    # the group ids induce the same partition as numpy's
+    pairs = set(zip(grp.tolist(), inverse.ravel().tolist()))
+    assert len(pairs) == k
+
+
+def test_fingerprints_separate_patterns_one_bit_apart():
+    g = np.zeros((65, 64), bool)
+    g[np.arange(1, 65), np.arange(64)] = True  # the empty pattern and every single-bit pattern
+    fp = np.asarray(pattern_fingerprints(pack_patterns(jnp.asarray(g))))
+    assert np.unique(fp, axis=0).shape[0] == 65
+
+
+# --------------------------------------------------------------------------- target map
+
+
+def explicit_map(g, kappa, x, ytil):
+    """gate(T_κ(g)) by loops over samples (SPEC.md §3)."""
+    n, dim = x.shape
+    total = np.zeros(dim)
+    for s in range(n):
+        if g[s]:
+            total += ytil[s] * x[s]
+    norm = np.sqrt(np.sum(total**2))
+    target = kappa * total / norm if norm > 0 else np.zeros(dim)
+    return np.array([float(np.dot(target, x[s])) > 0 for s in range(n)])
+
+
+def test_map_and_stability_match_explicit_loops():
+    data = general_position_data(40, 6, seed=5)
+    x, ytil = np.asarray(data.x), np.asarray(data.signed_labels)
+    rng = np.random.default_rng(0)
+    g = rng.random((25, 40)) < 0.5
+    g[0] = False  # the empty pattern maps to itself
+    kappa = np.where(rng.random(25) < 0.5, 1, -1)
+    mapped = np.asarray(map_patterns(jnp.asarray(g), jnp.asarray(kappa), data))
+    for i in range(25):
+        np.testing.assert_array_equal(mapped[i], explicit_map(g[i], kappa[i], x, ytil))
+    # stable patterns: fixed points reached by iterating; compare is_stable with the definition
+    cur = g
+    for _ in range(30):
+        cur = np.asarray(map_patterns(jnp.asarray(cur), jnp.asarray(kappa), data))
+    stable = np.asarray(is_stable(jnp.asarray(cur), jnp.asarray(kappa), data))
+    by_loop = np.array([np.array_equal(explicit_map(cur[i], kappa[i], x, ytil), cur[i]) for i in range(25)])
+    np.testing.assert_array_equal(stable, by_loop)
+    assert stable[0] and by_loop.any()
+
+
+def test_both_signs_map_equals_two_single_maps():
+    data = general_position_data(60, 8, seed=2)
+    g = jax.random.bernoulli(jax.random.key(4), 0.5, (50, 60))
+    plus, minus = map_patterns_both_signs(g, data)
+    np.testing.assert_array_equal(np.asarray(plus), np.asarray(map_patterns(g, 1, data)))
+    np.testing.assert_array_equal(np.asarray(minus), np.asarray(map_patterns(g, -1, data)))
+
+
+def test_closed_form_stable_cells_of_orthogonal_clusters():
+    data, cluster = orthogonal_clusters()
+    members = {k: cluster == k for k in range(4)}
+    expected = {
+        1: [members[0], members[1], members[0] | members[1], np.zeros_like(members[0])],
+        -1: [members[2], members[3], members[2] | members[3], np.zeros_like(members[0])],
+    }
+    for kappa, cells in expected.items():
+        patterns = jnp.asarray(np.stack(cells))
+        assert np.all(np.asarray(is_stable(patterns, kappa, data)))
+        # a mixed pattern is not stable and maps onto the class-κ clusters it touched
+        mixed = members[0] | members[2] | (members[1] & (np.arange(cluster.size) % 2 == 0))
+        image = np.asarray(map_patterns(jnp.asarray(mixed[None]), kappa, data))[0]
+        np.testing.assert_array_equal(image, members[0] | members[1] if kappa == 1 else members[2])
+
+
+# --------------------------------------------------------------------------- Algorithm 1
+
+
+def test_algorithm_1_counts_the_known_stable_cells():
+    data, cluster = orthogonal_clusters()
+    found = stable_cells(data, jax.random.key(0), probes=2000, patience=3, chunk=256)
+    for kappa, clusters in ((1, (0, 1)), (-1, (2, 3))):
+        est = found[kappa]
+        assert est.estimate == 4, est.curve
+        assert est.converged and est.fixed_fraction == 1.0 and est.two_cycle_fraction == 0.0
+        assert est.n_stable == 4 and est.empty_is_stable
+        assert est.basin.sum() == 2000
+        rows = np.asarray(unpack_patterns(jnp.asarray(est.patterns), cluster.size))
+        cells = {tuple(np.nonzero(row)[0]) for row in rows}
+        a, b = (tuple(np.nonzero(cluster == k)[0]) for k in clusters)
+        assert cells == {a, b, tuple(sorted(a + b)), ()}
+        # targets are the normalised signed sums of each stable cell
+        norms = np.linalg.norm(est.targets, axis=1)
+        np.testing.assert_allclose(np.sort(norms), [0.0, 1.0, 1.0, 1.0], atol=1e-12)
+        assert est.curve[0] > 4 and min(est.curve) == 4
+
+
+def test_algorithm_1_does_not_depend_on_the_chunk_size():
+    data = general_position_data(90, 7, seed=1)
+    a = stable_cells(data, jax.random.key(2), probes=300, patience=2, chunk=300)
+    b = stable_cells(data, jax.random.key(2), probes=300, patience=2, chunk=64)
+    for k in (1, -1):
+        assert a[k].curve == b[k].curve
+        assert a[k].fixed_fraction == b[k].fixed_fraction
+        np.testing.assert_array_equal(a[k].patterns, b[k].patterns)
+
+
+def test_algorithm_1_single_kappa_matches_joint_run():
+    data = general_position_data(90, 7, seed=1)
+    both = stable_cells(data, jax.random.key(5), probes=300, patience=2, chunk=64)
+    only = stable_cells(data, jax.random.key(5), probes=300, patience=2, chunk=64, kappa=(-1,))
+    assert only[-1].curve == both[-1].curve and set(only) == {-1}
+
+
+@pytest.mark.parametrize("field, value", [("probes", 0), ("patience", -1), ("chunk", 2.5), ("kappa", (2,))])
+def test_algorithm_1_rejects_bad_options(field, value):
+    data = general_position_data(10, 3)
+    with pytest.raises(ValueError, match=field):
+        stable_cells(data, jax.random.key(0), **{field: value})
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def test_cell_transitions_counts_and_times():
+    t = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    h = np.array([[7, 1, 5], [7, 2, 5], [8, 2, 5], [8, 1, 5], [7, 1, 5]], np.uint32)
+    tr = cell_transitions(t, h)
+    assert tr.count.tolist() == [2, 2, 0]
+    np.testing.assert_array_equal(tr.first_time[:2], [2.0, 1.0])
+    np.testing.assert_array_equal(tr.last_time[:2], [4.0, 3.0])
+    assert np.isnan(tr.first_time[2]) and np.isnan(tr.last_time[2])
+    np.testing.assert_array_equal(tr.times(1, t), [1.0, 3.0])
+    with pytest.raises(ValueError, match="cell_hash"):
+        cell_transitions(t[:3], h)

@@ -1,0 +1,89 @@
+"""``gflow validate`` and ``gflow cells`` on tiny synthetic sets: JSON schema, exit status, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from gflow._cli import main
+from gflow._theory import Check
+
+# The SPEC §4 reference mixture at the sizes tests/test_theory.py simulates (compilations are shared).
+TINY = ["--dataset", "clusters", "--n-per-class", "60", "--width", "16", "--rtol", "1e-4",
+        "--records", "301", "--snapshots", "121", "--horizon-factor", "1.25"]
+CHECK_KEYS = {"name", "predicted", "measured", "rel_error", "tolerance", "passed"}
+
+
+def test_validate_writes_the_check_schema_and_exit_status_follows_verdicts(tmp_path, capsys):
+    out = tmp_path / "checks.json"
+    rc = main(["validate", *TINY, "--probes", "300", "--probe-seeds", "2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    checks = payload["checks"]
+    assert len(checks) >= 10
+    for c in checks:
+        assert CHECK_KEYS <= set(c)
+        assert isinstance(c["name"], str) and isinstance(c["passed"], bool)
+        for key in ("predicted", "measured", "rel_error", "tolerance"):
+            assert c[key] is None or math.isfinite(c[key])
+        expected = c["rel_error"] is not None and c["rel_error"] <= c["tolerance"]
+        assert c["passed"] == expected, c
+    assert rc == (0 if all(c["passed"] for c in checks) else 1)
+    names = {c["name"] for c in checks}
+    assert {"balance_drift", "lemma_3_9", "phase1.limit_angle", "phase2.unlocking_rate",
+            "phase3.race_ratio"} <= names
+    for name in names:
+        assert name in printed
+    cells = payload["stable_cells"]
+    assert len(cells["kappa+1"]["estimates"]) == 2 and cells["kappa+1"]["spread"] >= 0
+    assert payload["settings"]["dtype"] == "float64"
+
+
+@pytest.mark.parametrize("verdicts, status", [((True, True), 0), ((True, False), 1)])
+def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
+    import gflow._theory
+
+    def fake_checks(traj, data, *, settings):
+        return [Check(f"claim{i}", 1.0, 1.0, 0.0 if ok else 2.0, 1.0, ok, "") for i, ok in enumerate(verdicts)], {}
+
+    monkeypatch.setattr(gflow._theory, "validate_trajectory", fake_checks)
+    assert main(["validate", *TINY, "--probe-seeds", "0", "--quiet"]) == status
+    printed = capsys.readouterr().out
+    assert ("FAIL" in printed) == (status == 1)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--width", "0"], "--width"),
+    (["--sigma", "-1"], "--sigma"),
+    (["--seeds", "a,b"], "--seeds"),
+    (["--records", "3"], "--records"),
+    (["--json", "/nonexistent-folder/x.json"], "--json"),
+    (["--dataset", "nonsense"], "nonsense"),
+    (["--solver", "rk99"], "solver"),
+])
+def test_validate_bad_input_is_one_line_and_status_2(capsys, argv, needle):
+    assert main(["validate", "--dataset", "clusters", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_cells_json_and_bad_input(tmp_path, capsys):
+    out = tmp_path / "cells.json"
+    rc = main(["cells", "--dataset", "clusters", "--n-per-class", "60", "--probes", "300", "--probe-seeds", "2",
+               "--json", str(out)])
+    assert rc == 0
+    payload = json.loads(out.read_text())
+    assert payload["n_samples"] == 120 and payload["dim"] == 20
+    assert int(payload["cover_bound"]) > 0 and payload["log10_cover_bound"] == pytest.approx(
+        math.log10(int(payload["cover_bound"])))
+    for row in payload["kappa"]:
+        assert row["kappa"] in (1, -1) and len(row["estimates"]) == 2
+        assert row["mean"] == pytest.approx(sum(row["estimates"]) / 2)
+        for curve, est in zip(row["curves"], row["estimates"]):
+            assert min(curve) == est and curve[0] <= 300
+    assert "Cover bound" in capsys.readouterr().out
+    assert main(["cells", "--dataset", "clusters", "--patience", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--patience" in err
