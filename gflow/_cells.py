@@ -379,7 +379,8 @@ class StableCellEstimate:
     Attributes:
         kappa: +1 or −1.
         estimate: the stable-cell count, the last K_t before the plateau (the running minimum
-            of K_t when the patience ran out).
+            of K_t when the patience ran out). Equal to ``n_probes`` (with ``converged``
+            False) when no two probes ever met: M is then too small to resolve the count.
         curve: K_t for every iteration run (``curve[0]`` counts the random probes' patterns).
         converged: True if K_t stopped decreasing for ``patience`` iterations before
             ``max_iterations``.
@@ -423,11 +424,15 @@ def _check_algorithm_options(probes, patience, chunk, max_iterations, kappas) ->
         raise ValueError(f"kappa must be +1 and/or -1; got {list(kappas)!r}.")
 
 
-def _plateau(curve: list[int], patience: int) -> tuple[int, bool]:
-    """Running minimum of K_t and whether it has not decreased for ``patience`` iterations."""
+def _plateau(curve: list[int], patience: int, n_probes: int) -> tuple[int, bool]:
+    """Running minimum of K_t and whether it has not decreased for ``patience`` iterations.
+
+    While every probe still has a pattern of its own (K_t = M) no two probes have met yet: the
+    map has not started to contract, so that is not the plateau and the patience does not run.
+    """
     best = min(curve)
     since_best = len(curve) - 1 - curve.index(best)
-    return best, since_best >= patience
+    return best, best < n_probes and since_best >= patience
 
 
 def _run_one_kappa(start: jax.Array, start_count: int, first: jax.Array, kappa: int, data: TrainingData, *,
@@ -436,12 +441,12 @@ def _run_one_kappa(start: jax.Array, start_count: int, first: jax.Array, kappa: 
     kap = jnp.asarray(kappa, jnp.int32)
     words, mapped = start, first
     curve = [start_count]
-    _, converged = _plateau(curve, patience)
+    _, converged = _plateau(curve, patience, int(start.shape[0]))
     while not converged and len(curve) < max_iterations:
         words = mapped
         mapped, count = _map_distinct(words, kap, data, chunk=chunk)
         curve.append(count)
-        _, converged = _plateau(curve, patience)
+        _, converged = _plateau(curve, patience, int(start.shape[0]))
     mapped_twice, _ = _map_distinct(mapped, kap, data, chunk=chunk)
     fixed = np.asarray(same_cell(mapped, words))
     two_cycle = np.asarray(same_cell(mapped_twice, words)) & ~fixed
@@ -457,7 +462,7 @@ def _run_one_kappa(start: jax.Array, start_count: int, first: jax.Array, kappa: 
         patterns = np.zeros((0, start.shape[1]), np.uint32)
         targets = np.zeros((0, data.x.shape[1]), np.asarray(data.x).dtype)
         basin = np.zeros((0,), np.int64)
-    estimate, _ = _plateau(curve, patience)
+    estimate, _ = _plateau(curve, patience, int(start.shape[0]))
     return StableCellEstimate(
         kappa=kappa, estimate=estimate, curve=tuple(curve), converged=converged,
         fixed_fraction=float(fixed.mean()), two_cycle_fraction=float(two_cycle.mean()),
@@ -483,7 +488,9 @@ def stable_cells(
     gating patterns among the probes; replace each probe u by ``T_κ(gate(u))``. Stop when K_t has
     not decreased for ``patience`` consecutive iterations; the estimate is the last K_t before
     that plateau. Probes may cycle between two patterns, hence the plateau and not strict fixed
-    points; the result reports both fractions.
+    points; the result reports both fractions. The patience starts once two probes share a
+    pattern: while K_t = M the iteration has not begun to contract (on 4000 MNIST digits K_t stays
+    at M for the first iterations), and stopping there would return M itself.
 
     The same M probes serve every κ, and the first step (M distinct random patterns, the
     dominant cost: three ``[M, N] × [N, D]``-sized matmuls in all) is shared by both κ. Later

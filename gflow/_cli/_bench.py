@@ -1,0 +1,865 @@
+"""``gflow bench``: seed sweeps, the ODE, stable cells and sweep memory, timed against the loops
+researchers write today.
+
+Every number is a same-run ratio: the references (a plain NumPy loop over seeds and steps, and
+the PyTorch loop — ``nn.Module``, ``torch.optim.SGD``, Python loops — when torch is importable)
+run in the same process, interleaved repeat by repeat with gflow's runs, on the same thread
+count; each time is the median of the repeats; compile time is measured apart from run time.
+The machine's limit is a float32 matmul measured in the same run, and every sweep result states
+its fraction of it for the standard algorithm's FLOP count (``4·d·D·(B+1)`` per seed-step:
+forward ``2BDd``, weight gradient ``2BDd``, momentum and update ``4dD``, small layers ignored).
+
+Sections (``--only``): ``sweep`` (the paper's workload: d = 300, D = 1024, N = 800, B = 4,
+β = 0.9, norms every 50 steps, S ∈ {1, 8, 32, 128}), ``ode`` (diffrax flow through the loss
+drop, float32 and float64, against SGD over the same flow time), ``cells`` (Algorithm 1 with
+M = 100 000 probes, N = 4000) and ``memory`` (peak RSS of a 1024-seed sweep with the norms
+streamed to disk, measured in a subprocess). ``--quick`` shrinks everything to run in about two
+minutes on two cores.
+
+Example:
+    gflow bench --quick --json bench.json
+    gflow bench --json full.json --dataset cifar:/path/to/cifar-10-batches-py
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._common import EXIT_OK, UsageError
+
+SECTIONS = ("sweep", "ode", "cells", "memory")
+SWEEP_MODES = ("shared", "per-seed", "plain-vmap")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """Sizes of every section (defaults: the paper's workload; `QUICK` for ``--quick``).
+
+    Sweep: ``seeds`` values of S, ``steps`` SGD steps per run, ``repeats`` timed repeats per
+    contender (median reported), network width d = ``width``, N = ``samples``, D = ``dim``
+    (synthetic inputs of that shape unless a dataset is given: the time does not depend on the
+    pixel values), batch B, momentum β, η, norms every ``record_every`` steps, ``chunk`` steps per
+    chunk. ``plain_max_seeds``: the largest S at which gflow's per-step ``train_sgd`` (vmapped)
+    is also timed. ODE: ``ode_width``/``ode_samples`` (float32), ``ode64_width`` (float64, see
+    README), tolerances ``ode_rtol``/``ode64_rtol``. Cells: ``cells_probes`` M, ``cells_samples``
+    N. Memory: ``memory_seeds`` in groups of ``memory_group``, ``memory_steps`` steps.
+    """
+
+    seeds: tuple[int, ...] = (1, 8, 32, 128)
+    steps: int = 200
+    repeats: int = 5
+    width: int = 300
+    samples: int = 800
+    dim: int = 1024
+    batch_size: int = 4
+    momentum: float = 0.9
+    learning_rate: float = 0.01
+    record_every: int = 50
+    chunk: int = 50
+    sigma: float = 1e-5
+    plain_max_seeds: int = 32
+    matmul_size: int = 2048
+    ode_width: int = 300
+    ode_samples: int = 800
+    ode_rtol: float = 1e-4
+    ode64_width: int = 50
+    ode64_samples: int = 800
+    ode64_rtol: float = 1e-4
+    ode_max_steps: int = 4000
+    cells_probes: int = 100_000
+    cells_samples: int = 4000
+    memory_seeds: int = 1024
+    memory_group: int = 128
+    memory_steps: int = 50
+
+    def __post_init__(self):
+        for name in ("steps", "repeats", "width", "samples", "dim", "batch_size", "record_every", "chunk",
+                     "matmul_size", "ode_width", "ode_samples", "ode64_width", "ode64_samples", "ode_max_steps",
+                     "cells_probes", "cells_samples", "memory_seeds", "memory_group", "memory_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive integer; got {value!r}")
+        if not self.seeds or any((not isinstance(s, int)) or s < 1 for s in self.seeds):
+            raise UsageError(f"seeds must be positive integers; got {self.seeds!r}")
+        if self.record_every % self.chunk:
+            raise UsageError(f"chunk ({self.chunk}) must divide record_every ({self.record_every})")
+        for name in ("steps", "memory_steps"):
+            if getattr(self, name) % self.record_every:
+                raise UsageError(f"{name} ({getattr(self, name)}) must be a multiple of record_every "
+                                 f"({self.record_every})")
+        if self.batch_size > self.samples:
+            raise UsageError(f"batch_size ({self.batch_size}) must not exceed samples ({self.samples})")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"momentum must be in [0, 1); got {self.momentum}")
+        if not self.learning_rate > 0:
+            raise UsageError(f"learning_rate must be > 0; got {self.learning_rate}")
+
+
+QUICK = BenchSettings(
+    seeds=(1, 8), steps=100, repeats=3, matmul_size=1024, plain_max_seeds=1,
+    ode_width=50, ode_samples=200, ode_rtol=1e-3, ode64_width=20, ode64_samples=200, ode64_rtol=1e-3,
+    ode_max_steps=4000, cells_probes=4000, cells_samples=400, memory_seeds=64, memory_group=32,
+)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _block(tree):
+    import jax
+
+    return jax.block_until_ready(tree)
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    _block(fn())
+    return time.perf_counter() - start
+
+
+def thread_counts() -> dict:
+    """Threads each library uses here: all see the same cores (module docstring, README)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    counts = {"cores": cores, "numpy_blas": _blas_threads(cores), "xla": _xla_threads(cores)}
+    if _torch() is not None:
+        counts["torch"] = _torch().get_num_threads()
+    return counts
+
+
+def _blas_threads(cores: int) -> int:
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return cores
+
+
+def _xla_threads(cores: int) -> int:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_cpu_multi_thread_eigen=false" in flags:
+        return 1
+    return cores
+
+
+def _torch():
+    """The ``torch`` module when importable, else None (gflow never depends on it)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    return importlib.import_module("torch")
+
+
+def matmul_limit(size: int, repeats: int) -> dict:
+    """Measured float32 GEMM rate ``[size, size] × [size, size]`` (NumPy BLAS and XLA), GFLOP/s.
+
+    The limit is the best rate seen: the machine can do at least that much.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    flops = 2.0 * size**3
+    aj, bj = jnp.asarray(a), jnp.asarray(b)
+    gemm = jax.jit(jnp.matmul)
+    _block(gemm(aj, bj))
+    a @ b
+    numpy_t, xla_t = [], []
+    for _ in range(max(repeats, 3)):
+        numpy_t.append(_seconds(lambda: a @ b))
+        xla_t.append(_seconds(lambda: gemm(aj, bj)))
+    rates = {"numpy_gflops": flops / min(numpy_t) / 1e9, "xla_gflops": flops / min(xla_t) / 1e9}
+    return {"size": size, **rates, "limit_gflops": max(rates.values())}
+
+
+def workload_flops(width: int, dim: int, batch_size: int, seeds: int, steps: int) -> float:
+    """FLOPs of the standard algorithm: ``4·d·D·(B+1)`` per seed-step (module docstring)."""
+    return 4.0 * width * dim * (batch_size + 1) * seeds * steps
+
+
+# --------------------------------------------------------------------------- references
+
+
+def numpy_batch_orders(seeds: int, steps: int, n: int, batch_size: int, seed: int = 0) -> np.ndarray:
+    """Per-seed mini-batch indices ``[S, steps, B]``: a fresh permutation per epoch (as gflow)."""
+    per_epoch = n // batch_size
+    epochs = -(-steps // per_epoch)
+    orders = np.empty((seeds, epochs * per_epoch, batch_size), np.int64)
+    for s in range(seeds):
+        rng = np.random.default_rng([seed, s])
+        for e in range(epochs):
+            perm = rng.permutation(n)[: per_epoch * batch_size]
+            orders[s, e * per_epoch:(e + 1) * per_epoch] = perm.reshape(per_epoch, batch_size)
+    return orders[:, :steps]
+
+
+def numpy_sgd_sweep(W0, b0, V0, x, y, orders, *, learning_rate, momentum, record_every):
+    """The NumPy reference: a Python loop over seeds and steps, momentum SGD as torch/optax.
+
+    ``m ← g + β m``, ``θ ← θ − η m`` on the batch-mean cross-entropy of the network of SPEC §1.
+    Returns per-neuron ``(‖w_i‖, ‖v_i‖, b_i)`` every ``record_every`` steps, each ``[S, T, d]``.
+    """
+    seeds, steps, batch = orders.shape
+    n_rec = steps // record_every + 1
+    w_norm = np.empty((seeds, n_rec, W0.shape[1]), W0.dtype)
+    v_norm, bias = np.empty_like(w_norm), np.empty_like(w_norm)
+    lr, beta = W0.dtype.type(learning_rate), W0.dtype.type(momentum)
+    rows = np.arange(batch)
+    for s in range(seeds):
+        W, b, V = W0[s].copy(), b0[s].copy(), V0[s].copy()
+        mW, mb, mV = np.zeros_like(W), np.zeros_like(b), np.zeros_like(V)
+        for k in range(steps + 1):
+            if k % record_every == 0:
+                j = k // record_every
+                w_norm[s, j] = np.linalg.norm(W, axis=1)
+                v_norm[s, j] = np.linalg.norm(V, axis=1)
+                bias[s, j] = b
+            if k == steps:
+                break
+            idx = orders[s, k]
+            xb, yb = x[idx], y[idx]
+            z = xb @ W.T + b
+            h = np.maximum(z, 0)
+            o = h @ V
+            o -= o.max(axis=1, keepdims=True)
+            p = np.exp(o)
+            p /= p.sum(axis=1, keepdims=True)
+            p[rows, yb] -= 1
+            r = p / batch
+            gz = (r @ V.T) * (z > 0)
+            gV = h.T @ r
+            gW = gz.T @ xb
+            gb = gz.sum(axis=0)
+            mW *= beta
+            mW += gW
+            W -= lr * mW
+            mb *= beta
+            mb += gb
+            b -= lr * mb
+            mV *= beta
+            mV += gV
+            V -= lr * mV
+    return w_norm, v_norm, bias
+
+
+def torch_sgd_sweep(W0, b0, V0, x, y, orders, *, learning_rate, momentum, record_every):
+    """The PyTorch reference a researcher writes: ``nn.Module``, ``torch.optim.SGD``, loops.
+
+    Same network (``nn.Linear(D, d)``, ReLU, ``nn.Linear(d, 2, bias=False)``), loss
+    (``F.cross_entropy``, batch mean) and momentum convention (dampening 0) as gflow. Batches
+    come from the precomputed ``orders`` (cheaper than a DataLoader: generous to torch).
+    Returns ``(‖w_i‖, ‖v_i‖, b_i)`` every ``record_every`` steps, each ``[S, T, d]``.
+    """
+    torch = _torch()
+    nn, F = torch.nn, torch.nn.functional
+    dtype = torch.float64 if W0.dtype == np.float64 else torch.float32
+    seeds, steps, _ = orders.shape
+    width, dim = W0.shape[1], W0.shape[2]
+
+    class TwoLayerReLU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden = nn.Linear(dim, width)
+            self.out = nn.Linear(width, 2, bias=False)
+
+        def forward(self, inputs):
+            return self.out(torch.relu(self.hidden(inputs)))
+
+    xt = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+    yt = torch.from_numpy(np.asarray(y, np.int64))
+    order_t = torch.from_numpy(orders)
+    n_rec = steps // record_every + 1
+    w_norm = np.empty((seeds, n_rec, width), W0.dtype)
+    v_norm, bias = np.empty_like(w_norm), np.empty_like(w_norm)
+    for s in range(seeds):
+        model = TwoLayerReLU().to(dtype)
+        with torch.no_grad():
+            model.hidden.weight.copy_(torch.from_numpy(np.array(W0[s])))
+            model.hidden.bias.copy_(torch.from_numpy(np.array(b0[s])))
+            model.out.weight.copy_(torch.from_numpy(np.array(V0[s].T)))
+        opt = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+        for k in range(steps + 1):
+            if k % record_every == 0:
+                j = k // record_every
+                with torch.no_grad():
+                    w_norm[s, j] = model.hidden.weight.norm(dim=1).numpy()
+                    v_norm[s, j] = model.out.weight.norm(dim=0).numpy()
+                    bias[s, j] = model.hidden.bias.numpy()
+            if k == steps:
+                break
+            idx = order_t[s, k]
+            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w_norm, v_norm, bias
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _sweep_data(settings: BenchSettings, dataset: str | None):
+    from gflow import load_dataset
+
+    if dataset:
+        return load_dataset(dataset, n_per_class=settings.samples // 2)
+    return load_dataset("clusters", n_samples=settings.samples, dim=settings.dim, seed=0, test_samples=0)
+
+
+def _stacked_init(seeds: int, width: int, dim: int, sigma: float, dtype):
+    import jax
+
+    from gflow import init_params
+
+    keys = jax.random.split(jax.random.key(2024), seeds)
+    return jax.vmap(lambda k: init_params(k, width, dim, sigma, dtype=dtype))(keys)
+
+
+def _gflow_contenders(params0, data, settings: BenchSettings, seeds: int):
+    """``mode -> (run(value_index), jitted function whose cache must not grow)``."""
+    import jax
+
+    from gflow import SGDConfig, train_sgd
+    from gflow import _chunked
+
+    config = SGDConfig(steps=settings.steps, record_every=settings.record_every, batch_size=settings.batch_size)
+    key = jax.random.key(7)
+    keys = jax.random.split(key, seeds)
+    beta = settings.momentum
+
+    def lr(i):  # a new value at every call: a retrace would show in the cache size
+        return settings.learning_rate * (1.0 + 1e-6 * i)
+
+    common = dict(config=config, chunk=settings.chunk, observables="norms")
+    contenders = {
+        "shared": (lambda i: _chunked.train_sgd_seeds_shared_order(
+            params0, key, data, learning_rate=lr(i), momentum=beta, **common), _chunked._train_stacked),
+        "per-seed": (lambda i: _chunked.train_sgd_chunked_seeds(
+            params0, keys, data, learning_rate=lr(i), momentum=beta, **common), _chunked._train_per_seed),
+    }
+    if seeds <= settings.plain_max_seeds:
+        plain = jax.jit(jax.vmap(lambda p, k, eta: train_sgd(p, k, data, learning_rate=eta, momentum=beta,
+                                                             config=config, throw=False), in_axes=(0, 0, None)))
+        contenders["plain-vmap"] = (lambda i: plain(params0, keys, lr(i)), plain)
+    return contenders
+
+
+def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: float, use_torch: bool,
+                log=print) -> list[dict]:
+    """Time gflow's sweep modes against the NumPy (and PyTorch) loops for every S."""
+    import jax.numpy as jnp
+
+    from gflow import training_data
+
+    ds = _sweep_data(settings, dataset)
+    data = training_data(ds, jnp.float32)
+    x, y = np.asarray(ds.x, np.float32), np.asarray(ds.y, np.int64)
+    n, dim = x.shape
+    torch_mod = _torch() if use_torch else None
+    results = []
+    for seeds in settings.seeds:
+        params0 = _stacked_init(seeds, settings.width, dim, settings.sigma, jnp.float32)
+        W0, b0, V0 = (np.asarray(p) for p in params0)
+        orders = numpy_batch_orders(seeds, settings.steps, n, settings.batch_size)
+        ref_kw = dict(learning_rate=settings.learning_rate, momentum=settings.momentum,
+                      record_every=settings.record_every)
+        references = {"numpy": lambda: numpy_sgd_sweep(W0, b0, V0, x, y, orders, **ref_kw)}
+        if torch_mod is not None:
+            references["torch"] = lambda: torch_sgd_sweep(W0, b0, V0, x, y, orders, **ref_kw)
+        contenders = _gflow_contenders(params0, data, settings, seeds)
+        first, cache0 = {}, {}
+        for mode, (run, jitted) in contenders.items():
+            cache0[mode] = jitted._cache_size()
+            first[mode] = _seconds(lambda: run(0))
+        times = {name: [] for name in list(contenders) + list(references)}
+        for r in range(settings.repeats):  # interleaved: load changes hit every contender alike
+            for mode, (run, _) in contenders.items():
+                times[mode].append(_seconds(lambda: run(r + 1)))
+            for name, ref in references.items():
+                times[name].append(_seconds(ref))
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        flops = workload_flops(settings.width, dim, settings.batch_size, seeds, settings.steps)
+        for mode, (_, jitted) in contenders.items():
+            entry = {
+                "S": seeds,
+                "mode": mode,
+                "seconds": med[mode],
+                "steps_per_s": seeds * settings.steps / med[mode],
+                "speedup_vs_numpy": med["numpy"] / med[mode],
+                "speedup_vs_torch": med["torch"] / med[mode] if "torch" in med else None,
+                "roofline_fraction": flops / med[mode] / 1e9 / limit_gflops,
+                "gflops": flops / med[mode] / 1e9,
+                "compile_seconds": max(first[mode] - med[mode], 0.0),
+                "traces": jitted._cache_size() - cache0[mode],
+                "numpy_seconds": med["numpy"],
+                "torch_seconds": med.get("torch"),
+                "repeats": settings.repeats,
+                "steps": settings.steps,
+            }
+            results.append(entry)
+            torch_note = f"{entry['speedup_vs_torch']:.1f}x torch, " if entry["speedup_vs_torch"] else ""
+            log(f"  sweep S={seeds:<4d} {mode:<10s} {entry['seconds']:8.3f} s  {entry['steps_per_s']:9.0f} "
+                f"seed-steps/s  {entry['speedup_vs_numpy']:5.1f}x numpy, {torch_note}"
+                f"{100 * entry['roofline_fraction']:4.1f}% of matmul limit, compile {entry['compile_seconds']:.1f} s")
+    return results
+
+
+# --------------------------------------------------------------------------- ODE
+
+
+def _task_data(dataset: str | None, samples: int):
+    """The ODE's and the cells' data: the given dataset, else the embedded MNIST digits."""
+    from gflow import load_dataset
+
+    return load_dataset(dataset or "mnist", n_per_class=samples // 2)
+
+
+def _flow_through_drop(ds, width: int, dtype, rtol: float, settings: BenchSettings, log) -> dict:
+    """Loss-drop time from a cheap SGD run, then the ODE over 1.5× that time and SGD over the same."""
+    import jax
+    import jax.numpy as jnp
+
+    from gflow import FlowConfig, SGDConfig, balance_drift, gradient_flow, init_params, training_data
+    from gflow._chunked import train_sgd_chunked
+    from gflow._race import loss_drop_time
+
+    data = training_data(ds, dtype)
+    params0 = init_params(jax.random.key(3), width, ds.dim, settings.sigma, dtype=dtype)
+    lr, beta, chunk = settings.learning_rate, settings.momentum, settings.chunk
+    per_unit_time = (1.0 - beta) / lr  # SGD steps per unit of flow time
+    # Find the loss drop with SGD (cheap), doubling the horizon until the loss has dropped.
+    horizon = 400.0
+    while True:
+        steps = _round_up(horizon * per_unit_time, settings.record_every)
+        cfg = SGDConfig(steps=steps, record_every=settings.record_every, batch_size=settings.batch_size)
+        probe = train_sgd_chunked(params0, jax.random.key(4), data, learning_rate=lr, momentum=beta, config=cfg,
+                                  chunk=chunk, throw=False)
+        loss = np.asarray(probe.observables.loss)
+        t_drop = loss_drop_time(np.asarray(probe.t), loss)
+        if (np.isfinite(t_drop) and loss[-1] < 0.5 * loss[0]) or horizon >= 3200:
+            break
+        horizon *= 2
+    t_end = 1.5 * t_drop if np.isfinite(t_drop) else horizon
+    ts = jnp.linspace(0.0, t_end, 61, dtype=dtype)
+    config = FlowConfig(rtol=rtol, max_steps=settings.ode_max_steps)
+    solve = jax.jit(lambda p, grid: gradient_flow(p, data, grid, config=config, throw=False))
+    start = time.perf_counter()
+    compiled = solve.lower(params0, ts).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    traj = _block(compiled(params0, ts))
+    ode_s = time.perf_counter() - start
+
+    sgd_steps = _round_up(t_end * per_unit_time, settings.record_every)
+    sgd_cfg = SGDConfig(steps=sgd_steps, record_every=settings.record_every, batch_size=settings.batch_size)
+    sgd = jax.jit(lambda p, key, eta: train_sgd_chunked(p, key, data, learning_rate=eta, momentum=beta,
+                                                         config=sgd_cfg, chunk=chunk, observables="norms",
+                                                         throw=False))
+    sgd_compiled = sgd.lower(params0, jax.random.key(4), lr).compile()
+    sgd_s = statistics.median(_seconds(lambda: sgd_compiled(params0, jax.random.key(4), lr)) for _ in range(3))
+    sgd_norms = sgd_compiled(params0, jax.random.key(4), lr).observables
+    ode_loss = np.asarray(traj.observables.loss)
+    # A solve stopped by max_steps leaves the later records unfilled: report what it reached.
+    valid = np.isfinite(ode_loss) & (np.arange(ode_loss.size) <= _last_finite(ode_loss))
+    from gflow._trajectory import status_message
+
+    result = {
+        "dtype": jnp.dtype(dtype).name,
+        "N": int(ds.n_samples),
+        "D": int(ds.dim),
+        "d": width,
+        "dataset": ds.name,
+        "solver": config.solver,
+        "rtol": rtol,
+        "t_drop": float(t_drop),
+        "t_end": float(t_end),
+        "status": status_message(traj.status),
+        "solver_steps": int(traj.num_steps),
+        "seconds": ode_s,
+        "compile_seconds": compile_s,
+        "ms_per_solver_step": 1e3 * ode_s / max(int(traj.num_steps), 1),
+        "t_reached": float(np.asarray(ts)[valid][-1]),
+        "balance_drift": float(np.max(np.asarray(balance_drift(jax.tree.map(lambda a: a[valid], traj.observables))))),
+        "loss_start": float(ode_loss[0]),
+        "loss_end": float(ode_loss[valid][-1]),
+        "sgd_steps": sgd_steps,
+        "sgd_seconds": sgd_s,
+        "sgd_balance_drift": float(np.max(_norms_drift(sgd_norms))),
+        "ode_over_sgd": ode_s / sgd_s,
+    }
+    log(f"  ode {result['dtype']} N={result['N']} D={result['D']} d={width}: {result['solver_steps']} solver steps "
+        f"({result['status']}; reached t={result['t_reached']:.0f} of {t_end:.0f}) in {ode_s:.1f} s (compile {compile_s:.1f} s), drift {result['balance_drift']:.1e}; SGD over the same "
+        f"flow time t={t_end:.0f}: {sgd_steps} steps in {sgd_s:.2f} s -> ODE/SGD = {result['ode_over_sgd']:.0f}x")
+    return result
+
+
+def _last_finite(values: np.ndarray) -> int:
+    finite = np.nonzero(np.isfinite(values))[0]
+    return int(finite[-1]) if finite.size else 0
+
+
+def _norms_drift(norms) -> np.ndarray:
+    """Relative balance drift (SPEC §2) from recorded ‖w_i‖, ‖v_i‖, b_i ``[T, d]``."""
+    w, v, b = (np.asarray(a, np.float64) for a in (norms.w_norm, norms.v_norm, norms.b))
+    q = w**2 + b**2 - v**2
+    return np.max(np.abs(q - q[:1]), axis=0) / np.max(w**2 + b**2 + v**2, axis=0)
+
+
+def _round_up(value: float, multiple: int) -> int:
+    return max(multiple, int(math.ceil(value / multiple)) * multiple)
+
+
+def bench_ode(settings: BenchSettings, *, dataset: str | None, log=print) -> dict:
+    """The flow through the loss drop in float32 and float64, with SGD over the same flow time."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    ds32 = _task_data(dataset, settings.ode_samples)
+    out["float32"] = _flow_through_drop(ds32, settings.ode_width, jnp.float32, settings.ode_rtol, settings, log)
+    was_x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        ds64 = ds32 if settings.ode64_samples == settings.ode_samples else _task_data(dataset, settings.ode64_samples)
+        out["float64"] = _flow_through_drop(ds64, settings.ode64_width, jnp.float64, settings.ode64_rtol, settings,
+                                            log)
+    finally:
+        jax.config.update("jax_enable_x64", was_x64)
+    return out
+
+
+# --------------------------------------------------------------------------- stable cells
+
+
+def _cells_module():
+    """``gflow._cells`` and its Algorithm-1 function, or ``(None, reason)``."""
+    if importlib.util.find_spec("gflow._cells") is None:
+        return None, "gflow._cells is not present in this installation"
+    module = importlib.import_module("gflow._cells")
+    for name in ("stable_cells", "estimate_stable_cells"):
+        if callable(getattr(module, name, None)):
+            return getattr(module, name), name
+    return None, "gflow._cells has no stable_cells function"
+
+
+def bench_cells(settings: BenchSettings, *, dataset: str | None, log=print) -> dict:
+    """Algorithm 1 (SPEC §3) with M probes on N samples: compile+run time and the estimates."""
+    import jax
+    import jax.numpy as jnp
+
+    from gflow import training_data
+
+    fn, name = _cells_module()
+    if fn is None:
+        log(f"  cells: skipped ({name})")
+        return {"available": False, "reason": name}
+    ds = _task_data(dataset, settings.cells_samples)
+    data = training_data(ds, jnp.float32)
+    start = time.perf_counter()
+    first = fn(data, jax.random.key(0), probes=settings.cells_probes)
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    est = fn(data, jax.random.key(1), probes=settings.cells_probes)
+    second_s = time.perf_counter() - start
+    per_kappa = {
+        str(k): {"estimate": int(e.estimate), "iterations": len(e.curve), "converged": bool(e.converged)}
+        for k, e in est.items()
+    }
+    del first
+    result = {
+        "available": True,
+        "function": f"gflow._cells.{name}",
+        "M": settings.cells_probes,
+        "N": int(ds.n_samples),
+        "D": int(ds.dim),
+        "dataset": ds.name,
+        "seconds": second_s,
+        "first_call_seconds": first_s,
+        "compile_seconds": max(first_s - second_s, 0.0),
+        "kappa": per_kappa,
+    }
+    log(f"  cells M={settings.cells_probes} N={ds.n_samples} D={ds.dim}: {second_s:.1f} s "
+        f"(first call {first_s:.1f} s); estimates " + ", ".join(f"κ={k}: {v['estimate']}" for k, v in per_kappa.items()))
+    return result
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory_child(spec: str) -> None:
+    """Run in a fresh process: a sweep of many seeds in groups, norms streamed to ``.npy`` files.
+
+    Prints one JSON line with the peak RSS (`_peak_rss_bytes`) before and after the sweep.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from gflow import SGDConfig, load_dataset, training_data
+    from gflow._chunked import train_sgd_seeds_shared_order
+
+    opts = json.loads(spec)
+    ds = load_dataset("clusters", n_samples=opts["samples"], dim=opts["dim"], seed=0, test_samples=0)
+    data = training_data(ds, jnp.float32)
+    config = SGDConfig(steps=opts["steps"], record_every=opts["record_every"], batch_size=opts["batch_size"])
+    seeds, group, width = opts["seeds"], opts["group"], opts["width"]
+    baseline = _peak_rss_bytes()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        shape = (seeds, config.num_records, width)
+        files = {name: np.lib.format.open_memmap(Path(tmp) / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
+                 for name in ("w_norm", "v_norm", "b")}
+        for first in range(0, seeds, group):
+            count = min(group, seeds - first)
+            keys = jax.random.split(jax.random.fold_in(jax.random.key(11), first // group), group)
+            params0 = jax.vmap(lambda k: _init_one(k, width, opts["dim"], opts["sigma"]))(keys)
+            traj = train_sgd_seeds_shared_order(params0, jax.random.key(5), data,
+                                                learning_rate=opts["learning_rate"], momentum=opts["momentum"],
+                                                config=config, chunk=opts["chunk"], observables="norms")
+            for name, array in files.items():
+                array[first:first + count] = np.asarray(getattr(traj.observables, name))[:count]
+            del traj, params0
+        for array in files.values():
+            array.flush()
+        stored = sum(a.nbytes for a in files.values())
+        del files
+    seconds = time.perf_counter() - start
+    print(json.dumps({"baseline_rss_bytes": baseline, "peak_rss_bytes": _peak_rss_bytes(), "seconds": seconds,
+                      "norms_bytes_streamed": stored}))
+
+
+def _init_one(key, width, dim, sigma):
+    from gflow import init_params
+
+    return init_params(key, width, dim, sigma)
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process image, in bytes.
+
+    Linux's ``VmHWM`` (``/proc/self/status``) is the high-water mark of this image alone;
+    ``resource.getrusage(...).ru_maxrss`` also carries over the peak of the process that
+    spawned it (the kernel keeps the larger across ``exec``), so it is only the fallback.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def bench_memory(settings: BenchSettings, *, log=print) -> dict:
+    """Peak RSS of a ``memory_seeds`` sweep (groups of ``memory_group``), in a subprocess."""
+    opts = {
+        "seeds": settings.memory_seeds, "group": settings.memory_group, "steps": settings.memory_steps,
+        "width": settings.width, "dim": settings.dim, "samples": settings.samples,
+        "batch_size": settings.batch_size, "record_every": settings.record_every, "chunk": settings.chunk,
+        "learning_rate": settings.learning_rate, "momentum": settings.momentum, "sigma": settings.sigma,
+    }
+    code = "import sys; from gflow._cli._bench import memory_child; memory_child(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(opts)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory benchmark subprocess failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    gib = 2.0**30
+    result = {
+        "seeds": settings.memory_seeds,
+        "group": settings.memory_group,
+        "steps": settings.memory_steps,
+        "d": settings.width,
+        "D": settings.dim,
+        "N": settings.samples,
+        "peak_rss_gib": child["peak_rss_bytes"] / gib,
+        "baseline_rss_gib": child["baseline_rss_bytes"] / gib,
+        "seconds": child["seconds"],
+        "seed_steps_per_s": settings.memory_seeds * settings.memory_steps / child["seconds"],
+        "norms_streamed_mib": child["norms_bytes_streamed"] / 2.0**20,
+    }
+    log(f"  memory: {settings.memory_seeds} seeds in groups of {settings.memory_group}, peak RSS "
+        f"{result['peak_rss_gib']:.2f} GiB (after imports and data: {result['baseline_rss_gib']:.2f} GiB), "
+        f"{child['seconds']:.1f} s")
+    return result
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def versions() -> dict:
+    import jax
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__}
+    for name in ("jaxlib", "optax", "diffrax", "equinox"):
+        if importlib.util.find_spec(name) is not None:
+            out[name] = getattr(importlib.import_module(name), "__version__", "?")
+    torch = _torch()
+    out["torch"] = torch.__version__ if torch is not None else None
+    from gflow import __version__
+
+    out["gflow"] = __version__
+    return out
+
+
+def run_bench(settings: BenchSettings, *, sections=SECTIONS, dataset: str | None = None, use_torch: bool = True,
+              log=print) -> dict:
+    """Run the requested sections; returns the JSON-ready report."""
+    torch = _torch() if use_torch else None
+    threads = thread_counts()
+    if torch is not None:
+        torch.set_num_threads(threads["cores"] if "GFLOW_BENCH_THREADS" not in os.environ
+                              else int(os.environ["GFLOW_BENCH_THREADS"]))
+        threads = thread_counts()
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "threads": threads, "load_average_start": list(os.getloadavg())},
+        "versions": versions(),
+        "settings": dataclasses.asdict(settings),
+        "sections": list(sections),
+    }
+    log(f"gflow bench: {threads['cores']} cores; threads numpy {threads['numpy_blas']}, xla {threads['xla']}"
+        + (f", torch {threads['torch']}" if "torch" in threads else ", torch not importable (reference skipped)"))
+    limit = matmul_limit(settings.matmul_size, settings.repeats)
+    report["matmul"] = limit
+    log(f"  matmul limit {limit['limit_gflops']:.1f} GFLOP/s (numpy {limit['numpy_gflops']:.1f}, "
+        f"xla {limit['xla_gflops']:.1f}; float32 {limit['size']}^3)")
+    if "sweep" in sections:
+        report["sweep"] = bench_sweep(settings, dataset=dataset, limit_gflops=limit["limit_gflops"],
+                                      use_torch=torch is not None, log=log)
+    if "memory" in sections:
+        report["memory"] = bench_memory(settings, log=log)
+    if "cells" in sections:
+        report["cells"] = bench_cells(settings, dataset=dataset, log=log)
+    if "ode" in sections:
+        report["ode"] = bench_ode(settings, dataset=dataset, log=log)
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    return report
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated positive integers; got {text!r}") from None
+    return values
+
+
+def _settings_from_args(args) -> BenchSettings:
+    base = QUICK if args.quick else BenchSettings()
+    overrides = {}
+    if args.seeds is not None:
+        overrides["seeds"] = _int_list(args.seeds)
+    for name in ("steps", "repeats", "width", "samples", "dim", "chunk", "record_every"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.small_ode:
+        overrides.update(ode_width=16, ode_samples=60, ode64_width=16, ode64_samples=60, ode_max_steps=4000)
+    if args.cells_probes is not None:
+        overrides["cells_probes"] = args.cells_probes
+    if args.cells_samples is not None:
+        overrides["cells_samples"] = args.cells_samples
+    if args.memory_seeds is not None:
+        overrides["memory_seeds"] = args.memory_seeds
+        overrides["memory_group"] = min(base.memory_group, args.memory_seeds)
+    return dataclasses.replace(base, **overrides)
+
+
+def _sections(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return SECTIONS
+    chosen = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in chosen if s not in SECTIONS]
+    if bad or not chosen:
+        raise UsageError(f"--only takes a comma-separated subset of {', '.join(SECTIONS)}; got {text!r}")
+    return chosen
+
+
+def _reexec_with_threads(args, threads: int) -> int:
+    """Run this command again with every library limited to ``threads`` (env vars + affinity)."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    env["GFLOW_BENCH_THREADS"] = str(threads)
+    if threads == 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    if sys.argv[1:2] != ["bench"]:
+        raise UsageError("--threads re-runs the command line; use it from the gflow command")
+    code = "import sys; from gflow._cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *sys.argv[1:]], env=env,
+                          preexec_fn=lambda: os.sched_setaffinity(0, cores), check=False)
+    return proc.returncode
+
+
+def _handler(args) -> int:
+    settings = _settings_from_args(args)
+    sections = _sections(args.only)
+    cores = len(os.sched_getaffinity(0))
+    if args.threads is not None:
+        if not 1 <= args.threads <= cores:
+            raise UsageError(f"--threads must be between 1 and the {cores} available cores; got {args.threads}")
+        if os.environ.get("GFLOW_BENCH_THREADS") != str(args.threads) and args.threads != cores:
+            return _reexec_with_threads(args, args.threads)
+    out = Path(args.json)
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--json {args.json} is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    report = run_bench(settings, sections=sections, dataset=args.dataset, use_torch=not args.no_torch, log=log)
+    report["quick"] = bool(args.quick)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.quiet:
+        print(f"wrote {out}")
+    return EXIT_OK
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time seed sweeps, the ODE, stable cells and sweep memory against NumPy/PyTorch loops",
+        description=__doc__.split("\n\n")[0] + " Same-run ratios, medians of repeats, compile time apart.",
+        epilog="examples:\n  gflow bench --quick --json bench.json\n"
+               "  gflow bench --json full.json --dataset cifar:/path/to/cifar-10-batches-py\n"
+               "  gflow bench --only sweep --seeds 1,32 --json sweep.json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", required=True, metavar="FILE", help="where to write the JSON report")
+    parser.add_argument("--quick", action="store_true", help="small sizes: about two minutes on two cores")
+    parser.add_argument("--only", default=None, metavar="LIST", help=f"subset of {','.join(SECTIONS)}")
+    parser.add_argument("--dataset", default=None, metavar="SPEC",
+                        help="data for every section (e.g. cifar:PATH); default: synthetic inputs of the "
+                             "workload's shape for the sweep and memory, embedded MNIST for the ODE and cells")
+    parser.add_argument("--seeds", default=None, metavar="LIST", help="values of S, e.g. 1,8,32,128")
+    parser.add_argument("--steps", type=int, default=None, help="SGD steps per sweep run")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
+    parser.add_argument("--width", type=int, default=None, help="hidden neurons d")
+    parser.add_argument("--samples", type=int, default=None, help="training samples N of the sweep")
+    parser.add_argument("--dim", type=int, default=None, help="input dimension D of synthetic sweep data")
+    parser.add_argument("--chunk", type=int, default=None, help="SGD steps per chunk K (divides --record-every)")
+    parser.add_argument("--record-every", dest="record_every", type=int, default=None,
+                        help="record norms every this many steps")
+    parser.add_argument("--small-ode", action="store_true", help="tiny ODE problems (N=60, d=16)")
+    parser.add_argument("--cells-probes", type=int, default=None, help="probes M of Algorithm 1")
+    parser.add_argument("--cells-samples", type=int, default=None, help="samples N of Algorithm 1")
+    parser.add_argument("--memory-seeds", type=int, default=None, help="seeds of the memory sweep")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="limit NumPy, XLA and torch to this many threads (default: all cores)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    parser.set_defaults(handler=_handler)

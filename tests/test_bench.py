@@ -1,0 +1,95 @@
+"""``gflow bench`` on a tiny workload: the report's schema, and ratios from the same run's timings."""
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
+from gflow._cli import main
+from gflow._cli._bench import numpy_sgd_sweep, torch_sgd_sweep, workload_flops
+from gflow._sgd import _batch_indices
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+TINY = ["--quick", "--seeds", "2", "--steps", "20", "--record-every", "10", "--chunk", "5", "--repeats", "2",
+        "--width", "8", "--samples", "40", "--dim", "16", "--cells-probes", "256", "--cells-samples", "40",
+        "--memory-seeds", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert main(["bench", "--json", str(path), "--only", "sweep,memory,cells", *TINY]) == 0
+    return json.loads(path.read_text())
+
+
+def test_sweep_entries_have_the_schema_and_same_run_ratios(report):
+    modes = {e["mode"] for e in report["sweep"]}
+    assert modes == {"shared", "per-seed"}
+    limit = report["matmul"]["limit_gflops"]
+    assert limit > 0
+    for e in report["sweep"]:
+        for key in ("S", "mode", "seconds", "steps_per_s", "speedup_vs_numpy", "speedup_vs_torch", "roofline_fraction"):
+            assert key in e
+        assert e["S"] == 2 and e["seconds"] > 0
+        assert e["steps_per_s"] == pytest.approx(e["S"] * e["steps"] / e["seconds"])
+        assert e["speedup_vs_numpy"] == pytest.approx(e["numpy_seconds"] / e["seconds"])
+        flops = workload_flops(8, 16, 4, e["S"], e["steps"])
+        assert e["roofline_fraction"] == pytest.approx(flops / e["seconds"] / 1e9 / limit)
+        if HAS_TORCH:
+            assert e["speedup_vs_torch"] == pytest.approx(e["torch_seconds"] / e["seconds"])
+        else:
+            assert e["speedup_vs_torch"] is None and e["torch_seconds"] is None
+        assert e["traces"] == 1  # one compilation, then new learning-rate values reuse it
+        assert e["compile_seconds"] >= 0
+    assert report["versions"]["torch"] == (None if not HAS_TORCH else report["versions"]["torch"])
+
+
+def test_memory_and_cells_sections(report):
+    mem = report["memory"]
+    assert mem["seeds"] == 4 and mem["peak_rss_gib"] >= mem["baseline_rss_gib"] > 0
+    # 4 seeds × 6 records (50 steps, every 10) × 8 neurons × 3 float32 observables streamed.
+    assert mem["norms_streamed_mib"] == pytest.approx(4 * 6 * 8 * 3 * 4 / 2**20)
+    cells = report["cells"]
+    if importlib.util.find_spec("gflow._cells") is None:
+        assert cells["available"] is False
+    else:
+        assert cells["available"] is True and cells["M"] == 256 and cells["N"] == 40
+        assert all(v["estimate"] >= 1 for v in cells["kappa"].values())
+
+
+def test_unknown_section_is_a_usage_error(tmp_path, capsys):
+    assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "sweep,odes", "--quiet"]) == 2
+    assert "--only" in capsys.readouterr().err
+
+
+def _reference_problem():
+    ds = load_dataset("clusters", n_samples=24, dim=10, seed=1, test_samples=0)
+    data = training_data(ds, jnp.float64)
+    keys = jax.random.split(jax.random.key(0), 2)
+    params = [init_params(jax.random.key(s), 6, 10, 0.3, dtype=jnp.float64) for s in range(2)]
+    steps, record_every, batch = 30, 10, 4
+    orders = np.stack([np.stack([np.asarray(_batch_indices(k, i, 24, batch)) for i in range(steps)]) for k in keys])
+    stacked = [np.stack([np.asarray(getattr(p, f)) for p in params]) for f in ("W", "b", "V")]
+    cfg = SGDConfig(steps=steps, record_every=record_every, batch_size=batch)
+    trajs = [train_sgd(p, k, data, learning_rate=0.2, momentum=0.9, config=cfg) for p, k in zip(params, keys)]
+    return ds, stacked, orders, trajs
+
+
+@pytest.mark.parametrize("reference", ["numpy", "torch"])
+def test_references_follow_the_same_trajectory(reference):
+    """The loops the benchmark times compute what gflow computes (float64, same batches)."""
+    if reference == "torch" and not HAS_TORCH:
+        pytest.skip("torch is not installed")
+    ds, (W0, b0, V0), orders, trajs = _reference_problem()
+    fn = numpy_sgd_sweep if reference == "numpy" else torch_sgd_sweep
+    w_norm, v_norm, bias = fn(W0, b0, V0, np.asarray(ds.x, np.float64), np.asarray(ds.y), orders,
+                              learning_rate=0.2, momentum=0.9, record_every=10)
+    for s, traj in enumerate(trajs):
+        np.testing.assert_allclose(w_norm[s], traj.observables.w_norm, rtol=1e-10)
+        np.testing.assert_allclose(v_norm[s], traj.observables.v_norm, rtol=1e-10)
+        np.testing.assert_allclose(bias[s], traj.observables.b, rtol=1e-9, atol=1e-12)
+    assert float(trajs[0].observables.loss[-1]) < 0.9 * float(trajs[0].observables.loss[0])
