@@ -18,11 +18,17 @@ from ._data import read_csv_digits as read_csv_digits
 from ._data import read_mnist_idx as read_mnist_idx
 from ._data import read_npz_images as read_npz_images
 from ._data import xor_clusters as xor_clusters
+from ._capacity import merge_report as merge_report
+from ._capacity import merged_network as merged_network
+from ._capacity import neuron_clusters as neuron_clusters
+from ._capacity import norm_pruning_curve as norm_pruning_curve
 from ._config import RunConfig as RunConfig
 from ._dataset import Dataset as Dataset
 from ._flow import FlowConfig as FlowConfig
 from ._flow import gradient_flow as gradient_flow
 from ._flow import vector_field as vector_field
+from ._imp import IMPConfig as IMPConfig
+from ._imp import imp as imp
 from ._network import Params as Params
 from ._network import accuracy as accuracy
 from ._network import closed_form_gradient as closed_form_gradient
@@ -47,6 +53,8 @@ from ._sgd import flow_time as flow_time
 from ._sgd import train_gd as train_gd
 from ._sgd import train_sgd as train_sgd
 from ._sweep import sweep as sweep
+from ._tickets import neuron_scores as neuron_scores
+from ._tickets import spearman_test as spearman_test
 from ._trajectory import Trajectory as Trajectory
 from ._trajectory import TrajectoryError as TrajectoryError
 from ._trajectory import status_message as status_message

@@ -311,10 +311,9 @@ def _accuracy_or_nan(params: Params, x, y) -> jax.Array:
     return accuracy(params, x, y) if x.shape[0] else jnp.array(jnp.nan, x.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("rebalance", "weighting"))
 def _merge_metrics(params: Params, labels: jax.Array, data: TrainingData, rebalance: bool, weighting: str) -> dict:
-    """Everything `merge_report` measures, on the same-shape merged network (one compilation
-    per shape; empty slots of `merge_neurons` contribute exactly 0 to the logits)."""
+    """Everything `merge_report` measures, on the same-shape merged network (empty slots of
+    `merge_neurons` contribute exactly 0 to the logits)."""
     merged = merge_neurons(params, labels, rebalance=rebalance, weighting=weighting)
     x = jnp.concatenate([data.x, data.x_test], axis=0)
     change = safe_norm(logits(merged, x) - logits(params, x))
@@ -337,6 +336,12 @@ def _merge_metrics(params: Params, labels: jax.Array, data: TrainingData, rebala
     }
 
 
+@functools.partial(jax.jit, static_argnames=("rebalance",))
+def _merge_metrics_all(params: Params, labels: jax.Array, data: TrainingData, rebalance: bool) -> dict:
+    """`_merge_metrics` for every weighting in one compilation per shape."""
+    return {w: _merge_metrics(params, labels, data, rebalance, w) for w in WEIGHTINGS}
+
+
 def merge_report(params: Params, data: TrainingData, *, threshold: float = 0.95, rebalance: bool = False,
                  weighting: str = "norm", clusters: Clusters | None = None) -> MergeReport:
     """Cluster at τ (or use the given ``clusters``), merge, and compare the two networks on the
@@ -353,7 +358,7 @@ def merge_report(params: Params, data: TrainingData, *, threshold: float = 0.95,
     _check_weighting(weighting)
     if clusters is None:
         clusters = neuron_clusters(params, threshold=threshold)
-    m = _merge_metrics(params, jnp.asarray(clusters.labels), data, rebalance, weighting)
+    m = _merge_metrics_all(params, jnp.asarray(clusters.labels), data, rebalance)[weighting]
     values = {k: (bool(v) if k == "bound_holds" else float(v)) for k, v in m.items()}
     return MergeReport(width=int(params.W.shape[0]), clusters=clusters.count, threshold=clusters.threshold,
                        weighting=weighting, **values)

@@ -192,10 +192,10 @@ def train_masked(
     Returns the final parameters.
     """
     check_hyperparameters(learning_rate, momentum)
-    return _train_masked(params0, key, data, mask, learning_rate, momentum, int(steps), batch_size, int(first_step))
+    return _train_masked(params0, key, data, mask, learning_rate, momentum, int(steps), batch_size, first_step)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "batch_size", "first_step"))
+@functools.partial(jax.jit, static_argnames=("steps", "batch_size"))
 def _train_masked(params0, key, data, mask, learning_rate, momentum, steps, batch_size, first_step):
     dtype = params0.W.dtype
     params, _ = _masked_steps(params0, key, data, mask, jnp.asarray(learning_rate, dtype),

@@ -165,7 +165,7 @@ def test_imp_rewinds_survivors_to_their_initial_values(imp_run):
 def test_imp_rewinding_to_an_early_step():
     data, p0 = _data(), _params()
     key = jax.random.key(11)
-    k = 20
+    k = 30  # = steps − k, so both halves share one compiled masked trainer (first_step is traced)
     res = imp(p0, key, data, target_sparsity=0.5, learning_rate=0.05, momentum=0.9,
               config=IMPConfig(steps=60, batch_size=4, rewind_step=k), controls=False)
     theta_k = train_masked(p0, key, data, dense_mask(p0), learning_rate=0.05, momentum=0.9, steps=k, batch_size=4)
@@ -251,13 +251,14 @@ def test_scores_agree_with_the_recorded_observables_and_closed_forms():
     np.testing.assert_allclose(scores["cos_delta_t0_current_kappa"], obs.cos_target, rtol=1e-12)
     np.testing.assert_allclose(scores["unlocking_rate_early"], np.sqrt(2) * obs.target_strength * obs.cos_target, rtol=1e-12)
     # SNIP against the closed-form gradient of SPEC §1.
-    g = gflow.closed_form_gradient(p0, data.x, data.y)
+    g = jax.jit(gflow.closed_form_gradient)(p0, data.x, data.y)
     snip = (jnp.abs(p0.W * g.W).sum(1) + jnp.abs(p0.b * g.b) + jnp.abs(p0.V * g.V).sum(1))
-    np.testing.assert_allclose(snip_saliency(p0, data), snip, rtol=1e-10)
+    np.testing.assert_allclose(jax.jit(snip_saliency)(p0, data), snip, rtol=1e-10)
     # κ̂ = sign Σ_s a_i(s) ỹ_s.
     a = np.maximum(np.asarray(data.x) @ np.asarray(p0.W).T, 0)
     drive = np.asarray(data.signed_labels) @ a
-    np.testing.assert_array_equal(np.asarray(predicted_alignment(p0, data))[drive != 0], np.sign(drive[drive != 0]))
+    kappa_hat = np.asarray(jax.jit(predicted_alignment)(p0, data))
+    np.testing.assert_array_equal(kappa_hat[drive != 0], np.sign(drive[drive != 0]))
     q = score_quality(scores, np.exp(scores["cos_delta_t0"]), permutations=99)
     assert q["cos_delta_t0"].spearman_log_P.rho == pytest.approx(1.0)
     assert np.isnan(q["cos_delta_t0"].auc_kept)
