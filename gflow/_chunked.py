@@ -260,10 +260,9 @@ def _run_chunk(state: _State, x: jax.Array, y: jax.Array, coeffs: _ChunkCoeffici
 
     # Closing GEMM: −η Σ_j c_{Kj} δ_jᵀ X_j and Σ_j β^{K−1−j} δ_jᵀ X_j in one product, then
     # W_K = W_0 − η a_K M_0 + (first), M_K = β^K M_0 + (second).
-    weights = jnp.concatenate(
-        [deltas * (-lr * jnp.repeat(coeffs.close_w, batch))[:, None], deltas * jnp.repeat(coeffs.close_m, batch)[:, None]],
-        axis=1,
-    )
+    close_w = -lr * jnp.repeat(coeffs.close_w, batch)[:, None]
+    close_m = jnp.repeat(coeffs.close_m, batch)[:, None]
+    weights = jnp.concatenate([deltas * close_w, deltas * close_m], axis=1)
     sums = (weights.T @ flat).reshape(2, seeds, width, dim)
     W0, M0 = state.WM[0], state.WM[1]
     WM = jnp.stack([W0 - (lr * coeffs.a_end) * M0 + sums[0], coeffs.decay_end * M0 + sums[1]])
@@ -423,7 +422,8 @@ def train_sgd_chunked(
     check_chunked_config(config, chunk, observables, data.x.shape[0])
     _check_params(params0, seed_axis=False)
     perms = epoch_permutations(key, _epochs_needed(config.steps, data.x.shape[0], config.batch_size), data.x.shape[0])
-    traj = _train_one(params0, perms, data, learning_rate, momentum, config=config, chunk=chunk, observables=observables)
+    traj = _train_one(params0, perms, data, learning_rate, momentum, config=config, chunk=chunk,
+                      observables=observables)
     return raise_if_failed(traj) if throw else traj
 
 

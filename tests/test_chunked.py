@@ -86,7 +86,6 @@ def test_batches_are_those_of_train_sgd(batch, chunk):
 CASES = [  # (momentum, chunk K, config); N = 30
     (0.0, 3, CFG),
     (0.9, 3, CFG),
-    (0.9, 1, CFG),  # K = 1 is plain SGD
     # B = 7: 4 steps per epoch, so every chunk of 6 steps spans two epochs.
     (0.9, 6, SGDConfig(steps=36, record_every=12, batch_size=7, snapshot_every=1)),
 ]
