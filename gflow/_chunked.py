@@ -30,6 +30,16 @@ by step exactly as optax does. The result equals the per-step trajectory up to f
 (the sums are only associated differently); a ReLU gate that sits within rounding of zero may
 of course flip either way in either implementation.
 
+**The sample basis.** Every update of ``W`` is a combination of training inputs, so
+``W(t) = W(0) + C_W(t)ᵀ X`` and ``M(t) = C_M(t)ᵀ X`` with per-sample coefficients
+``C ∈ R^{N×d}``; with the Gram matrix ``G = X Xᵀ`` the pre-activations of any sample are
+``X W(t)ᵀ = X W(0)ᵀ + G C_W``. Keeping ``C`` and ``G C`` instead of ``W`` and ``M``
+(``basis="samples"``, `_SampleState`) turns the opening GEMM into row lookups and the closing
+one into ``G[:, idx] [K·B-row weights]`` of ``[N, K·B] × [K·B, 2d]``: ``4·B·N`` FLOPs per
+neuron-step against ``8·B·D``, plus ``X W(0)ᵀ`` and the final ``W`` once per run. At the
+paper's N = 800, D = 1024 that is 2.6 times fewer FLOPs per step; with N ≫ D the weight basis
+stays cheaper (`resolve_basis` picks). Both give the per-step trajectory up to float rounding.
+
 **Seeds.** With one data order shared by all seeds (`train_sgd_seeds_shared_order`), the seeds
 are stacked along the neuron axis: the two GEMMs become ``[K·B, D] × [D, 2·S·d]`` and back, the
 Gram matrix is computed once for all seeds, and the per-step work is ``[B, K·B] × [K·B, S·d]``.
@@ -189,25 +199,17 @@ def _block_size(chunk: int) -> int:
     return max(L for L in range(1, int(math.isqrt(chunk)) + 1) if chunk % L == 0)
 
 
-def _run_chunk(state: _State, x: jax.Array, y: jax.Array, coeffs: _ChunkCoefficients, lr, beta) -> _State:
-    """K momentum-SGD steps of S stacked seeds on the batches ``x [K, B, D]``, ``y [K, B]``.
+def _chunk_errors(start, gram, y, b, V, mb, mV, coeffs: _ChunkCoefficients, lr, beta, seeds: int, width: int):
+    """The K steps of a chunk on ``B × S·d`` arrays: back-propagated errors and b, V updates.
 
-    ``W`` and ``M`` are read once (opening GEMM) and written once (closing GEMM); see the
-    module docstring for the algebra.
+    ``start [K·B, S·d]`` holds ``x_s·w_i(0) − η a_k x_s·m_i(0)`` for every sample of the chunk
+    (row block k = step k) and ``gram [K·B, K·B]`` the inner products of the chunk's inputs;
+    both are all a step needs to form its pre-activations ``X_k W_kᵀ`` (module docstring).
+    Returns the errors ``δ [K·B, S·d]`` of every step and the updated ``b, V, mb, mV``.
     """
-    k_steps, batch, dim = x.shape
-    _, seeds, width, _ = state.WM.shape
+    k_steps, batch = y.shape
     neurons = seeds * width
-    dtype = state.WM.dtype
-    flat = x.reshape(k_steps * batch, dim)  # [KB, D]
-
-    # Opening GEMM: x_s·w_i and x_s·m_i for every sample of the chunk and every neuron.
-    proj = flat @ state.WM.reshape(2 * neurons, dim).T  # [KB, 2·S·d]
-    a_rows = jnp.repeat(coeffs.a, batch)[:, None]
-    start = proj[:, :neurons] - lr * a_rows * proj[:, neurons:]  # [KB, S·d]
-
-    # Gram matrix of the chunk's inputs, weighted by c_{kj}: row block k couples step k to j < k.
-    gram = flat @ flat.T
+    dtype = start.dtype
     coupling = (gram.reshape(k_steps, batch, k_steps, batch) * coeffs.c[:, None, :, None]).reshape(
         k_steps * batch, k_steps * batch
     )
@@ -249,38 +251,204 @@ def _run_chunk(state: _State, x: jax.Array, y: jax.Array, coeffs: _ChunkCoeffici
         m, start_m, cross_m, local_m, first_m = inputs
         base = (start_m - lr * (cross_m @ all_deltas.reshape(k_steps * batch, neurons))).reshape(block, batch, neurons)
         inner = (jnp.arange(block), base, local_m, first_m)
-        (deltas, b, V, mb, mV), _ = jax.lax.scan(step, (jnp.zeros((rows, neurons), dtype), b, V, mb, mV), inner)
+        (deltas, b, V, mb, mV), _ = jax.lax.scan(step, (jnp.zeros((rows, neurons), dtype), b, V, mb, mV), inner,
+                                                 unroll=True)  # L ≤ √K steps: fused across steps
         all_deltas = jax.lax.dynamic_update_index_in_dim(all_deltas, deltas, m, axis=0)
         return (all_deltas, b, V, mb, mV), None
 
     deltas0 = jnp.zeros((n_blocks, rows, neurons), dtype)
     inputs = (jnp.arange(n_blocks), start, cross, local, first_class.reshape(n_blocks, block, batch))
-    (deltas, b, V, mb, mV), _ = jax.lax.scan(block_body, (deltas0, state.b, state.V, state.mb, state.mV), inputs)
-    deltas = deltas.reshape(k_steps * batch, neurons)
+    (deltas, b, V, mb, mV), _ = jax.lax.scan(block_body, (deltas0, b, V, mb, mV), inputs)
+    return deltas.reshape(k_steps * batch, neurons), b, V, mb, mV
+
+
+def _closing_weights(deltas, coeffs: _ChunkCoefficients, lr, batch: int):
+    """Per-sample weights of the chunk's update, ``[K·B, 2·S·d]``: ``−η c_{Kj} δ_j`` (for ``W_K``)
+    next to ``β^{K−1−j} δ_j`` (for ``M_K``)."""
+    close_w = -lr * jnp.repeat(coeffs.close_w, batch)[:, None]
+    close_m = jnp.repeat(coeffs.close_m, batch)[:, None]
+    return jnp.concatenate([deltas * close_w, deltas * close_m], axis=1)
+
+
+def _run_chunk(state: _State, x: jax.Array, y: jax.Array, coeffs: _ChunkCoefficients, lr, beta) -> _State:
+    """K momentum-SGD steps of S stacked seeds on the batches ``x [K, B, D]``, ``y [K, B]``.
+
+    ``W`` and ``M`` are read once (opening GEMM) and written once (closing GEMM); see the
+    module docstring for the algebra.
+    """
+    k_steps, batch, dim = x.shape
+    _, seeds, width, _ = state.WM.shape
+    neurons = seeds * width
+    flat = x.reshape(k_steps * batch, dim)  # [KB, D]
+
+    # Opening GEMM: x_s·w_i and x_s·m_i for every sample of the chunk and every neuron.
+    proj = flat @ state.WM.reshape(2 * neurons, dim).T  # [KB, 2·S·d]
+    a_rows = jnp.repeat(coeffs.a, batch)[:, None]
+    start = proj[:, :neurons] - lr * a_rows * proj[:, neurons:]  # [KB, S·d]
+    deltas, b, V, mb, mV = _chunk_errors(start, flat @ flat.T, y, state.b, state.V, state.mb, state.mV, coeffs,
+                                         lr, beta, seeds, width)
 
     # Closing GEMM: −η Σ_j c_{Kj} δ_jᵀ X_j and Σ_j β^{K−1−j} δ_jᵀ X_j in one product, then
     # W_K = W_0 − η a_K M_0 + (first), M_K = β^K M_0 + (second).
-    close_w = -lr * jnp.repeat(coeffs.close_w, batch)[:, None]
-    close_m = jnp.repeat(coeffs.close_m, batch)[:, None]
-    weights = jnp.concatenate([deltas * close_w, deltas * close_m], axis=1)
-    sums = (weights.T @ flat).reshape(2, seeds, width, dim)
+    sums = (_closing_weights(deltas, coeffs, lr, batch).T @ flat).reshape(2, seeds, width, dim)
     W0, M0 = state.WM[0], state.WM[1]
     WM = jnp.stack([W0 - (lr * coeffs.a_end) * M0 + sums[0], coeffs.decay_end * M0 + sums[1]])
     return _State(WM=WM, b=b, V=V, mb=mb, mV=mV)
 
 
-def _params(state: _State) -> Params:
-    return Params(W=state.WM[0], b=state.b, V=state.V)
+class _SampleState(NamedTuple):
+    """Optimiser state of S stacked seeds in the sample basis (``basis="samples"``).
+
+    Every update of ``W`` is a combination of training inputs, so ``W(t) = W(0) + C_W(t)ᵀ X``
+    and ``M(t) = C_M(t)ᵀ X`` (momentum starts at zero) with coefficients ``C [N, S·d]``; then
+    ``X W(t)ᵀ = X W(0)ᵀ + G C_W`` (``G = X Xᵀ``) is a row lookup and no ``[d, D]`` array is
+    touched during training. Per chunk the coefficients move by ``C ← A C + Δ`` with
+    ``A = [[1, −η a_K], [0, β^K]]`` (module docstring) and ``Δ`` nonzero on the chunk's rows only.
+    In the eigenbasis of A, ``U = C_W + γ C_M`` with ``γ = −η a_K / (1 − β^K)`` only accumulates
+    (``U ← U + Δ_W + γ Δ_M``) and ``C_M ← β^K C_M + Δ_M`` only decays, which is kept as a
+    scalar: ``C_M = s Ĉ_M``. So a chunk writes the chunk's rows of ``Ĉ`` and adds one GEMM's
+    output to ``G Ĉ``; nothing else of the ``[N, S·d]`` arrays is read or written. When ``s``
+    falls below `_RESCALE_BELOW` (about every five chunks at β^K = 0.9⁵⁰) it is folded into
+    ``Ĉ_M`` in one pass.
+    """
+
+    CC: jax.Array  # [N, 2, S·d]: U, Ĉ_M
+    RR: jax.Array  # [N, 2, S·d]: G U, G Ĉ_M
+    scale: jax.Array  # s
+    b: jax.Array
+    V: jax.Array
+    mb: jax.Array
+    mV: jax.Array
 
 
-def _observe_stacked(state: _State, data: TrainingData, observables: str):
-    if observables == "norms":
+_RESCALE_BELOW = 1e-12
+
+
+def _initial_sample_state(params0: Params, n: int) -> _SampleState:
+    seeds, width, _ = params0.W.shape
+    zeros = jnp.zeros((n, 2, seeds * width), params0.W.dtype)
+    return _SampleState(CC=zeros, RR=zeros, scale=jnp.ones((), params0.W.dtype), b=params0.b, V=params0.V,
+                        mb=jnp.zeros_like(params0.b), mV=jnp.zeros_like(params0.V))
+
+
+def _sample_basis_shift(coeffs: _ChunkCoefficients, lr):
+    """γ = −η a_K / (1 − β^K): ``U = C_W + γ C_M`` is invariant under the chunk's carry-over A."""
+    return -lr * coeffs.a_end / (1 - coeffs.decay_end)
+
+
+def _run_chunk_samples(state: _SampleState, idx: jax.Array, y: jax.Array, proj0: jax.Array, gram_all: jax.Array,
+                       coeffs: _ChunkCoefficients, lr, beta) -> _SampleState:
+    """`_run_chunk` in the sample basis (`_SampleState`): the chunk's samples ``idx [K, B]``.
+
+    Opening: ``X_k W_0ᵀ = P_0[idx] + (G U − γ G C_M)[idx]`` and ``X_k M_0ᵀ = (G C_M)[idx]``,
+    row lookups. Closing: with ``Δ_W = −η c_{Kj} δ_j`` and ``Δ_M = β^{K−1−j} δ_j`` the chunk's
+    per-sample weights, ``U += Δ_W + γ Δ_M`` and ``Ĉ_M += Δ_M / s'`` on the chunk's rows and
+    ``G Ĉ += G[:, idx] [·]``: one GEMM ``[N, K·B] × [K·B, 2·S·d]`` per chunk, against the
+    weight basis' two ``[K·B, D] × [D, 2·S·d]``.
+    """
+    k_steps, batch = y.shape
+    _, _, neurons = state.CC.shape
+    seeds, width = state.b.shape
+    gamma = _sample_basis_shift(coeffs, lr)
+    rows = idx.reshape(k_steps * batch)
+    opened = state.RR[rows]  # [KB, 2, S·d]
+    g_m = state.scale * opened[:, 1]  # X_k M_0ᵀ
+    a_rows = jnp.repeat(coeffs.a, batch)[:, None]
+    start = proj0[rows] + opened[:, 0] - (gamma + lr * a_rows) * g_m
+    deltas, b, V, mb, mV = _chunk_errors(start, gram_all[rows][:, rows], y, state.b, state.V, state.mb, state.mV,
+                                         coeffs, lr, beta, seeds, width)
+    weights = _closing_weights(deltas, coeffs, lr, batch)
+    delta_w, delta_m = weights[:, :neurons], weights[:, neurons:]
+    decayed = state.scale * coeffs.decay_end
+
+    def accumulate(CC, RR):  # s' = s β^K: Ĉ_M += Δ_M / s'
+        added = jnp.stack([delta_w + gamma * delta_m, delta_m / decayed], axis=1)  # [KB, 2, S·d]
+        update = (gram_all[:, rows] @ added.reshape(-1, 2 * neurons)).reshape(-1, 2, neurons)
+        return CC.at[rows].add(added), RR + update, decayed
+
+    def fold(CC, RR):  # s' = 1: Ĉ_M ← s β^K Ĉ_M + Δ_M (also for β = 0, where β^K = 0)
+        added = jnp.stack([delta_w + gamma * delta_m, delta_m], axis=1)
+        update = (gram_all[:, rows] @ added.reshape(-1, 2 * neurons)).reshape(-1, 2, neurons)
+        keep = jnp.stack([jnp.ones((), CC.dtype), decayed])[None, :, None]
+        return (CC * keep).at[rows].add(added), RR * keep + update, jnp.ones_like(decayed)
+
+    CC, RR, scale = jax.lax.cond(decayed < _RESCALE_BELOW, fold, accumulate, state.CC, state.RR)
+    return _SampleState(CC=CC, RR=RR, scale=scale, b=b, V=V, mb=mb, mV=mV)
+
+
+def _sample_coefficients_of_w(state: _SampleState, coeffs: _ChunkCoefficients, lr):
+    """``C_W = U − γ s Ĉ_M`` and ``G C_W``, each ``[N, S·d]``."""
+    shift = _sample_basis_shift(coeffs, lr) * state.scale
+    return state.CC[:, 0] - shift * state.CC[:, 1], state.RR[:, 0] - shift * state.RR[:, 1]
+
+
+class _Basis(NamedTuple):
+    """How a training state is stored: the chunk update and what records read from it."""
+
+    state0: object
+    run_chunk: object  # (state, idx [K, B]) -> state
+    params: object  # state -> Params (W formed)
+    norms: object  # state -> NeuronNorms
+
+
+def _weight_basis(params0: Params, data: TrainingData, coeffs: _ChunkCoefficients, lr, beta) -> _Basis:
+    def run_chunk(state, idx):
+        return _run_chunk(state, data.x[idx], data.y[idx], coeffs, lr, beta)
+
+    def params(state):
+        return Params(W=state.WM[0], b=state.b, V=state.V)
+
+    def norms(state):
         return NeuronNorms(w_norm=safe_norm(state.WM[0]), v_norm=safe_norm(state.V), b=state.b)
-    return jax.vmap(observe, in_axes=(0, None))(_params(state), data)
+
+    return _Basis(_initial_state(params0), run_chunk, params, norms)
+
+
+def _sample_basis(params0: Params, data: TrainingData, coeffs: _ChunkCoefficients, lr, beta) -> _Basis:
+    seeds, width, dim = params0.W.shape
+    W0 = params0.W.reshape(seeds * width, dim)
+    gram_all = data.x @ data.x.T  # G = X Xᵀ [N, N], once per run
+    proj0 = data.x @ W0.T  # P_0 = X W(0)ᵀ [N, S·d], once per run
+    w0_sq = jnp.sum(W0 * W0, axis=1)
+
+    def run_chunk(state, idx):
+        return _run_chunk_samples(state, idx, data.y[idx], proj0, gram_all, coeffs, lr, beta)
+
+    def params(state):
+        C_W, _ = _sample_coefficients_of_w(state, coeffs, lr)
+        W = W0 + C_W.T @ data.x  # W = W(0) + C_Wᵀ X
+        return Params(W=W.reshape(seeds, width, dim), b=state.b, V=state.V)
+
+    def norms(state):
+        # ‖w_i‖² = ‖w_i(0)‖² + 2 c_i·(X w_i(0)) + c_i·(G c_i), c_i the column of C_W.
+        C_W, R_W = _sample_coefficients_of_w(state, coeffs, lr)
+        sq = w0_sq + jnp.sum(C_W * (2 * proj0 + R_W), axis=0)
+        w_norm = jnp.sqrt(jnp.maximum(sq, 0)).reshape(seeds, width)
+        return NeuronNorms(w_norm=w_norm, v_norm=safe_norm(state.V), b=state.b)
+
+    return _Basis(_initial_sample_state(params0, data.x.shape[0]), run_chunk, params, norms)
+
+
+BASES = ("auto", "weights", "samples")
+
+
+def resolve_basis(basis: str, n_samples: int, dim: int, batch_size: int, steps: int) -> str:
+    """``"weights"`` or ``"samples"`` for ``basis="auto"``: the one with fewer GEMM FLOPs per run.
+
+    Per seed and neuron, the weight basis does ``8·B·D`` FLOPs a step (two GEMMs, W and M);
+    the sample basis ``4·B·N`` a step (one GEMM) plus ``4·N·D`` once (``X W(0)ᵀ`` and the final
+    ``W``). ``N`` above ``D`` (or a short run) favours the weights; the sample basis also
+    needs the ``N × N`` Gram matrix, so it is not chosen above N = 16 384.
+    """
+    if basis != "auto":
+        return basis
+    weights = 8.0 * batch_size * dim * steps
+    samples = 4.0 * batch_size * n_samples * steps + 4.0 * n_samples * dim
+    return "samples" if samples < weights and n_samples <= 16_384 else "weights"
 
 
 def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rate, momentum, config: SGDConfig,
-                        chunk: int, observables: str) -> Trajectory:
+                        chunk: int, observables: str, basis: str = "weights") -> Trajectory:
     """S seeds stacked on a leading axis, one data order (``perms`` from `epoch_permutations`);
     every output field ``[S, ...]``."""
     dtype = params0.W.dtype
@@ -290,10 +458,16 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
     batch = config.batch_size
     chunks_per_record = config.record_every // chunk
     seeds = params0.W.shape[0]
+    make = _sample_basis if basis == "samples" else _weight_basis
+    kernel = make(params0, data, coeffs, lr, beta)
+
+    def observe_stacked(state):
+        if observables == "norms":
+            return kernel.norms(state)
+        return jax.vmap(observe, in_axes=(0, None))(kernel.params(state), data)
 
     def chunk_body(state, c):
-        idx = chunk_batch_indices(perms, c * chunk, chunk, batch)
-        return _run_chunk(state, data.x[idx], data.y[idx], coeffs, lr, beta), None
+        return kernel.run_chunk(state, chunk_batch_indices(perms, c * chunk, chunk, batch)), None
 
     keep_snapshots = config.snapshot_every is not None
     snap_records = jnp.asarray(config.snapshot_records())
@@ -301,11 +475,12 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
 
     def record_body(carry, j):
         state, snaps = carry
-        obs = _observe_stacked(state, data, observables)
+        obs = observe_stacked(state)
         if keep_snapshots:
             slot = jnp.minimum(jnp.searchsorted(snap_records, j), n_snap - 1)
             take = snap_records[slot] == j
-            snaps = jax.tree.map(lambda buf, p: buf.at[slot].set(jnp.where(take, p, buf[slot])), snaps, _params(state))
+            snaps = jax.tree.map(lambda buf, p: buf.at[slot].set(jnp.where(take, p, buf[slot])), snaps,
+                                 kernel.params(state))
         chunks = j * chunks_per_record + jnp.arange(chunks_per_record)
         state, _ = jax.lax.scan(chunk_body, state, chunks)
         return (state, snaps), obs
@@ -314,11 +489,10 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
         snaps0 = jax.tree.map(lambda p: jnp.zeros((n_snap,) + p.shape, p.dtype), params0)
     else:
         snaps0 = None
-    (state, snaps), obs = jax.lax.scan(record_body, (_initial_state(params0), snaps0),
-                                       jnp.arange(config.num_records - 1))
-    last = _observe_stacked(state, data, observables)
+    (state, snaps), obs = jax.lax.scan(record_body, (kernel.state0, snaps0), jnp.arange(config.num_records - 1))
+    last = observe_stacked(state)
     obs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), obs, last)
-    final = _params(state)
+    final = kernel.params(state)
     if keep_snapshots:
         snaps = jax.tree.map(lambda buf, p: buf.at[-1].set(p), snaps, final)
     else:
@@ -339,23 +513,25 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
     )
 
 
-def _train_one_impl(params0: Params, perms, data, learning_rate, momentum, config, chunk, observables) -> Trajectory:
+def _train_one_impl(params0: Params, perms, data, learning_rate, momentum, config, chunk, observables,
+                    basis="weights") -> Trajectory:
     """One seed: the stacked kernel with S = 1, seed axis removed."""
     stacked = jax.tree.map(lambda p: p[None], params0)
-    traj = _train_stacked_impl(stacked, perms, data, learning_rate, momentum, config, chunk, observables)
+    traj = _train_stacked_impl(stacked, perms, data, learning_rate, momentum, config, chunk, observables, basis)
     return jax.tree.map(lambda a: a[0], traj)
 
 
-_STATIC = ("config", "chunk", "observables")
+_STATIC = ("config", "chunk", "observables", "basis")
 _train_stacked = jax.jit(_train_stacked_impl, static_argnames=_STATIC)
 _train_one = jax.jit(_train_one_impl, static_argnames=_STATIC)
 _train_per_seed = jax.jit(
-    jax.vmap(_train_one_impl, in_axes=(0, 0, None, 0, 0, None, None, None)),
-    static_argnums=(5, 6, 7),
+    jax.vmap(_train_one_impl, in_axes=(0, 0, None, 0, 0, None, None, None, None)),
+    static_argnums=(5, 6, 7, 8),
 )
 
 
-def check_chunked_config(config: SGDConfig, chunk: int, observables: str, n_samples: int) -> None:
+def check_chunked_config(config: SGDConfig, chunk: int, observables: str, n_samples: int,
+                         basis: str = "auto") -> None:
     """Reject configurations the chunked kernel cannot run, naming the field and what is allowed."""
     if not isinstance(config, SGDConfig):
         raise ValueError(f"config must be a gflow.SGDConfig; got {type(config).__name__}.")
@@ -374,6 +550,8 @@ def check_chunked_config(config: SGDConfig, chunk: int, observables: str, n_samp
         )
     if observables not in OBSERVATION_MODES:
         raise ValueError(f"observables must be one of {OBSERVATION_MODES}; got {observables!r}.")
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}; got {basis!r}.")
 
 
 def _check_params(params0: Params, seed_axis: bool) -> int:
@@ -395,6 +573,7 @@ def train_sgd_chunked(
     config: SGDConfig,
     chunk: int,
     observables: str = "full",
+    basis: str = "auto",
     throw: bool = True,
 ) -> Trajectory:
     """Mini-batch momentum SGD taken ``chunk`` steps at a time; the trajectory of `train_sgd`.
@@ -414,16 +593,22 @@ def train_sgd_chunked(
         observables: ``"full"`` records `Observables` (`observe`); ``"norms"`` records only
             `NeuronNorms` (‖w_i‖, ‖v_i‖, b_i), much cheaper for long sweeps.
         throw: raise `TrajectoryError` if the run diverged (not under vmap).
+        basis: how ``W`` is carried (static). ``"weights"``: ``W`` and its momentum, two GEMMs
+            ``[K·B, D]`` per chunk. ``"samples"``: ``W = W(0) + C_Wᵀ X`` with coefficients per
+            training sample, one GEMM ``[N, K·B] × [K·B, ·]`` per chunk and the ``N × N`` Gram
+            matrix (exact too; fewer FLOPs when N < 2D over a few epochs). ``"auto"`` (default)
+            picks the one with fewer FLOPs (`resolve_basis`).
 
     Returns:
         A `Trajectory` (observables `Observables` or `NeuronNorms` with a leading time axis).
     """
     check_hyperparameters(learning_rate, momentum)
-    check_chunked_config(config, chunk, observables, data.x.shape[0])
+    check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
+    basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
     _check_params(params0, seed_axis=False)
     perms = epoch_permutations(key, _epochs_needed(config.steps, data.x.shape[0], config.batch_size), data.x.shape[0])
     traj = _train_one(params0, perms, data, learning_rate, momentum, config=config, chunk=chunk,
-                      observables=observables)
+                      observables=observables, basis=basis)
     return raise_if_failed(traj) if throw else traj
 
 
@@ -446,6 +631,7 @@ def train_sgd_chunked_seeds(
     config: SGDConfig,
     chunk: int,
     observables: str = "norms",
+    basis: str = "auto",
 ) -> Trajectory:
     """S seeds, each with its own data order: `train_sgd_chunked` vmapped over seeds.
 
@@ -455,13 +641,19 @@ def train_sgd_chunked_seeds(
         learning_rate, momentum: scalars or ``[S]`` arrays (a sweep over values is one
             compilation).
         config, chunk, observables: as in `train_sgd_chunked` (default ``"norms"``).
+        basis: how ``W`` is carried (static). ``"weights"``: ``W`` and its momentum, two GEMMs
+            ``[K·B, D]`` per chunk. ``"samples"``: ``W = W(0) + C_Wᵀ X`` with coefficients per
+            training sample, one GEMM ``[N, K·B] × [K·B, ·]`` per chunk and the ``N × N`` Gram
+            matrix (exact too; fewer FLOPs when N < 2D over a few epochs). ``"auto"`` (default)
+            picks the one with fewer FLOPs (`resolve_basis`).
 
     Returns:
         A `Trajectory` whose every field has a leading ``[S]`` axis; a diverged seed has status
         `NON_FINITE` and does not stop the others.
     """
     check_hyperparameters(learning_rate, momentum)
-    check_chunked_config(config, chunk, observables, data.x.shape[0])
+    check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
+    basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
     seeds = _check_params(params0, seed_axis=True)
     if np.shape(keys)[:1] != (seeds,):
         raise ValueError(f"keys must hold one key per seed, shape ({seeds},); got shape {np.shape(keys)}.")
@@ -471,7 +663,7 @@ def train_sgd_chunked_seeds(
     n = data.x.shape[0]
     epochs = _epochs_needed(config.steps, n, config.batch_size)
     perms = epoch_permutations(keys, epochs, n)
-    return _train_per_seed(params0, perms, data, lr, beta, config, chunk, observables)
+    return _train_per_seed(params0, perms, data, lr, beta, config, chunk, observables, basis)
 
 
 def train_sgd_seeds_shared_order(
@@ -484,6 +676,7 @@ def train_sgd_seeds_shared_order(
     config: SGDConfig,
     chunk: int,
     observables: str = "norms",
+    basis: str = "auto",
 ) -> Trajectory:
     """S seeds that share one mini-batch order, trained as one stacked network.
 
@@ -499,12 +692,18 @@ def train_sgd_seeds_shared_order(
         learning_rate, momentum: scalars shared by all seeds (for per-seed values use
             `train_sgd_chunked_seeds`).
         config, chunk, observables: as in `train_sgd_chunked` (default ``"norms"``).
+        basis: how ``W`` is carried (static). ``"weights"``: ``W`` and its momentum, two GEMMs
+            ``[K·B, D]`` per chunk. ``"samples"``: ``W = W(0) + C_Wᵀ X`` with coefficients per
+            training sample, one GEMM ``[N, K·B] × [K·B, ·]`` per chunk and the ``N × N`` Gram
+            matrix (exact too; fewer FLOPs when N < 2D over a few epochs). ``"auto"`` (default)
+            picks the one with fewer FLOPs (`resolve_basis`).
 
     Returns:
         A `Trajectory` whose every field has a leading ``[S]`` axis.
     """
     check_hyperparameters(learning_rate, momentum)
-    check_chunked_config(config, chunk, observables, data.x.shape[0])
+    check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
+    basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
     _check_params(params0, seed_axis=True)
     for name, value in (("learning_rate", learning_rate), ("momentum", momentum)):
         if np.ndim(value) != 0:
@@ -515,4 +714,4 @@ def train_sgd_seeds_shared_order(
     n = data.x.shape[0]
     perms = epoch_permutations(key, _epochs_needed(config.steps, n, config.batch_size), n)
     return _train_stacked(params0, perms, data, learning_rate, momentum, config=config, chunk=chunk,
-                          observables=observables)
+                          observables=observables, basis=basis)

@@ -10,12 +10,12 @@ import pytest
 
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
 from gflow._cli import main
-from gflow._cli._bench import numpy_sgd_sweep, torch_sgd_sweep, workload_flops
+from gflow._cli._bench import kernel_flops, numpy_sgd_sweep, torch_sgd_sweep, workload_flops
 from gflow._sgd import _batch_indices
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 TINY = ["--quick", "--seeds", "2", "--steps", "20", "--record-every", "10", "--chunk", "5", "--repeats", "2",
-        "--width", "8", "--samples", "40", "--dim", "16", "--cells-probes", "256", "--cells-samples", "40",
+        "--width", "8", "--samples", "40", "--dim", "64", "--cells-probes", "256", "--cells-samples", "40",
         "--memory-seeds", "4", "--quiet"]
 
 
@@ -28,7 +28,7 @@ def report(tmp_path_factory):
 
 def test_sweep_entries_have_the_schema_and_same_run_ratios(report):
     modes = {e["mode"] for e in report["sweep"]}
-    assert modes == {"shared", "per-seed"}
+    assert modes == {"shared", "shared-weights", "per-seed"}
     limit = report["matmul"]["limit_gflops"]
     assert limit > 0
     for e in report["sweep"]:
@@ -37,8 +37,11 @@ def test_sweep_entries_have_the_schema_and_same_run_ratios(report):
         assert e["S"] == 2 and e["seconds"] > 0
         assert e["steps_per_s"] == pytest.approx(e["S"] * e["steps"] / e["seconds"])
         assert e["speedup_vs_numpy"] == pytest.approx(e["numpy_seconds"] / e["seconds"])
-        flops = workload_flops(8, 16, 4, e["S"], e["steps"])
+        flops = workload_flops(8, 64, 4, e["S"], e["steps"])
         assert e["roofline_fraction"] == pytest.approx(flops / e["seconds"] / 1e9 / limit)
+        own = kernel_flops(e["basis"], 8, 40, 64, 4, e["S"], e["steps"])
+        assert e["kernel_roofline_fraction"] == pytest.approx(own / e["seconds"] / 1e9 / limit)
+        assert e["basis"] == ("weights" if e["mode"] == "shared-weights" else "samples")  # N = 40 < 2D
         if HAS_TORCH:
             assert e["speedup_vs_torch"] == pytest.approx(e["torch_seconds"] / e["seconds"])
         else:

@@ -14,6 +14,7 @@ from gflow._chunked import (
     chunk_batch_indices,
     chunk_coefficients,
     epoch_permutations,
+    resolve_basis,
     train_sgd_chunked,
     train_sgd_chunked_seeds,
     train_sgd_seeds_shared_order,
@@ -88,15 +89,24 @@ CASES = [  # (momentum, chunk K, config); N = 30
     (0.9, 3, CFG),
     # B = 7: 4 steps per epoch, so every chunk of 6 steps spans two epochs.
     (0.9, 6, SGDConfig(steps=36, record_every=12, batch_size=7, snapshot_every=1)),
+    # β^K = 0.3⁶: the sample basis' momentum scale s falls below 1e-12 after four chunks and is
+    # folded back into its coefficients.
+    (0.3, 6, SGDConfig(steps=36, record_every=12, batch_size=7, snapshot_every=1)),
 ]
 
 
+BASES = ["weights", "samples"]
+
+
+@pytest.mark.parametrize("basis", BASES)
 @pytest.mark.parametrize("momentum,chunk,cfg", CASES)
-def test_chunked_equals_per_step_sgd_float64(data64, momentum, chunk, cfg):
-    """The whole trajectory (every record, every parameter) equals train_sgd to float rounding."""
+def test_chunked_equals_per_step_sgd_float64(data64, momentum, chunk, cfg, basis):
+    """The whole trajectory (every record, every parameter) equals train_sgd to float rounding,
+    whether W is carried as such or as W(0) + C_Wᵀ X."""
     p0, key = _params(1), jax.random.key(5)
     want = train_sgd(p0, key, data64, learning_rate=0.1, momentum=momentum, config=cfg)
-    got = train_sgd_chunked(p0, key, data64, learning_rate=0.1, momentum=momentum, config=cfg, chunk=chunk)
+    got = train_sgd_chunked(p0, key, data64, learning_rate=0.1, momentum=momentum, config=cfg, chunk=chunk,
+                            basis=basis)
     assert _max_relative_error(want.snapshots, got.snapshots) < 1e-10
     np.testing.assert_array_equal(got.t, want.t)
     for name in ("w_norm", "v_norm", "b", "Q", "loss", "cos_delta"):
@@ -108,35 +118,40 @@ def test_chunked_equals_per_step_sgd_float64(data64, momentum, chunk, cfg):
     assert float(want.observables.loss[-1]) < 0.9 * float(want.observables.loss[0])
 
 
-def test_chunked_equals_per_step_sgd_float32(dataset):
+@pytest.mark.parametrize("basis", BASES)
+def test_chunked_equals_per_step_sgd_float32(dataset, basis):
     data = training_data(dataset, jnp.float32)
     p0, key = _params(2, jnp.float32), jax.random.key(6)
     want = train_sgd(p0, key, data, learning_rate=0.1, momentum=0.9, config=CFG)
-    got = train_sgd_chunked(p0, key, data, learning_rate=0.1, momentum=0.9, config=CFG, chunk=3)
+    got = train_sgd_chunked(p0, key, data, learning_rate=0.1, momentum=0.9, config=CFG, chunk=3, basis=basis)
     assert got.snapshots.W.dtype == jnp.float32
     assert _max_relative_error(want.snapshots, got.snapshots) < 1e-4
 
 
-def test_norms_mode_records_what_observe_records(data64):
+@pytest.mark.parametrize("basis", BASES)
+def test_norms_mode_records_what_observe_records(data64, basis):
+    """‖w_i‖ from W itself (observe) and, in the sample basis, from ‖w(0)‖² + 2 c·Xw(0) + c·Gc."""
     cfg = CFG
     p0, key = _params(3), jax.random.key(7)
     full = train_sgd_chunked(p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3)
     light = train_sgd_chunked(p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3,
-                              observables="norms")
+                              observables="norms", basis=basis)
     assert isinstance(light.observables, NeuronNorms)
     for name in ("w_norm", "v_norm", "b"):
         np.testing.assert_allclose(getattr(light.observables, name), getattr(full.observables, name), rtol=1e-12)
     assert light.observables.w_norm.shape == (cfg.num_records, WIDTH)
 
 
-def test_shared_order_equals_per_seed_lanes_with_one_key(data64):
+@pytest.mark.parametrize("basis", BASES)
+def test_shared_order_equals_per_seed_lanes_with_one_key(data64, basis):
     """Stacking seeds along the neuron axis changes nothing when every seed has the same order."""
     cfg = CFG
     p0 = _stack([_params(s) for s in range(3)])
     key = jax.random.key(9)
-    shared = train_sgd_seeds_shared_order(p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3)
+    shared = train_sgd_seeds_shared_order(p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3,
+                                          basis=basis)
     lanes = train_sgd_chunked_seeds(p0, jnp.stack([key] * 3), data64, learning_rate=0.1, momentum=0.9,
-                                    config=cfg, chunk=3)
+                                    config=cfg, chunk=3, basis=basis)
     assert shared.observables.w_norm.shape == (3, cfg.num_records, WIDTH)
     assert _max_relative_error(shared.snapshots, lanes.snapshots) < 1e-12
     assert _max_relative_error(shared.observables, lanes.observables) < 1e-12
@@ -144,17 +159,18 @@ def test_shared_order_equals_per_seed_lanes_with_one_key(data64):
     np.testing.assert_array_equal(shared.status, [OK] * 3)
 
 
-def test_vmapped_seeds_equal_python_loop(data64):
+@pytest.mark.parametrize("basis", BASES)
+def test_vmapped_seeds_equal_python_loop(data64, basis):
     """Per-seed orders and per-seed learning rates: the vmapped sweep equals one run per seed."""
     cfg = CFG
     params = [_params(10 + s) for s in range(3)]
     keys = jax.random.split(jax.random.key(11), 3)
     rates = jnp.array([0.05, 0.1, 0.2])
     swept = train_sgd_chunked_seeds(_stack(params), keys, data64, learning_rate=rates, momentum=0.9,
-                                    config=cfg, chunk=3)
+                                    config=cfg, chunk=3, basis=basis)
     for s in range(3):
         one = train_sgd_chunked(params[s], keys[s], data64, learning_rate=float(rates[s]), momentum=0.9,
-                                config=cfg, chunk=3, observables="norms")
+                                config=cfg, chunk=3, observables="norms", basis=basis)
         lane = jax.tree.map(lambda a: a[s], swept)
         assert _max_relative_error(one.snapshots, lane.snapshots) < 1e-12
         assert _max_relative_error(one.observables, lane.observables) < 1e-12
@@ -198,6 +214,7 @@ def test_no_retrace_for_new_seeds_or_values(data64):
         (dict(chunk=4), "chunk"),
         (dict(chunk=0), "chunk"),
         (dict(observables="everything"), "observables"),
+        (dict(basis="pixels"), "basis"),
         (dict(config=SGDConfig(steps=24, record_every=6, batch_size=None)), "batch_size"),
         (dict(config=SGDConfig(steps=24, record_every=6, batch_size=31)), "batch_size"),
     ],
@@ -213,3 +230,24 @@ def test_shared_order_needs_shared_hyperparameters(data64):
     with pytest.raises(ValueError, match="learning_rate"):
         train_sgd_seeds_shared_order(_stack([_params(0), _params(1)]), jax.random.key(0), data64,
                                      learning_rate=jnp.array([0.1, 0.2]), momentum=0.9, config=CFG, chunk=3)
+
+
+def test_auto_basis_takes_the_one_with_fewer_flops():
+    """The paper's workload (N = 800 < 2D = 2048, many steps) runs in the sample basis; many
+    samples, or one short chunk, keep the weights."""
+    assert resolve_basis("auto", 800, 1024, 4, 1000) == "samples"
+    assert resolve_basis("auto", 60_000, 784, 4, 1000) == "weights"
+    assert resolve_basis("auto", 800, 1024, 4, 1) == "weights"
+    assert resolve_basis("weights", 800, 1024, 4, 1000) == "weights"
+
+
+def test_sample_basis_float32_on_a_long_run(dataset):
+    """The coefficients C and G C are accumulated over many chunks: after 20 epochs in float32
+    the sample basis still agrees with the weight basis to float32 rounding of the trajectory."""
+    data = training_data(dataset, jnp.float32)
+    cfg = SGDConfig(steps=150, record_every=30, batch_size=4, snapshot_every=1)
+    p0, key = _params(4, jnp.float32), jax.random.key(8)
+    runs = {basis: train_sgd_chunked(p0, key, data, learning_rate=0.1, momentum=0.9, config=cfg, chunk=10,
+                                     observables="norms", basis=basis) for basis in BASES}
+    assert _max_relative_error(runs["weights"].snapshots, runs["samples"].snapshots) < 1e-4
+    np.testing.assert_allclose(runs["samples"].observables.w_norm, runs["weights"].observables.w_norm, rtol=1e-4)

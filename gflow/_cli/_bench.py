@@ -44,7 +44,7 @@ import numpy as np
 from ._common import EXIT_OK, UsageError
 
 SECTIONS = ("sweep", "ode", "cells", "memory")
-SWEEP_MODES = ("shared", "per-seed", "plain-vmap")
+SWEEP_MODES = ("shared", "shared-weights", "per-seed", "plain-vmap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ class BenchSettings:
     """
 
     seeds: tuple[int, ...] = (1, 8, 32, 128)
-    steps: int = 200
+    steps: int = 1000
     repeats: int = 5
     width: int = 300
     samples: int = 800
@@ -73,7 +73,7 @@ class BenchSettings:
     record_every: int = 50
     chunk: int = 50
     sigma: float = 1e-5
-    plain_max_seeds: int = 32
+    plain_max_seeds: int = 8
     matmul_size: int = 2048
     ode_width: int = 300
     ode_samples: int = 800
@@ -190,6 +190,15 @@ def matmul_limit(size: int, repeats: int) -> dict:
 def workload_flops(width: int, dim: int, batch_size: int, seeds: int, steps: int) -> float:
     """FLOPs of the standard algorithm: ``4·d·D·(B+1)`` per seed-step (module docstring)."""
     return 4.0 * width * dim * (batch_size + 1) * seeds * steps
+
+
+def kernel_flops(basis: str, width: int, samples: int, dim: int, batch_size: int, seeds: int, steps: int) -> float:
+    """GEMM FLOPs gflow's chunked kernel itself does (see `gflow._chunked.resolve_basis`):
+    ``8·B·D`` per neuron-step in the weight basis; ``4·B·N`` per neuron-step plus ``4·N·D`` per
+    neuron per run (``X W(0)ᵀ`` and the final ``W``) in the sample basis."""
+    if basis == "samples":
+        return 4.0 * width * seeds * (batch_size * samples * steps + samples * dim)
+    return 8.0 * width * dim * batch_size * seeds * steps
 
 
 # --------------------------------------------------------------------------- references
@@ -346,9 +355,12 @@ def _gflow_contenders(params0, data, settings: BenchSettings, seeds: int):
         return settings.learning_rate * (1.0 + 1e-6 * i)
 
     common = dict(config=config, chunk=settings.chunk, observables="norms")
-    contenders = {
+    contenders = {  # basis "auto": the sample basis at the paper's N = 800 < 2D
         "shared": (lambda i: _chunked.train_sgd_seeds_shared_order(
             params0, key, data, learning_rate=lr(i), momentum=beta, **common), _chunked._train_stacked),
+        "shared-weights": (lambda i: _chunked.train_sgd_seeds_shared_order(
+            params0, key, data, learning_rate=lr(i), momentum=beta, basis="weights", **common),
+            _chunked._train_stacked),
         "per-seed": (lambda i: _chunked.train_sgd_chunked_seeds(
             params0, keys, data, learning_rate=lr(i), momentum=beta, **common), _chunked._train_per_seed),
     }
@@ -357,6 +369,16 @@ def _gflow_contenders(params0, data, settings: BenchSettings, seeds: int):
                                                              config=config, throw=False), in_axes=(0, 0, None)))
         contenders["plain-vmap"] = (lambda i: plain(params0, keys, lr(i)), plain)
     return contenders
+
+
+def _mode_basis(mode: str, n: int, dim: int, settings: BenchSettings) -> str | None:
+    """How a sweep mode carries W (``None`` for the per-step trainer)."""
+    from gflow._chunked import resolve_basis
+
+    if mode == "plain-vmap":
+        return None
+    return resolve_basis("weights" if mode == "shared-weights" else "auto", n, dim, settings.batch_size,
+                         settings.steps)
 
 
 def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: float, use_torch: bool,
@@ -382,10 +404,12 @@ def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: f
         if torch_mod is not None:
             references["torch"] = lambda: torch_sgd_sweep(W0, b0, V0, x, y, orders, **ref_kw)
         contenders = _gflow_contenders(params0, data, settings, seeds)
-        first, cache0 = {}, {}
+        first, compiled = {}, {}
         for mode, (run, jitted) in contenders.items():
-            cache0[mode] = jitted._cache_size()
+            before = jitted._cache_size()
             first[mode] = _seconds(lambda: run(0))
+            compiled[mode] = jitted._cache_size() - before  # 1: a new configuration, compiled once
+        warm = {mode: jitted._cache_size() for mode, (_, jitted) in contenders.items()}
         times = {name: [] for name in list(contenders) + list(references)}
         for r in range(settings.repeats):  # interleaved: load changes hit every contender alike
             for mode, (run, _) in contenders.items():
@@ -395,17 +419,22 @@ def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: f
         med = {name: statistics.median(ts) for name, ts in times.items()}
         flops = workload_flops(settings.width, dim, settings.batch_size, seeds, settings.steps)
         for mode, (_, jitted) in contenders.items():
+            basis = _mode_basis(mode, n, dim, settings)
+            own = kernel_flops(basis, settings.width, n, dim, settings.batch_size, seeds, settings.steps) \
+                if basis else flops
             entry = {
                 "S": seeds,
                 "mode": mode,
+                "basis": basis,
                 "seconds": med[mode],
                 "steps_per_s": seeds * settings.steps / med[mode],
                 "speedup_vs_numpy": med["numpy"] / med[mode],
                 "speedup_vs_torch": med["torch"] / med[mode] if "torch" in med else None,
                 "roofline_fraction": flops / med[mode] / 1e9 / limit_gflops,
                 "gflops": flops / med[mode] / 1e9,
+                "kernel_roofline_fraction": own / med[mode] / 1e9 / limit_gflops,
                 "compile_seconds": max(first[mode] - med[mode], 0.0),
-                "traces": jitted._cache_size() - cache0[mode],
+                "traces": compiled[mode] + jitted._cache_size() - warm[mode],  # timed calls add none
                 "numpy_seconds": med["numpy"],
                 "torch_seconds": med.get("torch"),
                 "repeats": settings.repeats,
@@ -413,7 +442,7 @@ def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: f
             }
             results.append(entry)
             torch_note = f"{entry['speedup_vs_torch']:.1f}x torch, " if entry["speedup_vs_torch"] else ""
-            log(f"  sweep S={seeds:<4d} {mode:<10s} {entry['seconds']:8.3f} s  {entry['steps_per_s']:9.0f} "
+            log(f"  sweep S={seeds:<4d} {mode:<14s} {entry['seconds']:8.3f} s  {entry['steps_per_s']:9.0f} "
                 f"seed-steps/s  {entry['speedup_vs_numpy']:5.1f}x numpy, {torch_note}"
                 f"{100 * entry['roofline_fraction']:4.1f}% of matmul limit, compile {entry['compile_seconds']:.1f} s")
     return results
