@@ -86,7 +86,7 @@ class BenchSettings:
     cells_samples: int = 4000
     memory_seeds: int = 1024
     memory_group: int = 128
-    memory_steps: int = 50
+    memory_steps: int = 1000
 
     def __post_init__(self):
         for name in ("steps", "repeats", "width", "samples", "dim", "batch_size", "record_every", "chunk",
@@ -115,6 +115,7 @@ QUICK = BenchSettings(
     seeds=(1, 8), steps=100, repeats=3, matmul_size=1024, plain_max_seeds=0,
     ode_width=50, ode_samples=200, ode_rtol=1e-3, ode64_width=20, ode64_samples=200, ode64_rtol=1e-3,
     ode_max_steps=4000, cells_probes=4000, cells_samples=400, memory_seeds=64, memory_group=32,
+    memory_steps=50,
 )
 
 
