@@ -641,11 +641,7 @@ def train_sgd_chunked_seeds(
         learning_rate, momentum: scalars or ``[S]`` arrays (a sweep over values is one
             compilation).
         config, chunk, observables: as in `train_sgd_chunked` (default ``"norms"``).
-        basis: how ``W`` is carried (static). ``"weights"``: ``W`` and its momentum, two GEMMs
-            ``[K·B, D]`` per chunk. ``"samples"``: ``W = W(0) + C_Wᵀ X`` with coefficients per
-            training sample, one GEMM ``[N, K·B] × [K·B, ·]`` per chunk and the ``N × N`` Gram
-            matrix (exact too; fewer FLOPs when N < 2D over a few epochs). ``"auto"`` (default)
-            picks the one with fewer FLOPs (`resolve_basis`).
+        basis: as in `train_sgd_chunked` (``"auto"``, ``"weights"`` or ``"samples"``).
 
     Returns:
         A `Trajectory` whose every field has a leading ``[S]`` axis; a diverged seed has status
@@ -692,11 +688,7 @@ def train_sgd_seeds_shared_order(
         learning_rate, momentum: scalars shared by all seeds (for per-seed values use
             `train_sgd_chunked_seeds`).
         config, chunk, observables: as in `train_sgd_chunked` (default ``"norms"``).
-        basis: how ``W`` is carried (static). ``"weights"``: ``W`` and its momentum, two GEMMs
-            ``[K·B, D]`` per chunk. ``"samples"``: ``W = W(0) + C_Wᵀ X`` with coefficients per
-            training sample, one GEMM ``[N, K·B] × [K·B, ·]`` per chunk and the ``N × N`` Gram
-            matrix (exact too; fewer FLOPs when N < 2D over a few epochs). ``"auto"`` (default)
-            picks the one with fewer FLOPs (`resolve_basis`).
+        basis: as in `train_sgd_chunked` (``"auto"``, ``"weights"`` or ``"samples"``).
 
     Returns:
         A `Trajectory` whose every field has a leading ``[S]`` axis.
