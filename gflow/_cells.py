@@ -280,6 +280,484 @@ def count_distinct(words: jax.Array) -> jax.Array:
     return group_patterns(words).count
 
 
+# --------------------------------------------------------------------------- exact gates of signed sums
+#
+# Every step of Algorithm 1 needs, for many patterns g, the signs of the pre-activations of the
+# target: z_s(g) = x_s · S(g) with the signed sum S(g) = Σ_{j: g(j)=1} ỹ_j x_j (T_κ(g) is κ S / ‖S‖,
+# and a positive scale does not change a sign). Computing z densely costs 2ND flops per pattern
+# for S and 2ND more for z. The engine below returns the *exact* signs (those of the real number
+# x_s · S(g) for the stored data), at a fraction of that:
+#
+# * S is exact. The data are split X = X_hi + X_lo with X_hi on a power-of-two grid per feature,
+#   so coarse that every signed subset sum of a column is representable (`_grid_split`): then
+#   S_hi = X_hi^T (g∘ỹ) is computed without any rounding, in any summation order, by one GEMM or
+#   by adding the rows of the flipped samples to the S of another pattern (incremental updates
+#   cost ∝ the flips). The rest, x_s · X_lo^T (g∘ỹ), is bounded by ‖x_s‖ ‖X_lo‖₂ √|g|.
+# * The gate is filtered in a rank-r basis V_r of the data's top right singular vectors:
+#   z_s = (V_rᵀx_s)·(V_rᵀS) + x_s^⊥·S^⊥, the last term bounded by ‖x_s^⊥‖ ‖S^⊥‖ (Cauchy–Schwarz,
+#   ‖S^⊥‖² = ‖S‖² − ‖V_rᵀS‖²). That costs 2(N+D)r per pattern and settles all but a few per cent
+#   of the signs; the samples left undecided in a chunk of patterns concentrate on few samples,
+#   so the `cap` most frequent of them are evaluated densely (x_s · S_hi, one GEMM).
+# * Every floating-point step carries a rigorous error bound (γ_n = nu/(1−nu), u the unit
+#   roundoff). A sign is taken only when |estimate| exceeds its bound; the rare entries left
+#   (near-ties, typically < 1 per pattern) are settled on the host: in float64, then from a
+#   float64 row of G = X Xᵀ, and for a true tie (z = 0, e.g. the empty pattern) exactly with
+#   `math.fsum`. A tie gives neither sign: the closed kink of `gflow._network.gating_pattern`.
+#
+# So the result does not depend on summation order, chunking or threads, and equals the gate of
+# exact arithmetic; the former float32 evaluation (``X @ T`` in float32) could disagree with it
+# on ~1 entry in 4·10⁶ (|z| within float32 rounding of 0).
+
+# Rank of the filter for random patterns (the first map) and for the structured patterns after it,
+# and how many undecided samples per chunk are evaluated densely; measured on CIFAR-10 (N = 4000,
+# D = 1024): < 1 entry per pattern is left to the host.
+_FIRST_RANK, _FIRST_CAP = 128, 1024
+_RANK, _CAP = 64, 512
+# Later gates size their dense check from the previous one: of the sizes below, the one that
+# minimises rows·size + (undecided entries outside it)·_SETTLE_COST, the host settling an entry
+# at about the cost of 128 dense-check samples of one pattern (measured at N = 4000, D = 1024).
+_CAP_SIZES = (128, 256, 512, 1024)
+_SETTLE_COST = 128
+_GATE_ROWS = 256  # patterns per gate call ([rows, N] arrays stay in cache; small unions)
+# Relative slack for the (orthonormal-to-rounding) float64 eigenbasis in the filter identity.
+_BASIS_SLACK = 1e-10
+
+
+class _DeviceGeometry(NamedTuple):
+    """Arrays the jitted gate and sum kernels read (data dtype; ``N`` samples, ``D`` features)."""
+
+    x: jax.Array  # [N, D] the data
+    x_hi: jax.Array  # [N+1, D] grid part of the data, last row 0 (padding index N)
+    labels: jax.Array  # [N+1] signed labels ỹ, last entry 0
+    basis: jax.Array  # [D, R] top right singular vectors of X (R = max rank used)
+    coords: jax.Array  # [N, R] X V_R
+    tail_norms: dict  # {rank: [N] ‖x_s − V_r V_rᵀ x_s‖, rounded up}
+    x_norms: jax.Array  # [N] ‖x_s‖, rounded up
+    lo_gains: jax.Array  # [N] ≥ ‖X_lo x_s‖₂ (grid remainder), rounded up
+
+
+class _Geometry(NamedTuple):
+    """`_DeviceGeometry` plus the float64 host copies used to settle undecided signs."""
+
+    device: _DeviceGeometry
+    x64: np.ndarray  # [N, D]
+    labels64: np.ndarray  # [N]
+    x_norms64: np.ndarray  # [N]
+    norm_sum64: float  # Σ_j ‖x_j‖
+    lo_gains64: np.ndarray  # [N] ≥ ‖X_lo x_s‖₂, so |x_s·X_loᵀa| ≤ lo_gains64[s] ‖a‖₂
+    ranks: tuple[int, ...]
+    gram_rows: np.ndarray  # [N, N] float64 rows of G = X Xᵀ, filled on first use (this call only)
+    gram_ready: np.ndarray  # [N] bool, which rows of gram_rows are filled
+
+
+def _gamma(k: int, u: float) -> float:
+    """γ_k = k u / (1 − k u): bound on the relative error of a length-k dot product (Higham)."""
+    return k * u / (1.0 - k * u)
+
+
+def _round_up(values: np.ndarray, dtype) -> np.ndarray:
+    """Cast float64 ``values`` to ``dtype``, rounding up (so that bounds stay bounds)."""
+    cast = np.asarray(values, np.float64).astype(dtype)
+    return np.where(cast.astype(np.float64) < values, np.nextafter(cast, np.asarray(np.inf, dtype)), cast)
+
+
+def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """X = X_hi + X_lo with column k of X_hi on the grid h_k ℤ, h_k = 2^⌈log₂(Σ_j |x_jk| / 2^p)⌉.
+
+    ``p`` is the significand precision of ``dtype`` (24 for float32). Every partial sum of
+    ``±x_hi,jk`` over a subset of samples is then an integer multiple of h_k below 2^p h_k in
+    size, hence exactly representable: ``X_hiᵀ a`` for ``a ∈ {−1, 0, 1}^N`` is computed exactly by
+    any float GEMM. Returns ``(x_hi in dtype, x_lo float64)``; |x_lo,jk| ≤ h_k / 2.
+    """
+    precision = np.finfo(dtype).nmant + 1
+    col_l1 = np.abs(x64).sum(axis=0)
+    step = np.exp2(np.ceil(np.log2(np.maximum(col_l1, np.finfo(np.float64).tiny) / 2.0**precision)))
+    x_hi64 = np.round(x64 / step) * step
+    x_hi = x_hi64.astype(dtype)
+    if not np.array_equal(x_hi.astype(np.float64), x_hi64):
+        raise ValueError("the data's grid split is not exact in its dtype (values too small to represent).")
+    return x_hi, x64 - x_hi64
+
+
+def _orthonormal_columns(a: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the column space of ``a`` (Gram–Schmidt, twice: orthonormal to rounding).
+
+    Matrix–vector products only, on purpose: NumPy's LAPACK (QR, eigh of a 1024² matrix) takes
+    seconds instead of milliseconds when its threads compete with other processes. A column that
+    vanishes (rank deficiency) is replaced by a fixed random direction.
+    """
+    q = np.array(a, np.float64, order="F")
+    spare = np.random.default_rng(1)
+    for j in range(q.shape[1]):
+        for _ in range(3):
+            v = q[:, j]
+            for _ in range(2):
+                if j:
+                    v = v - q[:, :j] @ (q[:, :j].T @ v)
+            norm = np.sqrt(v @ v)
+            if norm > 1e-8 * (np.sqrt(q[:, j] @ q[:, j]) + 1e-300):
+                break
+            q[:, j] = spare.standard_normal(q.shape[0])
+        q[:, j] = v / norm
+    return q
+
+
+def _top_subspace(gram: np.ndarray, rank: int, iterations: int = 6) -> np.ndarray:
+    """Orthonormal ``[D, rank]`` basis close to the top-``rank`` eigenvectors of the PSD ``gram``:
+    block power iteration from a fixed start, then Rayleigh–Ritz (columns largest first, so the
+    first r columns serve the rank-r filter). Any orthonormal basis keeps the gate exact; a
+    better one only leaves fewer signs undecided."""
+    q = _orthonormal_columns(np.random.default_rng(0).standard_normal((gram.shape[0], rank)))
+    for _ in range(iterations):
+        q = _orthonormal_columns(gram @ q)
+    _, rotation = np.linalg.eigh(q.T @ gram @ q)  # rank × rank: small enough for LAPACK
+    return _orthonormal_columns(q @ rotation[:, ::-1])
+
+
+def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
+    """Filter bases, norms and the grid split of ``data.x`` (float64 on the host, once per call)."""
+    dtype = np.dtype(data.x.dtype)
+    x64 = np.asarray(data.x, np.float64)
+    labels64 = np.asarray(data.signed_labels, np.float64)
+    n, dim = x64.shape
+    x_hi, x_lo = _grid_split(x64, dtype)
+    # |x_s·X_loᵀa| ≤ ‖X_lo x_s‖ ‖a‖: ‖X_lo x_s‖² = x_sᵀ(X_loᵀX_lo)x_s, padded for its float64 rounding.
+    gram_lo = x_lo.T @ x_lo
+    lo_gains = np.sqrt(np.maximum(np.einsum("ij,ij->i", x64 @ gram_lo, x64), 0)
+                       + 1e-12 * np.trace(gram_lo) * np.einsum("ij,ij->i", x64, x64) + 1e-300) * (1 + 1e-6)
+    top = max(min(max(ranks), n, dim), 1)
+    basis = _top_subspace(x64.T @ x64, top)
+    coords = x64 @ basis
+    x_norms64 = np.linalg.norm(x64, axis=1)
+    slack = 1e-12 * x_norms64
+    tails = {}
+    for r in ranks:
+        r = min(r, top)
+        residual = x64 - coords[:, :r] @ basis[:, :r].T
+        tails[r] = jnp.asarray(_round_up(np.linalg.norm(residual, axis=1) + slack, dtype))
+    pad = np.zeros((1, dim), dtype)
+    device = _DeviceGeometry(
+        x=jnp.asarray(np.asarray(data.x)),
+        x_hi=jnp.asarray(np.concatenate([x_hi, pad])),
+        labels=jnp.asarray(np.concatenate([labels64, [0.0]]).astype(dtype)),
+        basis=jnp.asarray(basis.astype(dtype)),
+        coords=jnp.asarray(coords.astype(dtype)),
+        tail_norms=tails,
+        x_norms=jnp.asarray(_round_up(x_norms64 * (1 + 1e-12), dtype)),
+        lo_gains=jnp.asarray(_round_up(lo_gains, dtype)),
+    )
+    return _Geometry(device=device, x64=x64, labels64=labels64, x_norms64=x_norms64,
+                     norm_sum64=float(x_norms64.sum()), lo_gains64=lo_gains,
+                     ranks=tuple(sorted({min(r, top) for r in ranks})),
+                     gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool))
+
+
+def _pattern_bits(words: jax.Array, samples: jax.Array) -> jax.Array:
+    """Bits ``g(s)`` of packed patterns ``[K, W]`` at the sample indices ``samples [L]`` → bool ``[K, L]``."""
+    word = jnp.take(words, samples >> 5, axis=1, mode="clip")
+    return ((word >> (samples & 31).astype(jnp.uint32)[None, :]) & jnp.uint32(1)).astype(bool)
+
+
+@jax.jit
+def _signed_sums_kernel(words: jax.Array, geo: _DeviceGeometry) -> jax.Array:
+    """S_hi(g) = X_hiᵀ (g∘ỹ) for packed patterns ``[K, W]`` → ``[K, D]``, exact (`_grid_split`)."""
+    n = geo.x.shape[0]
+    signed = jnp.where(unpack_patterns(words, n), geo.labels[None, :n], 0)
+    return signed @ geo.x_hi[:n]
+
+
+@jax.jit
+def _updated_sums_kernel(sums: jax.Array, ref_words: jax.Array, new_words: jax.Array, samples: jax.Array,
+                         geo: _DeviceGeometry) -> jax.Array:
+    """S_hi(g') = S_hi(g) + X_hi[L]ᵀ((g'−g)∘ỹ)[L], exact when ``samples`` (L, padded with N) holds
+    every sample where g and g' differ: both addends and the result are grid subset sums."""
+    delta = _pattern_bits(new_words, samples).astype(sums.dtype) - _pattern_bits(ref_words, samples).astype(sums.dtype)
+    return sums + (delta * geo.labels[samples][None, :]) @ geo.x_hi[samples]
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "cap", "cap_sizes"))
+def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, *, rank: int, cap: int,
+                 cap_sizes: tuple[int, ...]):
+    """Signs of z_s = x_s·S(g) for each row ``S_hi(g)`` of ``sums [K, D]`` (|g| = ``sizes``).
+
+    Returns packed ``(positive, negative, undecided)``, ``uint32 [K, W]``, and for each size in
+    `_CAP_SIZES` how many filter-undecided entries a dense check of that size would leave (sizes
+    the next gate's check, ``cap_sizes``); a sign is set only where
+    it is proven (see the section comment): ``|estimate| > bound`` with
+
+        rank-r filter:  bound_s = ‖x_s^⊥‖ τ + ‖x_s‖ (η + slack ‖S‖) + β_s
+        dense (cap samples):  bound_s = ‖x_s‖ γ_D ‖S‖ + β_s,     β_s = ‖X_lo x_s‖ √|g|,
+
+    τ ≥ ‖S^⊥‖ and η the rounding of the filter's two GEMMs. Empty patterns (S = 0, z = 0) have
+    neither sign and nothing undecided.
+    """
+    dt = sums.dtype
+    n, dim = geo.x.shape
+    u = float(jnp.finfo(dt).eps) / 2
+    safety = 1 + 64 * u  # rounding in evaluating the bounds themselves
+    s_norm = jnp.sqrt(jnp.sum(sums * sums, axis=1) * (1 + 2 * _gamma(dim, u)))
+    root_size = jnp.sqrt(sizes.astype(dt)) * (1 + 2 * u)
+    empty = sizes == 0
+    def dense_state(columns, x_cols):
+        """+1 / −1 where x_s·S_hi is far enough from 0 (f32 dot error + grid remainder), else 0."""
+        exact = sums @ x_cols.T
+        margin = (geo.x_norms[columns][None, :] * (_gamma(dim, u) * s_norm)[:, None]
+                  + geo.lo_gains[columns][None, :] * root_size[:, None]) * safety
+        return jnp.where(jnp.abs(exact) > margin, jnp.sign(exact), 0).astype(jnp.int8)
+
+    if cap < n:
+        basis, coords = geo.basis[:, :rank], geo.coords[:, :rank]
+        q = sums @ basis
+        estimate = q @ coords.T
+        e_q = (_gamma(dim, u) * (1 + u) + u) * s_norm
+        q_norm = jnp.sqrt(jnp.sum(q * q, axis=1))
+        q_low = jnp.maximum(q_norm * (1 - 2 * _gamma(rank, u)) - np.sqrt(rank) * e_q, 0)
+        tau = jnp.sqrt(jnp.maximum(s_norm**2 - q_low**2, 0))
+        eta = (_gamma(rank, u) * (1 + u) + u) * q_norm * (1 + 2 * _gamma(rank, u)) + np.sqrt(rank) * e_q
+        bound = (geo.tail_norms[rank][None, :] * tau[:, None]
+                 + geo.x_norms[None, :] * (eta + _BASIS_SLACK * s_norm)[:, None]
+                 + geo.lo_gains[None, :] * root_size[:, None]) * safety
+        decided = jnp.abs(estimate) > bound
+        undecided_per_sample = jnp.sum(~decided & ~empty[:, None], axis=0, dtype=jnp.int32)
+        _, dense = jax.lax.top_k(undecided_per_sample, cap)
+        most = jax.lax.top_k(undecided_per_sample, min(max(cap_sizes), n))[0]
+        sizes_ok = jnp.asarray([min(c, n) for c in cap_sizes])
+        spread = jnp.sum(undecided_per_sample) - jnp.cumsum(most)[sizes_ok - 1]
+        # One int8 state per entry (+1, −1, 0 = undecided); the dense check overrides the filter.
+        state = jnp.where(decided, jnp.sign(estimate), 0).astype(jnp.int8)
+        at_dense = dense_state(dense, geo.x[dense])
+        state = state.at[:, dense].set(jnp.where(at_dense != 0, at_dense, state[:, dense]))
+    else:
+        state = dense_state(jnp.arange(n), geo.x)
+        spread = jnp.zeros((len(cap_sizes),), jnp.int32)
+    return (pack_patterns(state > 0), pack_patterns(state < 0), pack_patterns((state == 0) & ~empty[:, None]),
+            spread)
+
+
+def _exact_dot_sign(a: np.ndarray, b: np.ndarray) -> int:
+    """Sign of Σ_i a_i b_i in exact arithmetic (float64 inputs): Veltkamp-split products, `math.fsum`."""
+    def split(v):
+        c = v * 134217729.0  # 2^27 + 1
+        hi = c - (c - v)
+        return hi, v - hi
+
+    a_hi, a_lo = split(a)
+    b_hi, b_lo = split(b)
+    total = math.fsum(np.concatenate([a_hi * b_hi, a_hi * b_lo, a_lo * b_hi, a_lo * b_lo]).tolist())
+    return int(np.sign(total))
+
+
+def _settle_signs(sums: np.ndarray, words: np.ndarray, rows: np.ndarray, samples: np.ndarray,
+                  geo: _Geometry) -> np.ndarray:
+    """Exact signs (+1, −1, 0) of z_s(g) for the undecided pairs (``rows``, ``samples``), on the host.
+
+    1. float64 ``x_s · S_hi`` (error ≤ γ_D ‖x_s‖‖S‖) plus the grid remainder bound ‖X_lo x_s‖√|g|;
+    2. else ``Σ_j G_sj a_j`` from float64 rows of G = X Xᵀ (error ≤ γ_N Σ|G_sj| + γ_D ‖x_s‖ Σ‖x_j‖);
+    3. else exactly (`_exact_dot_sign`), where 0 is a true tie.
+    """
+    n, dim = geo.x64.shape
+    u = np.finfo(np.float64).eps / 2
+    signs = np.zeros(rows.shape[0], np.int8)
+    todo = []
+    for start in range(0, rows.size, 8192):
+        r, s = rows[start:start + 8192], samples[start:start + 8192]
+        s64 = sums[r].astype(np.float64)
+        level1 = np.einsum("ij,ij->i", geo.x64[s], s64)
+        sizes = np.bitwise_count(words[r]).sum(axis=1)
+        err1 = (geo.x_norms64[s] * _gamma(dim, u) * np.linalg.norm(s64, axis=1)
+                + geo.lo_gains64[s] * np.sqrt(sizes)) * (1 + 1e-9)
+        done = np.abs(level1) > err1
+        signs[start:start + 8192][done] = np.sign(level1[done])
+        todo.append(start + np.nonzero(~done)[0])
+    todo = np.concatenate(todo) if todo else np.zeros(0, np.int64)
+    missing = np.unique(samples[todo][~geo.gram_ready[samples[todo]]])
+    if missing.size:
+        geo.gram_rows[missing] = geo.x64[missing] @ geo.x64.T
+        geo.gram_ready[missing] = True
+    # Level 2, grouped by sample: one float64 row of G against the patterns that need it.
+    todo = todo[np.argsort(samples[todo], kind="stable")]
+    bounds = np.flatnonzero(np.diff(samples[todo]) | (np.arange(1, todo.size) % 4096 == 0)) + 1
+    for group in np.split(todo, bounds) if todo.size else []:
+        s = samples[group[0]]
+        weights = geo.gram_rows[s] * geo.labels64
+        level2 = _unpack_host(words[rows[group]], n).astype(np.float64) @ weights
+        err2 = (_gamma(n, u) * np.abs(weights).sum()
+                + _gamma(dim, u) * (1 + _gamma(n, u)) * geo.x_norms64[s] * geo.norm_sum64) * (1 + 1e-9)
+        sure = np.abs(level2) > err2
+        signs[group[sure]] = np.sign(level2[sure])
+        for i in group[~sure]:
+            members = np.nonzero(_unpack_host(words[rows[i]][None, :], n)[0])[0]
+            # z_s = Σ_{j∈g} ỹ_j Σ_k x_sk x_jk, as one exact sum of products.
+            left = np.repeat(geo.x64[s][None, :], members.size, axis=0).ravel()
+            right = (geo.x64[members] * geo.labels64[members, None]).ravel()
+            signs[i] = _exact_dot_sign(left, right)
+    return signs
+
+
+def _set_bits(words: np.ndarray, rows: np.ndarray, samples: np.ndarray) -> None:
+    """Set bit ``samples[i]`` of packed row ``rows[i]`` in place."""
+    np.bitwise_or.at(words, (rows, samples >> 5), np.left_shift(np.uint32(1), (samples & 31).astype(np.uint32)))
+
+
+def _ladder(count: int, limit: int, base: int = 64, factor: int = 4) -> int:
+    """Smallest of base·factor^k that holds ``count`` (few compiled shapes), capped at ``limit``."""
+    size = base
+    while size < count and size < limit:
+        size *= factor
+    return min(size, limit)
+
+
+def _padded_rows(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` with zero rows appended up to ``size`` rows."""
+    if array.shape[0] == size:
+        return array
+    return np.concatenate([array, np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)])
+
+
+def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray:
+    """S_hi of every packed pattern, ``[K, D]`` (exact), in chunks of at most ``chunk`` rows."""
+    k = words.shape[0]
+    out = np.empty((k, geo.x64.shape[1]), np.dtype(geo.device.x.dtype))
+    rows = _ladder(k, chunk)
+    for start in range(0, k, rows):
+        part = _padded_rows(words[start:start + rows], rows)
+        out[start:start + rows] = np.asarray(_signed_sums_kernel(jnp.asarray(part), geo.device))[: k - start]
+    return out
+
+
+# A flip handled on the host (sparse row addition) costs about as much as 15 samples of the
+# dense update GEMM for one pattern (2·D flops each at GEMM speed), measured at D = 1024.
+_SPARSE_FLIP_COST = 15
+_COUNT_ROWS = 4096  # rows sampled to choose the dense columns of an update
+
+
+def _sparse_flip_sums(ref_words: np.ndarray, new_words: np.ndarray, samples: np.ndarray,
+                      geo: _Geometry) -> np.ndarray:
+    """X_hiᵀ((g'−g)∘ỹ) restricted to ``samples``, for each row, as a sparse product on the host.
+
+    Used for the few flips outside the dense update's columns: scipy.sparse (CSR × dense) adds
+    one data row per flip, which the device (XLA gathers) does several times slower. Exact: the
+    partial sums are grid subset sums (`_grid_split`).
+    """
+    import scipy.sparse  # noqa: PLC0415 (host-only dependency of this path)
+
+    n = geo.x64.shape[0]
+    mask = np.zeros(ref_words.shape[1] * WORD_BITS, bool)
+    mask[samples] = True
+    rows, cols = _set_bit_positions((ref_words ^ new_words) & np.packbits(mask, bitorder="little").view("<u4"))
+    gained = (new_words[rows, cols >> 5] >> (cols & 31).astype(np.uint32)) & np.uint32(1)
+    coef = np.where(gained == 1, 1.0, -1.0) * geo.labels64[cols]
+    x_hi = np.asarray(geo.device.x_hi)[:n]
+    delta = scipy.sparse.csr_matrix((coef.astype(x_hi.dtype), (rows, cols)), shape=(ref_words.shape[0], n))
+    return np.asarray(delta @ x_hi)
+
+
+def _dense_update_columns(ref_words: np.ndarray, new_words: np.ndarray, n: int) -> np.ndarray:
+    """Samples whose flips go to the dense update GEMM: the L most often flipped, L from
+    {0, 128, 256, …} minimising ``rows·L + (flips outside) · _SPARSE_FLIP_COST`` (estimated on at
+    most `_COUNT_ROWS` rows; the choice only affects speed)."""
+    k = ref_words.shape[0]
+    pick = np.linspace(0, k - 1, min(k, _COUNT_ROWS)).astype(np.int64)
+    counts = _unpack_host(ref_words[pick] ^ new_words[pick], n).sum(axis=0, dtype=np.int64) * (k / pick.size)
+    order = np.argsort(-counts, kind="stable")
+    outside = counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])
+    sizes = [0] + [w for w in (128 * 2**i for i in range(20)) if w <= n // 2]
+    best = min(sizes, key=lambda w: k * w + outside[w] * _SPARSE_FLIP_COST)
+    return np.sort(order[:best])
+
+
+def _updated_sums(sums: np.ndarray, source: np.ndarray, ref_words: np.ndarray, new_words: np.ndarray,
+                  geo: _Geometry, *, chunk: int) -> np.ndarray:
+    """S_hi of each row i of ``new_words`` from ``sums[source[i]]``, the S_hi of ``ref_words[i]``.
+
+    The incremental update S(g') = S(g) + X_hiᵀ((g'−g)∘ỹ), exact: the columns of the most often
+    flipped samples go to a dense GEMM (2·L·D per row), the other flips to `_sparse_flip_sums`.
+    """
+    n = geo.x64.shape[0]
+    k = new_words.shape[0]
+    if not np.any(ref_words != new_words):
+        return sums[source]
+    dense = _dense_update_columns(ref_words, new_words, n)
+    if dense.size:
+        samples = jnp.asarray(dense.astype(np.int32))
+        out = np.empty((k, sums.shape[1]), sums.dtype)
+        rows = _ladder(k, chunk)
+        for start in range(0, k, rows):
+            stop = min(start + rows, k)
+            args = [jnp.asarray(_padded_rows(a, rows)) for a in
+                    (sums[source[start:stop]], ref_words[start:stop], new_words[start:stop])]
+            out[start:stop] = np.asarray(_updated_sums_kernel(*args, samples, geo.device))[: stop - start]
+    else:
+        out = sums[source]
+    mask = np.ones(n, bool)
+    mask[dense] = False
+    rest = np.nonzero(mask)[0]
+    for start in range(0, k, 4096):
+        stop = min(start + 4096, k)
+        out[start:stop] += _sparse_flip_sums(ref_words[start:stop], new_words[start:stop], rest, geo)
+    return out
+
+
+def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, cap: int,
+          chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Packed exact signs ``(1[z > 0], 1[z < 0])`` of the targets of ``words`` (their ``sums``):
+    row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (SPEC.md §3). Also
+    returns the dense-check size suggested for the next gate (`_CAP_SIZES`)."""
+    k = words.shape[0]
+    n = geo.x64.shape[0]
+    rank = min(rank, geo.ranks[-1])
+    cap = min(cap, n) if 2 * cap < n and rank > 0 else n
+    positive = np.empty_like(words)
+    negative = np.empty_like(words)
+    undecided = np.empty_like(words)
+    outside = np.zeros(len(_CAP_SIZES))
+    rows = _ladder(k, min(chunk, _GATE_ROWS))
+    sizes = np.bitwise_count(words).sum(axis=1).astype(np.int32)
+    for start in range(0, k, rows):
+        stop = min(start + rows, k)
+        *out, chunk_spread = _gate_kernel(jnp.asarray(_padded_rows(sums[start:stop], rows)),
+                                          jnp.asarray(_padded_rows(sizes[start:stop], rows)), geo.device,
+                                          rank=rank, cap=cap, cap_sizes=_CAP_SIZES)
+        for target, value in zip((positive, negative, undecided), out):
+            target[start:stop] = np.asarray(value)[: stop - start]
+        outside += np.asarray(chunk_spread)
+    pairs, samples = _set_bit_positions(undecided)
+    if pairs.size:
+        signs = _settle_signs(sums, words, pairs, samples, geo)
+        _set_bits(positive, pairs[signs > 0], samples[signs > 0])
+        _set_bits(negative, pairs[signs < 0], samples[signs < 0])
+    costs = [-(-k // rows) * rows * size + out * _SETTLE_COST for size, out in zip(_CAP_SIZES, outside)]
+    return positive, negative, _CAP_SIZES[int(np.argmin(costs))] if cap < n else cap
+
+
+def _distinct(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows of packed patterns by their two 32-bit fingerprints (`pattern_fingerprints`):
+    ``(distinct rows [K', W], inverse [K] into them, first row of each [K'])``."""
+    k = words.shape[0]
+    fp = np.asarray(_fingerprints_jit(jnp.asarray(_padded_rows(words, _ladder(k, 1 << 62, factor=2)))))
+    fp = fp[:k].astype(np.uint64)
+    keys = (fp[:, 0] << np.uint64(32)) | fp[:, 1]
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return words[first], inverse.ravel(), first
+
+
+def _unpack_host(words: np.ndarray, n: int) -> np.ndarray:
+    """`unpack_patterns` on the host (NumPy, same layout): ``uint32 [K, W]`` → ``bool [K, n]``."""
+    words = np.ascontiguousarray(words, dtype="<u4")
+    return np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :n].view(bool)
+
+
+def _set_bit_positions(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, samples)`` of every set bit of packed ``words [K, W]``; cheap when few are set."""
+    rows, cols = np.nonzero(words)
+    values = np.ascontiguousarray(words[rows, cols], dtype="<u4")
+    which, bit = np.nonzero(np.unpackbits(values.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little"))
+    return rows[which], cols[which].astype(np.int64) * WORD_BITS + bit
+
+
+_fingerprints_jit = jax.jit(pattern_fingerprints)
+
+
 # --------------------------------------------------------------------------- Algorithm 1
 
 
@@ -305,55 +783,6 @@ def _initial_patterns(keys: jax.Array, data: TrainingData, *, chunk: int) -> jax
 
     out = jnp.zeros((m, num_words(n)), jnp.uint32)
     return jax.lax.fori_loop(0, -(-m // chunk), body, out)
-
-
-_group_patterns_jit = jax.jit(group_patterns)
-
-
-@functools.partial(jax.jit, static_argnames=("chunk", "both_signs"))
-def _map_representatives(words: jax.Array, groups: PatternGroups, kappa: jax.Array, data: TrainingData,
-                         *, chunk: int, both_signs: bool = False) -> jax.Array:
-    """``g ↦ gate(T_κ(g))`` for every probe, computed once per distinct pattern.
-
-    ``groups`` describes ``words`` (`group_patterns`); the map runs on the K representatives in
-    ``ceil(K / chunk)`` chunks and is then copied to every probe of each group. With
-    ``both_signs`` the result is ``[2, M, W]`` for κ = +1 and κ = −1 (``kappa`` is ignored).
-    """
-    m = words.shape[0]
-    n = data.x.shape[0]
-    start_of = _chunk_starts(chunk, m)
-
-    def body(i, out):
-        start = start_of(i)
-        reps = jax.lax.dynamic_slice_in_dim(groups.representative, start, chunk)
-        gates = unpack_patterns(words[reps], n)
-        if both_signs:
-            mapped = jnp.stack([pack_patterns(g) for g in map_patterns_both_signs(gates, data)])
-        else:
-            mapped = pack_patterns(map_patterns(gates, kappa, data))[None]
-        return jax.lax.dynamic_update_slice_in_dim(out, mapped, start, 1)
-
-    out = jnp.zeros((2 if both_signs else 1,) + words.shape, jnp.uint32)
-    mapped_reps = jax.lax.fori_loop(0, (groups.count + chunk - 1) // chunk, body, out)
-    mapped = mapped_reps[:, groups.group]
-    return mapped if both_signs else mapped[0]
-
-
-def _chunk_for(count: int, chunk: int, m: int) -> int:
-    """Smallest chunk of the ladder 64, 256, 1024, … (capped at ``chunk`` and M) that holds
-    ``count`` rows: few compilations, and little work wasted once K_t is small."""
-    size = 64
-    while size < count and size < chunk:
-        size *= 4
-    return min(size, chunk, m)
-
-
-def _map_distinct(words: jax.Array, kappa: jax.Array, data: TrainingData, *, chunk: int):
-    """Group ``words`` and map each probe; returns ``(next_words, number of distinct patterns)``."""
-    groups = _group_patterns_jit(words)
-    count = int(groups.count)
-    size = _chunk_for(count, chunk, words.shape[0])
-    return _map_representatives(words, groups, kappa, data, chunk=size), count
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
@@ -435,22 +864,100 @@ def _plateau(curve: list[int], patience: int, n_probes: int) -> tuple[int, bool]
     return best, best < n_probes and since_best >= patience
 
 
-def _run_one_kappa(start: jax.Array, start_count: int, first: jax.Array, kappa: int, data: TrainingData, *,
+class _Generation(NamedTuple):
+    """The probes after t steps of the map, grouped by pattern (K_t = number of rows).
+
+    Attributes:
+        words: distinct packed patterns ``[K_t, W]``.
+        sums: their exact signed sums S_hi ``[K_t, D]``.
+        probe_row: ``[M]`` row of each probe's pattern.
+        image: packed gate(T_κ(g)) of each row ``[K_t, W]`` (the next generation's patterns).
+        cap: dense-check size for the next generation's gate (`_gate`).
+    """
+
+    words: np.ndarray
+    sums: np.ndarray | None
+    probe_row: np.ndarray
+    image: np.ndarray
+    cap: int
+
+
+def _next_rows(gen: _Generation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct images of a generation: ``(words, inverse per row, one source row per image)``."""
+    return _distinct(gen.image)
+
+
+def _advance(gen: _Generation, kappa: int, geo: _Geometry, *, chunk: int, shared=None) -> _Generation:
+    """One step ``g ↦ gate(T_κ(g))`` for every probe, done once per distinct pattern.
+
+    The new patterns' signed sums come from the sums of a pattern that maps to them by the
+    incremental update (cost ∝ samples that flipped), or from ``shared`` = ``(words, inverse,
+    sums)`` computed for both κ at once (the second generation, `_second_generation`).
+    """
+    if shared is not None:
+        words, inverse, sums = shared
+    else:
+        words, inverse, source = _next_rows(gen)
+        sums = _updated_sums(gen.sums, source, gen.words[source], words, geo, chunk=chunk)
+    positive, negative, cap = _gate(sums, words, geo, rank=_RANK, cap=gen.cap, chunk=chunk)
+    return _Generation(words, sums, inverse[gen.probe_row], positive if kappa == 1 else negative, cap)
+
+
+def _complement(words: np.ndarray, n: int) -> np.ndarray:
+    """Packed complement of each pattern over the N samples (padding bits stay 0)."""
+    full = np.full(words.shape[1], np.uint32(0xFFFFFFFF))
+    if n % WORD_BITS:
+        full[-1] = np.uint32((1 << (n % WORD_BITS)) - 1)
+    return ~words & full
+
+
+def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, geo: _Geometry, kappas, *,
+                       chunk: int) -> dict:
+    """``{κ: (words, inverse, sums)}`` of the patterns after the first map, for each κ.
+
+    The signed sums of the κ = +1 patterns take one GEMM. Those of κ = −1 follow from them:
+    gate(T_−(g)) is the complement of gate(T_+(g)) except at ties (z = 0, in neither), and
+    S(¬g) = S(all) − S(g) exactly, so each κ = −1 pattern is an update of the complement of its
+    κ = +1 counterpart by its (usually no) tie samples.
+    """
+    n = geo.x64.shape[0]
+    out = {}
+    if 1 in kappas:
+        words, inverse, _ = _distinct(first_positive)
+        out[1] = (words, inverse, _signed_sums(words, geo, chunk=chunk))
+    if -1 in kappas:
+        words, inverse, source = _distinct(first_negative)
+        if 1 in out:
+            plus_words, plus_inverse, plus_sums = out[1]
+            total = _signed_sums(_complement(np.zeros((1, words.shape[1]), np.uint32), n), geo, chunk=chunk)
+            counterpart = plus_inverse[source]
+            sums = _updated_sums(total - plus_sums, counterpart, _complement(plus_words[counterpart], n), words,
+                                 geo, chunk=chunk)
+        else:
+            sums = _signed_sums(words, geo, chunk=chunk)
+        out[-1] = (words, inverse, sums)
+    return {k: v for k, v in out.items() if k in kappas}
+
+
+def _run_one_kappa(first: _Generation, shared: tuple, kappa: int, data: TrainingData, geo: _Geometry, *,
                    patience: int, chunk: int, max_iterations: int) -> StableCellEstimate:
-    """Iterate from the probes' patterns ``start`` (K_0 = ``start_count``, image ``first``)."""
-    kap = jnp.asarray(kappa, jnp.int32)
-    words, mapped = start, first
-    curve = [start_count]
-    _, converged = _plateau(curve, patience, int(start.shape[0]))
+    """Iterate from the random probes' generation ``first`` (its image already computed for κ)."""
+    m = first.probe_row.shape[0]
+    gen = first
+    curve = [gen.words.shape[0]]
+    _, converged = _plateau(curve, patience, m)
     while not converged and len(curve) < max_iterations:
-        words = mapped
-        mapped, count = _map_distinct(words, kap, data, chunk=chunk)
-        curve.append(count)
-        _, converged = _plateau(curve, patience, int(start.shape[0]))
-    mapped_twice, _ = _map_distinct(mapped, kap, data, chunk=chunk)
-    fixed = np.asarray(same_cell(mapped, words))
-    two_cycle = np.asarray(same_cell(mapped_twice, words)) & ~fixed
-    stable_words = np.asarray(words)[fixed]
+        gen = _advance(gen, kappa, geo, chunk=chunk, shared=shared if len(curve) == 1 else None)
+        curve.append(gen.words.shape[0])
+        _, converged = _plateau(curve, patience, m)
+    after = _advance(gen, kappa, geo, chunk=chunk, shared=shared if len(curve) == 1 else None)
+    words = gen.words[gen.probe_row]  # g_T per probe
+    mapped = gen.image[gen.probe_row]  # g_{T+1}
+    mapped_twice = after.image[after.probe_row]  # g_{T+2}
+    fixed = np.all(mapped == words, axis=1)
+    two_cycle = np.all(mapped_twice == words, axis=1) & ~fixed
+    stable_words = words[fixed]
+    kap = jnp.asarray(kappa, jnp.int32)
     if stable_words.shape[0]:
         fp = np.asarray(pattern_fingerprints(jnp.asarray(stable_words)))
         _, first_index, basin = np.unique(fp, axis=0, return_index=True, return_counts=True)
@@ -459,15 +966,15 @@ def _run_one_kappa(start: jax.Array, start_count: int, first: jax.Array, kappa: 
         targets = np.asarray(_pattern_targets(jnp.asarray(patterns), kap, data,
                                               chunk=min(chunk, patterns.shape[0])))
     else:
-        patterns = np.zeros((0, start.shape[1]), np.uint32)
+        patterns = np.zeros((0, words.shape[1]), np.uint32)
         targets = np.zeros((0, data.x.shape[1]), np.asarray(data.x).dtype)
         basin = np.zeros((0,), np.int64)
-    estimate, _ = _plateau(curve, patience, int(start.shape[0]))
+    estimate, _ = _plateau(curve, patience, m)
     return StableCellEstimate(
         kappa=kappa, estimate=estimate, curve=tuple(curve), converged=converged,
         fixed_fraction=float(fixed.mean()), two_cycle_fraction=float(two_cycle.mean()),
         patterns=patterns, targets=targets, basin=basin,
-        empty_is_stable=bool(np.any(~patterns.any(axis=1))), n_probes=int(start.shape[0]),
+        empty_is_stable=bool(np.any(~patterns.any(axis=1))), n_probes=m,
         patience=patience, n_samples=int(data.x.shape[0]),
     )
 
@@ -492,21 +999,28 @@ def stable_cells(
     pattern: while K_t = M the iteration has not begun to contract (on 4000 MNIST digits K_t stays
     at M for the first iterations), and stopping there would return M itself.
 
-    The same M probes serve every κ, and the first step (M distinct random patterns, the
-    dominant cost: three ``[M, N] × [N, D]``-sized matmuls in all) is shared by both κ. Later
-    steps map each distinct pattern once. Memory: the probes live as packed patterns
-    ``[M, N/32]``; floats are materialised for ``chunk`` probes at a time (``[chunk, N]`` gates
-    and ``[chunk, D]`` targets). Distinct patterns are found by sorting two 32-bit fingerprints.
+    How it is computed (the result is that of exact arithmetic; see "exact gates of signed
+    sums" above). The random probes' patterns are gated in the data dtype as before (probe j
+    depends on ``key`` and j only). Since ``gate(T_κ(g))_s = 1[κ x_s·S(g) > 0]`` with the signed
+    sum ``S(g) = Σ_{g(j)=1} ỹ_j x_j``, each step works on the K_t *distinct* patterns only:
 
-    Cost: ``Σ_t K_t · 4ND`` flops (a target and a gate matmul per distinct pattern and
-    iteration), so it is set by how fast K_t falls; on the paper's CIFAR-10 binary set
-    (N = 4000, D = 1024) with M = 100 000, K_t stays near M for the first iterations and
-    Σ_t K_t is about 9·M (0.9 million pattern maps) over both κ, i.e. ~15 TFLOP.
+    * first map (the random patterns): one GEMM for S (2ND per pattern), a rank-128 filter for
+      the gate; shared by both κ, as ``gate(T_−(g)) = ¬gate(T_+(g))`` away from ties;
+    * second map: one GEMM for the κ = +1 sums; the κ = −1 sums follow exactly from
+      ``S(¬g) = S(all) − S(g)``;
+    * later maps: each new pattern's sum is the sum of a pattern that maps to it plus the rows of
+      the samples that flipped (2·L·D per pattern for the L samples flipped anywhere, a few
+      hundred after the first maps), and the gate is a rank-64 filter plus a dense check of the
+      few hundred samples near the boundary.
+
+    On CIFAR-10 (N = 4000, D = 1024, M = 100 000) the three ``[M, N] × [N, D]`` GEMMs (the
+    random probes' gate and the first two signed sums, ~2.5 TFLOP) are the floor of the cost.
 
     Args:
-        data: `TrainingData`; its float dtype sets the precision.
+        data: `TrainingData`; its float dtype sets the precision of the random probes.
         key: PRNG key of the probes (probe j depends on ``key`` and j only, not on ``chunk``).
-        probes, patience, chunk, max_iterations: see above (positive integers).
+        probes, patience, chunk, max_iterations: see above (positive integers); ``chunk`` bounds
+            the rows per device call (memory: ``[chunk, N]`` floats).
         kappa: the alignments to run, from ``(1, -1)``.
 
     Returns:
@@ -519,19 +1033,17 @@ def stable_cells(
     kappas = tuple(int(k) for k in kappa)
     _check_algorithm_options(probes, patience, chunk, max_iterations, kappas)
     chunk = min(int(chunk), int(probes))
+    # Host linear algebra first: NumPy's BLAS threads run slowly while XLA's are still spinning.
+    geo = _geometry(data, (_FIRST_RANK, _RANK))
     keys = jax.random.split(key, int(probes))
-    start = _initial_patterns(keys, data, chunk=chunk)
-    groups = _group_patterns_jit(start)
-    count = int(groups.count)
-    # The first step maps ~M distinct random patterns: the dominant cost, shared by both κ.
-    size = _chunk_for(count, chunk, int(probes))
-    if len(kappas) == 2:
-        plus, minus = _map_representatives(start, groups, jnp.asarray(1), data, chunk=size, both_signs=True)
-        first = {1: plus, -1: minus}
-    else:
-        first = {kappas[0]: _map_representatives(start, groups, jnp.asarray(kappas[0]), data, chunk=size)}
+    start = np.asarray(_initial_patterns(keys, data, chunk=chunk))
+    words, inverse, _ = _distinct(start)
+    # The first map: ~M distinct random patterns, shared by both κ.
+    positive, negative, _ = _gate(_signed_sums(words, geo, chunk=chunk), words, geo, rank=_FIRST_RANK,
+                                  cap=_FIRST_CAP, chunk=chunk)
+    second = _second_generation(positive, negative, geo, kappas, chunk=chunk)
     return {
-        k: _run_one_kappa(start, count, first[k], k, data, patience=int(patience), chunk=chunk,
-                          max_iterations=int(max_iterations))
+        k: _run_one_kappa(_Generation(words, None, inverse, positive if k == 1 else negative, _CAP), second[k], k,
+                          data, geo, patience=int(patience), chunk=chunk, max_iterations=int(max_iterations))
         for k in kappas
     }

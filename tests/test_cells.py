@@ -293,3 +293,149 @@ def test_plateau_rule_waits_for_the_first_merge():
     assert _plateau([100, 100, 100, 100, 100], 3, 100) == (100, False)  # no probes met yet
     assert _plateau([100, 40, 12, 12, 13, 12], 3, 100) == (12, True)
     assert _plateau([100, 40, 12, 12, 11], 3, 100) == (11, False)
+
+
+# --------------------------------------------------------------------------- exact gates (Algorithm 1's engine)
+
+
+def exact_preactivations(x_int: np.ndarray, labels: np.ndarray, gates: np.ndarray) -> np.ndarray:
+    """z_s(g) = x_s · Σ_{g(j)=1} ỹ_j x_j in integer arithmetic (data given as integers)."""
+    sums = (gates * labels[None, :]).astype(np.int64) @ x_int.astype(np.int64)
+    return sums @ x_int.astype(np.int64).T
+
+
+def integer_data(n, dim, seed, *, fine_bits=0):
+    """Float32 data that are exactly ``x_int / 2^(3+fine_bits)`` for small integers ``x_int``, so that
+    every pre-activation is an exact integer multiple of a power of two: many exact ties (z = 0)
+    and, with ``fine_bits``, many near-ties far below float32 rounding of ‖x‖‖S‖."""
+    rng = np.random.default_rng(seed)
+    x_int = rng.integers(-3, 4, size=(n, dim)) << fine_bits
+    if fine_bits:
+        x_int = x_int + rng.integers(-1, 2, size=(n, dim))
+    x = (x_int / 2.0 ** (3 + fine_bits)).astype(np.float32)
+    assert np.array_equal(x.astype(np.float64) * 2.0 ** (3 + fine_bits), x_int)
+    labels = np.arange(n) % 2
+    return x_int, training_data(Dataset(x, labels, name="ints", provenance="test"), jnp.float32)
+
+
+@pytest.mark.parametrize("fine_bits", [0, 18])
+@pytest.mark.parametrize("rank, cap", [(6, 16), (64, 10_000)])
+def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, cap):
+    """`_gate` returns 1[z > 0] and 1[z < 0] of the exact pre-activations, through the rank-r
+    filter, the dense check and every host fallback; a tie (z = 0) gets neither."""
+    from gflow._cells import _gate, _geometry, _signed_sums, _unpack_host
+
+    n, dim = 300, 24
+    x_int, data = integer_data(n, dim, seed=fine_bits + rank, fine_bits=fine_bits)
+    rng = np.random.default_rng(1)
+    gates = rng.random((70, n)) < rng.random((70, 1))
+    gates[0] = False  # the empty pattern: z = 0 everywhere
+    gates[1] = gates[2]
+    words = np.asarray(pack_patterns(jnp.asarray(gates)))
+    geo = _geometry(data, (rank,))
+    sums = _signed_sums(words, geo, chunk=32)
+    positive, negative, _ = _gate(sums, words, geo, rank=rank, cap=cap, chunk=32)
+    z = exact_preactivations(x_int, np.asarray(data.signed_labels).astype(np.int64), gates)
+    assert (z == 0).sum() > 100 and (np.abs(z) < 2**fine_bits).sum() > 100  # ties and near-ties are tested
+    np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
+    np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
+
+
+def test_signed_sums_are_exact_and_updates_match_them():
+    """The grid part of the data sums exactly (any order); the incremental update, dense columns
+    and sparse remainder alike, gives bitwise the sums computed from scratch."""
+    from gflow._cells import _geometry, _grid_split, _signed_sums, _updated_sums
+
+    ds = Dataset(np.random.default_rng(0).standard_normal((500, 40)), np.arange(500) % 2, name="g", provenance="t")
+    data = training_data(ds, jnp.float32)
+    x64 = np.asarray(data.x, np.float64)
+    x_hi, x_lo = _grid_split(x64, np.float32)
+    assert np.abs(x_lo).max() < 1e-4 * np.abs(x64).max()
+    rng = np.random.default_rng(2)
+    gates = rng.random((300, 500)) < 0.5
+    geo = _geometry(data, (8,))
+    words = np.asarray(pack_patterns(jnp.asarray(gates)))
+    sums = _signed_sums(words, geo, chunk=64)
+    signed = gates * np.asarray(data.signed_labels, np.float64)[None, :]
+    exact = np.array([[math.fsum(col) for col in (signed[i][:, None] * x_hi.astype(np.float64)).T]
+                      for i in range(0, 300, 37)])
+    np.testing.assert_array_equal(sums[::37].astype(np.float64), exact)
+    # many rows flip samples 0..9 (dense columns), a few rows flip one other sample each (sparse)
+    flipped = gates.copy()
+    flipped[:, :10] ^= rng.random((300, 10)) < 0.5
+    flipped[np.arange(0, 300, 7), rng.integers(10, 500, size=43)] ^= True
+    new_words = np.asarray(pack_patterns(jnp.asarray(flipped)))
+    updated = _updated_sums(sums, np.arange(300), words, new_words, geo, chunk=64)
+    np.testing.assert_array_equal(updated, _signed_sums(new_words, geo, chunk=64))
+
+
+def test_host_bit_helpers_match_the_packing():
+    from gflow._cells import _set_bit_positions, _set_bits, _unpack_host
+
+    rng = np.random.default_rng(4)
+    g = rng.random((9, 70)) < 0.1
+    words = np.asarray(pack_patterns(jnp.asarray(g)))
+    np.testing.assert_array_equal(_unpack_host(words, 70), g)
+    rows, samples = _set_bit_positions(words)
+    assert sorted(zip(rows.tolist(), samples.tolist())) == sorted(zip(*map(list, np.nonzero(g))))
+    rebuilt = np.zeros_like(words)
+    _set_bits(rebuilt, rows, samples)
+    np.testing.assert_array_equal(rebuilt, words)
+
+
+def dense_reference(data, key, *, probes, patience, kappa, max_iterations=200):
+    """Algorithm 1 the straightforward way: every probe mapped by the dense target map each
+    iteration, pre-activations in float64 (exact for these data to ~1e-12; ties would be flagged).
+    The random probes' patterns come from the same `_initial_patterns` (they define the probes)."""
+    from gflow._cells import _initial_patterns, _plateau, _unpack_host
+
+    x = np.asarray(data.x, np.float64)
+    labels = np.asarray(data.signed_labels, np.float64)
+    start = np.asarray(_initial_patterns(jax.random.split(key, probes), data, chunk=probes))
+    gates = _unpack_host(start, x.shape[0])
+
+    def image(g):
+        z = ((g * labels) @ x) @ x.T
+        assert np.abs(z).min() > 1e-9  # no tie within float64 rounding: 1[κ z > 0] is exact
+        return kappa * z > 0
+
+    curve = [np.unique(gates, axis=0).shape[0]]
+    mapped = image(gates)
+    while not _plateau(curve, patience, probes)[1] and len(curve) < max_iterations:
+        gates = mapped
+        curve.append(np.unique(gates, axis=0).shape[0])
+        mapped = image(gates)
+    twice = image(mapped)
+    fixed = np.all(mapped == gates, axis=1)
+    two_cycle = np.all(twice == gates, axis=1) & ~fixed
+    stable, basin = np.unique(gates[fixed], axis=0, return_counts=True)
+    return curve, fixed.mean(), two_cycle.mean(), {row.tobytes(): b for row, b in zip(stable, basin)}
+
+
+def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
+    """Realistic case (400 MNIST digits, float32, D = 784), both κ, with 2-cycles: the fast
+    path (rank filter, dense check, incremental sums, shared first maps) gives the reference's
+    K_t curve, estimate, fractions and stable cells exactly. Small ranks and caps force every
+    path of the engine at this size."""
+    import gflow._cells as cells
+    from gflow import load_dataset
+
+    monkeypatch.setattr(cells, "_FIRST_RANK", 24)
+    monkeypatch.setattr(cells, "_FIRST_CAP", 96)
+    monkeypatch.setattr(cells, "_RANK", 12)
+    monkeypatch.setattr(cells, "_CAP", 48)
+    monkeypatch.setattr(cells, "_CAP_SIZES", (16, 32, 64))
+    data = training_data(load_dataset("mnist", n_per_class=200), jnp.float32)
+    key, probes, patience = jax.random.key(3), 600, 3
+    found = stable_cells(data, key, probes=probes, patience=patience, chunk=256)
+    cycles = 0.0
+    for kappa in (1, -1):
+        curve, fixed, two_cycle, stable = dense_reference(data, key, probes=probes, patience=patience, kappa=kappa)
+        est = found[kappa]
+        assert est.curve == tuple(curve)
+        assert est.estimate == min(curve)
+        assert est.fixed_fraction == fixed and est.two_cycle_fraction == two_cycle
+        rows = np.asarray(unpack_patterns(jnp.asarray(est.patterns), 400))
+        assert {row.tobytes(): b for row, b in zip(rows, est.basin)} == stable
+        cycles += two_cycle
+    assert cycles > 0.1  # the case has probes on 2-cycles
