@@ -2,20 +2,30 @@
 
 Observables are computed inside the solve with ``SaveAt(fn=...)`` on the user's time grid,
 so full weights are kept only at the requested snapshot times.
+
+Solvers: diffrax's explicit Runge–Kutta methods, and the implicit Gauss–Legendre collocation
+methods ``gauss1`` (implicit midpoint, order 2) and ``gauss2`` (order 4) of `gflow._gauss`,
+which conserve the balance Q_i of SPEC §2 exactly for any step size (up to the tolerance of
+their stage equations) and are not slowed down by the jumps of the field at ReLU gate crossings.
+Their steps land on every save time, so saved states are never interpolated.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import warnings
+
+from typing import NamedTuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._network import Params, loss
+from ._gauss import GatedField, GaussLegendre, SaveTimeStepSize, default_stage_rtol
+from ._network import Params, gating_pattern, loss, preactivations, residuals
 from ._observables import TrainingData, observe
 from ._trajectory import (
     MAX_STEPS_REACHED,
@@ -37,6 +47,9 @@ _SOLVERS = {
     "euler": diffrax.Euler,
 }
 _FIXED_STEP_ONLY = {"euler"}
+# Implicit Gauss–Legendre collocation (gflow._gauss): name -> number of stages.
+_GAUSS = {"gauss1": 1, "gauss2": 2}
+_GAUSS_OPTIONS = ("stage_rtol", "stage_atol", "stage_max_iterations", "anderson_memory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +58,30 @@ class FlowConfig:
 
     Attributes:
         solver: one of ``tsit5`` (default), ``dopri5``, ``dopri8``, ``bosh3``, ``heun``,
-            ``ralston``, ``midpoint``, ``euler`` (fixed step only).
+            ``ralston``, ``midpoint`` (explicit), ``euler`` (fixed step only), or the implicit
+            ``gauss1`` (implicit midpoint, order 2) and ``gauss2`` (2-stage Gauss–Legendre,
+            order 4), which conserve the balance exactly (see `gflow._gauss`).
         rtol, atol: tolerances of the PID step-size controller. ``atol=None`` (default) sets
             it to ``rtol`` times the RMS entry of the initial parameters, so that a neuron
             that stays at the init scale σ is still integrated to relative accuracy ~rtol
             (a fixed atol far above σ² would let tiny neurons drift; far below, it forces
             the solver to resolve zero crossings of single weights).
-        dt0: initial step (``None`` lets diffrax choose); the step for fixed-step solves.
+        dt0: initial step (``None`` lets diffrax choose); the step for fixed-step solves. For
+            ``gauss*`` with ``adaptive=False`` the largest step: each interval between save
+            times is cut into equal steps of at most ``dt0``.
         adaptive: PID-controlled steps (default) or constant ``dt0`` steps.
         max_steps: solver steps allowed before the solve stops with `MAX_STEPS_REACHED`.
+        stage_rtol, stage_atol: ``gauss*`` only: tolerance of the stage equations, per
+            component ``stage_atol + stage_rtol·m_i`` with m_i the RMS entry of the component's
+            neuron (`neuron_magnitude`). Defaults: ``stage_rtol = 1e-10`` in
+            float64, ``1.2e-5`` (100 ε) in float32; ``stage_atol = stage_rtol`` times the RMS
+            entry of the initial parameters. The balance drift is of the order of the
+            residual these allow times the step's relative change, whatever the step.
+        stage_max_iterations: ``gauss*`` only: stage-solve sweeps per step (default 50; each
+            costs one gradient per stage). A step whose stage equations are not solved is
+            rejected (adaptive) or stops the solve with `SOLVER_FAILED` (constant steps).
+        anderson_memory: ``gauss*`` only: Anderson acceleration memory of the stage solve
+            (default 8; 0 = plain fixed-point iteration, which needs ``h·λ_max(∇²L) < 2``).
     """
 
     solver: str = "tsit5"
@@ -62,10 +90,28 @@ class FlowConfig:
     dt0: float | None = None
     adaptive: bool = True
     max_steps: int = 100_000
+    stage_rtol: float | None = None
+    stage_atol: float | None = None
+    stage_max_iterations: int | None = None
+    anderson_memory: int | None = None
 
     def __post_init__(self):
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(_SOLVERS)}; got {self.solver!r}.")
+        if self.solver not in _SOLVERS and self.solver not in _GAUSS:
+            raise ValueError(f"solver must be one of {sorted([*_SOLVERS, *_GAUSS])}; got {self.solver!r}.")
+        if self.solver not in _GAUSS:
+            given = [name for name in _GAUSS_OPTIONS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to the implicit solvers {sorted(_GAUSS)}; "
+                                 f"got solver={self.solver!r}.")
+        for name in ("stage_rtol", "stage_atol"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0 or None; got {value!r}.")
+        for name, low in (("stage_max_iterations", 1), ("anderson_memory", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"{name} must be an integer >= {low} or None; got {value!r}.")
         if not (self.rtol > 0 and (self.atol is None or self.atol > 0)):
             raise ValueError(f"rtol and atol must be > 0; got rtol={self.rtol!r}, atol={self.atol!r}.")
         if not (isinstance(self.max_steps, int) and self.max_steps > 0):
@@ -81,6 +127,75 @@ def vector_field(t, params: Params, data: TrainingData) -> Params:
     del t
     grad = jax.grad(loss)(params, data.x, data.y)
     return jax.tree.map(jnp.negative, grad)
+
+
+def gated_loss(params: Params, gates: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+    """L of the network whose gates are held at ``gates`` ``[N, d]`` in [0, 1] (SPEC.md §1, g fixed).
+
+        a_i(s) = g_i(s) z_i(x_s),   o(x_s) = Σ_i v_i a_i(s),   L_g = (1/N) Σ_s −log softmax(o(x_s))_{c_s}
+
+    Equal to `loss` when ``gates = gating_pattern(params, x)``. For any fixed g the output is
+    unchanged by ``(w_i, b_i, v_i) → (c w_i, c b_i, v_i / c)``, so ``Q_i'·∇L_g = 0`` at every θ:
+    a Gauss–Legendre step with the gates held conserves every balance Q_i exactly (`gflow._gauss`).
+    """
+    a = gates.astype(x.dtype) * preactivations(params, x)
+    logp = jax.nn.log_softmax(a @ params.V, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1)[:, 0])
+
+
+def gated_field(t, params: Params, data: TrainingData, gates: jax.Array) -> Params:
+    """``−∇L_g(θ)``: the flow's field with the gates held at ``gates`` (`gated_loss`)."""
+    del t
+    grad = jax.grad(gated_loss)(params, gates, data.x, data.y)
+    return jax.tree.map(jnp.negative, grad)
+
+
+def ramp_gates(params: Params, data: TrainingData, band: jax.Array) -> jax.Array:
+    """``g_i(s) = clip(½ + z_i(s)/δ_i(s), 0, 1)``, the ReLU gate (`gating_pattern`) where δ = 0."""
+    z = preactivations(params, data.x)
+    hard = gating_pattern(params, data.x).astype(z.dtype)
+    return jnp.where(band > 0, jnp.clip(0.5 + z / jnp.where(band > 0, band, 1.0), 0.0, 1.0), hard)
+
+
+def banded_field(t, params: Params, data: TrainingData, band: jax.Array) -> Params:
+    """``−∇L_g(θ)`` with g = `ramp_gates` (θ, band), the gates held constant in the gradient."""
+    return gated_field(t, params, data, jax.lax.stop_gradient(ramp_gates(params, data, band)))
+
+
+def gate_band(t, params: Params, data: TrainingData, velocity: Params, width):
+    """Width δ ``[N, d]`` of the band around each gate hyperplane in which a Gauss stage at θ,
+    standing for ``width`` of time, uses a fractional gate (`ramp_gates`); and how many of the
+    stage's own pre-activations lie in it.
+
+        δ_i(s) = width · max(|ż_i(s)|, κ_i(s)),   ż_i(s) = w_i'·x_s + b_i',   κ_i(s) = (1/N)|v_i·r_s| (‖x_s‖² + 1)
+
+    with θ' = ``velocity`` (the predicted stage derivative): |z| < δ/2 is where the sample's
+    gate can change within the sub-step; κ_i(s) is the rate at which the sample's own gate
+    moves its own pre-activation. A transversal crossing inside the step then gets the fraction
+    of the sub-step it spends active (to first order), and a sample the flow slides along
+    (Filippov) a gate at which its pre-activation stays put, found by the stage solve together
+    with every other gate of the neuron.
+    """
+    del t
+    x = data.x
+    z = preactivations(params, x)
+    z_dot = x @ velocity.W.T + velocity.b[None, :]
+    self_rate = jnp.abs(residuals(params, x, data.y) @ params.V.T) * (jnp.sum(x * x, axis=1) + 1.0)[:, None]
+    band = width * jnp.maximum(jnp.abs(z_dot), self_rate / x.shape[0])
+    return band, jnp.sum(jnp.abs(z) < 0.5 * band, dtype=jnp.int32)
+
+
+def neuron_magnitude(params: Params) -> Params:
+    """Each neuron's RMS entry ``sqrt((‖w_i‖² + b_i² + ‖v_i‖²)/(D + 3))`` on all its entries: the
+    scale of the Gauss solvers' stage tolerance (a neuron is solved to accuracy relative to its
+    own size, not to the size of its largest or smallest entry)."""
+    sq = jnp.sum(params.W**2, axis=1) + params.b**2 + jnp.sum(params.V**2, axis=1)
+    rms = jnp.sqrt(sq / (params.W.shape[1] + 1 + params.V.shape[1]))
+    return Params(W=jnp.broadcast_to(rms[:, None], params.W.shape), b=rms,
+                  V=jnp.broadcast_to(rms[:, None], params.V.shape))
+
+
+GATES = GatedField(hold=gate_band, field=banded_field, magnitude=neuron_magnitude)
 
 
 def check_time_grid(ts, name: str = "ts") -> np.ndarray:
@@ -105,48 +220,110 @@ def _snapshot_grid(ts: np.ndarray, snapshot_times) -> np.ndarray:
     return np.unique(np.concatenate([[ts[0], ts[-1]], extra]))
 
 
-def _diffeqsolve(params0, data, ts, solver, controller, saveat, config):
-    return diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        solver,
-        t0=ts[0],
-        t1=ts[-1],
-        dt0=config.dt0,
-        y0=params0,
-        args=data,
-        saveat=saveat,
-        stepsize_controller=controller,
-        max_steps=config.max_steps,
-        throw=False,
-    )
+class FlowStats(NamedTuple):
+    """Cost of a solve (``gradient_flow(..., return_stats=True)``).
+
+    Attributes:
+        num_steps, num_accepted_steps, num_rejected_steps: solver steps (diffrax's counts).
+        evaluations: gradient evaluations ∇L. Implicit solvers count them (rejected steps
+            excluded); explicit ones are counted from the tableau (stages per step, FSAL and
+            the initial-step guess included).
+        stage_iterations_max: most stage-solve sweeps in one step (implicit solvers; else 0).
+        fractional_gates: gates caught inside their band, i.e. fractional (a ReLU gate crossing
+            or sliding within the step; `gate_band`), summed over steps and stages.
+        stage_residual_max: largest scaled residual of the stage equations (≤ 1 when solved).
+    """
+
+    num_steps: jax.Array
+    num_accepted_steps: jax.Array
+    num_rejected_steps: jax.Array
+    evaluations: jax.Array
+    stage_iterations_max: jax.Array
+    fractional_gates: jax.Array
+    stage_residual_max: jax.Array
 
 
 def _absolute_tolerance(params0: Params, config: FlowConfig):
     if config.atol is not None:
         return config.atol
-    leaves = jax.tree.leaves(params0)
-    mean_square = sum(jnp.sum(a * a) for a in leaves) / sum(a.size for a in leaves)
-    return config.rtol * jnp.sqrt(mean_square)
+    return config.rtol * _rms(params0)
+
+
+def _rms(params: Params):
+    leaves = jax.tree.leaves(params)
+    return jnp.sqrt(sum(jnp.sum(a * a) for a in leaves) / sum(a.size for a in leaves))
+
+
+def _gauss_solver(params0: Params, config: FlowConfig) -> GaussLegendre:
+    dtype = params0.W.dtype
+    rtol = config.stage_rtol if config.stage_rtol is not None else default_stage_rtol(dtype)
+    atol = config.stage_atol if config.stage_atol is not None else rtol * _rms(params0)
+    return GaussLegendre(
+        stages=_GAUSS[config.solver],
+        stage_rtol=rtol,
+        stage_atol=atol,
+        max_iterations=config.stage_max_iterations or 50,
+        anderson_memory=8 if config.anderson_memory is None else config.anderson_memory,
+        gated=GATES,
+    )
+
+
+def _explicit_evaluations(solver, config: FlowConfig, num_steps):
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None:  # Euler
+        return num_steps
+    stages = len(tableau.c) + 1
+    fsal = bool(tableau.fsal)
+    initial_guess = 2 if (config.adaptive and config.dt0 is None) else 0
+    return num_steps * (stages - fsal) + fsal + initial_guess
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Array, config: FlowConfig) -> Trajectory:
-    solver = _SOLVERS[config.solver]()
-    if config.adaptive and config.solver not in _FIXED_STEP_ONLY:
-        controller = diffrax.PIDController(rtol=config.rtol, atol=_absolute_tolerance(params0, config))
+def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Array,
+           config: FlowConfig) -> tuple[Trajectory, FlowStats]:
+    gauss = config.solver in _GAUSS
+    dt0 = config.dt0
+    if gauss:
+        solver = _gauss_solver(params0, config)
+        # Steps land on every save time: saved states are step end points, never interpolated
+        # (interpolation would not conserve the balance).
+        step_ts = jnp.sort(jnp.concatenate([ts, snap_ts]))
+        if config.adaptive:
+            pid = diffrax.PIDController(rtol=config.rtol, atol=_absolute_tolerance(params0, config))
+            controller = diffrax.ClipStepSizeController(pid, step_ts=step_ts)
+        else:
+            controller = SaveTimeStepSize(dt=jnp.asarray(config.dt0, ts.dtype), step_ts=step_ts)
+            dt0 = None
     else:
-        controller = diffrax.ConstantStepSize()
+        solver = _SOLVERS[config.solver]()
+        if config.adaptive and config.solver not in _FIXED_STEP_ONLY:
+            controller = diffrax.PIDController(rtol=config.rtol, atol=_absolute_tolerance(params0, config))
+        else:
+            controller = diffrax.ConstantStepSize()
     saveat = diffrax.SaveAt(
         subs=[
             diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: observe(y, args)),
             diffrax.SubSaveAt(ts=snap_ts),
-        ]
+        ],
+        solver_state=gauss,
     )
     with warnings.catch_warnings():
         # diffrax pre-fills save buffers with inf, which NumPy warns about when casting to the
         # integer observables (kappa, active, cell_hash); the filled entries are overwritten.
         warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
-        sol = _diffeqsolve(params0, data, ts, solver, controller, saveat, config)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(vector_field),
+            solver,
+            t0=ts[0],
+            t1=ts[-1],
+            dt0=dt0,
+            y0=params0,
+            args=data,
+            saveat=saveat,
+            stepsize_controller=controller,
+            max_steps=config.max_steps,
+            throw=False,
+        )
     obs, snaps = sol.ys
     result = sol.result
     status = jnp.where(
@@ -156,14 +333,29 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
     )
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(snaps)]))
     status = jnp.where((status == OK) & ~finite, NON_FINITE, status).astype(jnp.int32)
-    return Trajectory(
+    num_steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
+    traj = Trajectory(
         t=ts,
         observables=obs,
         snapshot_t=snap_ts,
         snapshots=snaps,
         status=status,
-        num_steps=jnp.asarray(sol.stats["num_steps"], jnp.int32),
+        num_steps=num_steps,
     )
+    zero = jnp.asarray(0, jnp.int32)
+    if gauss:
+        state = sol.solver_state
+        implicit = (state.evaluations, state.iterations_max, state.fractional_gates, state.residual_max)
+    else:
+        implicit = (jnp.asarray(_explicit_evaluations(solver, config, num_steps), jnp.int32), zero, zero,
+                    jnp.asarray(0.0, params0.W.dtype))
+    stats = FlowStats(
+        num_steps,
+        jnp.asarray(sol.stats["num_accepted_steps"], jnp.int32),
+        jnp.asarray(sol.stats["num_rejected_steps"], jnp.int32),
+        *implicit,
+    )
+    return traj, stats
 
 
 def gradient_flow(
@@ -174,7 +366,8 @@ def gradient_flow(
     snapshot_times=None,
     config: FlowConfig = FlowConfig(),
     throw: bool = True,
-) -> Trajectory:
+    return_stats: bool = False,
+) -> Trajectory | tuple[Trajectory, FlowStats]:
     """Integrate θ̇ = −∇L(θ) from ``params0``, recording `Observables` at each time in ``ts``.
 
     Args:
@@ -185,13 +378,17 @@ def gradient_flow(
         config: `FlowConfig` (solver, tolerances, max_steps).
         throw: raise `TrajectoryError` if the solve did not reach ``ts[-1]`` cleanly. Under
             ``jax.vmap`` nothing is raised: read ``status`` per seed instead.
+        return_stats: also return the solve's `FlowStats` (steps, gradient evaluations).
 
     Returns:
-        A `Trajectory`. A solve that stops early (``max_steps``) keeps its status; the records
-        after the stopping time are not valid and are never reported as such.
+        A `Trajectory` (and `FlowStats` with ``return_stats``). A solve that stops early
+        (``max_steps``) keeps its status; the records after the stopping time are not valid and
+        are never reported as such.
 
     Example:
         >>> traj = gradient_flow(params0, data, jnp.linspace(0.0, 50.0, 101))  # doctest: +SKIP
+        >>> cfg = FlowConfig(solver="gauss2", adaptive=False, dt0=0.5)  # exact balance, fixed steps
+        >>> traj, stats = gradient_flow(params0, data, ts, config=cfg, return_stats=True)  # doctest: +SKIP
     """
     if isinstance(ts, jax.core.Tracer):
         ts_arr = ts
@@ -202,5 +399,7 @@ def gradient_flow(
         dtype = params0.W.dtype
         ts_arr = jnp.asarray(grid, dtype)
         snap = jnp.asarray(_snapshot_grid(grid, snapshot_times), dtype)
-    traj = _solve(params0, data, ts_arr, snap, config)
-    return raise_if_failed(traj) if throw else traj
+    traj, stats = _solve(params0, data, ts_arr, snap, config)
+    if throw:
+        raise_if_failed(traj)
+    return (traj, stats) if return_stats else traj

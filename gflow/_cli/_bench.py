@@ -56,8 +56,11 @@ class BenchSettings:
     (synthetic inputs of that shape unless a dataset is given: the time does not depend on the
     pixel values), batch B, momentum β, η, norms every ``record_every`` steps, ``chunk`` steps per
     chunk. ``plain_max_seeds``: the largest S at which gflow's per-step ``train_sgd`` (vmapped)
-    is also timed. ODE: ``ode_width``/``ode_samples`` (float32), ``ode64_width`` (float64, see
-    README), tolerances ``ode_rtol``/``ode64_rtol``. Cells: ``cells_probes`` M, ``cells_samples``
+    is also timed. ODE: ``ode_width``/``ode_samples`` (float32), ``ode64_width``/``ode64_samples``
+    (float64), ``ode_solver`` (``gauss1``: implicit midpoint, exact balance) with constant steps
+    ``ode_dt``, or an explicit solver with tolerances ``ode_rtol``/``ode64_rtol``; at most
+    ``ode_max_steps`` steps; the float64 solve is compared with full-batch GD at ``ode_gd_lr`` and
+    half of it. Cells: ``cells_probes`` M, ``cells_samples``
     N. Memory: ``memory_seeds`` in groups of ``memory_group``, ``memory_steps`` steps.
     """
 
@@ -78,10 +81,13 @@ class BenchSettings:
     ode_width: int = 300
     ode_samples: int = 800
     ode_rtol: float = 1e-4
-    ode64_width: int = 50
+    ode64_width: int = 300
     ode64_samples: int = 800
     ode64_rtol: float = 1e-4
-    ode_max_steps: int = 4000
+    ode_max_steps: int = 20_000
+    ode_solver: str = "gauss1"
+    ode_dt: float = 0.25
+    ode_gd_lr: float = 0.05
     cells_probes: int = 100_000
     cells_samples: int = 4000
     memory_seeds: int = 1024
@@ -109,11 +115,15 @@ class BenchSettings:
             raise UsageError(f"momentum must be in [0, 1); got {self.momentum}")
         if not self.learning_rate > 0:
             raise UsageError(f"learning_rate must be > 0; got {self.learning_rate}")
+        for name in ("ode_dt", "ode_gd_lr", "ode_rtol", "ode64_rtol"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                raise UsageError(f"{name} must be > 0; got {getattr(self, name)!r}")
 
 
 QUICK = BenchSettings(
     seeds=(1, 8), steps=100, repeats=3, matmul_size=1024, plain_max_seeds=0,
-    ode_width=50, ode_samples=200, ode_rtol=1e-3, ode64_width=20, ode64_samples=200, ode64_rtol=1e-3,
+    ode_width=16, ode_samples=100, ode_rtol=1e-3, ode64_width=16, ode64_samples=100, ode64_rtol=1e-3,
+    ode_dt=0.5, ode_gd_lr=0.1,
     ode_max_steps=4000, cells_probes=4000, cells_samples=400, memory_seeds=64, memory_group=32,
     memory_steps=50,
 )
@@ -459,15 +469,97 @@ def _task_data(dataset: str | None, samples: int):
     return load_dataset(dataset or "mnist", n_per_class=samples // 2)
 
 
-def _flow_through_drop(ds, width: int, dtype, rtol: float, settings: BenchSettings, log) -> dict:
-    """Loss-drop time from a cheap SGD run, then the ODE over 1.5× that time and SGD over the same."""
+def _ode_config(settings: BenchSettings, dtype):
+    """The solve's `FlowConfig`: constant steps ``ode_dt`` for the implicit Gauss solvers, else
+    PID steps at ``ode_rtol`` (float32) / ``ode64_rtol`` (float64)."""
+    import jax.numpy as jnp
+
+    from gflow import FlowConfig
+
+    try:
+        if settings.ode_solver.startswith("gauss"):
+            return FlowConfig(solver=settings.ode_solver, adaptive=False, dt0=settings.ode_dt,
+                              max_steps=settings.ode_max_steps)
+        rtol = settings.ode64_rtol if jnp.dtype(dtype) == jnp.float64 else settings.ode_rtol
+        return FlowConfig(solver=settings.ode_solver, rtol=rtol, max_steps=settings.ode_max_steps)
+    except ValueError as err:
+        raise UsageError(f"--ode-solver: {err}") from None
+
+
+def trajectory_errors(P, params, P_ref, params_ref) -> dict:
+    """Trajectory error against a reference on the same save grid (rows = save times).
+
+    ``params``: max over the grid of ‖θ(t) − θ_ref(t)‖ / ‖θ_ref(t)‖ (all weights of the network);
+    ``P``: max over the grid of max_i |P_i(t) − P_i^ref(t)| / max_i P_i^ref(t), the per-neuron
+    ``P_i = ‖w_i‖‖v_i‖`` (SPEC §4) relative to the largest neuron at that time. ``params`` is the
+    trajectory error of the report (it also sees the directions of the neurons).
+    """
+    flat = lambda tree: np.concatenate([np.asarray(a, np.float64).reshape(a.shape[0], -1) for a in tree], axis=1)
+    theta, theta_ref = flat(params), flat(params_ref)
+    P, P_ref = np.asarray(P, np.float64), np.asarray(P_ref, np.float64)
+    return {
+        "params": float(np.max(np.linalg.norm(theta - theta_ref, axis=1) / np.linalg.norm(theta_ref, axis=1))),
+        "P": float(np.max(np.max(np.abs(P - P_ref), axis=1) / np.max(P_ref, axis=1))),
+    }
+
+
+def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settings: BenchSettings, log) -> dict:
+    """Full-batch GD (the flow's Euler scheme) at η and η/2 on the ODE's save grid; their
+    Richardson extrapolation ``2·GD(η/2) − GD(η)`` (error O(η²)) is the reference of every
+    trajectory error; GD's error is O(η), so the η at which GD matches the ODE's error is
+    ``η_eq = (η/2)·err_ODE/err_GD(η/2)`` and GD's time there is its measured time per step times
+    ``t_end/η_eq`` steps (an extrapolation when η_eq < η/2)."""
+    import jax
+
+    from gflow import SGDConfig, train_gd
+
+    t_end = float(ts[-1])
+    interval = t_end / (len(ts) - 1)
+    per_record = max(1, round(interval / settings.ode_gd_lr))
+    runs = {}
+    for k in (per_record, 2 * per_record):  # η and η/2, both landing on the save grid
+        eta = interval / k
+        cfg = SGDConfig(steps=k * (len(ts) - 1), record_every=k, snapshot_every=1)
+        gd = jax.jit(lambda p, lr, cfg=cfg: train_gd(p, data, learning_rate=lr, config=cfg, throw=False))
+        compiled = gd.lower(params0, eta).compile()
+        start = time.perf_counter()
+        traj = _block(compiled(params0, eta))
+        seconds = time.perf_counter() - start
+        runs[k] = (eta, cfg.steps, seconds, traj)
+        log(f"    GD eta={eta:.4g}: {cfg.steps} steps in {seconds:.1f} s")
+    (eta1, _, _, gd1), (eta2, steps2, seconds2, gd2) = runs[per_record], runs[2 * per_record]
+    P_ref = 2 * np.asarray(gd2.observables.P, np.float64) - np.asarray(gd1.observables.P, np.float64)
+    params_ref = [2 * np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(gd2.snapshots, gd1.snapshots)]
+    errors = {
+        "ode": trajectory_errors(ode_P, ode_params, P_ref, params_ref),
+        "gd_eta": trajectory_errors(gd1.observables.P, gd1.snapshots, P_ref, params_ref),
+        "gd_eta_half": trajectory_errors(gd2.observables.P, gd2.snapshots, P_ref, params_ref),
+    }
+    per_step = seconds2 / steps2
+    out = {"reference": "Richardson 2*GD(eta/2) - GD(eta)", "gd_eta": eta1, "gd_eta_half": eta2,
+           "gd_seconds_per_step": per_step, "gd_seconds_eta": runs[per_record][2], "gd_seconds_eta_half": seconds2,
+           "trajectory_error": errors["ode"]["params"], "trajectory_error_P": errors["ode"]["P"],
+           "gd_trajectory_error": {"eta": errors["gd_eta"], "eta_half": errors["gd_eta_half"]}}
+    for metric, suffix in (("params", ""), ("P", "_P")):
+        eta_eq = eta2 * errors["ode"][metric] / errors["gd_eta_half"][metric]
+        gd_seconds = per_step * t_end / eta_eq
+        out[f"gd_eta_equal_error{suffix}"] = eta_eq
+        out[f"gd_seconds_equal_error{suffix}"] = gd_seconds
+        out[f"ode_over_gd_equal_error{suffix}"] = ode_seconds / gd_seconds
+    return out
+
+
+def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, compare_gd: bool) -> dict:
+    """Loss-drop time from a cheap SGD run, then the ODE over 1.5× that time, SGD over the same
+    flow time and (``compare_gd``) full-batch GD at the ODE's trajectory error (`_gd_at_equal_error`)."""
     import jax
     import jax.numpy as jnp
 
-    from gflow import FlowConfig, SGDConfig, balance_drift, gradient_flow, init_params, training_data
+    from gflow import SGDConfig, balance_drift, gradient_flow, init_params, training_data
     from gflow._chunked import train_sgd_chunked
     from gflow._race import loss_drop_time
 
+    config = _ode_config(settings, dtype)
     data = training_data(ds, dtype)
     params0 = init_params(jax.random.key(3), width, ds.dim, settings.sigma, dtype=dtype)
     lr, beta, chunk = settings.learning_rate, settings.momentum, settings.chunk
@@ -486,13 +578,14 @@ def _flow_through_drop(ds, width: int, dtype, rtol: float, settings: BenchSettin
         horizon *= 2
     t_end = 1.5 * t_drop if np.isfinite(t_drop) else horizon
     ts = jnp.linspace(0.0, t_end, 61, dtype=dtype)
-    config = FlowConfig(rtol=rtol, max_steps=settings.ode_max_steps)
-    solve = jax.jit(lambda p, grid: gradient_flow(p, data, grid, config=config, throw=False))
+    # Full parameters at every save time only when they are compared with GD's.
+    solve = jax.jit(lambda p, grid: gradient_flow(p, data, grid, snapshot_times=grid if compare_gd else None,
+                                                  config=config, throw=False, return_stats=True))
     start = time.perf_counter()
     compiled = solve.lower(params0, ts).compile()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    traj = _block(compiled(params0, ts))
+    traj, stats = _block(compiled(params0, ts))
     ode_s = time.perf_counter() - start
 
     sgd_steps = _round_up(t_end * per_unit_time, settings.record_every)
@@ -509,6 +602,7 @@ def _flow_through_drop(ds, width: int, dtype, rtol: float, settings: BenchSettin
     t_reached = float(np.asarray(ts)[valid][-1])
     from gflow._trajectory import status_message
 
+    gauss = config.solver.startswith("gauss")
     result = {
         "dtype": jnp.dtype(dtype).name,
         "N": int(ds.n_samples),
@@ -516,14 +610,19 @@ def _flow_through_drop(ds, width: int, dtype, rtol: float, settings: BenchSettin
         "d": width,
         "dataset": ds.name,
         "solver": config.solver,
-        "rtol": rtol,
+        "dt": config.dt0 if gauss else None,
+        "rtol": None if gauss else config.rtol,
         "t_drop": float(t_drop),
         "t_end": float(t_end),
         "status": status_message(traj.status),
-        "solver_steps": int(traj.num_steps),
+        "solver_steps": int(stats.num_steps),
+        "rejected_steps": int(stats.num_rejected_steps),
+        "gradient_evaluations": int(stats.evaluations),
+        "stage_iterations_max": int(stats.stage_iterations_max) if gauss else None,
         "seconds": ode_s,
         "compile_seconds": compile_s,
-        "ms_per_solver_step": 1e3 * ode_s / max(int(traj.num_steps), 1),
+        "ms_per_solver_step": 1e3 * ode_s / max(int(stats.num_steps), 1),
+        "ms_per_gradient_evaluation": 1e3 * ode_s / max(int(stats.evaluations), 1),
         "t_reached": t_reached,
         "balance_drift": float(np.max(np.asarray(balance_drift(jax.tree.map(lambda a: a[valid], traj.observables))))),
         "loss_start": float(ode_loss[0]),
@@ -534,10 +633,25 @@ def _flow_through_drop(ds, width: int, dtype, rtol: float, settings: BenchSettin
         # SGD's cost is linear in flow time: compare over the flow time the ODE covered.
         "ode_over_sgd": ode_s / (sgd_s * t_reached / t_end) if t_reached > 0 else None,
     }
-    log(f"  ode {result['dtype']} N={result['N']} D={result['D']} d={width}: {result['solver_steps']} solver steps "
-        f"({result['status']}; reached t={result['t_reached']:.0f} of {t_end:.0f}) in {ode_s:.1f} s "
-        f"(compile {compile_s:.1f} s), drift {result['balance_drift']:.1e}; SGD over the same flow time: "
-        f"{sgd_steps} steps in {sgd_s:.2f} s -> ODE/SGD = {result['ode_over_sgd'] or float('nan'):.0f}x")
+    log(f"  ode {result['dtype']} N={result['N']} D={result['D']} d={width} {config.solver}: "
+        f"{result['solver_steps']} steps, {result['gradient_evaluations']} gradients "
+        f"({result['status']}; reached t={result['t_reached']:.0f} of {t_end:.0f}, loss {result['loss_start']:.3f} -> "
+        f"{result['loss_end']:.3f}) in {ode_s:.1f} s (compile {compile_s:.1f} s), drift {result['balance_drift']:.1e}; "
+        f"SGD over the same flow time: {sgd_steps} steps in {sgd_s:.2f} s -> ODE/SGD = "
+        f"{result['ode_over_sgd'] or float('nan'):.0f}x")
+    if compare_gd:
+        if int(traj.status) != 0:
+            result["gd_comparison"] = None
+            log("    no GD comparison: the ODE did not reach t_end")
+        else:
+            snaps = jax.tree.map(lambda a: a[1:-1], traj.snapshots)  # the save grid, without the ends added
+            result.update(_gd_at_equal_error(data, params0, np.asarray(ts), traj.observables.P, snaps, ode_s,
+                                             settings, log))
+            log(f"    trajectory error (params) ODE {result['trajectory_error']:.2e}, GD eta={result['gd_eta']:.3g} "
+                f"{result['gd_trajectory_error']['eta']['params']:.2e}; GD reaches the ODE's error at eta="
+                f"{result['gd_eta_equal_error']:.3g}: {result['gd_seconds_equal_error']:.0f} s -> ODE/GD = "
+                f"{result['ode_over_gd_equal_error']:.2f} (per-neuron P error: ODE {result['trajectory_error_P']:.2e}, "
+                f"ODE/GD = {result['ode_over_gd_equal_error_P']:.2f})")
     return result
 
 
@@ -553,19 +667,19 @@ def _round_up(value: float, multiple: int) -> int:
 
 
 def bench_ode(settings: BenchSettings, *, dataset: str | None, log=print) -> dict:
-    """The flow through the loss drop in float32 and float64, with SGD over the same flow time."""
+    """The flow through the loss drop in float32 and float64, with SGD over the same flow time;
+    the float64 solve also against full-batch GD at equal trajectory error."""
     import jax
     import jax.numpy as jnp
 
     out = {}
     ds32 = _task_data(dataset, settings.ode_samples)
-    out["float32"] = _flow_through_drop(ds32, settings.ode_width, jnp.float32, settings.ode_rtol, settings, log)
+    out["float32"] = _flow_through_drop(ds32, settings.ode_width, jnp.float32, settings, log, compare_gd=False)
     was_x64 = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
         ds64 = ds32 if settings.ode64_samples == settings.ode_samples else _task_data(dataset, settings.ode64_samples)
-        out["float64"] = _flow_through_drop(ds64, settings.ode64_width, jnp.float64, settings.ode64_rtol, settings,
-                                            log)
+        out["float64"] = _flow_through_drop(ds64, settings.ode64_width, jnp.float64, settings, log, compare_gd=True)
     finally:
         jax.config.update("jax_enable_x64", was_x64)
     return out
@@ -814,6 +928,10 @@ def _settings_from_args(args) -> BenchSettings:
         overrides.update(ode_width=args.ode_width, ode64_width=args.ode_width)
     if args.ode_max_steps is not None:
         overrides["ode_max_steps"] = args.ode_max_steps
+    if args.ode_solver is not None:
+        overrides["ode_solver"] = args.ode_solver
+    if args.ode_dt is not None:
+        overrides["ode_dt"] = args.ode_dt
     if args.cells_probes is not None:
         overrides["cells_probes"] = args.cells_probes
     if args.cells_samples is not None:
@@ -903,6 +1021,10 @@ def register(subparsers) -> None:
     parser.add_argument("--small-ode", action="store_true", help="tiny ODE problems (N=60, d=16)")
     parser.add_argument("--ode-width", type=int, default=None, help="hidden neurons d of both ODE solves")
     parser.add_argument("--ode-max-steps", type=int, default=None, help="solver steps allowed per ODE solve")
+    parser.add_argument("--ode-solver", default=None, metavar="NAME",
+                        help="ODE solver (default gauss1: implicit midpoint, exact balance; or gauss2, tsit5, ...)")
+    parser.add_argument("--ode-dt", dest="ode_dt", type=float, default=None,
+                        help="constant step of the gauss solvers (default 0.25)")
     parser.add_argument("--cells-probes", type=int, default=None, help="probes M of Algorithm 1")
     parser.add_argument("--cells-samples", type=int, default=None, help="samples N of Algorithm 1")
     parser.add_argument("--memory-seeds", type=int, default=None, help="seeds of the memory sweep")

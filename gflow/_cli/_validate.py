@@ -64,7 +64,7 @@ def register(subparsers) -> None:
                    "balance drift check at 1e-8 needs much less, e.g. --solver heun --rtol 3e-6 on the "
                    "120-sample clusters with d=50)")
     g.add_argument("--solver", default="tsit5", help="diffrax solver (tsit5 default; heun keeps the balance "
-                   "better per unit of work across ReLU kinks)")
+                   "better per unit of work across ReLU kinks; gauss1/gauss2 conserve it exactly)")
     g.add_argument("--max-steps", type=int, default=2_000_000, help="ODE step budget (default 2e6)")
     g.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the simulation (default float64)")
