@@ -79,7 +79,8 @@ class FlowConfig:
             residual these allow times the step's relative change, whatever the step.
         stage_max_iterations: ``gauss*`` only: stage-solve sweeps per step (default 50; each
             costs one gradient per stage). A step whose stage equations are not solved is
-            rejected (adaptive) or stops the solve with `SOLVER_FAILED` (constant steps).
+            rejected: adaptive steps shrink by the PID rule, constant steps are retried at half
+            length (up to 6 times, `SaveTimeStepSize`) before the solve stops with `SOLVER_FAILED`.
         anderson_memory: ``gauss*`` only: Anderson acceleration memory of the stage solve
             (default 8; 0 = plain fixed-point iteration, which needs ``h·λ_max(∇²L) < 2``).
     """

@@ -49,7 +49,8 @@ is within ``stage_atol + stage_rtol·|y_0|`` (or a magnitude the `GatedField` de
 norm: one component cannot hide in an average).
 A stage solve that does not converge within ``max_iterations`` sweeps returns an infinite error
 estimate (an adaptive controller rejects the step and shrinks it) and the result
-``nonlinear_divergence`` (which stops a constant-step solve).
+``nonlinear_divergence``; `SaveTimeStepSize` then retries the step at half length (the
+solve stops only when that fails too, at ``dt/64``).
 
 Saved states should be step end points (`SaveTimeStepSize`, or ``ClipStepSizeController``'s
 ``step_ts`` when adaptive): the linear interpolation between steps does not conserve Q.
@@ -331,10 +332,17 @@ class SaveTimeStepSize(diffrax.AbstractStepSizeController):
     ``n = ⌈(T_{k+1} − T_k)/dt⌉`` equal steps: no sliver steps, and every saved state is a step
     end point (never an interpolation, which would not conserve the balance). Pass the save
     times, sorted; ``dt0`` of `diffrax.diffeqsolve` must be None.
+
+    A step whose error estimate is not finite (`GaussLegendre` returns ``inf`` when its stage
+    equations were not solved, e.g. where ``h·λ_max(∇²L)`` has grown past what the stage solve
+    handles) is rejected and retried at half its length, up to ``max_halvings`` times; the
+    steps after it return to ``dt``. A step still failing at ``dt / 2^max_halvings`` is accepted
+    with the solver's failure, which stops the solve.
     """
 
     dt: float | jax.Array
     step_ts: jax.Array
+    max_halvings: int = eqx.field(static=True, default=6)
 
     def wrap(self, direction):
         return self
@@ -355,5 +363,9 @@ class SaveTimeStepSize(diffrax.AbstractStepSizeController):
         return self._next(t0), None
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        del t0, y0, y1_candidate, args, y_error, error_order
-        return True, t1, self._next(t1), False, controller_state, diffrax.RESULTS.successful
+        del y0, y1_candidate, args, error_order
+        solved = jnp.all(jnp.stack([jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]))
+        floor = self.dt * 0.5**self.max_halvings * (1 + 1e-6)
+        keep = solved | (t1 - t0 <= floor)
+        t_next = jnp.where(keep, self._next(t1), t0 + 0.5 * (t1 - t0))
+        return keep, jnp.where(keep, t1, t0), t_next, False, controller_state, diffrax.RESULTS.successful

@@ -69,6 +69,34 @@ def test_unknown_section_is_a_usage_error(tmp_path, capsys):
     assert "--only" in capsys.readouterr().err
 
 
+def test_ode_section_float64_against_gd(tmp_path):
+    """The float64 flow by implicit midpoint through the loss drop: balance drift at rounding, a
+    smaller trajectory error than GD at η, and the equal-error cost ratio computed from the same
+    run's timings. (Against the Richardson reference 2·GD(η/2) − GD(η), GD(η)'s error is twice
+    GD(η/2)'s by construction, so that ratio is not a check.)"""
+    path = tmp_path / "ode.json"
+    assert main(["bench", "--json", str(path), "--only", "ode", "--small-ode", "--ode-dtypes", "float64",
+                 "--no-torch", "--quiet"]) == 0
+    report = json.loads(path.read_text())["ode"]
+    assert set(report) == {"float64"}
+    ode = report["float64"]
+    assert ode["status"] == "ok" and ode["solver"] == "gauss1" and ode["t_reached"] == pytest.approx(ode["t_end"])
+    assert ode["balance_drift"] <= 1e-8 < ode["sgd_balance_drift"]
+    assert ode["loss_end"] < 0.5 * ode["loss_start"]
+    gd = ode["gd_trajectory_error"]
+    assert ode["gd_eta_half"] == pytest.approx(ode["gd_eta"] / 2)
+    assert ode["trajectory_error"] < gd["eta"]["params"]
+    eta_eq = ode["gd_eta_half"] * ode["trajectory_error"] / gd["eta_half"]["params"]
+    assert ode["gd_eta_equal_error"] == pytest.approx(eta_eq)
+    gd_seconds = ode["gd_seconds_per_step"] * ode["t_end"] / eta_eq
+    assert ode["ode_over_gd_equal_error"] == pytest.approx(ode["seconds"] / gd_seconds)
+
+
+def test_bad_ode_dtypes_is_a_usage_error(tmp_path, capsys):
+    assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "ode", "--ode-dtypes", "float16", "--quiet"]) == 2
+    assert "float32 and/or float64" in capsys.readouterr().err
+
+
 def _reference_problem():
     ds = load_dataset("clusters", n_samples=24, dim=10, seed=1, test_samples=0)
     data = training_data(ds, jnp.float64)

@@ -187,3 +187,26 @@ def test_bad_solver_arguments_are_rejected():
     with pytest.raises(ValueError, match="dt0=None"):
         diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -y), GaussLegendre(), 0.0, 1.0, 0.1, jnp.ones(2),
                             stepsize_controller=SaveTimeStepSize(dt=0.1, step_ts=jnp.array([0.0, 1.0])))
+
+
+def test_constant_steps_are_halved_where_the_stage_solve_fails():
+    """y' = −λy with plain fixed-point stages (no Anderson): the sweeps contract only when
+    h·λ/2 < 1, so steps of 1 at λ = 10 are retried at half length until they do, every accepted
+    step is the implicit midpoint step at its own h, and the steps after a retry start again
+    from dt. At λ = 10⁴ even dt/64 fails and the solve says so."""
+    def solve(lam):
+        return diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, a: -lam * y), GaussLegendre(anderson_memory=0, max_iterations=50),
+            0.0, 3.0, None, jnp.array([1.0]), saveat=diffrax.SaveAt(t0=True, steps=True),
+            stepsize_controller=SaveTimeStepSize(dt=1.0, step_ts=jnp.array([0.0, 3.0])), throw=False)
+
+    sol = solve(10.0)
+    assert sol.result == diffrax.RESULTS.successful
+    accepted = int(sol.stats["num_accepted_steps"])
+    t, y = np.asarray(sol.ts)[: accepted + 1], np.asarray(sol.ys)[: accepted + 1, 0]
+    assert t[-1] == pytest.approx(3.0, abs=1e-12)
+    h = np.diff(t)
+    assert np.all(h * 10.0 / 2 < 1.0) and np.max(h) > 0.1  # retried down to contraction, not below
+    assert int(sol.stats["num_rejected_steps"]) >= 3  # 1 → 1/2 → 1/4 → 1/8 on the first step
+    np.testing.assert_allclose(y[1:] / y[:-1], (1 - 5.0 * h) / (1 + 5.0 * h), rtol=1e-8)
+    assert solve(1e4).result == diffrax.RESULTS.nonlinear_divergence

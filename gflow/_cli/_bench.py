@@ -59,8 +59,9 @@ class BenchSettings:
     is also timed. ODE: ``ode_width``/``ode_samples`` (float32), ``ode64_width``/``ode64_samples``
     (float64), ``ode_solver`` (``gauss1``: implicit midpoint, exact balance) with constant steps
     ``ode_dt``, or an explicit solver with tolerances ``ode_rtol``/``ode64_rtol``; at most
-    ``ode_max_steps`` steps; the float64 solve is compared with full-batch GD at ``ode_gd_lr`` and
-    half of it. Cells: ``cells_probes`` M, ``cells_samples``
+    ``ode_max_steps`` steps and ``ode_stage_iterations`` stage sweeps per step; the float64 solve
+    is compared with full-batch GD at ``ode_gd_lr`` and half of it; ``ode_dtypes`` says which
+    of the two solves run. Cells: ``cells_probes`` M, ``cells_samples``
     N. Memory: ``memory_seeds`` in groups of ``memory_group``, ``memory_steps`` steps.
     """
 
@@ -85,6 +86,8 @@ class BenchSettings:
     ode64_samples: int = 800
     ode64_rtol: float = 1e-4
     ode_max_steps: int = 20_000
+    ode_stage_iterations: int = 200
+    ode_dtypes: tuple[str, ...] = ("float32", "float64")
     ode_solver: str = "gauss1"
     ode_dt: float = 0.25
     ode_gd_lr: float = 0.05
@@ -97,6 +100,7 @@ class BenchSettings:
     def __post_init__(self):
         for name in ("steps", "repeats", "width", "samples", "dim", "batch_size", "record_every", "chunk",
                      "matmul_size", "ode_width", "ode_samples", "ode64_width", "ode64_samples", "ode_max_steps",
+                     "ode_stage_iterations",
                      "cells_probes", "cells_samples", "memory_seeds", "memory_group", "memory_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -115,6 +119,8 @@ class BenchSettings:
             raise UsageError(f"momentum must be in [0, 1); got {self.momentum}")
         if not self.learning_rate > 0:
             raise UsageError(f"learning_rate must be > 0; got {self.learning_rate}")
+        if not self.ode_dtypes or any(d not in ("float32", "float64") for d in self.ode_dtypes):
+            raise UsageError(f"ode dtypes must be float32 and/or float64; got {self.ode_dtypes!r}")
         for name in ("ode_dt", "ode_gd_lr", "ode_rtol", "ode64_rtol"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise UsageError(f"{name} must be > 0; got {getattr(self, name)!r}")
@@ -479,7 +485,7 @@ def _ode_config(settings: BenchSettings, dtype):
     try:
         if settings.ode_solver.startswith("gauss"):
             return FlowConfig(solver=settings.ode_solver, adaptive=False, dt0=settings.ode_dt,
-                              max_steps=settings.ode_max_steps)
+                              max_steps=settings.ode_max_steps, stage_max_iterations=settings.ode_stage_iterations)
         rtol = settings.ode64_rtol if jnp.dtype(dtype) == jnp.float64 else settings.ode_rtol
         return FlowConfig(solver=settings.ode_solver, rtol=rtol, max_steps=settings.ode_max_steps)
     except ValueError as err:
@@ -508,7 +514,9 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     Richardson extrapolation ``2·GD(η/2) − GD(η)`` (error O(η²)) is the reference of every
     trajectory error; GD's error is O(η), so the η at which GD matches the ODE's error is
     ``η_eq = (η/2)·err_ODE/err_GD(η/2)`` and GD's time there is its measured time per step times
-    ``t_end/η_eq`` steps (an extrapolation when η_eq < η/2)."""
+    ``t_end/η_eq`` steps (an extrapolation when η_eq < η/2). The reference's own error
+    (O(η²)) is not measured: the ODE's error is ``|ODE − reference|``, which it inflates unless
+    the two cancel."""
     import jax
 
     from gflow import SGDConfig, train_gd
@@ -520,10 +528,10 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     for k in (per_record, 2 * per_record):  # η and η/2, both landing on the save grid
         eta = interval / k
         cfg = SGDConfig(steps=k * (len(ts) - 1), record_every=k, snapshot_every=1)
-        gd = jax.jit(lambda p, lr, cfg=cfg: train_gd(p, data, learning_rate=lr, config=cfg, throw=False))
-        compiled = gd.lower(params0, eta).compile()
+        gd = jax.jit(lambda p, lr, data, cfg=cfg: train_gd(p, data, learning_rate=lr, config=cfg, throw=False))
+        compiled = gd.lower(params0, eta, data).compile()
         start = time.perf_counter()
-        traj = _block(compiled(params0, eta))
+        traj = _block(compiled(params0, eta, data))
         seconds = time.perf_counter() - start
         runs[k] = (eta, cfg.steps, seconds, traj)
         log(f"    GD eta={eta:.4g}: {cfg.steps} steps in {seconds:.1f} s")
@@ -579,23 +587,24 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
     t_end = 1.5 * t_drop if np.isfinite(t_drop) else horizon
     ts = jnp.linspace(0.0, t_end, 61, dtype=dtype)
     # Full parameters at every save time only when they are compared with GD's.
-    solve = jax.jit(lambda p, grid: gradient_flow(p, data, grid, snapshot_times=grid if compare_gd else None,
-                                                  config=config, throw=False, return_stats=True))
+    solve = jax.jit(lambda p, grid, data: gradient_flow(p, data, grid, snapshot_times=grid if compare_gd else None,
+                                                        config=config, throw=False, return_stats=True))
     start = time.perf_counter()
-    compiled = solve.lower(params0, ts).compile()
+    compiled = solve.lower(params0, ts, data).compile()
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    traj, stats = _block(compiled(params0, ts))
+    traj, stats = _block(compiled(params0, ts, data))
     ode_s = time.perf_counter() - start
 
     sgd_steps = _round_up(t_end * per_unit_time, settings.record_every)
     sgd_cfg = SGDConfig(steps=sgd_steps, record_every=settings.record_every, batch_size=settings.batch_size)
-    sgd = jax.jit(lambda p, key, eta: train_sgd_chunked(p, key, data, learning_rate=eta, momentum=beta,
-                                                         config=sgd_cfg, chunk=chunk, observables="norms",
-                                                         throw=False))
-    sgd_compiled = sgd.lower(params0, jax.random.key(4), lr).compile()
-    sgd_s = statistics.median(_seconds(lambda: sgd_compiled(params0, jax.random.key(4), lr)) for _ in range(3))
-    sgd_norms = sgd_compiled(params0, jax.random.key(4), lr).observables
+    # Data are arguments, not closed-over constants: XLA would constant-fold G = X Xᵀ at compile time.
+    sgd = jax.jit(lambda p, key, eta, data: train_sgd_chunked(p, key, data, learning_rate=eta, momentum=beta,
+                                                               config=sgd_cfg, chunk=chunk, observables="norms",
+                                                               throw=False))
+    sgd_compiled = sgd.lower(params0, jax.random.key(4), lr, data).compile()
+    sgd_s = statistics.median(_seconds(lambda: sgd_compiled(params0, jax.random.key(4), lr, data)) for _ in range(3))
+    sgd_norms = sgd_compiled(params0, jax.random.key(4), lr, data).observables
     ode_loss = np.asarray(traj.observables.loss)
     # A solve stopped by max_steps leaves the later records unfilled: report what it reached.
     valid = np.isfinite(ode_loss)
@@ -673,15 +682,18 @@ def bench_ode(settings: BenchSettings, *, dataset: str | None, log=print) -> dic
     import jax.numpy as jnp
 
     out = {}
-    ds32 = _task_data(dataset, settings.ode_samples)
-    out["float32"] = _flow_through_drop(ds32, settings.ode_width, jnp.float32, settings, log, compare_gd=False)
-    was_x64 = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        ds64 = ds32 if settings.ode64_samples == settings.ode_samples else _task_data(dataset, settings.ode64_samples)
-        out["float64"] = _flow_through_drop(ds64, settings.ode64_width, jnp.float64, settings, log, compare_gd=True)
-    finally:
-        jax.config.update("jax_enable_x64", was_x64)
+    if "float32" in settings.ode_dtypes:
+        ds32 = _task_data(dataset, settings.ode_samples)
+        out["float32"] = _flow_through_drop(ds32, settings.ode_width, jnp.float32, settings, log, compare_gd=False)
+    if "float64" in settings.ode_dtypes:
+        was_x64 = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+        try:
+            ds64 = _task_data(dataset, settings.ode64_samples)
+            out["float64"] = _flow_through_drop(ds64, settings.ode64_width, jnp.float64, settings, log,
+                                                compare_gd=True)
+        finally:
+            jax.config.update("jax_enable_x64", was_x64)
     return out
 
 
@@ -928,6 +940,8 @@ def _settings_from_args(args) -> BenchSettings:
         overrides.update(ode_width=args.ode_width, ode64_width=args.ode_width)
     if args.ode_max_steps is not None:
         overrides["ode_max_steps"] = args.ode_max_steps
+    if args.ode_dtypes is not None:
+        overrides["ode_dtypes"] = tuple(d.strip() for d in args.ode_dtypes.split(",") if d.strip())
     if args.ode_solver is not None:
         overrides["ode_solver"] = args.ode_solver
     if args.ode_dt is not None:
@@ -1021,6 +1035,8 @@ def register(subparsers) -> None:
     parser.add_argument("--small-ode", action="store_true", help="tiny ODE problems (N=60, d=16)")
     parser.add_argument("--ode-width", type=int, default=None, help="hidden neurons d of both ODE solves")
     parser.add_argument("--ode-max-steps", type=int, default=None, help="solver steps allowed per ODE solve")
+    parser.add_argument("--ode-dtypes", default=None, metavar="LIST",
+                        help="which ODE solves to run: float32,float64 (default both)")
     parser.add_argument("--ode-solver", default=None, metavar="NAME",
                         help="ODE solver (default gauss1: implicit midpoint, exact balance; or gauss2, tsit5, ...)")
     parser.add_argument("--ode-dt", dest="ode_dt", type=float, default=None,
