@@ -7,7 +7,10 @@ Solvers: diffrax's explicit Runge–Kutta methods, and the implicit Gauss–Lege
 methods ``gauss1`` (implicit midpoint, order 2) and ``gauss2`` (order 4) of `gflow._gauss`,
 which conserve the balance Q_i of SPEC §2 exactly for any step size (up to the tolerance of
 their stage equations) and are not slowed down by the jumps of the field at ReLU gate crossings.
-Their steps land on every save time, so saved states are never interpolated.
+With ``project_balance``, constant steps of Euler, Heun, Midpoint or Ralston end with a
+rescaling of each neuron back to its balance (`gflow._projection`): two gradients per Heun step,
+drift at rounding. Gauss and projected steps land on every save time, so saved states are never
+interpolated.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from ._gauss import GatedField, GaussLegendre, SaveTimeStepSize, default_stage_rtol
 from ._network import Params, gating_pattern, loss, preactivations, residuals
+from ._projection import BalanceProjection
 from ._observables import TrainingData, observe
 from ._trajectory import (
     MAX_STEPS_REACHED,
@@ -47,6 +51,9 @@ _SOLVERS = {
     "euler": diffrax.Euler,
 }
 _FIXED_STEP_ONLY = {"euler"}
+# Explicit solvers that do not carry the end-of-step field to the next step (no FSAL): the ones
+# `BalanceProjection` can wrap.
+PROJECTABLE_SOLVERS = ("euler", "heun", "midpoint", "ralston")
 # Implicit Gauss–Legendre collocation (gflow._gauss): name -> number of stages.
 _GAUSS = {"gauss1": 1, "gauss2": 2}
 _GAUSS_OPTIONS = ("stage_rtol", "stage_atol", "stage_max_iterations", "anderson_memory")
@@ -83,6 +90,12 @@ class FlowConfig:
             length (up to 6 times, `SaveTimeStepSize`) before the solve stops with `SOLVER_FAILED`.
         anderson_memory: ``gauss*`` only: Anderson acceleration memory of the stage solve
             (default 8; 0 = plain fixed-point iteration, which needs ``h·λ_max(∇²L) < 2``).
+        project_balance: constant steps of ``euler``, ``heun``, ``midpoint`` or ``ralston``
+            only: after every step, rescale each neuron along its orbit
+            ``(c w_i, c b_i, v_i / c)`` back to its balance Q_i at the start of the solve
+            (`gflow._projection`): the network function is unchanged, the balance is conserved
+            to rounding, the method keeps its order, and `FlowStats.balance_defect_max` reports
+            the largest one-step defect removed. Steps land on every save time (as for ``gauss*``).
     """
 
     solver: str = "tsit5"
@@ -95,6 +108,7 @@ class FlowConfig:
     stage_atol: float | None = None
     stage_max_iterations: int | None = None
     anderson_memory: int | None = None
+    project_balance: bool = False
 
     def __post_init__(self):
         if self.solver not in _SOLVERS and self.solver not in _GAUSS:
@@ -113,6 +127,9 @@ class FlowConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"{name} must be an integer >= {low} or None; got {value!r}.")
+        if self.project_balance and (self.solver not in PROJECTABLE_SOLVERS or self.adaptive):
+            raise ValueError(f"project_balance needs constant steps (adaptive=False) of one of "
+                             f"{list(PROJECTABLE_SOLVERS)}; got solver={self.solver!r}, adaptive={self.adaptive}.")
         if not (self.rtol > 0 and (self.atol is None or self.atol > 0)):
             raise ValueError(f"rtol and atol must be > 0; got rtol={self.rtol!r}, atol={self.atol!r}.")
         if not (isinstance(self.max_steps, int) and self.max_steps > 0):
@@ -233,6 +250,8 @@ class FlowStats(NamedTuple):
         fractional_gates: gates caught inside their band, i.e. fractional (a ReLU gate crossing
             or sliding within the step; `gate_band`), summed over steps and stages.
         stage_residual_max: largest scaled residual of the stage equations (≤ 1 when solved).
+        balance_defect_max: with ``project_balance``, the largest relative change of a Q_i in
+            one step before the projection (`gflow._projection.balance_defect`); else 0.
     """
 
     num_steps: jax.Array
@@ -242,6 +261,7 @@ class FlowStats(NamedTuple):
     stage_iterations_max: jax.Array
     fractional_gates: jax.Array
     stage_residual_max: jax.Array
+    balance_defect_max: jax.Array
 
 
 def _absolute_tolerance(params0: Params, config: FlowConfig):
@@ -284,17 +304,21 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
            config: FlowConfig) -> tuple[Trajectory, FlowStats]:
     gauss = config.solver in _GAUSS
     dt0 = config.dt0
+    # Gauss and projected steps land on every save time: saved states are step end points,
+    # never interpolated (interpolation would not conserve the balance).
+    step_ts = jnp.sort(jnp.concatenate([ts, snap_ts]))
     if gauss:
         solver = _gauss_solver(params0, config)
-        # Steps land on every save time: saved states are step end points, never interpolated
-        # (interpolation would not conserve the balance).
-        step_ts = jnp.sort(jnp.concatenate([ts, snap_ts]))
         if config.adaptive:
             pid = diffrax.PIDController(rtol=config.rtol, atol=_absolute_tolerance(params0, config))
             controller = diffrax.ClipStepSizeController(pid, step_ts=step_ts)
         else:
             controller = SaveTimeStepSize(dt=jnp.asarray(config.dt0, ts.dtype), step_ts=step_ts)
             dt0 = None
+    elif config.project_balance:
+        solver = BalanceProjection(_SOLVERS[config.solver]())
+        controller = SaveTimeStepSize(dt=jnp.asarray(config.dt0, ts.dtype), step_ts=step_ts)
+        dt0 = None
     else:
         solver = _SOLVERS[config.solver]()
         if config.adaptive and config.solver not in _FIXED_STEP_ONLY:
@@ -306,7 +330,7 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
             diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: observe(y, args)),
             diffrax.SubSaveAt(ts=snap_ts),
         ],
-        solver_state=gauss,
+        solver_state=gauss or config.project_balance,
     )
     with warnings.catch_warnings():
         # diffrax pre-fills save buffers with inf, which NumPy warns about when casting to the
@@ -344,12 +368,15 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
         num_steps=num_steps,
     )
     zero = jnp.asarray(0, jnp.int32)
+    no_defect = jnp.asarray(0.0, params0.W.dtype)
     if gauss:
         state = sol.solver_state
-        implicit = (state.evaluations, state.iterations_max, state.fractional_gates, state.residual_max)
+        implicit = (state.evaluations, state.iterations_max, state.fractional_gates, state.residual_max, no_defect)
     else:
-        implicit = (jnp.asarray(_explicit_evaluations(solver, config, num_steps), jnp.int32), zero, zero,
-                    jnp.asarray(0.0, params0.W.dtype))
+        inner = solver.solver if config.project_balance else solver
+        defect = sol.solver_state[1] if config.project_balance else no_defect
+        implicit = (jnp.asarray(_explicit_evaluations(inner, config, num_steps), jnp.int32), zero, zero,
+                    no_defect, defect)
     stats = FlowStats(
         num_steps,
         jnp.asarray(sol.stats["num_accepted_steps"], jnp.int32),

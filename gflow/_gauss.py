@@ -364,7 +364,8 @@ class SaveTimeStepSize(diffrax.AbstractStepSizeController):
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
         del y0, y1_candidate, args, error_order
-        solved = jnp.all(jnp.stack([jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]))
+        # A solver without an error estimate (y_error None: Euler) never asks for a retry.
+        solved = jnp.all(jnp.stack([jnp.asarray(True)] + [jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]))
         floor = self.dt * 0.5**self.max_halvings * (1 + 1e-6)
         keep = solved | (t1 - t0 <= floor)
         t_next = jnp.where(keep, self._next(t1), t0 + 0.5 * (t1 - t0))

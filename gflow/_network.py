@@ -127,6 +127,11 @@ def residuals(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     return p - jax.nn.one_hot(y, 2, dtype=p.dtype)
 
 
+def balance(params: Params) -> jax.Array:
+    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² (SPEC.md §2), ``[d]``: conserved by the flow."""
+    return jnp.sum(params.W**2, axis=1) + params.b**2 - jnp.sum(params.V**2, axis=1)
+
+
 def closed_form_gradient(params: Params, x: jax.Array, y: jax.Array) -> Params:
     """∇L written out (SPEC.md §1), used as a test oracle against ``jax.grad``.
 

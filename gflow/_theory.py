@@ -27,7 +27,7 @@ import numpy as np
 
 from ._cells import is_stable, map_patterns
 from ._flow import vector_field
-from ._network import Params, gating_pattern, logits, preactivations, residuals
+from ._network import Params, balance, gating_pattern, logits, preactivations, residuals
 from ._observables import (
     TrainingData,
     balance_drift,
@@ -324,11 +324,6 @@ def unlocking_rates(params: Params, data: TrainingData) -> UnlockingRates:
         P=P,
         P_augmented=Pt,
     )
-
-
-def balance(params: Params) -> jax.Array:
-    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² (SPEC.md §2), ``[d]``."""
-    return jnp.sum(params.W**2, axis=1) + params.b**2 - jnp.sum(params.V**2, axis=1)
 
 
 def window_indices(t, start: float, end: float) -> np.ndarray:

@@ -57,11 +57,12 @@ class BenchSettings:
     pixel values), batch B, momentum β, η, norms every ``record_every`` steps, ``chunk`` steps per
     chunk. ``plain_max_seeds``: the largest S at which gflow's per-step ``train_sgd`` (vmapped)
     is also timed. ODE: ``ode_width``/``ode_samples`` (float32), ``ode64_width``/``ode64_samples``
-    (float64), ``ode_solver`` (``gauss1``: implicit midpoint, exact balance) with constant steps
-    ``ode_dt``, or an explicit solver with tolerances ``ode_rtol``/``ode64_rtol``; at most
-    ``ode_max_steps`` steps and ``ode_stage_iterations`` stage sweeps per step; the float64 solve
-    is compared with full-batch GD at ``ode_gd_lr`` and half of it; ``ode_dtypes`` says which
-    of the two solves run. Cells: ``cells_probes`` M, ``cells_samples``
+    (float64), ``ode_solver`` with constant steps ``ode_dt`` (``heun``, ``euler``, ``midpoint``,
+    ``ralston`` with the balance projection; ``gauss1``/``gauss2``, implicit, exact balance, at
+    most ``ode_stage_iterations`` stage sweeps per step), or an adaptive explicit solver with
+    tolerances ``ode_rtol``/``ode64_rtol``; at most ``ode_max_steps`` steps; the float64 solve is
+    compared with full-batch GD at ``ode_gd_lr``, half and (``ode_gd_levels = 3``) a quarter of
+    it; ``ode_dtypes`` says which of the two solves run. Cells: ``cells_probes`` M, ``cells_samples``
     N. Memory: ``memory_seeds`` in groups of ``memory_group``, ``memory_steps`` steps.
     """
 
@@ -91,6 +92,7 @@ class BenchSettings:
     ode_solver: str = "gauss1"
     ode_dt: float = 0.25
     ode_gd_lr: float = 0.05
+    ode_gd_levels: int = 3
     cells_probes: int = 100_000
     cells_samples: int = 4000
     memory_seeds: int = 1024
@@ -121,6 +123,8 @@ class BenchSettings:
             raise UsageError(f"learning_rate must be > 0; got {self.learning_rate}")
         if not self.ode_dtypes or any(d not in ("float32", "float64") for d in self.ode_dtypes):
             raise UsageError(f"ode dtypes must be float32 and/or float64; got {self.ode_dtypes!r}")
+        if self.ode_gd_levels not in (2, 3):
+            raise UsageError(f"ode_gd_levels must be 2 or 3; got {self.ode_gd_levels!r}")
         for name in ("ode_dt", "ode_gd_lr", "ode_rtol", "ode64_rtol"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise UsageError(f"{name} must be > 0; got {getattr(self, name)!r}")
@@ -476,16 +480,21 @@ def _task_data(dataset: str | None, samples: int):
 
 
 def _ode_config(settings: BenchSettings, dtype):
-    """The solve's `FlowConfig`: constant steps ``ode_dt`` for the implicit Gauss solvers, else
-    PID steps at ``ode_rtol`` (float32) / ``ode64_rtol`` (float64)."""
+    """The solve's `FlowConfig`: constant steps ``ode_dt`` for the implicit Gauss solvers and,
+    with the balance projection, for Euler/Heun/Midpoint/Ralston; else PID steps at ``ode_rtol``
+    (float32) / ``ode64_rtol`` (float64)."""
     import jax.numpy as jnp
 
     from gflow import FlowConfig
+    from gflow._flow import PROJECTABLE_SOLVERS
 
     try:
         if settings.ode_solver.startswith("gauss"):
             return FlowConfig(solver=settings.ode_solver, adaptive=False, dt0=settings.ode_dt,
                               max_steps=settings.ode_max_steps, stage_max_iterations=settings.ode_stage_iterations)
+        if settings.ode_solver in PROJECTABLE_SOLVERS:
+            return FlowConfig(solver=settings.ode_solver, adaptive=False, dt0=settings.ode_dt,
+                              max_steps=settings.ode_max_steps, project_balance=True)
         rtol = settings.ode64_rtol if jnp.dtype(dtype) == jnp.float64 else settings.ode_rtol
         return FlowConfig(solver=settings.ode_solver, rtol=rtol, max_steps=settings.ode_max_steps)
     except ValueError as err:
@@ -509,14 +518,37 @@ def trajectory_errors(P, params, P_ref, params_ref) -> dict:
     }
 
 
+def _relative_gaps(a, b) -> np.ndarray:
+    """``‖θ_a(t) − θ_b(t)‖ / ‖θ_b(t)‖`` per save time (rows), all weights of the network."""
+    flat = lambda tree: np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0], -1) for x in tree], axis=1)
+    theta_a, theta_b = flat(a), flat(b)
+    norm = np.linalg.norm(theta_b, axis=1)
+    return np.linalg.norm(theta_a - theta_b, axis=1) / np.where(norm > 0, norm, 1.0)
+
+
+def resolved_window(gd_snapshots: list, ratio: float = 0.75) -> int:
+    """Save times (a prefix of the grid) on which GD at η, η/2, η/4 converges at first order:
+    the longest prefix on which ``‖GD(η/2) − GD(η/4)‖ ≤ ratio·‖GD(η) − GD(η/2)‖`` (ideally ½)
+    wherever the first gap is above rounding. Past it, halving η does not shrink GD's change:
+    the trajectory is not resolved at these steps and no error against it means anything.
+    Returns the number of save times in the window (≥ 1: t = 0)."""
+    first, second = _relative_gaps(gd_snapshots[0], gd_snapshots[1]), _relative_gaps(gd_snapshots[1], gd_snapshots[2])
+    above_rounding = first > 1e-12
+    bad = above_rounding & (second > ratio * first)
+    return int(np.argmax(bad)) if np.any(bad) else len(first)
+
+
 def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settings: BenchSettings, log) -> dict:
-    """Full-batch GD (the flow's Euler scheme) at η and η/2 on the ODE's save grid; their
-    Richardson extrapolation ``2·GD(η/2) − GD(η)`` (error O(η²)) is the reference of every
-    trajectory error; GD's error is O(η), so the η at which GD matches the ODE's error is
-    ``η_eq = (η/2)·err_ODE/err_GD(η/2)`` and GD's time there is its measured time per step times
-    ``t_end/η_eq`` steps (an extrapolation when η_eq < η/2). The reference's own error
-    (O(η²)) is not measured: the ODE's error is ``|ODE − reference|``, which it inflates unless
-    the two cancel."""
+    """Full-batch GD (the flow's Euler scheme) at η, η/2 (and η/4 with ``ode_gd_levels = 3``) on
+    the ODE's save grid, against the Richardson reference.
+
+    Two levels: reference ``2·GD(η/2) − GD(η)`` (error O(η²), not measured); GD's error is O(η),
+    so GD matches the ODE's error at ``η_eq = (η/2)·err_ODE/err_GD(η/2)``. Three levels: the
+    reference is the second Richardson level ``(4 R(η/2) − R(η))/3`` with ``R(η) = 2·GD(η/2) −
+    GD(η)``; its uncertainty is reported as ``‖R(η/2) − reference‖``; the errors are also taken
+    on the `resolved_window` (where GD's sequence converges at first order), and there ``η_eq``
+    comes from a power law ``err = c·η^p`` fitted to GD's three errors. GD's time at η_eq is its
+    measured time per step times ``t_end/η_eq`` steps (an extrapolation outside the levels)."""
     import jax
 
     from gflow import SGDConfig, train_gd
@@ -524,8 +556,9 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     t_end = float(ts[-1])
     interval = t_end / (len(ts) - 1)
     per_record = max(1, round(interval / settings.ode_gd_lr))
-    runs = {}
-    for k in (per_record, 2 * per_record):  # η and η/2, both landing on the save grid
+    levels = [per_record * 2**j for j in range(settings.ode_gd_levels)]  # η, η/2[, η/4], on the save grid
+    runs = []
+    for k in levels:
         eta = interval / k
         cfg = SGDConfig(steps=k * (len(ts) - 1), record_every=k, snapshot_every=1)
         gd = jax.jit(lambda p, lr, data, cfg=cfg: train_gd(p, data, learning_rate=lr, config=cfg, throw=False))
@@ -533,28 +566,71 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
         start = time.perf_counter()
         traj = _block(compiled(params0, eta, data))
         seconds = time.perf_counter() - start
-        runs[k] = (eta, cfg.steps, seconds, traj)
+        runs.append((eta, cfg.steps, seconds, traj))
         log(f"    GD eta={eta:.4g}: {cfg.steps} steps in {seconds:.1f} s")
-    (eta1, _, _, gd1), (eta2, steps2, seconds2, gd2) = runs[per_record], runs[2 * per_record]
-    P_ref = 2 * np.asarray(gd2.observables.P, np.float64) - np.asarray(gd1.observables.P, np.float64)
-    params_ref = [2 * np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(gd2.snapshots, gd1.snapshots)]
-    errors = {
-        "ode": trajectory_errors(ode_P, ode_params, P_ref, params_ref),
-        "gd_eta": trajectory_errors(gd1.observables.P, gd1.snapshots, P_ref, params_ref),
-        "gd_eta_half": trajectory_errors(gd2.observables.P, gd2.snapshots, P_ref, params_ref),
-    }
-    per_step = seconds2 / steps2
-    out = {"reference": "Richardson 2*GD(eta/2) - GD(eta)", "gd_eta": eta1, "gd_eta_half": eta2,
-           "gd_seconds_per_step": per_step, "gd_seconds_eta": runs[per_record][2], "gd_seconds_eta_half": seconds2,
-           "trajectory_error": errors["ode"]["params"], "trajectory_error_P": errors["ode"]["P"],
-           "gd_trajectory_error": {"eta": errors["gd_eta"], "eta_half": errors["gd_eta_half"]}}
-    for metric, suffix in (("params", ""), ("P", "_P")):
-        eta_eq = eta2 * errors["ode"][metric] / errors["gd_eta_half"][metric]
-        gd_seconds = per_step * t_end / eta_eq
-        out[f"gd_eta_equal_error{suffix}"] = eta_eq
-        out[f"gd_seconds_equal_error{suffix}"] = gd_seconds
-        out[f"ode_over_gd_equal_error{suffix}"] = ode_seconds / gd_seconds
+    etas = [r[0] for r in runs]
+    P_gd = [np.asarray(r[3].observables.P, np.float64) for r in runs]
+    theta_gd = [[np.asarray(a, np.float64) for a in r[3].snapshots] for r in runs]
+    richardson = lambda a, b: [2 * y - x for x, y in zip(a, b)]
+    P_ref, params_ref = 2 * P_gd[1] - P_gd[0], richardson(theta_gd[0], theta_gd[1])
+    out = {"gd_eta": etas[0], "gd_eta_half": etas[1], "gd_levels": etas}
+    if len(runs) == 3:
+        P_r2, params_r2 = 2 * P_gd[2] - P_gd[1], richardson(theta_gd[1], theta_gd[2])
+        P_ref_next = (4 * P_r2 - P_ref) / 3
+        params_ref_next = [(4 * y - x) / 3 for x, y in zip(params_ref, params_r2)]
+        out["reference_uncertainty"] = float(np.max(_relative_gaps(params_r2, params_ref_next)))
+        P_ref, params_ref = P_ref_next, params_ref_next
+        out["reference"] = "second Richardson level of GD(eta), GD(eta/2), GD(eta/4)"
+    else:
+        out["reference"] = "Richardson 2*GD(eta/2) - GD(eta)"
+    per_step = runs[-1][2] / runs[-1][1]
+    out.update(gd_seconds_per_step=per_step, gd_seconds=[r[2] for r in runs],
+               gd_loss_end=[float(np.asarray(r[3].observables.loss)[-1]) for r in runs])
+    errors = {"ode": trajectory_errors(ode_P, ode_params, P_ref, params_ref)}
+    gd_errors = [trajectory_errors(P, th, P_ref, params_ref) for P, th in zip(P_gd, theta_gd)]
+    out.update(trajectory_error=errors["ode"]["params"], trajectory_error_P=errors["ode"]["P"],
+               gd_trajectory_error={"eta": gd_errors[0], "eta_half": gd_errors[1]},
+               gd_trajectory_errors=[e["params"] for e in gd_errors])
+    if len(runs) == 2:
+        for metric, suffix in (("params", ""), ("P", "_P")):
+            eta_eq = etas[1] * errors["ode"][metric] / gd_errors[1][metric]
+            _equal_error(out, suffix, eta_eq, per_step, t_end, ode_seconds)
+        return out
+    # Three levels: the full grid as above (power law through GD's errors), then the window.
+    n = resolved_window(theta_gd)
+    out.update(resolved_saves=n, resolved_until_t=float(ts[n - 1]),
+               resolved_fraction=float(ts[n - 1]) / t_end)
+    window = lambda tree: [np.asarray(a)[:n] for a in tree]
+    w_err = trajectory_errors(np.asarray(ode_P)[:n], window(ode_params), P_ref[:n], window(params_ref))
+    w_gd = [trajectory_errors(P[:n], window(th), P_ref[:n], window(params_ref)) for P, th in zip(P_gd, theta_gd)]
+    out["window"] = {"trajectory_error": w_err["params"], "trajectory_error_P": w_err["P"],
+                     "gd_trajectory_errors": [e["params"] for e in w_gd],
+                     "gd_trajectory_errors_P": [e["P"] for e in w_gd],
+                     "reference_uncertainty": float(np.max(_relative_gaps(
+                         window(params_r2), window(params_ref))))}
+    for target, ode_err, gd_errs in ((out, errors["ode"], gd_errors), (out["window"], w_err, w_gd)):
+        for metric, suffix in (("params", ""), ("P", "_P")):
+            _equal_error(target, suffix, _power_law_eta(etas, [e[metric] for e in gd_errs], ode_err[metric]),
+                         per_step, t_end, ode_seconds)
     return out
+
+
+def _power_law_eta(etas, errors, target) -> float | None:
+    """η at which ``err = c·η^p`` (least squares in log-log through GD's errors) equals
+    ``target``; None where GD's error does not fall with η (p ≤ 0) or an error is 0."""
+    e = np.asarray(errors, np.float64)
+    if np.any(e <= 0) or not target > 0:
+        return None
+    p, log_c = np.polyfit(np.log(etas), np.log(e), 1)
+    return float(np.exp((math.log(target) - log_c) / p)) if p > 0 else None
+
+
+def _equal_error(out: dict, suffix: str, eta_eq, per_step: float, t_end: float, ode_seconds: float) -> None:
+    """GD's time at η_eq and the ODE/GD ratio (None where η_eq is undefined)."""
+    gd_seconds = per_step * t_end / eta_eq if eta_eq else None
+    out[f"gd_eta_equal_error{suffix}"] = eta_eq
+    out[f"gd_seconds_equal_error{suffix}"] = gd_seconds
+    out[f"ode_over_gd_equal_error{suffix}"] = ode_seconds / gd_seconds if gd_seconds else None
 
 
 def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, compare_gd: bool) -> dict:
@@ -612,6 +688,7 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
     from gflow._trajectory import status_message
 
     gauss = config.solver.startswith("gauss")
+    fixed = not config.adaptive
     result = {
         "dtype": jnp.dtype(dtype).name,
         "N": int(ds.n_samples),
@@ -619,8 +696,10 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
         "d": width,
         "dataset": ds.name,
         "solver": config.solver,
-        "dt": config.dt0 if gauss else None,
-        "rtol": None if gauss else config.rtol,
+        "dt": config.dt0 if fixed else None,
+        "rtol": None if fixed else config.rtol,
+        "balance_projection": config.project_balance,
+        "balance_defect_max": float(stats.balance_defect_max) if config.project_balance else None,
         "t_drop": float(t_drop),
         "t_end": float(t_end),
         "status": status_message(traj.status),
@@ -636,16 +715,22 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
         "balance_drift": float(np.max(np.asarray(balance_drift(jax.tree.map(lambda a: a[valid], traj.observables))))),
         "loss_start": float(ode_loss[0]),
         "loss_end": float(ode_loss[valid][-1]),
+        # The flow never raises the loss: a rise between saves means the steps do not track it.
+        "loss_rises": int(np.sum(np.diff(ode_loss[valid]) > 1e-9 * abs(float(ode_loss[0])))),
+        "loss": [float(v) for v in ode_loss[valid]],
         "sgd_steps": sgd_steps,
         "sgd_seconds": sgd_s,
         "sgd_balance_drift": float(np.max(_norms_drift(sgd_norms))),
         # SGD's cost is linear in flow time: compare over the flow time the ODE covered.
         "ode_over_sgd": ode_s / (sgd_s * t_reached / t_end) if t_reached > 0 else None,
     }
+    projected = (f" (balance projected; largest step defect removed {result['balance_defect_max']:.1e})"
+                 if config.project_balance else "")
     log(f"  ode {result['dtype']} N={result['N']} D={result['D']} d={width} {config.solver}: "
         f"{result['solver_steps']} steps, {result['gradient_evaluations']} gradients "
         f"({result['status']}; reached t={result['t_reached']:.0f} of {t_end:.0f}, loss {result['loss_start']:.3f} -> "
-        f"{result['loss_end']:.3f}) in {ode_s:.1f} s (compile {compile_s:.1f} s), drift {result['balance_drift']:.1e}; "
+        f"{result['loss_end']:.3f}, {result['loss_rises']} rises) in {ode_s:.1f} s (compile {compile_s:.1f} s), drift {result['balance_drift']:.1e}"
+        f"{projected}; "
         f"SGD over the same flow time: {sgd_steps} steps in {sgd_s:.2f} s -> ODE/SGD = "
         f"{result['ode_over_sgd'] or float('nan'):.0f}x")
     if compare_gd:
@@ -656,12 +741,23 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
             snaps = jax.tree.map(lambda a: a[1:-1], traj.snapshots)  # the save grid, without the ends added
             result.update(_gd_at_equal_error(data, params0, np.asarray(ts), traj.observables.P, snaps, ode_s,
                                              settings, log))
-            log(f"    trajectory error (params) ODE {result['trajectory_error']:.2e}, GD eta={result['gd_eta']:.3g} "
-                f"{result['gd_trajectory_error']['eta']['params']:.2e}; GD reaches the ODE's error at eta="
-                f"{result['gd_eta_equal_error']:.3g}: {result['gd_seconds_equal_error']:.0f} s -> ODE/GD = "
-                f"{result['ode_over_gd_equal_error']:.2f} (per-neuron P error: ODE {result['trajectory_error_P']:.2e}, "
-                f"ODE/GD = {result['ode_over_gd_equal_error_P']:.2f})")
+            log("    " + _equal_error_line("whole run", result, result["gd_trajectory_errors"]))
+            if "window" in result:
+                w = result["window"]
+                log(f"    GD converges at first order up to t={result['resolved_until_t']:.0f} of {t_end:.0f} "
+                    f"(reference uncertainty there {w['reference_uncertainty']:.1e}, whole run "
+                    f"{result['reference_uncertainty']:.1e})")
+                log("    " + _equal_error_line("resolved window", w, w["gd_trajectory_errors"]))
     return result
+
+
+def _equal_error_line(label: str, r: dict, gd_errors) -> str:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
+    return (f"{label}: trajectory error (params) ODE {r['trajectory_error']:.2e}, GD "
+            + ", ".join(f"{e:.2e}" for e in gd_errors)
+            + f"; GD reaches the ODE's error at eta={fmt(r['gd_eta_equal_error'], '.3g')} -> ODE/GD = "
+            f"{fmt(r['ode_over_gd_equal_error'], '.2f')} (P: ODE {r['trajectory_error_P']:.2e}, ODE/GD = "
+            f"{fmt(r['ode_over_gd_equal_error_P'], '.2f')})")
 
 
 def _norms_drift(norms) -> np.ndarray:
@@ -953,6 +1049,8 @@ def _settings_from_args(args) -> BenchSettings:
         overrides["ode_solver"] = args.ode_solver
     if args.ode_dt is not None:
         overrides["ode_dt"] = args.ode_dt
+    if args.ode_gd_levels is not None:
+        overrides["ode_gd_levels"] = args.ode_gd_levels
     if args.cells_probes is not None:
         overrides["cells_probes"] = args.cells_probes
     if args.cells_samples is not None:
@@ -1045,9 +1143,12 @@ def register(subparsers) -> None:
     parser.add_argument("--ode-dtypes", default=None, metavar="LIST",
                         help="which ODE solves to run: float32,float64 (default both)")
     parser.add_argument("--ode-solver", default=None, metavar="NAME",
-                        help="ODE solver (default gauss1: implicit midpoint, exact balance; or gauss2, tsit5, ...)")
+                        help="ODE solver (default gauss1: implicit midpoint, exact balance; heun, euler, midpoint, "
+                             "ralston: explicit with the balance projection; tsit5, ...: adaptive)")
     parser.add_argument("--ode-dt", dest="ode_dt", type=float, default=None,
-                        help="constant step of the gauss solvers (default 0.25)")
+                        help="constant step of the gauss and projected solvers (default 0.25)")
+    parser.add_argument("--ode-gd-levels", dest="ode_gd_levels", type=int, default=None, choices=(2, 3),
+                        help="GD runs behind the float64 reference: eta, eta/2 (2) or also eta/4 (3, default)")
     parser.add_argument("--cells-probes", type=int, default=None, help="probes M of Algorithm 1")
     parser.add_argument("--cells-samples", type=int, default=None, help="samples N of Algorithm 1")
     parser.add_argument("--memory-seeds", type=int, default=None, help="seeds of the memory sweep")
