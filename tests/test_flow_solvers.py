@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 import gflow
 from gflow._flow import GATES, banded_field, gated_field, gated_loss, ramp_gates, vector_field
 from gflow._gauss import GaussLegendre, SaveTimeStepSize
-from gflow._network import gating_pattern
+from gflow._network import balance, gating_pattern
 from gflow._trajectory import OK
 
 
@@ -22,22 +22,18 @@ def _kinked_problem():
     return data, p0
 
 
-def _balance(p):
-    return jnp.sum(p.W**2, axis=1) + p.b**2 - jnp.sum(p.V**2, axis=1)
-
-
 @jax.jit(static_argnames=("stages", "t1"))
 def _gauss_solve(p0, data, dt, *, stages, t1):
     """Final parameters (flat), max |Q(t) − Q(0)| over steps, and the solver state."""
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field), GaussLegendre(stages=stages, gated=GATES), 0.0, t1, None, p0, args=data,
         stepsize_controller=SaveTimeStepSize(dt=dt, step_ts=jnp.array([0.0, t1])),
-        saveat=diffrax.SaveAt(steps=True, fn=lambda t, y, args: _balance(y), solver_state=True),
+        saveat=diffrax.SaveAt(steps=True, fn=lambda t, y, args: balance(y), solver_state=True),
         max_steps=4096, throw=False,
     )
     # Unused step slots are filled with inf; the last step's parameters come from one more save.
-    q = jnp.where(jnp.isfinite(sol.ys), sol.ys, _balance(p0)[None, :])
-    return sol.result, jnp.max(jnp.abs(q - _balance(p0)[None, :])), sol.solver_state
+    q = jnp.where(jnp.isfinite(sol.ys), sol.ys, balance(p0)[None, :])
+    return sol.result, jnp.max(jnp.abs(q - balance(p0)[None, :])), sol.solver_state
 
 
 @jax.jit(static_argnames=("stages", "t1"))
