@@ -25,6 +25,7 @@ maps each *distinct* pattern once (in chunks of ``chunk`` probes, so memory stay
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -95,15 +96,20 @@ def same_cell(a: jax.Array, b: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------- gates
 
 
+def _samples_as_layer(x: jax.Array) -> Params:
+    """A layer whose neurons are the samples (incoming weights x_s, zero bias): its
+    pre-activations at inputs ``u [M, D]`` are ``z[m, s] = u_m·x_s``, ``[M, N]`` with no transpose."""
+    n = x.shape[0]
+    return Params(W=x, b=jnp.zeros((n,), x.dtype), V=jnp.zeros((n, 2), x.dtype))
+
+
 def direction_gates(u: jax.Array, x: jax.Array) -> jax.Array:
     """gate(u)_s = 1[u·x_s > 0] for each row of ``u [M, D]`` → ``bool [M, N]`` (SPEC.md §3).
 
-    The directions are handed to `gating_pattern` as incoming weights with zero bias, so the
-    gate has a single owner.
+    The directions are the inputs of `_samples_as_layer` and the gate is `gating_pattern`'s,
+    so it has a single owner.
     """
-    m = u.shape[0]
-    probe_params = Params(W=u, b=jnp.zeros((m,), u.dtype), V=jnp.zeros((m, 2), u.dtype))
-    return gating_pattern(probe_params, x).T
+    return gating_pattern(_samples_as_layer(x), u)
 
 
 def neuron_patterns(params: Params, x: jax.Array) -> jax.Array:
@@ -139,8 +145,7 @@ def map_patterns_both_signs(patterns: jax.Array, data: TrainingData) -> tuple[ja
     """
     m = patterns.shape[0]
     targets = target_directions(patterns.T, jnp.ones((m,), jnp.int32), data)
-    z = preactivations(Params(W=targets, b=jnp.zeros((m,), targets.dtype), V=jnp.zeros((m, 2), targets.dtype)),
-                       data.x).T
+    z = preactivations(_samples_as_layer(data.x), targets)
     return z > 0, -z > 0
 
 
@@ -296,8 +301,8 @@ def count_distinct(words: jax.Array) -> jax.Array:
 # * The gate is filtered in a rank-r basis V_r of the data's top right singular vectors:
 #   z_s = (V_rᵀx_s)·(V_rᵀS) + x_s^⊥·S^⊥, the last term bounded by ‖x_s^⊥‖ ‖S^⊥‖ (Cauchy–Schwarz,
 #   ‖S^⊥‖² = ‖S‖² − ‖V_rᵀS‖²). That costs 2(N+D)r per pattern and settles all but a few per cent
-#   of the signs; the samples left undecided in a chunk of patterns concentrate on few samples,
-#   so the `cap` most frequent of them are evaluated densely (x_s · S_hi, one GEMM).
+#   of the signs; the samples left undecided concentrate on a few hundred samples, the same for
+#   all patterns of a call, which are evaluated densely (x_s · S_hi, one GEMM; `_dense_samples`).
 # * Every floating-point step carries a rigorous error bound (γ_n = nu/(1−nu), u the unit
 #   roundoff). A sign is taken only when |estimate| exceeds its bound; the rare entries left
 #   (near-ties, typically < 1 per pattern) are settled on the host: in float64, then from a
@@ -308,17 +313,22 @@ def count_distinct(words: jax.Array) -> jax.Array:
 # exact arithmetic; the former float32 evaluation (``X @ T`` in float32) could disagree with it
 # on ~1 entry in 4·10⁶ (|z| within float32 rounding of 0).
 
-# Rank of the filter for random patterns (the first map) and for the structured patterns after it,
-# and how many undecided samples per chunk are evaluated densely; measured on CIFAR-10 (N = 4000,
-# D = 1024): < 1 entry per pattern is left to the host.
-_FIRST_RANK, _FIRST_CAP = 128, 1024
-_RANK, _CAP = 64, 512
-# Later gates size their dense check from the previous one: of the sizes below, the one that
+# Rank of the filter for random patterns (the first map) and for the structured patterns after it.
+_FIRST_RANK, _RANK = 128, 64
+# The dense check: the samples the filter leaves undecided concentrate on a few hundred samples,
+# the same for every chunk of a call (measured on CIFAR-10, N = 4000: a call's own top 1024 cover
+# 99 % of its undecided entries, as well as each chunk's own top 1024 would). So each call runs
+# the filter alone on up to `_PILOT_ROWS` rows spread over it, and checks densely, in every chunk,
+# the samples most often undecided there: of the sizes below (and all N samples), the one that
 # minimises rows·size + (undecided entries outside it)·_SETTLE_COST, the host settling an entry
-# at about the cost of 128 dense-check samples of one pattern (measured at N = 4000, D = 1024).
-_CAP_SIZES = (128, 256, 512, 1024)
-_SETTLE_COST = 128
-_GATE_ROWS = 256  # patterns per gate call ([rows, N] arrays stay in cache; small unions)
+# at about the cost of that many dense-check samples of one pattern (measured at N = 4000, D = 1024).
+_DENSE_SIZES = (0, 128, 256, 512, 1024, 2048)
+_SETTLE_COST = 400
+_PILOT_ROWS = 1024
+_GATE_ROWS = 512  # patterns per gate call ([rows, N] arrays stay in cache)
+_IN_FLIGHT = 4  # device calls queued ahead of the host
+_SETTLE_BATCH = 1024  # undecided entries per host batch (the gathered rows stay in cache)
+_REFERENCES = 64  # reference patterns of `_sums_by_reference`
 # Relative slack for the (orthonormal-to-rounding) float64 eigenbasis in the filter identity.
 _BASIS_SLACK = 1e-10
 
@@ -475,63 +485,94 @@ def _updated_sums_kernel(sums: jax.Array, ref_words: jax.Array, new_words: jax.A
     return sums + (delta * geo.labels[samples][None, :]) @ geo.x_hi[samples]
 
 
-@functools.partial(jax.jit, static_argnames=("rank", "cap", "cap_sizes"))
-def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, *, rank: int, cap: int,
-                 cap_sizes: tuple[int, ...]):
+def _row_norms(sums: jax.Array, sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Upper bounds on ‖S_hi(g)‖ and √|g| for the rows of ``sums [K, D]`` (|g| = ``sizes``)."""
+    dt = sums.dtype
+    u = float(jnp.finfo(dt).eps) / 2
+    s_norm = jnp.sqrt(jnp.sum(sums * sums, axis=1) * (1 + 2 * _gamma(sums.shape[1], u)))
+    return s_norm, jnp.sqrt(sizes.astype(dt)) * (1 + 2 * u)
+
+
+def _filter(sums: jax.Array, s_norm: jax.Array, root_size: jax.Array, geo: _DeviceGeometry, rank: int):
+    """Rank-r estimate of z_s = x_s·S and its bound, ``[K, N]`` each (see `_gate_kernel`)."""
+    dt = sums.dtype
+    dim = geo.x.shape[1]
+    u = float(jnp.finfo(dt).eps) / 2
+    basis, coords = geo.basis[:, :rank], geo.coords[:, :rank]
+    q = sums @ basis
+    estimate = q @ coords.T
+    e_q = (_gamma(dim, u) * (1 + u) + u) * s_norm
+    q_norm = jnp.sqrt(jnp.sum(q * q, axis=1))
+    q_low = jnp.maximum(q_norm * (1 - 2 * _gamma(rank, u)) - np.sqrt(rank) * e_q, 0)
+    tau = jnp.sqrt(jnp.maximum(s_norm**2 - q_low**2, 0))
+    eta = (_gamma(rank, u) * (1 + u) + u) * q_norm * (1 + 2 * _gamma(rank, u)) + np.sqrt(rank) * e_q
+    bound = (geo.tail_norms[rank][None, :] * tau[:, None]
+             + geo.x_norms[None, :] * (eta + _BASIS_SLACK * s_norm)[:, None]
+             + geo.lo_gains[None, :] * root_size[:, None]) * (1 + 64 * u)
+    return estimate, bound
+
+
+@functools.partial(jax.jit, static_argnames=("rank",))
+def _undecided_counts(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, *, rank: int) -> jax.Array:
+    """How many of the non-empty rows the rank-r filter leaves undecided at each sample, ``[N]``."""
+    estimate, bound = _filter(sums, *_row_norms(sums, sizes), geo, rank)
+    return jnp.sum(~(jnp.abs(estimate) > bound) & (sizes > 0)[:, None], axis=0, dtype=jnp.int32)
+
+
+def _dense_placement(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the dense-check samples ``dense`` sit in packed words: ``(merge [L, 2W] float32, mask [W])``.
+
+    Row l of ``merge`` holds 2^(s mod 16) in column ``s // 32`` (bits 0–15 of the word) or
+    ``W + s // 32`` (bits 16–31) for sample s = dense[l], so for 0/1 rows ``b [K, L]`` the product
+    ``b @ merge`` holds each word's bits as two sums of distinct powers of two below 2^16, exact in
+    float32; ``mask`` has the bits of ``dense`` set. A GEMM places the dense results into the
+    packed words: an XLA scatter of [K, L] int8 entries is several times slower on the CPU.
+    """
+    words = num_words(n)
+    merge = np.zeros((dense.size, 2 * words), np.float32)
+    merge[np.arange(dense.size), dense // WORD_BITS + words * (dense % WORD_BITS >= 16)] = np.exp2(dense % 16)
+    mask = np.zeros(words, np.uint32)
+    np.bitwise_or.at(mask, dense // WORD_BITS, np.left_shift(np.uint32(1), (dense % WORD_BITS).astype(np.uint32)))
+    return merge, mask
+
+
+@functools.partial(jax.jit, static_argnames=("rank",))
+def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense: jax.Array, x_dense: jax.Array,
+                 merge: jax.Array, dense_mask: jax.Array, *, rank: int):
     """Signs of z_s = x_s·S(g) for each row ``S_hi(g)`` of ``sums [K, D]`` (|g| = ``sizes``).
 
-    Returns packed ``(positive, negative, undecided)``, ``uint32 [K, W]``, and for each size in
-    `_CAP_SIZES` how many filter-undecided entries a dense check of that size would leave (sizes
-    the next gate's check, ``cap_sizes``); a sign is set only where
-    it is proven (see the section comment): ``|estimate| > bound`` with
+    Returns packed ``(positive, negative, undecided)``, ``uint32 [K, W]``; a sign is set only
+    where it is proven (see the section comment): ``|estimate| > bound`` with
 
         rank-r filter:  bound_s = ‖x_s^⊥‖ τ + ‖x_s‖ (η + slack ‖S‖) + β_s
-        dense (cap samples):  bound_s = ‖x_s‖ γ_D ‖S‖ + β_s,     β_s = ‖X_lo x_s‖ √|g|,
+        dense (samples ``dense``, rows ``x_dense``):  bound_s = ‖x_s‖ γ_D ‖S‖ + β_s,
+        β_s = ‖X_lo x_s‖ √|g|,
 
-    τ ≥ ‖S^⊥‖ and η the rounding of the filter's two GEMMs. Empty patterns (S = 0, z = 0) have
-    neither sign and nothing undecided.
+    τ ≥ ‖S^⊥‖ and η the rounding of the filter's two GEMMs. The dense check replaces the filter
+    at its samples (placed by ``merge`` and ``dense_mask``, `_dense_placement`); when ``dense``
+    holds all N samples the filter is skipped. Empty patterns (S = 0, z = 0) have neither sign
+    and nothing undecided.
     """
-    dt = sums.dtype
     n, dim = geo.x.shape
-    u = float(jnp.finfo(dt).eps) / 2
-    safety = 1 + 64 * u  # rounding in evaluating the bounds themselves
-    s_norm = jnp.sqrt(jnp.sum(sums * sums, axis=1) * (1 + 2 * _gamma(dim, u)))
-    root_size = jnp.sqrt(sizes.astype(dt)) * (1 + 2 * u)
+    u = float(jnp.finfo(sums.dtype).eps) / 2
+    s_norm, root_size = _row_norms(sums, sizes)
     empty = sizes == 0
-    def dense_state(columns, x_cols):
-        """+1 / −1 where x_s·S_hi is far enough from 0 (f32 dot error + grid remainder), else 0."""
-        exact = sums @ x_cols.T
-        margin = (geo.x_norms[columns][None, :] * (_gamma(dim, u) * s_norm)[:, None]
-                  + geo.lo_gains[columns][None, :] * root_size[:, None]) * safety
-        return jnp.where(jnp.abs(exact) > margin, jnp.sign(exact), 0).astype(jnp.int8)
-
-    if cap < n:
-        basis, coords = geo.basis[:, :rank], geo.coords[:, :rank]
-        q = sums @ basis
-        estimate = q @ coords.T
-        e_q = (_gamma(dim, u) * (1 + u) + u) * s_norm
-        q_norm = jnp.sqrt(jnp.sum(q * q, axis=1))
-        q_low = jnp.maximum(q_norm * (1 - 2 * _gamma(rank, u)) - np.sqrt(rank) * e_q, 0)
-        tau = jnp.sqrt(jnp.maximum(s_norm**2 - q_low**2, 0))
-        eta = (_gamma(rank, u) * (1 + u) + u) * q_norm * (1 + 2 * _gamma(rank, u)) + np.sqrt(rank) * e_q
-        bound = (geo.tail_norms[rank][None, :] * tau[:, None]
-                 + geo.x_norms[None, :] * (eta + _BASIS_SLACK * s_norm)[:, None]
-                 + geo.lo_gains[None, :] * root_size[:, None]) * safety
-        decided = jnp.abs(estimate) > bound
-        undecided_per_sample = jnp.sum(~decided & ~empty[:, None], axis=0, dtype=jnp.int32)
-        _, dense = jax.lax.top_k(undecided_per_sample, cap)
-        most = jax.lax.top_k(undecided_per_sample, min(max(cap_sizes), n))[0]
-        sizes_ok = jnp.asarray([min(c, n) for c in cap_sizes])
-        spread = jnp.sum(undecided_per_sample) - jnp.cumsum(most)[sizes_ok - 1]
-        # One int8 state per entry (+1, −1, 0 = undecided); the dense check overrides the filter.
-        state = jnp.where(decided, jnp.sign(estimate), 0).astype(jnp.int8)
-        at_dense = dense_state(dense, geo.x[dense])
-        state = state.at[:, dense].set(jnp.where(at_dense != 0, at_dense, state[:, dense]))
+    exact = sums @ x_dense.T
+    margin = (geo.x_norms[dense][None, :] * (_gamma(dim, u) * s_norm)[:, None]
+              + geo.lo_gains[dense][None, :] * root_size[:, None]) * (1 + 64 * u)
+    if dense.shape[0] == n:  # `dense` is then 0..N−1 in order
+        positive, negative = pack_patterns(exact > margin), pack_patterns(exact < -margin)
     else:
-        state = dense_state(jnp.arange(n), geo.x)
-        spread = jnp.zeros((len(cap_sizes),), jnp.int32)
-    return (pack_patterns(state > 0), pack_patterns(state < 0), pack_patterns((state == 0) & ~empty[:, None]),
-            spread)
+        estimate, bound = _filter(sums, s_norm, root_size, geo, rank)
+        positive, negative = pack_patterns(estimate > bound), pack_patterns(estimate < -bound)
+        if dense.shape[0]:
+            k, words = sums.shape[0], dense_mask.shape[0]
+            placed = (jnp.concatenate([exact > margin, exact < -margin]).astype(merge.dtype) @ merge).astype(jnp.uint32)
+            placed = placed[:, :words] | (placed[:, words:] << 16)
+            positive = (positive & ~dense_mask[None, :]) | placed[:k]
+            negative = (negative & ~dense_mask[None, :]) | placed[k:]
+    everything = pack_patterns(jnp.ones((1, n), bool))
+    return positive, negative, jnp.where(empty[:, None], jnp.uint32(0), everything & ~(positive | negative))
 
 
 def _exact_dot_sign(a: np.ndarray, b: np.ndarray) -> int:
@@ -559,15 +600,15 @@ def _settle_signs(sums: np.ndarray, words: np.ndarray, rows: np.ndarray, samples
     u = np.finfo(np.float64).eps / 2
     signs = np.zeros(rows.shape[0], np.int8)
     todo = []
-    for start in range(0, rows.size, 8192):
-        r, s = rows[start:start + 8192], samples[start:start + 8192]
+    for start in range(0, rows.size, _SETTLE_BATCH):
+        r, s = rows[start:start + _SETTLE_BATCH], samples[start:start + _SETTLE_BATCH]
         s64 = sums[r].astype(np.float64)
         level1 = np.einsum("ij,ij->i", geo.x64[s], s64)
         sizes = np.bitwise_count(words[r]).sum(axis=1)
-        err1 = (geo.x_norms64[s] * _gamma(dim, u) * np.linalg.norm(s64, axis=1)
+        err1 = (geo.x_norms64[s] * _gamma(dim, u) * np.sqrt(np.einsum("ij,ij->i", s64, s64))
                 + geo.lo_gains64[s] * np.sqrt(sizes)) * (1 + 1e-9)
         done = np.abs(level1) > err1
-        signs[start:start + 8192][done] = np.sign(level1[done])
+        signs[start:start + _SETTLE_BATCH][done] = np.sign(level1[done])
         todo.append(start + np.nonzero(~done)[0])
     todo = np.concatenate(todo) if todo else np.zeros(0, np.int64)
     missing = np.unique(samples[todo][~geo.gram_ready[samples[todo]]])
@@ -599,6 +640,18 @@ def _set_bits(words: np.ndarray, rows: np.ndarray, samples: np.ndarray) -> None:
     np.bitwise_or.at(words, (rows, samples >> 5), np.left_shift(np.uint32(1), (samples & 31).astype(np.uint32)))
 
 
+def _in_order(calls):
+    """Yield the ``(tag, result)`` pairs of ``calls``, a lazy iterable of jitted device calls, in
+    order, keeping up to `_IN_FLIGHT` of them dispatched ahead: the host prepares the next
+    chunk's inputs while the device runs (JAX dispatches asynchronously)."""
+    pending = collections.deque()
+    for call in calls:
+        pending.append(call)
+        if len(pending) > _IN_FLIGHT:
+            yield pending.popleft()
+    yield from pending
+
+
 def _ladder(count: int, limit: int, base: int = 64, factor: int = 4) -> int:
     """Smallest of base·factor^k that holds ``count`` (few compiled shapes), capped at ``limit``."""
     size = base
@@ -619,9 +672,10 @@ def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray
     k = words.shape[0]
     out = np.empty((k, geo.x64.shape[1]), np.dtype(geo.device.x.dtype))
     rows = _ladder(k, chunk)
-    for start in range(0, k, rows):
-        part = _padded_rows(words[start:start + rows], rows)
-        out[start:start + rows] = np.asarray(_signed_sums_kernel(jnp.asarray(part), geo.device))[: k - start]
+    calls = ((start, _signed_sums_kernel(jnp.asarray(_padded_rows(words[start:start + rows], rows)), geo.device))
+             for start in range(0, k, rows))
+    for start, sums in _in_order(calls):
+        out[start:start + rows] = np.asarray(sums)[: k - start]
     return out
 
 
@@ -682,11 +736,11 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray, ref_words: np.ndarray, n
         samples = jnp.asarray(dense.astype(np.int32))
         out = np.empty((k, sums.shape[1]), sums.dtype)
         rows = _ladder(k, chunk)
-        for start in range(0, k, rows):
-            stop = min(start + rows, k)
-            args = [jnp.asarray(_padded_rows(a, rows)) for a in
-                    (sums[source[start:stop]], ref_words[start:stop], new_words[start:stop])]
-            out[start:stop] = np.asarray(_updated_sums_kernel(*args, samples, geo.device))[: stop - start]
+        calls = ((start, _updated_sums_kernel(*(jnp.asarray(_padded_rows(a, rows)) for a in (
+            sums[source[start:start + rows]], ref_words[start:start + rows], new_words[start:start + rows])),
+            samples, geo.device)) for start in range(0, k, rows))
+        for start, updated in _in_order(calls):
+            out[start:start + rows] = np.asarray(updated)[: k - start]
     else:
         out = sums[source]
     mask = np.ones(n, bool)
@@ -698,36 +752,92 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray, ref_words: np.ndarray, n
     return out
 
 
-def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, cap: int,
-          chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Packed exact signs ``(1[z > 0], 1[z < 0])`` of the targets of ``words`` (their ``sums``):
-    row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (SPEC.md §3). Also
-    returns the dense-check size suggested for the next gate (`_CAP_SIZES`)."""
+@jax.jit
+def _nearest_reference_kernel(words: jax.Array, ref_bits: jax.Array) -> jax.Array:
+    """Index of the row of ``ref_bits [R, N]`` (0/1) nearest in Hamming distance to each packed
+    pattern of ``words [K, W]``: argmin over r of |g_r| − 2 g·g_r (integers, exact in float32)."""
+    bits = unpack_patterns(words, ref_bits.shape[1]).astype(ref_bits.dtype)
+    return jnp.argmin(jnp.sum(ref_bits, axis=1)[None, :] - 2 * (bits @ ref_bits.T), axis=1).astype(jnp.int32)
+
+
+def _sums_by_reference(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray:
+    """S_hi of every packed pattern, like `_signed_sums`, for patterns that lie close together.
+
+    The patterns after the first map lie close together: on CIFAR-10 (N = 4000) the nearest of 64
+    of them differs from a pattern in 70 samples at the median after one map and in 14 after two
+    (the pattern that maps to it differs in 148). So `_REFERENCES` rows spread over ``words`` are
+    summed by GEMM and every row is the update of its nearest reference (`_updated_sums`, cost ∝
+    the samples that differ) instead of an N-sample GEMM row. Exact like both.
+    """
     k = words.shape[0]
+    if k < 8 * _REFERENCES:
+        return _signed_sums(words, geo, chunk=chunk)
+    refs = words[np.linspace(0, k - 1, _REFERENCES).astype(np.int64)]
+    ref_bits = jnp.asarray(_unpack_host(refs, geo.x64.shape[0]), jnp.float32)
+    nearest = np.empty(k, np.int64)
+    rows = _ladder(k, min(chunk, 512))  # [rows, N] float bits stay in cache
+    calls = ((start, _nearest_reference_kernel(jnp.asarray(_padded_rows(words[start:start + rows], rows)), ref_bits))
+             for start in range(0, k, rows))
+    for start, found in _in_order(calls):
+        nearest[start:start + rows] = np.asarray(found)[: k - start]
+    return _updated_sums(_signed_sums(refs, geo, chunk=chunk), nearest, refs[nearest], words, geo, chunk=chunk)
+
+
+def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank: int, rows: int,
+                   size: int | None) -> np.ndarray:
+    """The samples a gate call checks densely: all N, or the ``size`` most often left undecided
+    by the filter on up to `_PILOT_ROWS` rows spread over the call (``size`` None: the size of
+    `_DENSE_SIZES` that minimises the cost model, see there). Sorted; the choice only affects speed."""
+    k = sums.shape[0]
     n = geo.x64.shape[0]
+    sizes_ok = [c for c in _DENSE_SIZES if 2 * c < n]
+    if size is not None and 2 * size >= n or size is None and not sizes_ok:
+        return np.arange(n)
+    pick = np.unique(np.linspace(0, k - 1, min(k, _PILOT_ROWS)).astype(np.int64))
+    counts = np.zeros(n)
+    for start in range(0, pick.size, rows):
+        part = pick[start:start + rows]
+        counts += np.asarray(_undecided_counts(jnp.asarray(_padded_rows(sums[part], rows)),
+                                               jnp.asarray(_padded_rows(sizes[part], rows)), geo.device, rank=rank))
+    order = np.argsort(-counts, kind="stable")
+    if size is None:
+        outside = (counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])) * (k / pick.size)
+        costs = {c: k * c + outside[c] * _SETTLE_COST for c in sizes_ok}
+        costs[n] = k * n
+        size = min(costs, key=costs.get)
+        if size == n:
+            return np.arange(n)
+    return np.sort(order[:size])
+
+
+def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chunk: int,
+          dense: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Packed exact signs ``(1[z > 0], 1[z < 0])`` of the targets of ``words`` (their ``sums``):
+    row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (SPEC.md §3). ``dense``
+    forces the size of the dense check (`_dense_samples`)."""
+    k = words.shape[0]
     rank = min(rank, geo.ranks[-1])
-    cap = min(cap, n) if 2 * cap < n and rank > 0 else n
     positive = np.empty_like(words)
     negative = np.empty_like(words)
     undecided = np.empty_like(words)
-    outside = np.zeros(len(_CAP_SIZES))
     rows = _ladder(k, min(chunk, _GATE_ROWS))
     sizes = np.bitwise_count(words).sum(axis=1).astype(np.int32)
-    for start in range(0, k, rows):
-        stop = min(start + rows, k)
-        *out, chunk_spread = _gate_kernel(jnp.asarray(_padded_rows(sums[start:stop], rows)),
-                                          jnp.asarray(_padded_rows(sizes[start:stop], rows)), geo.device,
-                                          rank=rank, cap=cap, cap_sizes=_CAP_SIZES)
+    samples = _dense_samples(sums, sizes, geo, rank=rank, rows=rows, size=dense)
+    columns = jnp.asarray(samples.astype(np.int32))
+    x_dense = jnp.take(geo.device.x, columns, axis=0)
+    merge, dense_mask = (jnp.asarray(a) for a in _dense_placement(samples, geo.x64.shape[0]))
+    calls = ((start, _gate_kernel(jnp.asarray(_padded_rows(sums[start:start + rows], rows)),
+                                  jnp.asarray(_padded_rows(sizes[start:start + rows], rows)), geo.device, columns,
+                                  x_dense, merge, dense_mask, rank=rank)) for start in range(0, k, rows))
+    for start, out in _in_order(calls):
         for target, value in zip((positive, negative, undecided), out):
-            target[start:stop] = np.asarray(value)[: stop - start]
-        outside += np.asarray(chunk_spread)
+            target[start:start + rows] = np.asarray(value)[: k - start]
     pairs, samples = _set_bit_positions(undecided)
     if pairs.size:
         signs = _settle_signs(sums, words, pairs, samples, geo)
         _set_bits(positive, pairs[signs > 0], samples[signs > 0])
         _set_bits(negative, pairs[signs < 0], samples[signs < 0])
-    costs = [-(-k // rows) * rows * size + out * _SETTLE_COST for size, out in zip(_CAP_SIZES, outside)]
-    return positive, negative, _CAP_SIZES[int(np.argmin(costs))] if cap < n else cap
+    return positive, negative
 
 
 def _distinct(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -767,22 +877,25 @@ def _chunk_starts(chunk: int, m: int):
     return lambda i: jnp.minimum(i * chunk, m - chunk)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def _initial_patterns(keys: jax.Array, data: TrainingData, *, chunk: int) -> jax.Array:
-    """gate(u) of M probes u uniform on S^{D−1}, packed; probe j is drawn from ``keys[j]``."""
+@jax.jit
+def _probe_patterns(keys: jax.Array, x: jax.Array) -> jax.Array:
+    """Packed gate(u) of the probes u ~ N(0, I_D) drawn from ``keys`` (one each): u/‖u‖ is
+    uniform on S^{D−1} and the gate depends on the direction only, so u is not normalised."""
+    u = jax.vmap(lambda key: jax.random.normal(key, (x.shape[1],), x.dtype))(keys)
+    return pack_patterns(direction_gates(u, x))
+
+
+def _initial_patterns(keys: jax.Array, data: TrainingData, *, chunk: int) -> np.ndarray:
+    """gate(u) of M probes u uniform on S^{D−1}, packed ``[M, W]``; probe j is drawn from ``keys[j]``
+    alone (chunks of ``chunk`` probes; the last one ends at M and may overlap the one before)."""
     m = keys.shape[0]
-    n, dim = data.x.shape
-    start_of = _chunk_starts(chunk, m)
-
-    def body(i, out):
-        start = start_of(i)
-        k = jax.lax.dynamic_slice_in_dim(keys, start, chunk)
-        u = jax.vmap(lambda key: jax.random.normal(key, (dim,), data.x.dtype))(k)
-        u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
-        return jax.lax.dynamic_update_slice_in_dim(out, pack_patterns(direction_gates(u, data.x)), start, 0)
-
-    out = jnp.zeros((m, num_words(n)), jnp.uint32)
-    return jax.lax.fori_loop(0, -(-m // chunk), body, out)
+    chunk = min(chunk, m)
+    out = np.empty((m, num_words(data.x.shape[0])), np.uint32)
+    calls = ((start, _probe_patterns(keys[start:start + chunk], data.x))
+             for start in list(range(0, m - chunk, chunk)) + [m - chunk])
+    for start, words in _in_order(calls):
+        out[start:start + chunk] = np.asarray(words)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
@@ -869,38 +982,29 @@ class _Generation(NamedTuple):
 
     Attributes:
         words: distinct packed patterns ``[K_t, W]``.
-        sums: their exact signed sums S_hi ``[K_t, D]``.
         probe_row: ``[M]`` row of each probe's pattern.
         image: packed gate(T_κ(g)) of each row ``[K_t, W]`` (the next generation's patterns).
-        cap: dense-check size for the next generation's gate (`_gate`).
     """
 
     words: np.ndarray
-    sums: np.ndarray | None
     probe_row: np.ndarray
     image: np.ndarray
-    cap: int
-
-
-def _next_rows(gen: _Generation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct images of a generation: ``(words, inverse per row, one source row per image)``."""
-    return _distinct(gen.image)
 
 
 def _advance(gen: _Generation, kappa: int, geo: _Geometry, *, chunk: int, shared=None) -> _Generation:
     """One step ``g ↦ gate(T_κ(g))`` for every probe, done once per distinct pattern.
 
-    The new patterns' signed sums come from the sums of a pattern that maps to them by the
-    incremental update (cost ∝ samples that flipped), or from ``shared`` = ``(words, inverse,
-    sums)`` computed for both κ at once (the second generation, `_second_generation`).
+    The new patterns' signed sums come from `_sums_by_reference`, or from ``shared`` =
+    ``(words, inverse, sums)`` computed for both κ at once (the second generation,
+    `_second_generation`).
     """
     if shared is not None:
         words, inverse, sums = shared
     else:
-        words, inverse, source = _next_rows(gen)
-        sums = _updated_sums(gen.sums, source, gen.words[source], words, geo, chunk=chunk)
-    positive, negative, cap = _gate(sums, words, geo, rank=_RANK, cap=gen.cap, chunk=chunk)
-    return _Generation(words, sums, inverse[gen.probe_row], positive if kappa == 1 else negative, cap)
+        words, inverse, _ = _distinct(gen.image)
+        sums = _sums_by_reference(words, geo, chunk=chunk)
+    positive, negative = _gate(sums, words, geo, rank=_RANK, chunk=chunk)
+    return _Generation(words, inverse[gen.probe_row], positive if kappa == 1 else negative)
 
 
 def _complement(words: np.ndarray, n: int) -> np.ndarray:
@@ -915,7 +1019,8 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
                        chunk: int) -> dict:
     """``{κ: (words, inverse, sums)}`` of the patterns after the first map, for each κ.
 
-    The signed sums of the κ = +1 patterns take one GEMM. Those of κ = −1 follow from them:
+    The signed sums of the κ = +1 patterns come from `_sums_by_reference`. Those of κ = −1 follow
+    from them:
     gate(T_−(g)) is the complement of gate(T_+(g)) except at ties (z = 0, in neither), and
     S(¬g) = S(all) − S(g) exactly, so each κ = −1 pattern is an update of the complement of its
     κ = +1 counterpart by its (usually no) tie samples.
@@ -924,7 +1029,7 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
     out = {}
     if 1 in kappas:
         words, inverse, _ = _distinct(first_positive)
-        out[1] = (words, inverse, _signed_sums(words, geo, chunk=chunk))
+        out[1] = (words, inverse, _sums_by_reference(words, geo, chunk=chunk))
     if -1 in kappas:
         words, inverse, source = _distinct(first_negative)
         if 1 in out:
@@ -934,7 +1039,7 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
             sums = _updated_sums(total - plus_sums, counterpart, _complement(plus_words[counterpart], n), words,
                                  geo, chunk=chunk)
         else:
-            sums = _signed_sums(words, geo, chunk=chunk)
+            sums = _sums_by_reference(words, geo, chunk=chunk)
         out[-1] = (words, inverse, sums)
     return {k: v for k, v in out.items() if k in kappas}
 
@@ -1006,15 +1111,16 @@ def stable_cells(
 
     * first map (the random patterns): one GEMM for S (2ND per pattern), a rank-128 filter for
       the gate; shared by both κ, as ``gate(T_−(g)) = ¬gate(T_+(g))`` away from ties;
-    * second map: one GEMM for the κ = +1 sums; the κ = −1 sums follow exactly from
-      ``S(¬g) = S(all) − S(g)``;
-    * later maps: each new pattern's sum is the sum of a pattern that maps to it plus the rows of
-      the samples that flipped (2·L·D per pattern for the L samples flipped anywhere, a few
-      hundred after the first maps), and the gate is a rank-64 filter plus a dense check of the
-      few hundred samples near the boundary.
+    * later maps: the patterns lie close together (a few dozen samples apart after one map, about
+      14 after two on CIFAR-10), so each new pattern's sum is the sum of the nearest of 64
+      reference patterns plus the rows of the samples where they differ (`_sums_by_reference`);
+      the κ = −1 sums of the second map follow exactly from ``S(¬g) = S(all) − S(g)``. The gate
+      is a rank-64 filter plus a dense check of the few hundred samples it leaves undecided most
+      often, the same for all patterns of a map (`_dense_samples`).
 
-    On CIFAR-10 (N = 4000, D = 1024, M = 100 000) the three ``[M, N] × [N, D]`` GEMMs (the
-    random probes' gate and the first two signed sums, ~2.5 TFLOP) are the floor of the cost.
+    On CIFAR-10 (N = 4000, D = 1024, M = 100 000) the two ``[M, N] × [N, D]`` GEMMs (the random
+    probes' gate and their signed sums, ~1.6 TFLOP) and the filters of about 750 000 patterns are
+    most of the cost.
 
     Args:
         data: `TrainingData`; its float dtype sets the precision of the random probes.
@@ -1036,14 +1142,13 @@ def stable_cells(
     # Host linear algebra first: NumPy's BLAS threads run slowly while XLA's are still spinning.
     geo = _geometry(data, (_FIRST_RANK, _RANK))
     keys = jax.random.split(key, int(probes))
-    start = np.asarray(_initial_patterns(keys, data, chunk=chunk))
+    start = _initial_patterns(keys, data, chunk=chunk)
     words, inverse, _ = _distinct(start)
     # The first map: ~M distinct random patterns, shared by both κ.
-    positive, negative, _ = _gate(_signed_sums(words, geo, chunk=chunk), words, geo, rank=_FIRST_RANK,
-                                  cap=_FIRST_CAP, chunk=chunk)
+    positive, negative = _gate(_signed_sums(words, geo, chunk=chunk), words, geo, rank=_FIRST_RANK, chunk=chunk)
     second = _second_generation(positive, negative, geo, kappas, chunk=chunk)
     return {
-        k: _run_one_kappa(_Generation(words, None, inverse, positive if k == 1 else negative, _CAP), second[k], k,
+        k: _run_one_kappa(_Generation(words, inverse, positive if k == 1 else negative), second[k], k,
                           data, geo, patience=int(patience), chunk=chunk, max_iterations=int(max_iterations))
         for k in kappas
     }

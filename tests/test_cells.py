@@ -319,8 +319,8 @@ def integer_data(n, dim, seed, *, fine_bits=0):
 
 
 @pytest.mark.parametrize("fine_bits", [0, 18])
-@pytest.mark.parametrize("rank, cap", [(6, 16), (64, 10_000)])
-def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, cap):
+@pytest.mark.parametrize("rank, dense", [(6, 16), (6, None), (64, 10_000)])
+def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense):
     """`_gate` returns 1[z > 0] and 1[z < 0] of the exact pre-activations, through the rank-r
     filter, the dense check and every host fallback; a tie (z = 0) gets neither."""
     from gflow._cells import _gate, _geometry, _signed_sums, _unpack_host
@@ -334,7 +334,7 @@ def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, cap):
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
     geo = _geometry(data, (rank,))
     sums = _signed_sums(words, geo, chunk=32)
-    positive, negative, _ = _gate(sums, words, geo, rank=rank, cap=cap, chunk=32)
+    positive, negative = _gate(sums, words, geo, rank=rank, chunk=32, dense=dense)
     z = exact_preactivations(x_int, np.asarray(data.signed_labels).astype(np.int64), gates)
     assert (z == 0).sum() > 100 and (np.abs(z) < 2**fine_bits).sum() > 100  # ties and near-ties are tested
     np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
@@ -367,6 +367,27 @@ def test_signed_sums_are_exact_and_updates_match_them():
     new_words = np.asarray(pack_patterns(jnp.asarray(flipped)))
     updated = _updated_sums(sums, np.arange(300), words, new_words, geo, chunk=64)
     np.testing.assert_array_equal(updated, _signed_sums(new_words, geo, chunk=64))
+
+
+def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
+    """Patterns scattered around a few centres: each row's sum is the update of its nearest of the
+    reference rows, bitwise the GEMM's (both are exact grid sums), and the nearest reference is
+    the one at the least Hamming distance."""
+    import gflow._cells as cells
+
+    monkeypatch.setattr(cells, "_REFERENCES", 16)
+    ds = Dataset(np.random.default_rng(5).standard_normal((300, 32)), np.arange(300) % 2, name="g", provenance="t")
+    geo = cells._geometry(training_data(ds, jnp.float32), (8,))
+    rng = np.random.default_rng(6)
+    centres = rng.random((5, 300)) < 0.5
+    gates = centres[rng.integers(0, 5, 400)] ^ (rng.random((400, 300)) < 0.03)
+    words = np.asarray(pack_patterns(jnp.asarray(gates)))
+    np.testing.assert_array_equal(cells._sums_by_reference(words, geo, chunk=64),
+                                  cells._signed_sums(words, geo, chunk=64))
+    refs = words[:16]
+    found = np.asarray(cells._nearest_reference_kernel(jnp.asarray(words), jnp.asarray(gates[:16], jnp.float32)))
+    distance = np.bitwise_count(words[:, None, :] ^ refs[None, :, :]).sum(axis=2)
+    np.testing.assert_array_equal(distance[np.arange(400), found], distance.min(axis=1))
 
 
 def test_host_bit_helpers_match_the_packing():
@@ -415,16 +436,17 @@ def dense_reference(data, key, *, probes, patience, kappa, max_iterations=200):
 def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
     """Realistic case (400 MNIST digits, float32, D = 784), both κ, with 2-cycles: the fast
     path (rank filter, dense check, incremental sums, shared first maps) gives the reference's
-    K_t curve, estimate, fractions and stable cells exactly. Small ranks and caps force every
+    K_t curve, estimate, fractions and stable cells exactly. Small ranks and dense checks force every
     path of the engine at this size."""
     import gflow._cells as cells
     from gflow import load_dataset
 
     monkeypatch.setattr(cells, "_FIRST_RANK", 24)
-    monkeypatch.setattr(cells, "_FIRST_CAP", 96)
-    monkeypatch.setattr(cells, "_RANK", 12)
-    monkeypatch.setattr(cells, "_CAP", 48)
-    monkeypatch.setattr(cells, "_CAP_SIZES", (16, 32, 64))
+    monkeypatch.setattr(cells, "_RANK", 24)
+    monkeypatch.setattr(cells, "_DENSE_SIZES", (0, 32, 64, 128, 192))
+    monkeypatch.setattr(cells, "_SETTLE_COST", 3)  # dense checks of 128 and 192 samples, and many entries settled
+    monkeypatch.setattr(cells, "_PILOT_ROWS", 64)
+    monkeypatch.setattr(cells, "_REFERENCES", 8)  # sums by reference from 64 patterns up
     data = training_data(load_dataset("mnist", n_per_class=200), jnp.float32)
     key, probes, patience = jax.random.key(3), 600, 3
     found = stable_cells(data, key, probes=probes, patience=patience, chunk=256)
