@@ -360,6 +360,13 @@ class _Geometry(NamedTuple):
     gram_ready: np.ndarray  # [N] bool, which rows of gram_rows are filled
 
 
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` in true float32 (or float64) arithmetic. The bounds of this engine assume it;
+    by default JAX may round float32 matmul inputs to TF32 on recent GPUs and to bfloat16 on TPUs,
+    which would break the exact grid sums and every error bound (no effect on the CPU)."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _gamma(k: int, u: float) -> float:
     """γ_k = k u / (1 − k u): bound on the relative error of a length-k dot product (Higham)."""
     return k * u / (1.0 - k * u)
@@ -473,7 +480,7 @@ def _signed_sums_kernel(words: jax.Array, geo: _DeviceGeometry) -> jax.Array:
     """S_hi(g) = X_hiᵀ (g∘ỹ) for packed patterns ``[K, W]`` → ``[K, D]``, exact (`_grid_split`)."""
     n = geo.x.shape[0]
     signed = jnp.where(unpack_patterns(words, n), geo.labels[None, :n], 0)
-    return signed @ geo.x_hi[:n]
+    return _dot(signed, geo.x_hi[:n])
 
 
 @jax.jit
@@ -482,7 +489,7 @@ def _updated_sums_kernel(sums: jax.Array, ref_words: jax.Array, new_words: jax.A
     """S_hi(g') = S_hi(g) + X_hi[L]ᵀ((g'−g)∘ỹ)[L], exact when ``samples`` (L, padded with N) holds
     every sample where g and g' differ: both addends and the result are grid subset sums."""
     delta = _pattern_bits(new_words, samples).astype(sums.dtype) - _pattern_bits(ref_words, samples).astype(sums.dtype)
-    return sums + (delta * geo.labels[samples][None, :]) @ geo.x_hi[samples]
+    return sums + _dot(delta * geo.labels[samples][None, :], geo.x_hi[samples])
 
 
 def _row_norms(sums: jax.Array, sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -499,8 +506,8 @@ def _filter(sums: jax.Array, s_norm: jax.Array, root_size: jax.Array, geo: _Devi
     dim = geo.x.shape[1]
     u = float(jnp.finfo(dt).eps) / 2
     basis, coords = geo.basis[:, :rank], geo.coords[:, :rank]
-    q = sums @ basis
-    estimate = q @ coords.T
+    q = _dot(sums, basis)
+    estimate = _dot(q, coords.T)
     e_q = (_gamma(dim, u) * (1 + u) + u) * s_norm
     q_norm = jnp.sqrt(jnp.sum(q * q, axis=1))
     q_low = jnp.maximum(q_norm * (1 - 2 * _gamma(rank, u)) - np.sqrt(rank) * e_q, 0)
@@ -557,7 +564,7 @@ def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense:
     u = float(jnp.finfo(sums.dtype).eps) / 2
     s_norm, root_size = _row_norms(sums, sizes)
     empty = sizes == 0
-    exact = sums @ x_dense.T
+    exact = _dot(sums, x_dense.T)
     margin = (geo.x_norms[dense][None, :] * (_gamma(dim, u) * s_norm)[:, None]
               + geo.lo_gains[dense][None, :] * root_size[:, None]) * (1 + 64 * u)
     if dense.shape[0] == n:  # `dense` is then 0..N−1 in order
@@ -567,7 +574,7 @@ def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense:
         positive, negative = pack_patterns(estimate > bound), pack_patterns(estimate < -bound)
         if dense.shape[0]:
             k, words = sums.shape[0], dense_mask.shape[0]
-            placed = (jnp.concatenate([exact > margin, exact < -margin]).astype(merge.dtype) @ merge).astype(jnp.uint32)
+            placed = _dot(jnp.concatenate([exact > margin, exact < -margin]).astype(merge.dtype), merge).astype(jnp.uint32)
             placed = placed[:, :words] | (placed[:, words:] << 16)
             positive = (positive & ~dense_mask[None, :]) | placed[:k]
             negative = (negative & ~dense_mask[None, :]) | placed[k:]

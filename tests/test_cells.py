@@ -461,3 +461,40 @@ def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
         assert {row.tobytes(): b for row, b in zip(rows, est.basin)} == stable
         cycles += two_cycle
     assert cycles > 0.1  # the case has probes on 2-cycles
+
+
+def test_exact_engine_matmuls_ask_for_true_float32():
+    """Every matmul of the exact engine requests HIGHEST precision: JAX's default may round
+    float32 inputs to TF32 (GPU) or bfloat16 (TPU), which would break the grid sums' exactness
+    and the error bounds."""
+    import gflow._cells as cells
+
+    ds = Dataset(np.random.default_rng(7).standard_normal((200, 16)), np.arange(200) % 2, name="g", provenance="t")
+    geo = cells._geometry(training_data(ds, jnp.float32), (4,))
+    words = np.asarray(pack_patterns(jnp.asarray(np.random.default_rng(8).random((8, 200)) < 0.5)))
+    sums = cells._signed_sums(words, geo, chunk=8)
+    sizes = np.bitwise_count(words).sum(axis=1).astype(np.int32)
+    dense = np.arange(0, 200, 7)
+    merge, mask = cells._dense_placement(dense, 200)
+    samples = jnp.asarray(dense.astype(np.int32))
+    traced = [
+        jax.make_jaxpr(cells._signed_sums_kernel)(jnp.asarray(words), geo.device),
+        jax.make_jaxpr(cells._updated_sums_kernel)(jnp.asarray(sums), jnp.asarray(words), jnp.asarray(words),
+                                                  samples, geo.device),
+        jax.make_jaxpr(lambda *a: cells._gate_kernel(*a, rank=4))(
+            jnp.asarray(sums), jnp.asarray(sizes), geo.device, samples, geo.device.x[samples], jnp.asarray(merge),
+            jnp.asarray(mask)),
+    ]
+
+    def dots(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn
+            for value in eqn.params.values():
+                if hasattr(value, "jaxpr"):
+                    yield from dots(value.jaxpr)
+
+    found = [eqn for closed in traced for eqn in dots(closed.jaxpr)]
+    assert len(found) >= 6  # 1 + 1 + (filter 2, dense check, placement)
+    highest = jax.lax.Precision.HIGHEST
+    assert all(eqn.params["precision"] == (highest, highest) for eqn in found)
