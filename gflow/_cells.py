@@ -538,9 +538,9 @@ def _dense_placement(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]
     words = num_words(n)
     merge = np.zeros((dense.size, 2 * words), np.float32)
     merge[np.arange(dense.size), dense // WORD_BITS + words * (dense % WORD_BITS >= 16)] = np.exp2(dense % 16)
-    mask = np.zeros(words, np.uint32)
-    np.bitwise_or.at(mask, dense // WORD_BITS, np.left_shift(np.uint32(1), (dense % WORD_BITS).astype(np.uint32)))
-    return merge, mask
+    mask = np.zeros((1, words), np.uint32)
+    _set_bits(mask, np.zeros_like(dense), dense)
+    return merge, mask[0]
 
 
 @functools.partial(jax.jit, static_argnames=("rank",))
@@ -818,10 +818,10 @@ def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank:
 
 
 def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chunk: int,
-          dense: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+          dense_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Packed exact signs ``(1[z > 0], 1[z < 0])`` of the targets of ``words`` (their ``sums``):
-    row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (SPEC.md §3). ``dense``
-    forces the size of the dense check (`_dense_samples`)."""
+    row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (SPEC.md §3).
+    ``dense_size`` forces the size of the dense check (`_dense_samples`)."""
     k = words.shape[0]
     rank = min(rank, geo.ranks[-1])
     positive = np.empty_like(words)
@@ -829,7 +829,7 @@ def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chu
     undecided = np.empty_like(words)
     rows = _ladder(k, min(chunk, _GATE_ROWS))
     sizes = np.bitwise_count(words).sum(axis=1).astype(np.int32)
-    samples = _dense_samples(sums, sizes, geo, rank=rank, rows=rows, size=dense)
+    samples = _dense_samples(sums, sizes, geo, rank=rank, rows=rows, size=dense_size)
     columns = jnp.asarray(samples.astype(np.int32))
     x_dense = jnp.take(geo.device.x, columns, axis=0)
     merge, dense_mask = (jnp.asarray(a) for a in _dense_placement(samples, geo.x64.shape[0]))

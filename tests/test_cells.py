@@ -319,8 +319,8 @@ def integer_data(n, dim, seed, *, fine_bits=0):
 
 
 @pytest.mark.parametrize("fine_bits", [0, 18])
-@pytest.mark.parametrize("rank, dense", [(6, 16), (6, None), (64, 10_000)])
-def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense):
+@pytest.mark.parametrize("rank, dense_size", [(6, 16), (6, None), (64, 10_000)])
+def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense_size):
     """`_gate` returns 1[z > 0] and 1[z < 0] of the exact pre-activations, through the rank-r
     filter, the dense check and every host fallback; a tie (z = 0) gets neither."""
     from gflow._cells import _gate, _geometry, _signed_sums, _unpack_host
@@ -334,7 +334,7 @@ def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense):
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
     geo = _geometry(data, (rank,))
     sums = _signed_sums(words, geo, chunk=32)
-    positive, negative = _gate(sums, words, geo, rank=rank, chunk=32, dense=dense)
+    positive, negative = _gate(sums, words, geo, rank=rank, chunk=32, dense_size=dense_size)
     z = exact_preactivations(x_int, np.asarray(data.signed_labels).astype(np.int64), gates)
     assert (z == 0).sum() > 100 and (np.abs(z) < 2**fine_bits).sum() > 100  # ties and near-ties are tested
     np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
