@@ -388,7 +388,9 @@ def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
     """
     precision = np.finfo(dtype).nmant + 1
     col_l1 = np.abs(x64).sum(axis=0)
-    step = np.exp2(np.ceil(np.log2(np.maximum(col_l1, np.finfo(np.float64).tiny) / 2.0**precision)))
+    used = col_l1 > 0
+    step = np.ones_like(col_l1)  # a column of zeros lies on every grid
+    step[used] = np.exp2(np.ceil(np.log2(col_l1[used]) - precision))
     x_hi64 = np.round(x64 / step) * step
     x_hi = x_hi64.astype(dtype)
     if not np.array_equal(x_hi.astype(np.float64), x_hi64):

@@ -341,6 +341,27 @@ def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense_size):
     np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
 
 
+def test_gate_is_exact_for_float64_data_with_zero_columns():
+    """Float64 data whose some features are 0 for every sample (the border pixels of MNIST): the
+    grid split puts a zero column on any grid, and the gate is still the exact sign."""
+    from gflow._cells import _gate, _geometry, _signed_sums, _unpack_host
+
+    n, dim = 240, 20
+    rng = np.random.default_rng(9)
+    x_int = (rng.integers(-3, 4, size=(n, dim)) << 18) + rng.integers(-1, 2, size=(n, dim))
+    x_int[:, [0, 7]] = 0
+    data = training_data(Dataset(x_int / 2.0**21, np.arange(n) % 2, name="zeros", provenance="test"), jnp.float64)
+    gates = rng.random((50, n)) < rng.random((50, 1))
+    words = np.asarray(pack_patterns(jnp.asarray(gates)))
+    geo = _geometry(data, (6,))
+    sums = _signed_sums(words, geo, chunk=16)
+    positive, negative = _gate(sums, words, geo, rank=6, chunk=16, dense_size=16)
+    z = exact_preactivations(x_int, np.asarray(data.signed_labels).astype(np.int64), gates)
+    assert (np.abs(z) < 2**18).sum() > 20  # near-ties far below the scale of the data
+    np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
+    np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
+
+
 def test_signed_sums_are_exact_and_updates_match_them():
     """The grid part of the data sums exactly (any order); the incremental update, dense columns
     and sparse remainder alike, gives bitwise the sums computed from scratch."""
