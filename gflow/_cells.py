@@ -391,6 +391,7 @@ def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
     used = col_l1 > 0
     step = np.ones_like(col_l1)  # a column of zeros lies on every grid
     step[used] = np.exp2(np.ceil(np.log2(col_l1[used]) - precision))
+    step[col_l1 > 2.0**precision * step] *= 2  # should log2 round below an exact power of two
     x_hi64 = np.round(x64 / step) * step
     x_hi = x_hi64.astype(dtype)
     if not np.array_equal(x_hi.astype(np.float64), x_hi64):
