@@ -577,7 +577,8 @@ def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense:
         positive, negative = pack_patterns(estimate > bound), pack_patterns(estimate < -bound)
         if dense.shape[0]:
             k, words = sums.shape[0], dense_mask.shape[0]
-            placed = _dot(jnp.concatenate([exact > margin, exact < -margin]).astype(merge.dtype), merge).astype(jnp.uint32)
+            signs = jnp.concatenate([exact > margin, exact < -margin]).astype(merge.dtype)
+            placed = _dot(signs, merge).astype(jnp.uint32)
             placed = placed[:, :words] | (placed[:, words:] << 16)
             positive = (positive & ~dense_mask[None, :]) | placed[:k]
             negative = (negative & ~dense_mask[None, :]) | placed[k:]
@@ -598,9 +599,10 @@ def _exact_dot_sign(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.sign(total))
 
 
-def _settle_signs(sums: np.ndarray, words: np.ndarray, rows: np.ndarray, samples: np.ndarray,
+def _settle_signs(sums: np.ndarray, sizes: np.ndarray, words: np.ndarray, rows: np.ndarray, samples: np.ndarray,
                   geo: _Geometry) -> np.ndarray:
-    """Exact signs (+1, −1, 0) of z_s(g) for the undecided pairs (``rows``, ``samples``), on the host.
+    """Exact signs (+1, −1, 0) of z_s(g) for the undecided pairs (``rows``, ``samples``), on the host
+    (``sizes``: |g| of each row of ``words``).
 
     1. float64 ``x_s · S_hi`` (error ≤ γ_D ‖x_s‖‖S‖) plus the grid remainder bound ‖X_lo x_s‖√|g|;
     2. else ``Σ_j G_sj a_j`` from float64 rows of G = X Xᵀ (error ≤ γ_N Σ|G_sj| + γ_D ‖x_s‖ Σ‖x_j‖);
@@ -614,9 +616,8 @@ def _settle_signs(sums: np.ndarray, words: np.ndarray, rows: np.ndarray, samples
         r, s = rows[start:start + _SETTLE_BATCH], samples[start:start + _SETTLE_BATCH]
         s64 = sums[r].astype(np.float64)
         level1 = np.einsum("ij,ij->i", geo.x64[s], s64)
-        sizes = np.bitwise_count(words[r]).sum(axis=1)
         err1 = (geo.x_norms64[s] * _gamma(dim, u) * np.sqrt(np.einsum("ij,ij->i", s64, s64))
-                + geo.lo_gains64[s] * np.sqrt(sizes)) * (1 + 1e-9)
+                + geo.lo_gains64[s] * np.sqrt(sizes[r])) * (1 + 1e-9)
         done = np.abs(level1) > err1
         signs[start:start + _SETTLE_BATCH][done] = np.sign(level1[done])
         todo.append(start + np.nonzero(~done)[0])
@@ -670,11 +671,12 @@ def _ladder(count: int, limit: int, base: int = 64, factor: int = 4) -> int:
     return min(size, limit)
 
 
-def _padded_rows(array: np.ndarray, size: int) -> np.ndarray:
-    """``array`` with zero rows appended up to ``size`` rows."""
-    if array.shape[0] == size:
-        return array
-    return np.concatenate([array, np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)])
+def _device_rows(array: np.ndarray, size: int) -> jax.Array:
+    """``array`` with zero rows appended up to ``size`` rows, as a device array (one compiled
+    shape per size for the kernels that take it)."""
+    if array.shape[0] < size:
+        array = np.concatenate([array, np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)])
+    return jnp.asarray(array)
 
 
 def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray:
@@ -682,7 +684,7 @@ def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray
     k = words.shape[0]
     out = np.empty((k, geo.x64.shape[1]), np.dtype(geo.device.x.dtype))
     rows = _ladder(k, chunk)
-    calls = ((start, _signed_sums_kernel(jnp.asarray(_padded_rows(words[start:start + rows], rows)), geo.device))
+    calls = ((start, _signed_sums_kernel(_device_rows(words[start:start + rows], rows), geo.device))
              for start in range(0, k, rows))
     for start, sums in _in_order(calls):
         out[start:start + rows] = np.asarray(sums)[: k - start]
@@ -746,7 +748,7 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray, ref_words: np.ndarray, n
         samples = jnp.asarray(dense.astype(np.int32))
         out = np.empty((k, sums.shape[1]), sums.dtype)
         rows = _ladder(k, chunk)
-        calls = ((start, _updated_sums_kernel(*(jnp.asarray(_padded_rows(a, rows)) for a in (
+        calls = ((start, _updated_sums_kernel(*(_device_rows(a, rows) for a in (
             sums[source[start:start + rows]], ref_words[start:start + rows], new_words[start:start + rows])),
             samples, geo.device)) for start in range(0, k, rows))
         for start, updated in _in_order(calls):
@@ -786,7 +788,7 @@ def _sums_by_reference(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.n
     ref_bits = jnp.asarray(_unpack_host(refs, geo.x64.shape[0]), jnp.float32)
     nearest = np.empty(k, np.int64)
     rows = _ladder(k, min(chunk, 512))  # [rows, N] float bits stay in cache
-    calls = ((start, _nearest_reference_kernel(jnp.asarray(_padded_rows(words[start:start + rows], rows)), ref_bits))
+    calls = ((start, _nearest_reference_kernel(_device_rows(words[start:start + rows], rows), ref_bits))
              for start in range(0, k, rows))
     for start, found in _in_order(calls):
         nearest[start:start + rows] = np.asarray(found)[: k - start]
@@ -807,8 +809,8 @@ def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank:
     counts = np.zeros(n)
     for start in range(0, pick.size, rows):
         part = pick[start:start + rows]
-        counts += np.asarray(_undecided_counts(jnp.asarray(_padded_rows(sums[part], rows)),
-                                               jnp.asarray(_padded_rows(sizes[part], rows)), geo.device, rank=rank))
+        counts += np.asarray(_undecided_counts(_device_rows(sums[part], rows), _device_rows(sizes[part], rows),
+                                               geo.device, rank=rank))
     order = np.argsort(-counts, kind="stable")
     if size is None:
         outside = (counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])) * (k / pick.size)
@@ -836,15 +838,15 @@ def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chu
     columns = jnp.asarray(samples.astype(np.int32))
     x_dense = jnp.take(geo.device.x, columns, axis=0)
     merge, dense_mask = (jnp.asarray(a) for a in _dense_placement(samples, geo.x64.shape[0]))
-    calls = ((start, _gate_kernel(jnp.asarray(_padded_rows(sums[start:start + rows], rows)),
-                                  jnp.asarray(_padded_rows(sizes[start:start + rows], rows)), geo.device, columns,
+    calls = ((start, _gate_kernel(_device_rows(sums[start:start + rows], rows),
+                                  _device_rows(sizes[start:start + rows], rows), geo.device, columns,
                                   x_dense, merge, dense_mask, rank=rank)) for start in range(0, k, rows))
     for start, out in _in_order(calls):
         for target, value in zip((positive, negative, undecided), out):
             target[start:start + rows] = np.asarray(value)[: k - start]
     pairs, samples = _set_bit_positions(undecided)
     if pairs.size:
-        signs = _settle_signs(sums, words, pairs, samples, geo)
+        signs = _settle_signs(sums, sizes, words, pairs, samples, geo)
         _set_bits(positive, pairs[signs > 0], samples[signs > 0])
         _set_bits(negative, pairs[signs < 0], samples[signs < 0])
     return positive, negative
@@ -854,7 +856,7 @@ def _distinct(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct rows of packed patterns by their two 32-bit fingerprints (`pattern_fingerprints`):
     ``(distinct rows [K', W], inverse [K] into them, first row of each [K'])``."""
     k = words.shape[0]
-    fp = np.asarray(_fingerprints_jit(jnp.asarray(_padded_rows(words, _ladder(k, 1 << 62, factor=2)))))
+    fp = np.asarray(_fingerprints_jit(_device_rows(words, _ladder(k, 1 << 62, factor=2))))
     fp = fp[:k].astype(np.uint64)
     keys = (fp[:, 0] << np.uint64(32)) | fp[:, 1]
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
