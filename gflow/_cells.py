@@ -303,6 +303,9 @@ def count_distinct(words: jax.Array) -> jax.Array:
 #   ‖S^⊥‖² = ‖S‖² − ‖V_rᵀS‖²). That costs 2(N+D)r per pattern and settles all but a few per cent
 #   of the signs; the samples left undecided concentrate on a few hundred samples, the same for
 #   all patterns of a call, which are evaluated densely (x_s · S_hi, one GEMM; `_dense_samples`).
+# * Targets that lie close together are gated from a reference target instead: with S(g) = c S(r)
+#   + R, |z_s(g) − c z_s(r)| ≤ ‖x_s‖ ‖R‖, so every sample where c|z_s(r)| exceeds that has the
+#   reference's sign, and only the few others are evaluated densely (`_gate_by_reference`).
 # * Every floating-point step carries a rigorous error bound (γ_n = nu/(1−nu), u the unit
 #   roundoff). A sign is taken only when |estimate| exceeds its bound; the rare entries left
 #   (near-ties, typically < 1 per pattern) are settled on the host: in float64, then from a
@@ -328,7 +331,7 @@ _PILOT_ROWS = 1024
 _GATE_ROWS = 512  # patterns per gate call ([rows, N] arrays stay in cache)
 _IN_FLIGHT = 4  # device calls queued ahead of the host
 _SETTLE_BATCH = 1024  # undecided entries per host batch (the gathered rows stay in cache)
-_REFERENCES = 64  # reference patterns of `_sums_by_reference`
+_REFERENCES = 64  # reference patterns of `_references`
 # Relative slack for the (orthonormal-to-rounding) float64 eigenbasis in the filter identity.
 _BASIS_SLACK = 1e-10
 
@@ -356,6 +359,7 @@ class _Geometry(NamedTuple):
     norm_sum64: float  # Σ_j ‖x_j‖
     lo_gains64: np.ndarray  # [N] ≥ ‖X_lo x_s‖₂, so |x_s·X_loᵀa| ≤ lo_gains64[s] ‖a‖₂
     ranks: tuple[int, ...]
+    x_unit: np.ndarray  # [N, D] x_s / ‖x_s‖ in the data dtype (0 for x_s = 0)
     gram_rows: np.ndarray  # [N, N] float64 rows of G = X Xᵀ, filled on first use (this call only)
     gram_ready: np.ndarray  # [N] bool, which rows of gram_rows are filled
 
@@ -469,7 +473,7 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
     return _Geometry(device=device, x64=x64, labels64=labels64, x_norms64=x_norms64,
                      norm_sum64=float(x_norms64.sum()), lo_gains64=lo_gains,
                      ranks=tuple(sorted({min(r, top) for r in ranks})),
-                     gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool))
+                     x_unit=(x64 / np.where(x_norms64 > 0, x_norms64, 1)[:, None]).astype(dtype), gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool))
 
 
 def _pattern_bits(words: jax.Array, samples: jax.Array) -> jax.Array:
@@ -764,35 +768,54 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray, ref_words: np.ndarray, n
     return out
 
 
-@jax.jit
-def _nearest_reference_kernel(words: jax.Array, ref_bits: jax.Array) -> jax.Array:
-    """Index of the row of ``ref_bits [R, N]`` (0/1) nearest in Hamming distance to each packed
-    pattern of ``words [K, W]``: argmin over r of |g_r| − 2 g·g_r (integers, exact in float32)."""
-    bits = unpack_patterns(words, ref_bits.shape[1]).astype(ref_bits.dtype)
-    return jnp.argmin(jnp.sum(ref_bits, axis=1)[None, :] - 2 * (bits @ ref_bits.T), axis=1).astype(jnp.int32)
+class _References(NamedTuple):
+    """Reference rows spread over a set of packed patterns and the nearest one to every row."""
+
+    rows: np.ndarray  # [R] row indices of the references
+    nearest: np.ndarray  # [K] index into ``rows`` of the reference nearest to each row (Hamming)
 
 
-def _sums_by_reference(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray:
+def _pattern_bits_host(words: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """`_pattern_bits` on the host: bits ``g(s)`` of packed ``words [K, W]`` at ``samples`` → uint8 ``[K, L]``."""
+    return ((words[:, samples >> 5] >> (samples & 31).astype(np.uint32)) & np.uint32(1)).astype(np.uint8)
+
+
+def _references(words: np.ndarray, n: int) -> _References:
+    """`_REFERENCES` rows spread over ``words`` (one per 64 rows if fewer) and the nearest of them to
+    each row in Hamming distance.
+
+    Only the samples where the references disagree are compared: at any other sample all
+    references hold the same bit, which adds the same amount to a row's distance to each of them,
+    so the argmin (ties to the first reference) is that of the full distance. After one map of
+    Algorithm 1 the references of CIFAR-10 (N = 4000) disagree on about 950 samples, after two on
+    260 or fewer. The distance over them is |r| − 2 g·r + |g| (a 0/1 GEMM, exact in float32).
+    """
+    k = words.shape[0]
+    rows = np.unique(np.linspace(0, k - 1, max(1, min(_REFERENCES, k // 64))).astype(np.int64))
+    ref_bits = _unpack_host(words[rows], n)
+    varying = np.flatnonzero(ref_bits.any(axis=0) & ~ref_bits.all(axis=0))
+    nearest = np.zeros(k, np.int64)
+    if varying.size:
+        refs = ref_bits[:, varying].astype(np.float32)
+        ref_sizes = refs.sum(axis=1)
+        for start in range(0, k, 4096):
+            bits = _pattern_bits_host(words[start:start + 4096], varying).astype(np.float32)
+            nearest[start:start + 4096] = np.argmin(ref_sizes[None, :] - 2 * (bits @ refs.T), axis=1)
+    return _References(rows, nearest)
+
+
+def _sums_by_reference(words: np.ndarray, references: _References, geo: _Geometry, *, chunk: int) -> np.ndarray:
     """S_hi of every packed pattern, like `_signed_sums`, for patterns that lie close together.
 
     The patterns after the first map lie close together: on CIFAR-10 (N = 4000) the nearest of 64
     of them differs from a pattern in 70 samples at the median after one map and in 14 after two
-    (the pattern that maps to it differs in 148). So `_REFERENCES` rows spread over ``words`` are
-    summed by GEMM and every row is the update of its nearest reference (`_updated_sums`, cost ∝
-    the samples that differ) instead of an N-sample GEMM row. Exact like both.
+    (the pattern that maps to it differs in 148). So the reference rows (`_references`) are summed
+    by GEMM and every row is the update of its nearest reference (`_updated_sums`, cost ∝ the
+    samples that differ) instead of an N-sample GEMM row. Exact like both.
     """
-    k = words.shape[0]
-    if k < 8 * _REFERENCES:
-        return _signed_sums(words, geo, chunk=chunk)
-    refs = words[np.linspace(0, k - 1, _REFERENCES).astype(np.int64)]
-    ref_bits = jnp.asarray(_unpack_host(refs, geo.x64.shape[0]), jnp.float32)
-    nearest = np.empty(k, np.int64)
-    rows = _ladder(k, min(chunk, 512))  # [rows, N] float bits stay in cache
-    calls = ((start, _nearest_reference_kernel(_device_rows(words[start:start + rows], rows), ref_bits))
-             for start in range(0, k, rows))
-    for start, found in _in_order(calls):
-        nearest[start:start + rows] = np.asarray(found)[: k - start]
-    return _updated_sums(_signed_sums(refs, geo, chunk=chunk), nearest, refs[nearest], words, geo, chunk=chunk)
+    refs = words[references.rows]
+    return _updated_sums(_signed_sums(refs, geo, chunk=chunk), references.nearest, refs[references.nearest], words,
+                         geo, chunk=chunk)
 
 
 def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank: int, rows: int,
@@ -852,6 +875,151 @@ def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chu
     return positive, negative
 
 
+def _place_bits(bits: np.ndarray, samples: np.ndarray, n_words: int) -> np.ndarray:
+    """Packed words ``[K, n_words]`` with bit ``samples[l]`` of row i set where ``bits[i, l]``
+    (``samples`` sorted ascending, distinct); every other bit 0."""
+    out = np.zeros((bits.shape[0], n_words), np.uint32)
+    if samples.size:
+        values = bits.astype(np.uint32) << (samples & 31).astype(np.uint32)[None, :]
+        word = samples >> 5
+        starts = np.flatnonzero(np.concatenate([[True], word[1:] != word[:-1]]))
+        out[:, word[starts]] = np.bitwise_or.reduceat(values, starts, axis=1)
+    return out
+
+
+# What a row sent to the device gate (`_gate`, rank 64) costs, in samples of the host dense check
+# of `_gate_by_reference` (2·D flops and a few elementwise passes each); measured at N = 4000,
+# D = 1024.
+_FALLBACK_COST = 1200
+_TIE_SLACK = 1e-9  # relative slack of the float64 decisions of `_gate_by_reference`
+
+
+def _nearest_direction(sums: np.ndarray, norms: np.ndarray, n_rows: int) -> tuple[_References, np.ndarray]:
+    """Up to ``n_rows`` rows spread over the non-zero rows of ``sums`` (``norms``: their norms)
+    and, for each row, the one of them at the least angle; with S·S_r/‖S_r‖² for that one (any
+    choice is correct, a closer one is faster)."""
+    nonzero = np.flatnonzero(norms > 0)
+    rows = nonzero[np.unique(np.linspace(0, nonzero.size - 1, min(n_rows, nonzero.size)).astype(np.int64))]
+    unit = sums[rows] / norms[rows, None].astype(sums.dtype)
+    nearest = np.empty(sums.shape[0], np.int64)
+    scale = np.empty(sums.shape[0])
+    for start in range(0, sums.shape[0], 4096):
+        dots = sums[start:start + 4096] @ unit.T
+        nearest[start:start + 4096] = np.argmax(dots, axis=1)
+        scale[start:start + 4096] = np.take_along_axis(dots, nearest[start:start + 4096, None], axis=1)[:, 0]
+    return _References(rows, nearest), scale / norms[rows][nearest]
+
+
+def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chunk: int,
+                       fallback_cost: float) -> tuple[np.ndarray, np.ndarray]:
+    """`_gate` (the same exact signs) from the gates of a few reference patterns.
+
+    The targets of Algorithm 1 cluster: on CIFAR-10 (N = 4000) the signed sum of a random pattern
+    is at cosine 0.98 from the nearest of 64 others, and after one map the sums lie within a few
+    per cent of each other. For a pattern g, its reference r (`_nearest_direction`) and any
+    c > 0, z(g) = c z(r) + X (S_hi(g) − c S_hi(r)) + X X_loᵀ(g∘ỹ), so with δ ≥ ‖S_hi(g) − c S_hi(r)‖
+    (c = S_hi(g)·S_hi(r)/‖S_hi(r)‖², the least δ)
+
+        |z_s(g) − c ẑ_s(r)| ≤ c ε_s(r) + ‖x_s‖ δ + β_s,   β_s = ‖X_lo x_s‖ √|g|,
+
+    with ẑ(r) = X S_hi(r) in float64 (ε_s = γ_D ‖x_s‖‖S_hi(r)‖). Every sample where c|ẑ_s(r)|
+    exceeds that bound has the sign of ẑ_s(r). The rest, U (a few dozen to a few hundred samples
+    after the first map, about 1000 in it), are checked densely for all patterns of the reference
+    at once: one host GEMM S_hi [K_r, D] × [D, |U|] against the unit rows x_s/‖x_s‖ (data dtype;
+    their rounding adds 2u‖S‖ to the γ_D ‖S‖ bound, and β_s/‖x_s‖ ≤ λ √|g| with
+    λ = max_U ‖X_lo x_s‖/‖x_s‖). Entries it leaves undecided are settled by `_settle_signs`.
+    Per reference, the patterns of largest δ/c (largest U) go to `_gate` (rank ``rank``) where
+    that costs less (``fallback_cost`` per row, in dense-check samples); so do patterns with
+    c ≤ 0. Empty patterns get neither sign.
+    """
+    n, dim = geo.x64.shape
+    k, n_words = words.shape
+    if k < 2 * 64:
+        return _gate(sums, words, geo, rank=rank, chunk=chunk)
+    dtype = sums.dtype
+    u = float(np.finfo(dtype).eps) / 2
+    gamma_dense = _gamma(dim, u)
+    gamma64 = _gamma(dim, float(np.finfo(np.float64).eps) / 2)
+    sizes = np.bitwise_count(words).sum(axis=1).astype(np.int32)
+    root = np.sqrt(sizes.astype(np.float64))
+    x_norms = geo.x_norms64 * (1 + _TIE_SLACK)
+    # ‖S_hi‖ from its squares summed in the data dtype (relative error ≤ γ_D), rounded up.
+    norms = np.sqrt(np.einsum("ij,ij->i", sums, sums).astype(np.float64) * (1 + 2 * gamma_dense)) * (1 + 4 * u)
+    references, scales = _nearest_direction(sums, norms, max(1, min(_REFERENCES, k // 64)))
+    ref_sums = sums[references.rows]
+    z_ref = geo.x64 @ ref_sums.T.astype(np.float64)  # [N, R]
+    positive = np.zeros_like(words)
+    negative = np.zeros_like(words)
+    open_rows, open_samples, fallback = [], [], [np.flatnonzero((sizes > 0) & (norms == 0))]
+    order = np.argsort(references.nearest, kind="stable")
+    bounds = np.searchsorted(references.nearest[order], np.arange(references.rows.size + 1))
+    for r in range(references.rows.size):
+        members = order[bounds[r]:bounds[r + 1]]
+        # Empty patterns: z = 0, neither sign. S_hi = 0 or c ≤ 0: `_gate`.
+        members = members[norms[members] > 0]
+        fallback.append(members[~(scales[members] > 0)])
+        members = members[scales[members] > 0]
+        if not members.size:
+            continue
+        ref, ref_norm = ref_sums[r], norms[references.rows[r]]
+        member_sums = sums[members]  # [K_r, D], contiguous for the passes below
+        scale = scales[members]
+        # δ_i ≥ ‖S_hi(g_i) − c_i S_hi(r)‖: the difference in the data dtype (error ≤ u c‖S_hi(r)‖
+        # + u‖difference‖), its squared norm to within γ_D.
+        delta = np.empty(members.size)
+        for start in range(0, members.size, 256):  # [256, D] differences stay in cache
+            part = slice(start, start + 256)
+            diff = member_sums[part] - scale[part].astype(dtype)[:, None] * ref
+            delta[part] = np.einsum("ij,ij->i", diff, diff)
+        delta = (np.sqrt(delta * (1 + 2 * gamma_dense)) * (1 + 4 * u) + 1.01 * u * scale * ref_norm) * (1 + 2 * u)
+        reach = delta / scale * (1 + _TIE_SLACK)  # a sample is decided for pattern i when t_s > reach_i
+        rho = np.max(root[members] / scale) * (1 + _TIE_SLACK)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (np.abs(z_ref[:, r]) / (1 + _TIE_SLACK) - gamma64 * x_norms * ref_norm - geo.lo_gains64 * rho) / x_norms
+        t = np.where(x_norms > 0, t, -np.inf)
+        # Check the j patterns of least reach here (|U(reach_(j))| samples each), the rest on the device.
+        by_reach = np.argsort(reach, kind="stable")
+        unsure = np.searchsorted(np.sort(t), reach[by_reach] * (1 + _TIE_SLACK), side="right")
+        count = np.arange(1, members.size + 1)
+        cost = np.concatenate([[members.size * fallback_cost], count * unsure + (members.size - count) * fallback_cost])
+        j = int(np.argmin(cost))
+        fallback.append(members[by_reach[j:]])
+        if not j:
+            continue
+        handled = np.sort(by_reach[:j])  # positions in ``members``
+        checked = np.flatnonzero(~(t > reach[by_reach[j - 1]] * (1 + _TIE_SLACK)))  # U, ascending
+        in_checked = np.zeros(n, bool)
+        in_checked[checked] = True
+        ref_positive = _pack_host((z_ref[:, r] > 0) & ~in_checked)
+        ref_negative = _pack_host((z_ref[:, r] < 0) | in_checked)  # U's bits cleared where z > 0 below
+        x_checked = geo.x_unit[checked]
+        lam = float(np.max(geo.lo_gains64[checked] / x_norms[checked], initial=0.0))
+        for start in range(0, handled.size, chunk):
+            part = handled[start:start + chunk]
+            rows = members[part]
+            block = member_sums[start:start + chunk] if j == members.size else member_sums[part]
+            estimate = block @ x_checked.T
+            margin = (((gamma_dense + 2 * u) * norms[rows] + root[rows] * lam) * (1 + 1e-5)).astype(dtype)[:, None]
+            above = estimate > margin
+            placed = _place_bits(above, checked, n_words)
+            positive[rows] = ref_positive | placed
+            negative[rows] = ref_negative & ~placed
+            row_index, column = np.nonzero(~above & ~(estimate < -margin))
+            open_rows.append(rows[row_index])
+            open_samples.append(checked[column])
+    if open_rows:
+        rows, samples = np.concatenate(open_rows), np.concatenate(open_samples)
+        bit = np.left_shift(np.uint32(1), (samples & 31).astype(np.uint32))
+        np.bitwise_and.at(negative, (rows, samples >> 5), ~bit)  # undecided: neither sign until settled
+        signs = _settle_signs(sums, sizes, words, rows, samples, geo)
+        _set_bits(positive, rows[signs > 0], samples[signs > 0])
+        _set_bits(negative, rows[signs < 0], samples[signs < 0])
+    fallback = np.sort(np.concatenate(fallback))
+    if fallback.size:
+        positive[fallback], negative[fallback] = _gate(sums[fallback], words[fallback], geo, rank=rank, chunk=chunk)
+    return positive, negative
+
+
 def _distinct(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct rows of packed patterns by their two 32-bit fingerprints (`pattern_fingerprints`):
     ``(distinct rows [K', W], inverse [K] into them, first row of each [K'])``."""
@@ -867,6 +1035,15 @@ def _unpack_host(words: np.ndarray, n: int) -> np.ndarray:
     """`unpack_patterns` on the host (NumPy, same layout): ``uint32 [K, W]`` → ``bool [K, n]``."""
     words = np.ascontiguousarray(words, dtype="<u4")
     return np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :n].view(bool)
+
+
+def _pack_host(patterns: np.ndarray) -> np.ndarray:
+    """`pack_patterns` on the host (NumPy, same layout): ``bool [..., N]`` → ``uint32 [..., W]``."""
+    patterns = np.asarray(patterns, bool)
+    n = patterns.shape[-1]
+    padded = np.zeros(patterns.shape[:-1] + (num_words(n) * WORD_BITS,), bool)
+    padded[..., :n] = patterns
+    return np.packbits(padded, axis=-1, bitorder="little").view("<u4").astype(np.uint32)
 
 
 def _set_bit_positions(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1003,19 +1180,27 @@ class _Generation(NamedTuple):
     image: np.ndarray
 
 
+def _nearby_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray:
+    """S_hi of patterns that lie close together: `_sums_by_reference`, or by GEMM
+    (`_signed_sums`) for fewer than 128 rows."""
+    if words.shape[0] < 128:
+        return _signed_sums(words, geo, chunk=chunk)
+    return _sums_by_reference(words, _references(words, geo.x64.shape[0]), geo, chunk=chunk)
+
+
 def _advance(gen: _Generation, kappa: int, geo: _Geometry, *, chunk: int, shared=None) -> _Generation:
     """One step ``g ↦ gate(T_κ(g))`` for every probe, done once per distinct pattern.
 
-    The new patterns' signed sums come from `_sums_by_reference`, or from ``shared`` =
+    The new patterns' signed sums come from `_nearby_sums`, or from ``shared`` =
     ``(words, inverse, sums)`` computed for both κ at once (the second generation,
-    `_second_generation`).
+    `_second_generation`); their gates from `_gate_by_reference`.
     """
     if shared is not None:
         words, inverse, sums = shared
     else:
         words, inverse, _ = _distinct(gen.image)
-        sums = _sums_by_reference(words, geo, chunk=chunk)
-    positive, negative = _gate(sums, words, geo, rank=_RANK, chunk=chunk)
+        sums = _nearby_sums(words, geo, chunk=chunk)
+    positive, negative = _gate_by_reference(sums, words, geo, rank=_RANK, chunk=chunk, fallback_cost=_FALLBACK_COST)
     return _Generation(words, inverse[gen.probe_row], positive if kappa == 1 else negative)
 
 
@@ -1031,7 +1216,7 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
                        chunk: int) -> dict:
     """``{κ: (words, inverse, sums)}`` of the patterns after the first map, for each κ.
 
-    The signed sums of the κ = +1 patterns come from `_sums_by_reference`. Those of κ = −1 follow
+    The signed sums of the κ = +1 patterns come from `_nearby_sums`. Those of κ = −1 follow
     from them:
     gate(T_−(g)) is the complement of gate(T_+(g)) except at ties (z = 0, in neither), and
     S(¬g) = S(all) − S(g) exactly, so each κ = −1 pattern is an update of the complement of its
@@ -1041,7 +1226,7 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
     out = {}
     if 1 in kappas:
         words, inverse, _ = _distinct(first_positive)
-        out[1] = (words, inverse, _sums_by_reference(words, geo, chunk=chunk))
+        out[1] = (words, inverse, _nearby_sums(words, geo, chunk=chunk))
     if -1 in kappas:
         words, inverse, source = _distinct(first_negative)
         if 1 in out:
@@ -1051,7 +1236,7 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
             sums = _updated_sums(total - plus_sums, counterpart, _complement(plus_words[counterpart], n), words,
                                  geo, chunk=chunk)
         else:
-            sums = _sums_by_reference(words, geo, chunk=chunk)
+            sums = _nearby_sums(words, geo, chunk=chunk)
         out[-1] = (words, inverse, sums)
     return {k: v for k, v in out.items() if k in kappas}
 
@@ -1126,13 +1311,14 @@ def stable_cells(
     * later maps: the patterns lie close together (a few dozen samples apart after one map, about
       14 after two on CIFAR-10), so each new pattern's sum is the sum of the nearest of 64
       reference patterns plus the rows of the samples where they differ (`_sums_by_reference`);
-      the κ = −1 sums of the second map follow exactly from ``S(¬g) = S(all) − S(g)``. The gate
-      is a rank-64 filter plus a dense check of the few hundred samples it leaves undecided most
-      often, the same for all patterns of a map (`_dense_samples`).
+      the κ = −1 sums of the second map follow exactly from ``S(¬g) = S(all) − S(g)``. The
+      targets lie close together too, so each gate is that of the nearest of 64 reference
+      targets except on the samples its distance leaves unsure (a few dozen to a few hundred),
+      which are checked densely (`_gate_by_reference`); the farthest patterns go to the
+      rank-64 filter.
 
-    On CIFAR-10 (N = 4000, D = 1024, M = 100 000) the two ``[M, N] × [N, D]`` GEMMs (the random
-    probes' gate and their signed sums, ~1.6 TFLOP) and the filters of about 750 000 patterns are
-    most of the cost.
+    On CIFAR-10 (N = 4000, D = 1024, M = 100 000) the first map (the random probes' gate and
+    their signed sums, two ~0.8-TFLOP GEMMs, and its filter) is about half of the cost.
 
     Args:
         data: `TrainingData`; its float dtype sets the precision of the random probes.

@@ -392,8 +392,8 @@ def test_signed_sums_are_exact_and_updates_match_them():
 
 def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
     """Patterns scattered around a few centres: each row's sum is the update of its nearest of the
-    reference rows, bitwise the GEMM's (both are exact grid sums), and the nearest reference is
-    the one at the least Hamming distance."""
+    reference rows, bitwise the GEMM's (both are exact grid sums), and the nearest reference
+    (found on the samples where the references disagree) is one at the least Hamming distance."""
     import gflow._cells as cells
 
     monkeypatch.setattr(cells, "_REFERENCES", 16)
@@ -401,14 +401,92 @@ def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
     geo = cells._geometry(training_data(ds, jnp.float32), (8,))
     rng = np.random.default_rng(6)
     centres = rng.random((5, 300)) < 0.5
-    gates = centres[rng.integers(0, 5, 400)] ^ (rng.random((400, 300)) < 0.03)
+    centres[:, :40] = True  # samples where every reference agrees
+    gates = centres[rng.integers(0, 5, 1100)] ^ (rng.random((1100, 300)) < 0.03)
+    gates[:, 40:60] = False
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
-    np.testing.assert_array_equal(cells._sums_by_reference(words, geo, chunk=64),
+    references = cells._references(words, 300)
+    assert references.rows.size == 16
+    np.testing.assert_array_equal(cells._sums_by_reference(words, references, geo, chunk=64),
                                   cells._signed_sums(words, geo, chunk=64))
-    refs = words[:16]
-    found = np.asarray(cells._nearest_reference_kernel(jnp.asarray(words), jnp.asarray(gates[:16], jnp.float32)))
-    distance = np.bitwise_count(words[:, None, :] ^ refs[None, :, :]).sum(axis=2)
-    np.testing.assert_array_equal(distance[np.arange(400), found], distance.min(axis=1))
+    distance = np.bitwise_count(words[:, None, :] ^ words[references.rows][None, :, :]).sum(axis=2)
+    np.testing.assert_array_equal(distance[np.arange(1100), references.nearest], distance.min(axis=1))
+
+
+def clustered_integer_patterns(x_int, labels, rng, *, count, flips):
+    """Patterns around a few centres, plus the special rows of the gate: the empty pattern, a
+    non-empty pattern whose signed sum is 0 (two equal samples of opposite labels; ``x_int`` is
+    changed to make them equal) and one whose sum points away from the centres'."""
+    n = x_int.shape[0]
+    centres = rng.random((4, n)) < 0.5
+    gates = centres[rng.integers(0, 4, count)] ^ (rng.random((count, n)) < flips)
+    gates[0] = False
+    a, b = np.flatnonzero(labels > 0)[0], np.flatnonzero(labels < 0)[0]
+    x_int[b] = x_int[a]
+    gates[1] = False
+    gates[1, [a, b]] = True
+    gates[2] = ~centres[0] & (labels > 0)
+    return gates
+
+
+@pytest.mark.parametrize("fine_bits", [0, 18])
+@pytest.mark.parametrize("fallback_cost", [0, 40, 10**9])
+def test_gate_by_reference_is_the_exact_sign_with_ties(fine_bits, fallback_cost):
+    """`_gate_by_reference` returns the exact 1[z > 0] and 1[z < 0], like `_gate`: through the
+    reference's gate, the host dense check of the unsure samples, the host settling and the
+    device fallback alike (fallback cost 0: every row on the device; 10⁹: every row on the host)."""
+    from gflow._cells import _gate_by_reference, _geometry, _signed_sums, _unpack_host
+
+    n, dim = 300, 24
+    rng = np.random.default_rng(fine_bits + 7)
+    x_int = rng.integers(-3, 4, size=(n, dim)) << fine_bits
+    if fine_bits:
+        x_int = x_int + rng.integers(-1, 2, size=(n, dim))
+    labels = np.where(np.arange(n) % 2 == 0, 1, -1)  # ỹ of the labels 0, 1, 0, …
+    gates = clustered_integer_patterns(x_int, labels, rng, count=400, flips=0.02)
+    x = (x_int / 2.0 ** (3 + fine_bits)).astype(np.float32)
+    data = training_data(Dataset(x, np.arange(n) % 2, name="ints", provenance="test"), jnp.float32)
+    assert np.array_equal(np.asarray(data.signed_labels), labels)
+    words = np.asarray(pack_patterns(jnp.asarray(gates)))
+    geo = _geometry(data, (6,))
+    sums = _signed_sums(words, geo, chunk=64)
+    assert not sums[1].any() and gates[1].any()  # a non-empty pattern with S = 0
+    positive, negative = _gate_by_reference(sums, words, geo, rank=6, chunk=64, fallback_cost=fallback_cost)
+    z = exact_preactivations(x_int, labels, gates)
+    assert (z == 0).sum() > 100 and (np.abs(z) < 2**fine_bits).sum() > 100  # ties and near-ties are tested
+    np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
+    np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
+
+
+def test_gate_by_reference_equals_the_gate_on_algorithm_1_patterns():
+    """On the patterns of a real map (MNIST digits after one map of Algorithm 1) both gates agree
+    bitwise, and the reference path handles most rows itself."""
+    import gflow._cells as cells
+    from gflow import load_dataset
+
+    data = training_data(load_dataset("mnist", n_per_class=300), jnp.float32)
+    geo = cells._geometry(data, (24,))
+    start = cells._initial_patterns(jax.random.split(jax.random.key(2), 1500), data, chunk=512)
+    words, _, _ = cells._distinct(start)
+    positive, _ = cells._gate(cells._signed_sums(words, geo, chunk=512), words, geo, rank=24, chunk=512)
+    mapped, _, _ = cells._distinct(positive)
+    sums = cells._nearby_sums(mapped, geo, chunk=512)
+    sent = []
+    device_gate = cells._gate
+
+    def counting_gate(s, w, g, **kw):
+        sent.append(w.shape[0])
+        return device_gate(s, w, g, **kw)
+
+    cells._gate = counting_gate
+    try:
+        by_reference = cells._gate_by_reference(sums, mapped, geo, rank=24, chunk=256, fallback_cost=1200)
+    finally:
+        cells._gate = device_gate
+    direct = cells._gate(sums, mapped, geo, rank=24, chunk=256)
+    np.testing.assert_array_equal(by_reference[0], direct[0])
+    np.testing.assert_array_equal(by_reference[1], direct[1])
+    assert sum(sent) < 0.2 * mapped.shape[0]
 
 
 def test_host_bit_helpers_match_the_packing():
