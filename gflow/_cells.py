@@ -965,7 +965,10 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
     x_norms = geo.x_norms64 * (1 + _TIE_SLACK)
     # ‖S_hi‖ from its squares summed in the data dtype (relative error ≤ γ_D), rounded up.
     norms = np.sqrt(np.einsum("ij,ij->i", sums, sums).astype(np.float64) * (1 + 2 * gamma_sum)) * (1 + 4 * u)
+    if not np.any(norms > 0):
+        return _gate(sums, words, geo, rank=rank, chunk=chunk)
     references, scales = _nearest_direction(sums, norms, max(1, min(_REFERENCES, k // 64)))
+    scales = scales.astype(dtype).astype(np.float64)  # c as used in the data dtype below, exactly
     ref_sums = sums[references.rows]
     z_ref = geo.x64 @ ref_sums.T.astype(np.float64)  # [N, R]
     positive = np.zeros_like(words)

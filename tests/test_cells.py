@@ -456,6 +456,11 @@ def test_gate_by_reference_is_the_exact_sign_with_ties(fine_bits, fallback_cost)
     assert (z == 0).sum() > 100 and (np.abs(z) < 2**fine_bits).sum() > 100  # ties and near-ties are tested
     np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
     np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
+    # no reference to take: every pattern empty
+    empty = np.zeros((130, words.shape[1]), np.uint32)
+    positive, negative = _gate_by_reference(np.zeros((130, dim), np.float32), empty, geo, rank=6, chunk=64,
+                                            fallback_cost=fallback_cost)
+    assert not positive.any() and not negative.any()
 
 
 def test_gate_by_reference_equals_the_gate_on_algorithm_1_patterns():
