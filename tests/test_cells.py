@@ -472,9 +472,9 @@ def test_gate_by_reference_equals_the_gate_on_algorithm_1_patterns():
     data = training_data(load_dataset("mnist", n_per_class=300), jnp.float32)
     geo = cells._geometry(data, (24,))
     start = cells._initial_patterns(jax.random.split(jax.random.key(2), 1500), data, chunk=512)
-    words, _, _ = cells._distinct(start)
+    words, _, _, _ = cells._distinct(start)
     positive, _ = cells._gate(cells._signed_sums(words, geo, chunk=512), words, geo, rank=24, chunk=512)
-    mapped, _, _ = cells._distinct(positive)
+    mapped, _, _, _ = cells._distinct(positive)
     sums = cells._nearby_sums(mapped, geo, chunk=512)
     sent = []
     device_gate = cells._gate
