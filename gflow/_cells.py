@@ -331,7 +331,7 @@ _PILOT_ROWS = 1024
 _GATE_ROWS = 512  # patterns per gate call ([rows, N] arrays stay in cache)
 _IN_FLIGHT = 4  # device calls queued ahead of the host
 _SETTLE_BATCH = 1024  # undecided entries per host batch (the gathered rows stay in cache)
-_REFERENCES = 64  # reference patterns of `_references`
+_REFERENCES = 64  # reference patterns of `_references` and `_gate_by_reference`
 # Relative slack for the (orthonormal-to-rounding) float64 eigenbasis in the filter identity.
 _BASIS_SLACK = 1e-10
 
@@ -489,7 +489,8 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
     return _Geometry(device=device, x64=x64, labels64=labels64, x_norms64=x_norms64,
                      norm_sum64=float(x_norms64.sum()), lo_gains64=lo_gains,
                      ranks=tuple(sorted({min(r, top) for r in ranks})),
-                     x_unit=(x64 / np.where(x_norms64 > 0, x_norms64, 1)[:, None]).astype(dtype), gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool))
+                     x_unit=(x64 / np.where(x_norms64 > 0, x_norms64, 1)[:, None]).astype(dtype),
+                     gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool))
 
 
 def _pattern_bits(words: jax.Array, samples: jax.Array) -> jax.Array:
@@ -940,7 +941,8 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
 
     with ẑ(r) = X S_hi(r) in float64 (ε_s = γ_D ‖x_s‖‖S_hi(r)‖). Every sample where c|ẑ_s(r)|
     exceeds that bound has the sign of ẑ_s(r). The rest, U (a few dozen to a few hundred samples
-    after the first map, about 1000 in it), are checked densely for all patterns of the reference
+    after the first map; about 1400 for its random patterns, which keep the filter), are checked
+    densely for all patterns of the reference
     at once: host GEMMs S_hi [K_r, D] × [D, |U|] against the unit rows x_s/‖x_s‖ (data dtype),
     one per block of `_DOT_BLOCK` features, added in order: bound γ'_D ‖S‖ (`_blocked_gamma`,
     7 times less than γ_D at D = 1024, and so are the entries left undecided), plus 2u‖S‖ for the
