@@ -332,6 +332,7 @@ _GATE_ROWS = 512  # patterns per gate call ([rows, N] arrays stay in cache)
 _IN_FLIGHT = 4  # device calls queued ahead of the host
 _SETTLE_BATCH = 1024  # undecided entries per host batch (the gathered rows stay in cache)
 _REFERENCES = 64  # reference patterns of `_references` and `_gate_by_reference`
+_ROWS_PER_REFERENCE = 64  # fewer references below this many rows each; none below two references' worth
 # Relative slack for the (orthonormal-to-rounding) float64 eigenbasis in the filter identity.
 _BASIS_SLACK = 1e-10
 
@@ -785,6 +786,13 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray, ref_words: np.ndarray, n
     return out
 
 
+def _reference_rows(total: int, k: int) -> np.ndarray:
+    """Indices of the references among ``total`` candidate rows of a set of ``k`` patterns:
+    `_REFERENCES` (one per `_ROWS_PER_REFERENCE` rows if fewer), spread evenly, ascending."""
+    count = min(max(1, min(_REFERENCES, k // _ROWS_PER_REFERENCE)), total)
+    return np.unique(np.linspace(0, total - 1, count).astype(np.int64))
+
+
 class _References(NamedTuple):
     """Reference rows spread over a set of packed patterns and the nearest one to every row."""
 
@@ -808,7 +816,7 @@ def _references(words: np.ndarray, n: int) -> _References:
     260 or fewer. The distance over them is |r| − 2 g·r + |g| (a 0/1 GEMM, exact in float32).
     """
     k = words.shape[0]
-    rows = np.unique(np.linspace(0, k - 1, max(1, min(_REFERENCES, k // 64))).astype(np.int64))
+    rows = _reference_rows(k, k)
     ref_bits = _unpack_host(words[rows], n)
     varying = np.flatnonzero(ref_bits.any(axis=0) & ~ref_bits.all(axis=0))
     nearest = np.zeros(k, np.int64)
@@ -911,12 +919,12 @@ _FALLBACK_COST = 1200
 _TIE_SLACK = 1e-9  # relative slack of the float64 decisions of `_gate_by_reference`
 
 
-def _nearest_direction(sums: np.ndarray, norms: np.ndarray, n_rows: int) -> tuple[_References, np.ndarray]:
-    """Up to ``n_rows`` rows spread over the non-zero rows of ``sums`` (``norms``: their norms)
-    and, for each row, the one of them at the least angle; with S·S_r/‖S_r‖² for that one (any
-    choice is correct, a closer one is faster)."""
+def _nearest_direction(sums: np.ndarray, norms: np.ndarray) -> tuple[_References, np.ndarray]:
+    """Reference rows spread over the non-zero rows of ``sums`` (``norms``: their norms;
+    `_reference_rows`) and, for each row, the one of them at the least angle; with S·S_r/‖S_r‖²
+    for that one (any choice is correct, a closer one is faster)."""
     nonzero = np.flatnonzero(norms > 0)
-    rows = nonzero[np.unique(np.linspace(0, nonzero.size - 1, min(n_rows, nonzero.size)).astype(np.int64))]
+    rows = nonzero[_reference_rows(nonzero.size, sums.shape[0])]
     unit = sums[rows] / norms[rows, None].astype(sums.dtype)
     nearest = np.empty(sums.shape[0], np.int64)
     scale = np.empty(sums.shape[0])
@@ -954,7 +962,7 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
     """
     n, dim = geo.x64.shape
     k, n_words = words.shape
-    if k < 2 * 64:
+    if k < 2 * _ROWS_PER_REFERENCE:
         return _gate(sums, words, geo, rank=rank, chunk=chunk)
     dtype = sums.dtype
     u = float(np.finfo(dtype).eps) / 2
@@ -969,7 +977,7 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
     norms = np.sqrt(np.einsum("ij,ij->i", sums, sums).astype(np.float64) * (1 + 2 * gamma_sum)) * (1 + 4 * u)
     if not np.any(norms > 0):
         return _gate(sums, words, geo, rank=rank, chunk=chunk)
-    references, scales = _nearest_direction(sums, norms, max(1, min(_REFERENCES, k // 64)))
+    references, scales = _nearest_direction(sums, norms)
     scales = scales.astype(dtype).astype(np.float64)  # c as used in the data dtype below, exactly
     ref_sums = sums[references.rows]
     z_ref = geo.x64 @ ref_sums.T.astype(np.float64)  # [N, R]
@@ -1237,8 +1245,8 @@ def _remembered_images(keys: np.ndarray, gen: _Generation) -> tuple[np.ndarray, 
 
 def _nearby_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray:
     """S_hi of patterns that lie close together: `_sums_by_reference`, or by GEMM
-    (`_signed_sums`) for fewer than 128 rows."""
-    if words.shape[0] < 128:
+    (`_signed_sums`) for fewer than 2 · `_ROWS_PER_REFERENCE` rows."""
+    if words.shape[0] < 2 * _ROWS_PER_REFERENCE:
         return _signed_sums(words, geo, chunk=chunk)
     return _sums_by_reference(words, _references(words, geo.x64.shape[0]), geo, chunk=chunk)
 
