@@ -29,6 +29,7 @@ import collections
 import dataclasses
 import functools
 import math
+import time
 from typing import NamedTuple
 
 import jax
@@ -348,6 +349,8 @@ class _DeviceGeometry(NamedTuple):
     tail_norms: dict  # {rank: [N] ‖x_s − V_r V_rᵀ x_s‖, rounded up}
     x_norms: jax.Array  # [N] ‖x_s‖, rounded up
     lo_gains: jax.Array  # [N] ≥ ‖X_lo x_s‖₂ (grid remainder), rounded up
+    digits: jax.Array  # int8 [N+1, L·D] `_grid_digits` (last row 0), or [N+1, 0]: sums by float GEMM
+    steps: jax.Array  # [D] the grid steps h_k
 
 
 class _Geometry(NamedTuple):
@@ -363,6 +366,7 @@ class _Geometry(NamedTuple):
     x_unit: np.ndarray  # [N, D] x_s / ‖x_s‖ in the data dtype (0 for x_s = 0)
     gram_rows: np.ndarray  # [N, N] float64 rows of G = X Xᵀ, filled on first use (this call only)
     gram_ready: np.ndarray  # [N] bool, which rows of gram_rows are filled
+    sum_speedup: float  # how many times faster a sum GEMM runs by digits than in float (1: no digits)
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -399,25 +403,56 @@ def _round_up(values: np.ndarray, dtype) -> np.ndarray:
     return np.where(cast.astype(np.float64) < values, np.nextafter(cast, np.asarray(np.inf, dtype)), cast)
 
 
-def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """X = X_hi + X_lo with column k of X_hi on the grid h_k ℤ, h_k = 2^⌈log₂(Σ_j |x_jk| / 2^p)⌉.
+def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X = X_hi + X_lo with column k of X_hi on the grid h_k ℤ, h_k = 2^⌈log₂(Σ_j |x_jk| / 2^p)⌉
+    (doubled where the rounded column would still sum to more than 2^p h_k in absolute value).
 
     ``p`` is the significand precision of ``dtype`` (24 for float32). Every partial sum of
-    ``±x_hi,jk`` over a subset of samples is then an integer multiple of h_k below 2^p h_k in
-    size, hence exactly representable: ``X_hiᵀ a`` for ``a ∈ {−1, 0, 1}^N`` is computed exactly by
-    any float GEMM. Returns ``(x_hi in dtype, x_lo float64)``; |x_lo,jk| ≤ h_k / 2.
+    ``±x_hi,jk`` over a subset of samples is then an integer multiple of h_k of size at most
+    2^p h_k, hence exactly representable: ``X_hiᵀ a`` for ``a ∈ {−1, 0, 1}^N`` is computed exactly
+    by any float GEMM. Returns ``(x_hi in dtype, x_lo float64, h float64 [D])``; |x_lo,jk| ≤ h_k / 2.
     """
     precision = np.finfo(dtype).nmant + 1
     col_l1 = np.abs(x64).sum(axis=0)
     used = col_l1 > 0
     step = np.ones_like(col_l1)  # a column of zeros lies on every grid
     step[used] = np.exp2(np.ceil(np.log2(col_l1[used]) - precision))
-    step[col_l1 > 2.0**precision * step] *= 2  # should log2 round below an exact power of two
+    while True:  # log2 may round below a power of two, and rounding the entries adds up to N/2 steps
+        over = np.abs(np.round(x64 / step)).sum(axis=0) > 2.0**precision
+        if not over.any():
+            break
+        step[over] *= 2
     x_hi64 = np.round(x64 / step) * step
     x_hi = x_hi64.astype(dtype)
     if not np.array_equal(x_hi.astype(np.float64), x_hi64):
         raise ValueError("the data's grid split is not exact in its dtype (values too small to represent).")
-    return x_hi, x64 - x_hi64
+    return x_hi, x64 - x_hi64, step
+
+
+_DIGIT_BASE = 256
+
+
+def _grid_digits(x_hi64: np.ndarray, step: np.ndarray, labels64: np.ndarray) -> np.ndarray | None:
+    """Balanced base-256 digits of the grid integers q_sk = ỹ_s x_hi,sk / h_k, ``int8 [N, L·D]``
+    (digit l of feature k in column l·D + k), or None unless the labels are ±1 and
+    ``max_k Σ_s |q_sk| + 129 N < 2^31`` (float32 data: Σ_s |q_sk| ≤ 2^24, `_grid_split`).
+
+    With them ``S_hi(g) = h ∘ Σ_l 256^l gᵀDigit_l`` (`_digit_sums`): each digit GEMM sums at most
+    N numbers of size ≤ 128 in int32, and every partial result of the Horner recombination is a
+    signed subset sum of the q_sk plus at most 129 N, so int32 holds all of them exactly.
+    """
+    n, dim = x_hi64.shape
+    if not np.all(np.abs(labels64) == 1):
+        return None
+    rest = np.round(x_hi64 / step).astype(np.int64) * labels64.astype(np.int64)[:, None]
+    if np.abs(rest).sum(axis=0).max() + 129 * n >= 2**31:
+        return None
+    digits = []
+    while not digits or np.any(rest):
+        digit = (rest + _DIGIT_BASE // 2) % _DIGIT_BASE - _DIGIT_BASE // 2
+        digits.append(digit.astype(np.int8))
+        rest = (rest - digit) // _DIGIT_BASE
+    return np.concatenate(digits, axis=1)
 
 
 def _orthonormal_columns(a: np.ndarray) -> np.ndarray:
@@ -461,7 +496,11 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
     x64 = np.asarray(data.x, np.float64)
     labels64 = np.asarray(data.signed_labels, np.float64)
     n, dim = x64.shape
-    x_hi, x_lo = _grid_split(x64, dtype)
+    x_hi, x_lo, step = _grid_split(x64, dtype)
+    digits = _grid_digits(x_hi.astype(np.float64), step, labels64)
+    sum_speedup = 1.0 if digits is None else _integer_gemm_speedup() * dim / digits.shape[1]
+    if sum_speedup < 1.25:  # L int8 GEMMs must beat one float GEMM, with a margin for the recombination
+        digits, sum_speedup = np.zeros((n, 0), np.int8), 1.0
     # |x_s·X_loᵀa| ≤ ‖X_lo x_s‖ ‖a‖: ‖X_lo x_s‖² = x_sᵀ(X_loᵀX_lo)x_s, padded for its float64 rounding.
     gram_lo = x_lo.T @ x_lo
     lo_gains = np.sqrt(np.maximum(np.einsum("ij,ij->i", x64 @ gram_lo, x64), 0)
@@ -486,12 +525,14 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
         tail_norms=tails,
         x_norms=jnp.asarray(_round_up(x_norms64 * (1 + 1e-12), dtype)),
         lo_gains=jnp.asarray(_round_up(lo_gains, dtype)),
+        digits=jnp.asarray(np.concatenate([digits, np.zeros((1, digits.shape[1]), np.int8)])),
+        steps=jnp.asarray(step.astype(dtype)),
     )
     return _Geometry(device=device, x64=x64, labels64=labels64, x_norms64=x_norms64,
                      norm_sum64=float(x_norms64.sum()), lo_gains64=lo_gains,
                      ranks=tuple(sorted({min(r, top) for r in ranks})),
                      x_unit=(x64 / np.where(x_norms64 > 0, x_norms64, 1)[:, None]).astype(dtype),
-                     gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool))
+                     gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool), sum_speedup=sum_speedup)
 
 
 def _pattern_bits(words: jax.Array, samples: jax.Array) -> jax.Array:
@@ -500,10 +541,50 @@ def _pattern_bits(words: jax.Array, samples: jax.Array) -> jax.Array:
     return ((word >> (samples & 31).astype(jnp.uint32)[None, :]) & jnp.uint32(1)).astype(bool)
 
 
+@functools.cache
+def _integer_gemm_speedup() -> float:
+    """How many times faster the default backend multiplies int8 matrices (int32 sums) than
+    float32 ones, timed once per process on a [512, 4096] × [4096, 1024] product (best of 3).
+    On CPUs with AMX or VNNI it is 4–10, elsewhere it can be below 1; `_geometry` sums by digits
+    (`_digit_sums`) only where that pays. Both ways give the same, exact, sums."""
+    def best(a, b, **kw):
+        f = jax.jit(functools.partial(jnp.matmul, **kw))
+        f(a, b).block_until_ready()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            f(a, b).block_until_ready()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    ints = best(jnp.ones((512, 4096), jnp.int8), jnp.ones((4096, 1024), jnp.int8), preferred_element_type=jnp.int32)
+    floats = best(jnp.ones((512, 4096), jnp.float32), jnp.ones((4096, 1024), jnp.float32),
+                  precision=jax.lax.Precision.HIGHEST)
+    return floats / ints
+
+
+def _digit_sums(coefficients: jax.Array, digits: jax.Array, steps: jax.Array) -> jax.Array:
+    """``Σ_s c_ks ỹ_s x_hi,s`` for ``coefficients`` c ∈ {−1, 0, 1} (int8 ``[K, L_s]``) and the
+    digit rows of those samples ``digits [L_s, L·D]`` (`_grid_digits`): h ∘ Σ_l 256^l cᵀDigit_l,
+    exact integer arithmetic (int8 GEMMs with int32 sums, Horner recombination) then one exact
+    conversion and scaling by a power of two. The operands are materialised first: XLA would
+    otherwise fuse their producers (bit extraction, gathers) into the int8 GEMM and leave the
+    backend's fast int8 kernel for a loop ~20× slower (measured on the CPU)."""
+    k, dim = coefficients.shape[0], steps.shape[0]
+    coefficients, digits = jax.lax.optimization_barrier((coefficients, digits))
+    per_digit = jnp.matmul(coefficients, digits, preferred_element_type=jnp.int32).reshape(k, -1, dim)
+    total = per_digit[:, -1]
+    for l in range(per_digit.shape[1] - 2, -1, -1):
+        total = total * _DIGIT_BASE + per_digit[:, l]
+    return total.astype(steps.dtype) * steps[None, :]
+
+
 @jax.jit
 def _signed_sums_kernel(words: jax.Array, geo: _DeviceGeometry) -> jax.Array:
     """S_hi(g) = X_hiᵀ (g∘ỹ) for packed patterns ``[K, W]`` → ``[K, D]``, exact (`_grid_split`)."""
     n = geo.x.shape[0]
+    if geo.digits.shape[1]:
+        return _digit_sums(unpack_patterns(words, n).astype(jnp.int8), geo.digits[:n], geo.steps)
     signed = jnp.where(unpack_patterns(words, n), geo.labels[None, :n], 0)
     return _dot(signed, geo.x_hi[:n])
 
@@ -513,6 +594,9 @@ def _updated_sums_kernel(sums: jax.Array, ref_words: jax.Array, new_words: jax.A
                          geo: _DeviceGeometry) -> jax.Array:
     """S_hi(g') = S_hi(g) + X_hi[L]ᵀ((g'−g)∘ỹ)[L], exact when ``samples`` (L, padded with N) holds
     every sample where g and g' differ: both addends and the result are grid subset sums."""
+    if geo.digits.shape[1]:
+        delta = _pattern_bits(new_words, samples).astype(jnp.int8) - _pattern_bits(ref_words, samples).astype(jnp.int8)
+        return sums + _digit_sums(delta, geo.digits[samples], geo.steps)
     delta = _pattern_bits(new_words, samples).astype(sums.dtype) - _pattern_bits(ref_words, samples).astype(sums.dtype)
     return sums + _dot(delta * geo.labels[samples][None, :], geo.x_hi[samples])
 
@@ -714,7 +798,8 @@ def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray
 
 
 # A flip handled on the host (sparse row addition) costs about as much as 15 samples of the
-# dense update GEMM for one pattern (2·D flops each at GEMM speed), measured at D = 1024.
+# dense update's float32 GEMM for one pattern (2·D flops each at GEMM speed), measured at
+# D = 1024; by int8 digits a sample costs `_Geometry.sum_speedup` times less.
 _SPARSE_FLIP_COST = 15
 _COUNT_ROWS = 4096  # rows sampled to choose the dense columns of an update
 
@@ -740,38 +825,41 @@ def _sparse_flip_sums(ref_words: np.ndarray, new_words: np.ndarray, samples: np.
     return np.asarray(delta @ x_hi)
 
 
-def _dense_update_columns(ref_words: np.ndarray, new_words: np.ndarray, n: int) -> np.ndarray:
+def _dense_update_columns(ref_words: np.ndarray, new_words: np.ndarray, n: int, flip_cost: float) -> np.ndarray:
     """Samples whose flips go to the dense update GEMM: the L most often flipped, L from
-    {0, 128, 256, …} minimising ``rows·L + (flips outside) · _SPARSE_FLIP_COST`` (estimated on at
-    most `_COUNT_ROWS` rows; the choice only affects speed)."""
+    {0, 128, 256, …} minimising ``rows·L + (flips outside) · flip_cost`` (estimated on at most
+    `_COUNT_ROWS` rows; the choice only affects speed)."""
     k = ref_words.shape[0]
     pick = np.linspace(0, k - 1, min(k, _COUNT_ROWS)).astype(np.int64)
     counts = _unpack_host(ref_words[pick] ^ new_words[pick], n).sum(axis=0, dtype=np.int64) * (k / pick.size)
     order = np.argsort(-counts, kind="stable")
     outside = counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])
     sizes = [0] + [w for w in (128 * 2**i for i in range(20)) if w <= n // 2]
-    best = min(sizes, key=lambda w: k * w + outside[w] * _SPARSE_FLIP_COST)
+    best = min(sizes, key=lambda w: k * w + outside[w] * flip_cost)
     return np.sort(order[:best])
 
 
-def _updated_sums(sums: np.ndarray, source: np.ndarray, ref_words: np.ndarray, new_words: np.ndarray,
+def _updated_sums(sums: np.ndarray, source: np.ndarray | None, ref_words: np.ndarray, new_words: np.ndarray,
                   geo: _Geometry, *, chunk: int) -> np.ndarray:
-    """S_hi of each row i of ``new_words`` from ``sums[source[i]]``, the S_hi of ``ref_words[i]``.
+    """S_hi of each row i of ``new_words`` from ``sums[source[i]]``, the S_hi of ``ref_words[i]``
+    (``source`` None: from ``sums[i]``; ``sums`` may then be updated in place and returned).
 
     The incremental update S(g') = S(g) + X_hiᵀ((g'−g)∘ỹ), exact: the columns of the most often
     flipped samples go to a dense GEMM (2·L·D per row), the other flips to `_sparse_flip_sums`.
     """
     n = geo.x64.shape[0]
     k = new_words.shape[0]
+    if source is None:
+        source = slice(None)
     if not np.any(ref_words != new_words):
         return sums[source]
-    dense = _dense_update_columns(ref_words, new_words, n)
+    dense = _dense_update_columns(ref_words, new_words, n, _SPARSE_FLIP_COST * geo.sum_speedup)
     if dense.size:
         samples = jnp.asarray(dense.astype(np.int32))
         out = np.empty((k, sums.shape[1]), sums.dtype)
         rows = _ladder(k, chunk)
         calls = ((start, _updated_sums_kernel(*(_device_rows(a, rows) for a in (
-            sums[source[start:start + rows]], ref_words[start:start + rows], new_words[start:start + rows])),
+            sums[start:start + rows] if isinstance(source, slice) else sums[source[start:start + rows]], ref_words[start:start + rows], new_words[start:start + rows])),
             samples, geo.device)) for start in range(0, k, rows))
         for start, updated in _in_order(calls):
             out[start:start + rows] = np.asarray(updated)[: k - start]
@@ -1304,7 +1392,7 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
             plus_words, plus_inverse, _, plus_sums = out[1]
             total = _signed_sums(_complement(np.zeros((1, words.shape[1]), np.uint32), n), geo, chunk=chunk)
             counterpart = plus_inverse[source]
-            sums = _updated_sums(total - plus_sums, counterpart, _complement(plus_words[counterpart], n), words,
+            sums = _updated_sums(total - plus_sums[counterpart], None, _complement(plus_words[counterpart], n), words,
                                  geo, chunk=chunk)
         else:
             sums = _nearby_sums(words, geo, chunk=chunk)

@@ -362,19 +362,24 @@ def test_gate_is_exact_for_float64_data_with_zero_columns():
     np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
 
 
-def test_signed_sums_are_exact_and_updates_match_them():
-    """The grid part of the data sums exactly (any order); the incremental update, dense columns
-    and sparse remainder alike, gives bitwise the sums computed from scratch."""
+@pytest.mark.parametrize("digits", [True, False])
+def test_signed_sums_are_exact_and_updates_match_them(monkeypatch, digits):
+    """The grid part of the data sums exactly (any order), by float GEMMs and by int8 digit GEMMs
+    alike; the incremental update, dense columns and sparse remainder alike, gives bitwise the
+    sums computed from scratch."""
+    import gflow._cells as cells
     from gflow._cells import _geometry, _grid_split, _signed_sums, _updated_sums
 
+    monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
     ds = Dataset(np.random.default_rng(0).standard_normal((500, 40)), np.arange(500) % 2, name="g", provenance="t")
     data = training_data(ds, jnp.float32)
     x64 = np.asarray(data.x, np.float64)
-    x_hi, x_lo = _grid_split(x64, np.float32)
+    x_hi, x_lo, _ = _grid_split(x64, np.float32)
     assert np.abs(x_lo).max() < 1e-4 * np.abs(x64).max()
     rng = np.random.default_rng(2)
     gates = rng.random((300, 500)) < 0.5
     geo = _geometry(data, (8,))
+    assert (geo.device.digits.shape[1] > 0) == digits
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
     sums = _signed_sums(words, geo, chunk=64)
     signed = gates * np.asarray(data.signed_labels, np.float64)[None, :]
@@ -388,6 +393,49 @@ def test_signed_sums_are_exact_and_updates_match_them():
     new_words = np.asarray(pack_patterns(jnp.asarray(flipped)))
     updated = _updated_sums(sums, np.arange(300), words, new_words, geo, chunk=64)
     np.testing.assert_array_equal(updated, _signed_sums(new_words, geo, chunk=64))
+
+
+def test_grid_digits_sum_exactly_at_the_edges_of_the_grid():
+    """Columns built to stress the grid: one that sums to just below a power of two (the rounded
+    entries would overshoot 2^24 steps without the doubling), one dominated by a single sample
+    (integers near 2^24: four digits), an all-zero column and tiny values. The grid integers
+    then sum to at most 2^24 per column, their digits recombine to them, and the int8 digit
+    GEMMs give the exact sums of every pattern, those of the float GEMM bitwise."""
+    import gflow._cells as cells
+
+    n = 3000
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, 6))
+    x[:, 0] = np.abs(x[:, 0]) + 0.5
+    x[:, 0] *= (2.0**30 - 1) / np.abs(x[:, 0]).sum()  # col L1 just below 2^30: grid step 2^6
+    x[:, 1] = rng.standard_normal(n) * 1e-3
+    x[5, 1] = 1e4
+    x[:, 2] = 0.0
+    x[:, 3] *= 1e-20
+    labels = np.arange(n) % 2
+    ds = Dataset(x, labels, name="edges", provenance="t")
+    data = training_data(ds, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(data.x), x.astype(np.float32))
+    x_hi, _, step = cells._grid_split(np.asarray(data.x, np.float64), np.float32)
+    q = np.round(x_hi.astype(np.float64) / step)
+    assert np.abs(q).sum(axis=0).max() <= 2**24 and np.abs(q[:, 1]).max() > 2**23
+    signed64 = (1.0 - 2 * labels).astype(np.float64)
+    digits = cells._grid_digits(x_hi.astype(np.float64), step, signed64)
+    assert digits.dtype == np.int8 and digits.shape[1] == 4 * 6
+    base = np.int64(cells._DIGIT_BASE) ** np.arange(4)
+    recombined = np.einsum("nld,l->nd", digits.reshape(n, 4, 6).astype(np.int64), base)
+    np.testing.assert_array_equal(recombined, q.astype(np.int64) * signed64.astype(np.int64)[:, None])
+    assert cells._grid_digits(x_hi.astype(np.float64), step, signed64 * 0.5) is None
+    gates = rng.random((200, n)) < rng.random((200, 1))
+    gates[0] = labels == 0  # every positive-label sample: the largest sums of the columns
+    words = np.asarray(pack_patterns(jnp.asarray(gates)))
+    exact = (gates * signed64).astype(np.float64) @ x_hi.astype(np.float64)  # integers·step < 2^53: exact
+    for speedup in (1e3, 0.0):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cells, "_integer_gemm_speedup", lambda: speedup)
+            geo = cells._geometry(data, (3,))
+            assert (geo.device.digits.shape[1] == 24) == (speedup > 0)
+            np.testing.assert_array_equal(cells._signed_sums(words, geo, chunk=64).astype(np.float64), exact)
 
 
 def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
@@ -567,12 +615,15 @@ def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
     assert cycles > 0.1  # the case has probes on 2-cycles
 
 
-def test_exact_engine_matmuls_ask_for_true_float32():
-    """Every matmul of the exact engine requests HIGHEST precision: JAX's default may round
+@pytest.mark.parametrize("digits", [True, False])
+def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
+    """Every float matmul of the exact engine requests HIGHEST precision: JAX's default may round
     float32 inputs to TF32 (GPU) or bfloat16 (TPU), which would break the grid sums' exactness
-    and the error bounds."""
+    and the error bounds. The digit sums' matmuls are int8 × int8 with int32 results: exact
+    on every backend."""
     import gflow._cells as cells
 
+    monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
     ds = Dataset(np.random.default_rng(7).standard_normal((200, 16)), np.arange(200) % 2, name="g", provenance="t")
     geo = cells._geometry(training_data(ds, jnp.float32), (4,))
     words = np.asarray(pack_patterns(jnp.asarray(np.random.default_rng(8).random((8, 200)) < 0.5)))
@@ -600,5 +651,9 @@ def test_exact_engine_matmuls_ask_for_true_float32():
 
     found = [eqn for closed in traced for eqn in dots(closed.jaxpr)]
     assert len(found) >= 6  # 1 + 1 + (filter 2, dense check, placement)
+    integer = [eqn for eqn in found if all(jnp.issubdtype(v.aval.dtype, jnp.integer) for v in eqn.invars)]
+    assert len(integer) == (2 if digits else 0)
+    assert all(v.aval.dtype == jnp.int8 for eqn in integer for v in eqn.invars)
+    assert all(eqn.params["preferred_element_type"] == jnp.int32 for eqn in integer)
     highest = jax.lax.Precision.HIGHEST
-    assert all(eqn.params["precision"] == (highest, highest) for eqn in found)
+    assert all(eqn.params["precision"] == (highest, highest) for eqn in found if eqn not in integer)
