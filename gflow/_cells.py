@@ -1149,13 +1149,29 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
     return positive, negative
 
 
+_FINGERPRINT_ROWS = 8192
+
+
+def _host_fingerprints(words: np.ndarray) -> np.ndarray:
+    """`pattern_fingerprints` of host rows ``[K, W]`` → ``uint32 [K, 2]``: device calls of
+    `_FINGERPRINT_ROWS` rows (the last one ends at K and may overlap the one before), so that no
+    padded copy of all K rows is made and one compiled shape serves every K above it."""
+    k, rows = words.shape[0], _FINGERPRINT_ROWS
+    if k <= rows:
+        return np.asarray(_fingerprints_jit(_device_rows(words, _ladder(k, rows, factor=2))))[:k]
+    out = np.empty((k, 2), np.uint32)
+    calls = ((start, _fingerprints_jit(jnp.asarray(words[start:start + rows])))
+             for start in list(range(0, k - rows, rows)) + [k - rows])
+    for start, fingerprints in _in_order(calls):
+        out[start:start + rows] = np.asarray(fingerprints)
+    return out
+
+
 def _distinct(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Distinct rows of packed patterns by their two 32-bit fingerprints (`pattern_fingerprints`):
     ``(distinct rows [K', W], inverse [K] into them, first row of each [K'], their 64-bit keys
     [K'], ascending)``."""
-    k = words.shape[0]
-    fp = np.asarray(_fingerprints_jit(_device_rows(words, _ladder(k, 1 << 62, factor=2))))
-    fp = fp[:k].astype(np.uint64)
+    fp = _host_fingerprints(words).astype(np.uint64)
     keys = (fp[:, 0] << np.uint64(32)) | fp[:, 1]
     distinct_keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     return words[first], inverse.ravel(), first, distinct_keys
@@ -1420,7 +1436,7 @@ def _run_one_kappa(first: _Generation, shared: tuple, kappa: int, data: Training
     stable_words = words[fixed]
     kap = jnp.asarray(kappa, jnp.int32)
     if stable_words.shape[0]:
-        fp = np.asarray(pattern_fingerprints(jnp.asarray(stable_words)))
+        fp = _host_fingerprints(stable_words)
         _, first_index, basin = np.unique(fp, axis=0, return_index=True, return_counts=True)
         order = np.argsort(-basin, kind="stable")
         patterns, basin = stable_words[first_index[order]], basin[order]

@@ -556,6 +556,22 @@ def test_host_bit_helpers_match_the_packing():
     np.testing.assert_array_equal(rebuilt, words)
 
 
+@pytest.mark.parametrize("k", [1, 50, 64, 200])
+def test_host_fingerprints_equal_the_fingerprints_in_any_chunking(monkeypatch, k):
+    """Chunked device calls (the last chunk overlapping the one before) give every row the
+    fingerprint `pattern_fingerprints` gives it; `_distinct` groups exactly the equal rows."""
+    import gflow._cells as cells
+
+    monkeypatch.setattr(cells, "_FINGERPRINT_ROWS", 64)
+    rng = np.random.default_rng(k)
+    base = rng.integers(0, 2**32, size=(max(k // 3, 1), 5), dtype=np.uint32)
+    words = base[rng.integers(0, base.shape[0], size=k)]
+    np.testing.assert_array_equal(cells._host_fingerprints(words), np.asarray(pattern_fingerprints(jnp.asarray(words))))
+    distinct, inverse, first, keys = cells._distinct(words)
+    np.testing.assert_array_equal(distinct[inverse], words)
+    assert distinct.shape[0] == np.unique(words, axis=0).shape[0] and np.all(np.diff(keys.astype(np.float64)) >= 0)
+
+
 def dense_reference(data, key, *, probes, patience, kappa, max_iterations=200):
     """Algorithm 1 the straightforward way: every probe mapped by the dense target map each
     iteration, pre-activations in float64 (exact for these data to ~1e-12; ties would be flagged).
