@@ -641,8 +641,10 @@ def _dense_placement(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]
     Row l of ``merge`` holds 2^(s mod 16) in column ``s // 32`` (bits 0–15 of the word) or
     ``W + s // 32`` (bits 16–31) for sample s = dense[l], so for 0/1 rows ``b [K, L]`` the product
     ``b @ merge`` holds each word's bits as two sums of distinct powers of two below 2^16, exact in
-    float32; ``mask`` has the bits of ``dense`` set. A GEMM places the dense results into the
-    packed words: an XLA scatter of [K, L] int8 entries is several times slower on the CPU.
+    float32 sums of bfloat16 operands (0/1 and powers of two are bfloat16 numbers, their products
+    exact); ``mask`` has the bits of ``dense`` set. A GEMM places the dense results into the packed
+    words: an XLA scatter of [K, L] int8 entries is several times slower on the CPU, and the
+    bfloat16 GEMM 4× faster than the float32 one where the CPU has bfloat16 units.
     """
     words = num_words(n)
     merge = np.zeros((dense.size, 2 * words), np.float32)
@@ -683,8 +685,9 @@ def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense:
         positive, negative = pack_patterns(estimate > bound), pack_patterns(estimate < -bound)
         if dense.shape[0]:
             k, words = sums.shape[0], dense_mask.shape[0]
-            signs = jnp.concatenate([exact > margin, exact < -margin]).astype(merge.dtype)
-            placed = _dot(signs, merge).astype(jnp.uint32)
+            signs = jnp.concatenate([exact > margin, exact < -margin]).astype(jnp.bfloat16)
+            signs, merge = jax.lax.optimization_barrier((signs, merge.astype(jnp.bfloat16)))  # see `_digit_sums`
+            placed = jnp.matmul(signs, merge, preferred_element_type=jnp.float32).astype(jnp.uint32)
             placed = placed[:, :words] | (placed[:, words:] << 16)
             positive = (positive & ~dense_mask[None, :]) | placed[:k]
             negative = (negative & ~dense_mask[None, :]) | placed[k:]

@@ -633,10 +633,10 @@ def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
 
 @pytest.mark.parametrize("digits", [True, False])
 def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
-    """Every float matmul of the exact engine requests HIGHEST precision: JAX's default may round
+    """Every float32 matmul of the exact engine requests HIGHEST precision: JAX's default may round
     float32 inputs to TF32 (GPU) or bfloat16 (TPU), which would break the grid sums' exactness
-    and the error bounds. The digit sums' matmuls are int8 × int8 with int32 results: exact
-    on every backend."""
+    and the error bounds. The digit sums' matmuls are int8 × int8 with int32 results, and the
+    bit placement's bfloat16 × bfloat16 with float32 results: exact on every backend."""
     import gflow._cells as cells
 
     monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
@@ -671,5 +671,8 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
     assert len(integer) == (2 if digits else 0)
     assert all(v.aval.dtype == jnp.int8 for eqn in integer for v in eqn.invars)
     assert all(eqn.params["preferred_element_type"] == jnp.int32 for eqn in integer)
+    # The bit placement: 0/1 times powers of two below 2^16, bfloat16 numbers, summed in float32.
+    placement = [eqn for eqn in found if all(v.aval.dtype == jnp.bfloat16 for v in eqn.invars)]
+    assert len(placement) == 1 and placement[0].params["preferred_element_type"] == jnp.float32
     highest = jax.lax.Precision.HIGHEST
-    assert all(eqn.params["precision"] == (highest, highest) for eqn in found if eqn not in integer)
+    assert all(eqn.params["precision"] == (highest, highest) for eqn in found if eqn not in integer + placement)
