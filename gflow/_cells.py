@@ -589,12 +589,19 @@ def _signed_sums_kernel(words: jax.Array, geo: _DeviceGeometry) -> jax.Array:
     return _dot(signed, geo.x_hi[:n])
 
 
-@jax.jit
+# Below this many samples the dense update goes by one float GEMM: the digit path's int32
+# products and recombination cost a fixed ~3 float32 GEMM-samples' worth of memory passes per row
+# (measured at D = 1024: 13 against 6 ms for 4096 rows × 128 samples, 15 against 19 at 512).
+_DIGIT_MIN_SAMPLES = 512
+
+
+@functools.partial(jax.jit, static_argnames=("by_digits",))
 def _updated_sums_kernel(sums: jax.Array, ref_words: jax.Array, new_words: jax.Array, samples: jax.Array,
-                         geo: _DeviceGeometry) -> jax.Array:
+                         geo: _DeviceGeometry, *, by_digits: bool) -> jax.Array:
     """S_hi(g') = S_hi(g) + X_hi[L]ᵀ((g'−g)∘ỹ)[L], exact when ``samples`` (L, padded with N) holds
-    every sample where g and g' differ: both addends and the result are grid subset sums."""
-    if geo.digits.shape[1]:
+    every sample where g and g' differ: both addends and the result are grid subset sums.
+    ``by_digits``: the product by `_digit_sums` (needs ``geo.digits``), else a float GEMM."""
+    if by_digits:
         delta = _pattern_bits(new_words, samples).astype(jnp.int8) - _pattern_bits(ref_words, samples).astype(jnp.int8)
         return sums + _digit_sums(delta, geo.digits[samples], geo.steps)
     delta = _pattern_bits(new_words, samples).astype(sums.dtype) - _pattern_bits(ref_words, samples).astype(sums.dtype)
@@ -802,7 +809,7 @@ def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray
 
 # A flip handled on the host (sparse row addition) costs about as much as 15 samples of the
 # dense update's float32 GEMM for one pattern (2·D flops each at GEMM speed), measured at
-# D = 1024; by int8 digits a sample costs `_Geometry.sum_speedup` times less.
+# D = 1024; by int8 digits a sample costs `_Geometry.sum_speedup` times less (`_dense_update_columns`).
 _SPARSE_FLIP_COST = 15
 _COUNT_ROWS = 4096  # rows sampled to choose the dense columns of an update
 
@@ -828,17 +835,19 @@ def _sparse_flip_sums(ref_words: np.ndarray, new_words: np.ndarray, samples: np.
     return np.asarray(delta @ x_hi)
 
 
-def _dense_update_columns(ref_words: np.ndarray, new_words: np.ndarray, n: int, flip_cost: float) -> np.ndarray:
+def _dense_update_columns(ref_words: np.ndarray, new_words: np.ndarray, n: int, speedup: float) -> np.ndarray:
     """Samples whose flips go to the dense update GEMM: the L most often flipped, L from
-    {0, 128, 256, …} minimising ``rows·L + (flips outside) · flip_cost`` (estimated on at most
-    `_COUNT_ROWS` rows; the choice only affects speed)."""
+    {0, 128, 256, …} minimising ``rows·L/c + (flips outside) · _SPARSE_FLIP_COST`` with c =
+    ``speedup`` (`_Geometry.sum_speedup`) where the update goes by digits (L ≥ `_DIGIT_MIN_SAMPLES`),
+    else 1 (estimated on at most `_COUNT_ROWS` rows; the choice only affects speed)."""
     k = ref_words.shape[0]
     pick = np.linspace(0, k - 1, min(k, _COUNT_ROWS)).astype(np.int64)
     counts = _unpack_host(ref_words[pick] ^ new_words[pick], n).sum(axis=0, dtype=np.int64) * (k / pick.size)
     order = np.argsort(-counts, kind="stable")
     outside = counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])
     sizes = [0] + [w for w in (128 * 2**i for i in range(20)) if w <= n // 2]
-    best = min(sizes, key=lambda w: k * w + outside[w] * flip_cost)
+    best = min(sizes, key=lambda w: k * w / (speedup if w >= _DIGIT_MIN_SAMPLES else 1.0)
+               + outside[w] * _SPARSE_FLIP_COST)
     return np.sort(order[:best])
 
 
@@ -856,14 +865,15 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray | None, ref_words: np.nda
         source = slice(None)
     if not np.any(ref_words != new_words):
         return sums[source]
-    dense = _dense_update_columns(ref_words, new_words, n, _SPARSE_FLIP_COST * geo.sum_speedup)
+    dense = _dense_update_columns(ref_words, new_words, n, geo.sum_speedup)
     if dense.size:
+        by_digits = geo.sum_speedup > 1 and dense.size >= _DIGIT_MIN_SAMPLES
         samples = jnp.asarray(dense.astype(np.int32))
         out = np.empty((k, sums.shape[1]), sums.dtype)
         rows = _ladder(k, chunk)
         calls = ((start, _updated_sums_kernel(*(_device_rows(a, rows) for a in (
             sums[start:start + rows] if isinstance(source, slice) else sums[source[start:start + rows]], ref_words[start:start + rows], new_words[start:start + rows])),
-            samples, geo.device)) for start in range(0, k, rows))
+            samples, geo.device, by_digits=by_digits)) for start in range(0, k, rows))
         for start, updated in _in_order(calls):
             out[start:start + rows] = np.asarray(updated)[: k - start]
     else:

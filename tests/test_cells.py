@@ -371,6 +371,7 @@ def test_signed_sums_are_exact_and_updates_match_them(monkeypatch, digits):
     from gflow._cells import _geometry, _grid_split, _signed_sums, _updated_sums
 
     monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
+    monkeypatch.setattr(cells, "_DIGIT_MIN_SAMPLES", 0)  # the dense update by digits too
     ds = Dataset(np.random.default_rng(0).standard_normal((500, 40)), np.arange(500) % 2, name="g", provenance="t")
     data = training_data(ds, jnp.float32)
     x64 = np.asarray(data.x, np.float64)
@@ -650,8 +651,8 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
     samples = jnp.asarray(dense.astype(np.int32))
     traced = [
         jax.make_jaxpr(cells._signed_sums_kernel)(jnp.asarray(words), geo.device),
-        jax.make_jaxpr(cells._updated_sums_kernel)(jnp.asarray(sums), jnp.asarray(words), jnp.asarray(words),
-                                                  samples, geo.device),
+        jax.make_jaxpr(lambda *a: cells._updated_sums_kernel(*a, by_digits=digits))(
+            jnp.asarray(sums), jnp.asarray(words), jnp.asarray(words), samples, geo.device),
         jax.make_jaxpr(lambda *a: cells._gate_kernel(*a, rank=4))(
             jnp.asarray(sums), jnp.asarray(sizes), geo.device, samples, geo.device.x[samples], jnp.asarray(merge),
             jnp.asarray(mask)),
