@@ -1421,7 +1421,9 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
             plus_words, plus_inverse, _, plus_sums = out[1]
             total = _signed_sums(_complement(np.zeros((1, words.shape[1]), np.uint32), n), geo, chunk=chunk)
             counterpart = plus_inverse[source]
-            sums = _updated_sums(total - plus_sums[counterpart], None, _complement(plus_words[counterpart], n), words,
+            complement_sums = plus_sums[counterpart]
+            np.subtract(total, complement_sums, out=complement_sums)  # exact: grid subset sums
+            sums = _updated_sums(complement_sums, None, _complement(plus_words[counterpart], n), words,
                                  geo, chunk=chunk)
         else:
             sums = _nearby_sums(words, geo, chunk=chunk)
