@@ -298,7 +298,9 @@ def count_distinct(words: jax.Array) -> jax.Array:
 #   so coarse that every signed subset sum of a column is representable (`_grid_split`): then
 #   S_hi = X_hi^T (g∘ỹ) is computed without any rounding, in any summation order, by one GEMM or
 #   by adding the rows of the flipped samples to the S of another pattern (incremental updates
-#   cost ∝ the flips). The rest, x_s · X_lo^T (g∘ỹ), is bounded by ‖x_s‖ ‖X_lo‖₂ √|g|.
+#   cost ∝ the flips). The rest, x_s · X_lo^T (g∘ỹ), is bounded by ‖x_s‖ ‖X_lo‖₂ √|g|. Where the
+#   backend multiplies int8 matrices faster (AMX, VNNI), the GEMM runs on the base-256 digits of
+#   the grid integers X_hi / h with int32 sums instead (`_grid_digits`): exact as well.
 # * The gate is filtered in a rank-r basis V_r of the data's top right singular vectors:
 #   z_s = (V_rᵀx_s)·(V_rᵀS) + x_s^⊥·S^⊥, the last term bounded by ‖x_s^⊥‖ ‖S^⊥‖ (Cauchy–Schwarz,
 #   ‖S^⊥‖² = ‖S‖² − ‖V_rᵀS‖²). That costs 2(N+D)r per pattern and settles all but a few per cent
@@ -596,16 +598,17 @@ _DIGIT_MIN_SAMPLES = 512
 
 
 @functools.partial(jax.jit, static_argnames=("by_digits",))
-def _updated_sums_kernel(sums: jax.Array, ref_words: jax.Array, new_words: jax.Array, samples: jax.Array,
-                         geo: _DeviceGeometry, *, by_digits: bool) -> jax.Array:
-    """S_hi(g') = S_hi(g) + X_hi[L]ᵀ((g'−g)∘ỹ)[L], exact when ``samples`` (L, padded with N) holds
-    every sample where g and g' differ: both addends and the result are grid subset sums.
+def _sum_changes_kernel(ref_words: jax.Array, new_words: jax.Array, samples: jax.Array, geo: _DeviceGeometry, *,
+                        by_digits: bool) -> jax.Array:
+    """X_hi[L]ᵀ((g'−g)∘ỹ)[L] for ``samples`` L (padded with N): S_hi(g') − S_hi(g) when L holds
+    every sample where g and g' differ, exact (a difference of grid subset sums, `_grid_split`).
     ``by_digits``: the product by `_digit_sums` (needs ``geo.digits``), else a float GEMM."""
     if by_digits:
         delta = _pattern_bits(new_words, samples).astype(jnp.int8) - _pattern_bits(ref_words, samples).astype(jnp.int8)
-        return sums + _digit_sums(delta, geo.digits[samples], geo.steps)
-    delta = _pattern_bits(new_words, samples).astype(sums.dtype) - _pattern_bits(ref_words, samples).astype(sums.dtype)
-    return sums + _dot(delta * geo.labels[samples][None, :], geo.x_hi[samples])
+        return _digit_sums(delta, geo.digits[samples], geo.steps)
+    dtype = geo.x_hi.dtype
+    delta = _pattern_bits(new_words, samples).astype(dtype) - _pattern_bits(ref_words, samples).astype(dtype)
+    return _dot(delta * geo.labels[samples][None, :], geo.x_hi[samples])
 
 
 def _row_norms(sums: jax.Array, sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -861,23 +864,25 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray | None, ref_words: np.nda
     """
     n = geo.x64.shape[0]
     k = new_words.shape[0]
-    if source is None:
-        source = slice(None)
+    in_order = source is None
     if not np.any(ref_words != new_words):
-        return sums[source]
+        return sums if in_order else sums[source]
     dense = _dense_update_columns(ref_words, new_words, n, geo.sum_speedup)
     if dense.size:
         by_digits = geo.sum_speedup > 1 and dense.size >= _DIGIT_MIN_SAMPLES
         samples = jnp.asarray(dense.astype(np.int32))
-        out = np.empty((k, sums.shape[1]), sums.dtype)
+        out = sums if in_order else np.empty((k, sums.shape[1]), sums.dtype)
         rows = _ladder(k, chunk)
-        calls = ((start, _updated_sums_kernel(*(_device_rows(a, rows) for a in (
-            sums[start:start + rows] if isinstance(source, slice) else sums[source[start:start + rows]], ref_words[start:start + rows], new_words[start:start + rows])),
-            samples, geo.device, by_digits=by_digits)) for start in range(0, k, rows))
-        for start, updated in _in_order(calls):
-            out[start:start + rows] = np.asarray(updated)[: k - start]
+        calls = ((start, _sum_changes_kernel(*(_device_rows(a, rows) for a in (
+            ref_words[start:start + rows], new_words[start:start + rows])), samples, geo.device, by_digits=by_digits))
+            for start in range(0, k, rows))
+        for start, change in _in_order(calls):
+            stop = min(start + rows, k)
+            # exact: the sum of two grid sums whose result is a grid subset sum
+            np.add(sums[start:stop] if in_order else sums[source[start:stop]], np.asarray(change)[: stop - start],
+                   out=out[start:stop])
     else:
-        out = sums[source]
+        out = sums if in_order else sums[source]
     mask = np.ones(n, bool)
     mask[dense] = False
     rest = np.nonzero(mask)[0]
@@ -1496,8 +1501,9 @@ def stable_cells(
     depends on ``key`` and j only). Since ``gate(T_κ(g))_s = 1[κ x_s·S(g) > 0]`` with the signed
     sum ``S(g) = Σ_{g(j)=1} ỹ_j x_j``, each step works on the K_t *distinct* patterns only:
 
-    * first map (the random patterns): one GEMM for S (2ND per pattern), a rank-128 filter for
-      the gate; shared by both κ, as ``gate(T_−(g)) = ¬gate(T_+(g))`` away from ties;
+    * first map (the random patterns): one GEMM for S (2ND per pattern; by int8 digits where
+      that is faster, `_grid_digits`), a rank-128 filter for the gate; shared by both κ, as
+      ``gate(T_−(g)) = ¬gate(T_+(g))`` away from ties;
     * later maps: the patterns lie close together (a few dozen samples apart after one map, about
       14 after two on CIFAR-10), so each new pattern's sum is the sum of the nearest of 64
       reference patterns plus the rows of the samples where they differ (`_sums_by_reference`);
@@ -1507,8 +1513,8 @@ def stable_cells(
       which are checked densely (`_gate_by_reference`); the farthest patterns go to the
       rank-64 filter.
 
-    On CIFAR-10 (N = 4000, D = 1024, M = 100 000) the first map (the random probes' gate and
-    their signed sums, two ~0.8-TFLOP GEMMs, and its filter) is about half of the cost.
+    On CIFAR-10 (N = 4000, D = 1024, M = 100 000) the first map (the random probes' gate, a
+    0.8-TFLOP float32 GEMM, their signed sums and its filter) is about a third of the cost.
 
     Args:
         data: `TrainingData`; its float dtype sets the precision of the random probes.

@@ -651,8 +651,8 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
     samples = jnp.asarray(dense.astype(np.int32))
     traced = [
         jax.make_jaxpr(cells._signed_sums_kernel)(jnp.asarray(words), geo.device),
-        jax.make_jaxpr(lambda *a: cells._updated_sums_kernel(*a, by_digits=digits))(
-            jnp.asarray(sums), jnp.asarray(words), jnp.asarray(words), samples, geo.device),
+        jax.make_jaxpr(lambda *a: cells._sum_changes_kernel(*a, by_digits=digits))(
+            jnp.asarray(words), jnp.asarray(words), samples, geo.device),
         jax.make_jaxpr(lambda *a: cells._gate_kernel(*a, rank=4))(
             jnp.asarray(sums), jnp.asarray(sizes), geo.device, samples, geo.device.x[samples], jnp.asarray(merge),
             jnp.asarray(mask)),
