@@ -62,6 +62,8 @@ def test_memory_and_cells_sections(report):
         assert cells["available"] is False
     else:
         assert cells["available"] is True and cells["M"] == 256 and cells["N"] == 40
+        assert len(cells["seconds_all"]) == report["settings"]["repeats"]
+        assert cells["seconds"] == np.median(cells["seconds_all"])
         assert all(v["estimate"] >= 1 for v in cells["kappa"].values())
 
 
