@@ -597,6 +597,12 @@ def _signed_sums_kernel(words: jax.Array, geo: _DeviceGeometry) -> jax.Array:
 _DIGIT_MIN_SAMPLES = 512
 
 
+def _updates_by_digits(size: int, speedup: float) -> bool:
+    """Whether a dense update over ``size`` samples goes by `_digit_sums` (digits available:
+    ``speedup`` = `_Geometry.sum_speedup` > 1, and at least `_DIGIT_MIN_SAMPLES` samples)."""
+    return speedup > 1 and size >= _DIGIT_MIN_SAMPLES
+
+
 @functools.partial(jax.jit, static_argnames=("by_digits",))
 def _sum_changes_kernel(ref_words: jax.Array, new_words: jax.Array, samples: jax.Array, geo: _DeviceGeometry, *,
                         by_digits: bool) -> jax.Array:
@@ -849,7 +855,7 @@ def _dense_update_columns(ref_words: np.ndarray, new_words: np.ndarray, n: int, 
     order = np.argsort(-counts, kind="stable")
     outside = counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])
     sizes = [0] + [w for w in (128 * 2**i for i in range(20)) if w <= n // 2]
-    best = min(sizes, key=lambda w: k * w / (speedup if w >= _DIGIT_MIN_SAMPLES else 1.0)
+    best = min(sizes, key=lambda w: k * w / (speedup if _updates_by_digits(w, speedup) else 1.0)
                + outside[w] * _SPARSE_FLIP_COST)
     return np.sort(order[:best])
 
@@ -869,7 +875,7 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray | None, ref_words: np.nda
         return sums if in_order else sums[source]
     dense = _dense_update_columns(ref_words, new_words, n, geo.sum_speedup)
     if dense.size:
-        by_digits = geo.sum_speedup > 1 and dense.size >= _DIGIT_MIN_SAMPLES
+        by_digits = _updates_by_digits(dense.size, geo.sum_speedup)
         samples = jnp.asarray(dense.astype(np.int32))
         out = sums if in_order else np.empty((k, sums.shape[1]), sums.dtype)
         rows = _ladder(k, chunk)
@@ -1456,10 +1462,10 @@ def _run_one_kappa(first: _Generation, shared: tuple, kappa: int, data: Training
     stable_words = words[fixed]
     kap = jnp.asarray(kappa, jnp.int32)
     if stable_words.shape[0]:
-        fp = _host_fingerprints(stable_words)
-        _, first_index, basin = np.unique(fp, axis=0, return_index=True, return_counts=True)
+        distinct, inverse, _, _ = _distinct(stable_words)
+        basin = np.bincount(inverse, minlength=distinct.shape[0])
         order = np.argsort(-basin, kind="stable")
-        patterns, basin = stable_words[first_index[order]], basin[order]
+        patterns, basin = distinct[order], basin[order]
         targets = np.asarray(_pattern_targets(jnp.asarray(patterns), kap, data,
                                               chunk=min(chunk, patterns.shape[0])))
     else:
@@ -1537,12 +1543,12 @@ def stable_cells(
     geo = _geometry(data, (_FIRST_RANK, _RANK))
     keys = jax.random.split(key, int(probes))
     start = _initial_patterns(keys, data, chunk=chunk)
-    words, inverse, _, keys = _distinct(start)
+    words, inverse, _, fingerprints = _distinct(start)
     # The first map: ~M distinct random patterns, shared by both κ.
     positive, negative = _gate(_signed_sums(words, geo, chunk=chunk), words, geo, rank=_FIRST_RANK, chunk=chunk)
     second = _second_generation(positive, negative, geo, kappas, chunk=chunk)
     return {
-        k: _run_one_kappa(_Generation(words, inverse, positive if k == 1 else negative, keys), second[k], k,
+        k: _run_one_kappa(_Generation(words, inverse, positive if k == 1 else negative, fingerprints), second[k], k,
                           data, geo, patience=int(patience), chunk=chunk, max_iterations=int(max_iterations))
         for k in kappas
     }
