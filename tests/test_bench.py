@@ -10,8 +10,8 @@ import pytest
 
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
 from gflow._cli import main
-from gflow._cli._bench import (_power_law_eta, kernel_flops, numpy_sgd_sweep, resolved_window,
-                               torch_sgd_sweep, workload_flops)
+from gflow._cli._bench import (_power_law_eta, gate_margins, kernel_flops, numpy_sgd_sweep, perturbed_start,
+                               resolved_window, torch_sgd_sweep, workload_flops)
 from gflow._sgd import _batch_indices
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -105,6 +105,16 @@ def test_ode_section_float64_against_gd(tmp_path, solver):
     assert ode["gd_eta_equal_error"] == pytest.approx(eta_eq, rel=1e-9)
     gd_seconds = ode["gd_seconds_per_step"] * ode["t_end"] / eta_eq
     assert ode["ode_over_gd_equal_error"] == pytest.approx(ode["seconds"] / gd_seconds, rel=1e-9)
+    # GD from perturbed starts: the start moves by ε, and on this problem (no neuron held on a
+    # gate boundary) the run responds linearly: the same amplification for ε = 1e-12 and 1e-8.
+    assert [p["epsilon"] for p in ode["perturbations"]] == [1e-12, 1e-8]
+    for p in ode["perturbations"]:
+        assert p["gap_params"][0] == pytest.approx(p["epsilon"], rel=0.1) and len(p["gap_params"]) == 61
+    small, large = ode["perturbations"]
+    assert large["amplification_end"] == pytest.approx(small["amplification_end"], rel=1e-3)
+    assert [m["boundary_pairs"][-1] for m in ode["gate_margins"]] == [0, 0, 0]
+    assert len(ode["gate_margins"]) == 3 and len(ode["gate_margins"][0]["boundary_pairs"]) == 61
+    assert ode["ode_gate_margins"]["boundary_pairs"][-1] == 0
 
 
 def test_resolved_window_ends_where_halving_eta_stops_shrinking_gd_change():
@@ -121,6 +131,41 @@ def test_resolved_window_ends_where_halving_eta_stops_shrinking_gd_change():
     assert resolved_window(runs) == 6
     assert _power_law_eta([0.1, 0.05, 0.025], [0.4, 0.2, 0.1], 0.05) == pytest.approx(0.0125)
     assert _power_law_eta([0.1, 0.05, 0.025], [0.1, 0.2, 0.4], 0.05) is None
+
+
+def test_gate_margins_are_the_sines_of_the_angles_to_the_boundaries():
+    """Neuron 0 lies on sample 0's boundary (w̃·x̃ = 0), neuron 1 along x̃_1; neuron 2 is tiny."""
+    x = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
+    W = np.array([[0.0, 3.0, 0.0], [0.0, 2.0, 0.0], [1e-9, 0.0, 0.0]])
+    b = np.array([0.0, 1.0, 0.0])
+    V = np.array([[1.0, 0.0], [0.0, 2.0], [1e-9, 0.0]])
+    out = gate_margins((W[None], b[None], V[None]), x, within=1e-3)
+    x_t = np.hstack([x, np.ones((3, 1))])
+    w_t = np.hstack([W, b[:, None]])
+    sines = np.abs(x_t @ w_t.T) / np.outer(np.linalg.norm(x_t, axis=1), np.linalg.norm(w_t, axis=1))
+    assert sines[0, 0] == 0.0 and sines[1, 1] == pytest.approx(1.0)
+    assert out["boundary_pairs"] == [int(np.sum(sines < 1e-3))] == [2]  # neuron 0 on sample 0, neuron 2 on 1
+    assert out["median_closest_margin"] == [pytest.approx(np.median(sines[:, :2].min(axis=0)))]  # grown: 0 and 1
+
+
+def test_perturbed_start_moves_every_weight_by_the_relative_size():
+    params = init_params(jax.random.key(0), 300, 40, 1e-3, dtype=jnp.float64)
+    moved = perturbed_start(params, 1e-6, jax.random.key(1))
+    for a, m in zip(params, moved):
+        ratio = np.asarray(m / jnp.where(a == 0, 1.0, a)) - 1.0
+        nonzero = np.asarray(a) != 0
+        assert np.all(np.asarray(m)[~nonzero] == 0)  # b = 0 at the start stays 0
+        if nonzero.any():
+            n = int(nonzero.sum())  # ratio − 1 ~ N(0, ε²): 5-sigma bounds on its mean and spread
+            assert abs(np.std(ratio[nonzero]) / 1e-6 - 1) < 5 / np.sqrt(2 * n)
+            assert abs(np.mean(ratio[nonzero])) < 5e-6 / np.sqrt(n)
+
+
+@pytest.mark.parametrize("value", ["2", "0", "abc"])
+def test_bad_ode_perturbations_are_a_usage_error(tmp_path, capsys, value):
+    assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "ode", "--ode-perturbations", value,
+                 "--quiet"]) == 2
+    assert "perturbation" in capsys.readouterr().err
 
 
 def test_bad_ode_dtypes_is_a_usage_error(tmp_path, capsys):

@@ -62,8 +62,9 @@ class BenchSettings:
     most ``ode_stage_iterations`` stage sweeps per step), or an adaptive explicit solver with
     tolerances ``ode_rtol``/``ode64_rtol``; at most ``ode_max_steps`` steps; the float64 solve is
     compared with full-batch GD at ``ode_gd_lr``, half and (``ode_gd_levels = 3``) a quarter of
-    it; ``ode_dtypes`` says which of the two solves run. Cells: ``cells_probes`` M, ``cells_samples``
-    N. Memory: ``memory_seeds`` in groups of ``memory_group``, ``memory_steps`` steps.
+    it, and GD at ``ode_gd_lr`` is rerun from the start perturbed by each relative size in
+    ``ode_perturbations``; ``ode_dtypes`` says which of the two solves run. Cells:
+    ``cells_probes`` M, ``cells_samples`` N. Memory: ``memory_seeds`` in groups of ``memory_group``, ``memory_steps`` steps.
     """
 
     seeds: tuple[int, ...] = (1, 8, 32, 128)
@@ -93,6 +94,7 @@ class BenchSettings:
     ode_dt: float = 0.25
     ode_gd_lr: float = 0.05
     ode_gd_levels: int = 3
+    ode_perturbations: tuple[float, ...] = (1e-12, 1e-8)
     cells_probes: int = 100_000
     cells_samples: int = 4000
     memory_seeds: int = 1024
@@ -125,6 +127,9 @@ class BenchSettings:
             raise UsageError(f"ode dtypes must be float32 and/or float64; got {self.ode_dtypes!r}")
         if self.ode_gd_levels not in (2, 3):
             raise UsageError(f"ode_gd_levels must be 2 or 3; got {self.ode_gd_levels!r}")
+        if any(isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e < 1
+               for e in self.ode_perturbations):
+            raise UsageError(f"ode perturbations must be relative sizes in (0, 1); got {self.ode_perturbations!r}")
         for name in ("ode_dt", "ode_gd_lr", "ode_rtol", "ode64_rtol"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise UsageError(f"{name} must be > 0; got {getattr(self, name)!r}")
@@ -546,7 +551,12 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     GD(η)``; its uncertainty is reported as ``‖R(η/2) − reference‖``; the errors are also taken
     on the `resolved_window` (where GD's sequence converges at first order), and there ``η_eq``
     comes from a power law ``err = c·η^p`` fitted to GD's three errors. GD's time at η_eq is its
-    measured time per step times ``t_end/η_eq`` steps (an extrapolation outside the levels)."""
+    measured time per step times ``t_end/η_eq`` steps (an extrapolation outside the levels).
+
+    Why GD's sequence may stop converging: `gate_margins` of each level (neurons held on gate
+    boundaries, where the field jumps, chatter there at margins that shrink with η) and GD at η
+    from starts perturbed by each of ``ode_perturbations`` (`_perturbed_gd`: how much of a change
+    of the start the run carries to t_end)."""
     import jax
 
     from gflow import SGDConfig, train_gd
@@ -555,7 +565,7 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     interval = t_end / (len(ts) - 1)
     per_record = max(1, round(interval / settings.ode_gd_lr))
     levels = [per_record * 2**j for j in range(settings.ode_gd_levels)]  # η, η/2[, η/4], on the save grid
-    runs = []
+    runs, solvers = [], []
     for k in levels:
         eta = interval / k
         cfg = SGDConfig(steps=k * (len(ts) - 1), record_every=k, snapshot_every=1)
@@ -565,6 +575,7 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
         traj = _block(compiled(params0, eta, data))
         seconds = time.perf_counter() - start
         runs.append((eta, cfg.steps, seconds, traj))
+        solvers.append(compiled)
         log(f"    GD eta={eta:.4g}: {cfg.steps} steps in {seconds:.1f} s")
     etas = [r[0] for r in runs]
     P_gd = [np.asarray(r[3].observables.P, np.float64) for r in runs]
@@ -585,6 +596,14 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     per_step = runs[-1][2] / runs[-1][1]
     out.update(gd_seconds_per_step=per_step, gd_seconds=[r[2] for r in runs],
                gd_loss_end=[float(np.asarray(r[3].observables.loss)[-1]) for r in runs])
+    x = np.asarray(data.x, np.float64)
+    out["gate_margins"] = [gate_margins(th, x) for th in theta_gd]
+    for eta, m in zip(etas, out["gate_margins"]):
+        log(f"    GD eta={eta:.4g} at t_end: {m['boundary_pairs'][-1]} (neuron, sample) pairs within "
+            f"{m['within']:.0e} of a gate boundary; median closest margin of the grown neurons "
+            f"{m['median_closest_margin'][-1]:.1e}")
+    out["perturbations"] = [_perturbed_gd(solvers[0], params0, etas[0], data, eps, theta_gd[0], P_gd[0], log)
+                            for eps in settings.ode_perturbations]
     errors = {"ode": trajectory_errors(ode_P, ode_params, P_ref, params_ref)}
     gd_errors = [trajectory_errors(P, th, P_ref, params_ref) for P, th in zip(P_gd, theta_gd)]
     out.update(trajectory_error=errors["ode"]["params"], trajectory_error_P=errors["ode"]["P"],
@@ -611,6 +630,57 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
             _equal_error(target, suffix, _power_law_eta(etas, [e[metric] for e in gd_errs], ode_err[metric]),
                          per_step, t_end, ode_seconds)
     return out
+
+
+def gate_margins(snapshots, x, *, within: float = 1e-4, grown: float = 0.01) -> dict:
+    """How close the neurons sit to their gates' boundaries, per save time (rows of ``snapshots``
+    ``(W [T, d, D], b [T, d], V [T, d, c])``; ``x`` the inputs ``[N, D]``).
+
+    The margin of neuron i to sample n is the sine of the angle between ``w̃_i = (w_i, b_i)`` and
+    the boundary ``{w̃ : w̃·x̃_n = 0}``, ``x̃_n = (x_n, 1)``:  ``m_in = |w̃_i·x̃_n| / (‖w̃_i‖ ‖x̃_n‖)``.
+    The field ``∂L/∂w_i = (1/N) Σ_s g_i(s) (v_i·r_s) x_s`` (SPEC §1) jumps by ``(v_i·r_n) x_n / N``
+    where gate ``g_i(n)`` flips; where it points into the boundary from both sides the flow slides
+    along it at margin 0, while an explicit step of size η chatters across it at margins of
+    order η. Returns, per save time, ``boundary_pairs`` (pairs (i, n) with ``m_in < within``) and
+    ``median_closest_margin`` (median over the grown neurons, ``P_i ≥ grown·max_j P_j``, of
+    ``min_n m_in``).
+    """
+    W, b, V = (np.asarray(a, np.float64) for a in snapshots)
+    x_norm = np.sqrt(np.sum(x * x, axis=1) + 1.0)
+    pairs, closest = [], []
+    for t in range(W.shape[0]):
+        w_norm = np.sqrt(np.sum(W[t] ** 2, axis=1) + b[t] ** 2)
+        margin = np.abs(x @ W[t].T + b[t]) / (x_norm[:, None] * np.where(w_norm > 0, w_norm, 1.0))  # [N, d]
+        size = np.linalg.norm(W[t], axis=1) * np.linalg.norm(V[t].reshape(V.shape[1], -1), axis=1)
+        big = size >= grown * size.max() if size.max() > 0 else np.ones_like(size, bool)
+        pairs.append(int(np.sum(margin < within)))
+        closest.append(float(np.median(margin.min(axis=0)[big])))
+    return {"within": within, "boundary_pairs": pairs, "median_closest_margin": closest}
+
+
+def perturbed_start(params0, epsilon: float, key):
+    """``θ_0 ∘ (1 + ε ξ)``, ξ ~ N(0, 1) per weight: every weight moved by the relative size ε."""
+    import jax
+
+    keys = jax.random.split(key, len(params0))
+    return type(params0)(*(a * (1 + epsilon * jax.random.normal(k, a.shape, a.dtype)) for a, k in zip(params0, keys)))
+
+
+def _perturbed_gd(compiled, params0, eta, data, epsilon, theta, P, log) -> dict:
+    """GD at η (the ``compiled`` run) from `perturbed_start`, against the unperturbed run
+    ``theta``/``P``: how far a relative change ε of the start carries by each save time."""
+    import jax
+
+    start = time.perf_counter()
+    traj = _block(compiled(perturbed_start(params0, epsilon, jax.random.key(11)), eta, data))
+    seconds = time.perf_counter() - start
+    gaps = _relative_gaps([np.asarray(a, np.float64) for a in traj.snapshots], theta)
+    P_new = np.asarray(traj.observables.P, np.float64)
+    gaps_P = np.max(np.abs(P_new - P), axis=1) / np.max(P, axis=1)
+    log(f"    GD eta={eta:.4g} from a start perturbed by {epsilon:.0e}: gap {gaps[0]:.1e} at t=0, "
+        f"{gaps[-1]:.1e} at t_end (x{gaps[-1] / epsilon:.2g}), {seconds:.1f} s")
+    return {"epsilon": epsilon, "gap_params": [float(g) for g in gaps], "gap_P": [float(g) for g in gaps_P],
+            "amplification_end": float(gaps[-1] / epsilon), "seconds": seconds}
 
 
 def _power_law_eta(etas, errors, target) -> float | None:
@@ -737,6 +807,9 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
             log("    no GD comparison: the ODE did not reach t_end")
         else:
             snaps = jax.tree.map(lambda a: a[1:-1], traj.snapshots)  # the save grid, without the ends added
+            result["ode_gate_margins"] = m = gate_margins(snaps, np.asarray(data.x, np.float64))
+            log(f"    ODE at t_end: {m['boundary_pairs'][-1]} (neuron, sample) pairs within {m['within']:.0e} of a "
+                f"gate boundary; median closest margin of the grown neurons {m['median_closest_margin'][-1]:.1e}")
             result.update(_gd_at_equal_error(data, params0, np.asarray(ts), traj.observables.P, snaps, ode_s,
                                              settings, log))
             log("    " + _equal_error_line("whole run", result, result["gd_trajectory_errors"]))
@@ -1031,6 +1104,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _float_list(flag: str, text: str) -> tuple[float, ...]:
+    """Comma-separated numbers; ``none`` (or nothing) for the empty list."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated numbers or 'none'; got {text!r}") from None
+
+
 def _settings_from_args(args) -> BenchSettings:
     base = QUICK if args.quick else BenchSettings()
     overrides = {}
@@ -1054,6 +1137,8 @@ def _settings_from_args(args) -> BenchSettings:
         overrides["ode_dt"] = args.ode_dt
     if args.ode_gd_levels is not None:
         overrides["ode_gd_levels"] = args.ode_gd_levels
+    if args.ode_perturbations is not None:
+        overrides["ode_perturbations"] = _float_list("--ode-perturbations", args.ode_perturbations)
     if args.cells_probes is not None:
         overrides["cells_probes"] = args.cells_probes
     if args.cells_samples is not None:
@@ -1152,6 +1237,9 @@ def register(subparsers) -> None:
                         help="constant step of the gauss and projected solvers (default 0.25)")
     parser.add_argument("--ode-gd-levels", dest="ode_gd_levels", type=int, default=None, choices=(2, 3),
                         help="GD runs behind the float64 reference: eta, eta/2 (2) or also eta/4 (3, default)")
+    parser.add_argument("--ode-perturbations", default=None, metavar="LIST",
+                        help="relative sizes of the perturbed starts GD(eta) is rerun from, e.g. 1e-12,1e-8 "
+                             "(default); 'none' for no rerun")
     parser.add_argument("--cells-probes", type=int, default=None, help="probes M of Algorithm 1")
     parser.add_argument("--cells-samples", type=int, default=None, help="samples N of Algorithm 1")
     parser.add_argument("--memory-seeds", type=int, default=None, help="seeds of the memory sweep")
