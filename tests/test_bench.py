@@ -10,8 +10,10 @@ import pytest
 
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
 from gflow._cli import main
-from gflow._cli._bench import (_power_law_eta, gate_margins, kernel_flops, numpy_sgd_sweep, perturbed_start,
-                               resolved_window, torch_sgd_sweep, workload_flops)
+from gflow._cli._bench import (_power_law_eta, gate_chatter, gate_margins, kernel_flops, numpy_sgd_sweep,
+                               perturbed_start, resolved_window, torch_sgd_sweep, workload_flops)
+from gflow._network import Params
+from gflow._observables import TrainingData
 from gflow._sgd import _batch_indices
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -115,6 +117,7 @@ def test_ode_section_float64_against_gd(tmp_path, solver):
     assert [m["boundary_pairs"][-1] for m in ode["gate_margins"]] == [0, 0, 0]
     assert len(ode["gate_margins"]) == 3 and len(ode["gate_margins"][0]["boundary_pairs"]) == 61
     assert ode["ode_gate_margins"]["boundary_pairs"][-1] == 0
+    assert [c["pairs_chattering"] for c in ode["gate_chatter"]] == [0, 0, 0]
 
 
 def test_resolved_window_ends_where_halving_eta_stops_shrinking_gd_change():
@@ -146,6 +149,24 @@ def test_gate_margins_are_the_sines_of_the_angles_to_the_boundaries():
     assert sines[0, 0] == 0.0 and sines[1, 1] == pytest.approx(1.0)
     assert out["boundary_pairs"] == [int(np.sum(sines < 1e-3))] == [2]  # neuron 0 on sample 0, neuron 2 on 1
     assert out["median_closest_margin"] == [pytest.approx(np.median(sines[:, :2].min(axis=0)))]  # grown: 0 and 1
+
+
+@pytest.mark.parametrize("eta", [0.05, 0.0125])
+def test_gd_chatters_across_a_boundary_the_flow_slides_on(eta):
+    """One neuron, v_i pointing to class 1; x_A = (1, 0.5) of class 1, x_B = (0, 1) of class 2,
+    the neuron just off B's gate. Off it, A's term moves w̃·x̃_B up at the rate c·x̃_A·x̃_B = 1.5c;
+    on it, B's term (of equal size c at p ≈ ½) adds −c·‖x̃_B‖² = −2c: the field points into
+    the boundary from both sides, the flow slides along it and GD flips g(B) back and forth.
+    With B of class 1 too, B's term pushes on through: its gate flips once and stays."""
+    x = jnp.array([[1.0, 0.5], [0.0, 1.0]], jnp.float64)
+    params = Params(W=jnp.array([[1.0, -0.01]]), b=jnp.array([0.0]), V=jnp.array([[0.5, -0.5]]))
+    empty = (jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32))
+    sliding = TrainingData(x, jnp.array([0, 1]), jnp.array([1.0, -1.0]), *empty)
+    out = gate_chatter(params, eta, sliding, steps=40)
+    assert out == {"steps": 40, "pairs_flipping": 1, "pairs_chattering": 1, "grown": 1, "grown_chattering": 1}
+    crossing = TrainingData(x, jnp.array([0, 0]), jnp.array([1.0, 1.0]), *empty)
+    assert gate_chatter(params, eta, crossing, steps=40)["pairs_flipping"] == 1
+    assert gate_chatter(params, eta, crossing, steps=40)["pairs_chattering"] == 0
 
 
 def test_perturbed_start_moves_every_weight_by_the_relative_size():

@@ -553,8 +553,9 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     comes from a power law ``err = c·η^p`` fitted to GD's three errors. GD's time at η_eq is its
     measured time per step times ``t_end/η_eq`` steps (an extrapolation outside the levels).
 
-    Why GD's sequence may stop converging: `gate_margins` of each level (neurons held on gate
-    boundaries, where the field jumps, chatter there at margins that shrink with η) and GD at η
+    Why GD's sequence may stop converging: `gate_margins` and `gate_chatter` of each level
+    (neurons held on gate boundaries, where the field jumps, chatter across them at margins that
+    shrink with η) and GD at η
     from starts perturbed by each of ``ode_perturbations`` (`_perturbed_gd`: how much of a change
     of the start the run carries to t_end)."""
     import jax
@@ -602,6 +603,11 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
         log(f"    GD eta={eta:.4g} at t_end: {m['boundary_pairs'][-1]} (neuron, sample) pairs within "
             f"{m['within']:.0e} of a gate boundary; median closest margin of the grown neurons "
             f"{m['median_closest_margin'][-1]:.1e}")
+    out["gate_chatter"] = [gate_chatter([a[-1] for a in th], eta, data) for th, eta in zip(theta_gd, etas)]
+    for eta, c in zip(etas, out["gate_chatter"]):
+        log(f"    GD eta={eta:.4g}, {c['steps']} more steps from t_end: {c['pairs_chattering']} (neuron, sample) "
+            f"gates flip at >= 1/4 of the steps ({c['pairs_flipping']} at least once); {c['grown_chattering']} of "
+            f"{c['grown']} grown neurons have one")
     out["perturbations"] = [_perturbed_gd(solvers[0], params0, etas[0], data, eps, theta_gd[0], P_gd[0], log)
                             for eps in settings.ode_perturbations]
     errors = {"ode": trajectory_errors(ode_P, ode_params, P_ref, params_ref)}
@@ -656,6 +662,31 @@ def gate_margins(snapshots, x, *, within: float = 1e-4, grown: float = 0.01) -> 
         pairs.append(int(np.sum(margin < within)))
         closest.append(float(np.median(margin.min(axis=0)[big])))
     return {"within": within, "boundary_pairs": pairs, "median_closest_margin": closest}
+
+
+def gate_chatter(params, eta: float, data, *, steps: int = 40, every: float = 0.25, grown: float = 0.01) -> dict:
+    """GD at η for ``steps`` more steps from ``params``: how often each gate ``g_i(n)`` flips.
+
+    A neuron that the flow holds on a gate boundary is flipped back and forth across it by the
+    explicit step: that (neuron, sample) gate flips at a large share of the steps. Returns the
+    pairs whose gate flips at least once (``pairs_flipping``) and at ``≥ every·steps`` steps
+    (``pairs_chattering``), and how many of the grown neurons (``P_i ≥ grown·max_j P_j`` at the
+    start) have such a pair (``grown_chattering`` of ``grown``)."""
+    import jax
+
+    from gflow import SGDConfig, train_gd
+    from gflow._network import Params, gating_pattern
+
+    p = Params(*(jax.numpy.asarray(a) for a in params))
+    traj = train_gd(p, data, learning_rate=eta, throw=False,
+                    config=SGDConfig(steps=steps, record_every=1, snapshot_every=1))
+    gates = jax.vmap(lambda q: gating_pattern(q, data.x))(traj.snapshots)  # [steps + 1, N, d]
+    flips = np.asarray(jax.numpy.sum(gates[1:] != gates[:-1], axis=0))  # [N, d]
+    P0 = np.asarray(traj.observables.P, np.float64)[0]
+    big = P0 >= grown * P0.max()
+    chattering = flips >= every * steps
+    return {"steps": steps, "pairs_flipping": int(np.sum(flips > 0)), "pairs_chattering": int(np.sum(chattering)),
+            "grown": int(big.sum()), "grown_chattering": int(np.sum(np.any(chattering[:, big], axis=0)))}
 
 
 def perturbed_start(params0, epsilon: float, key):
