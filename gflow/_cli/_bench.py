@@ -657,11 +657,15 @@ def gate_margins(snapshots, x, *, within: float = 1e-4, grown: float = 0.01) -> 
     for t in range(W.shape[0]):
         w_norm = np.sqrt(np.sum(W[t] ** 2, axis=1) + b[t] ** 2)
         margin = np.abs(x @ W[t].T + b[t]) / (x_norm[:, None] * np.where(w_norm > 0, w_norm, 1.0))  # [N, d]
-        size = np.linalg.norm(W[t], axis=1) * np.linalg.norm(V[t].reshape(V.shape[1], -1), axis=1)
-        big = size >= grown * size.max() if size.max() > 0 else np.ones_like(size, bool)
+        big = _grown(np.linalg.norm(W[t], axis=1) * np.linalg.norm(V[t].reshape(V.shape[1], -1), axis=1), grown)
         pairs.append(int(np.sum(margin < within)))
         closest.append(float(np.median(margin.min(axis=0)[big])))
     return {"within": within, "boundary_pairs": pairs, "median_closest_margin": closest}
+
+
+def _grown(P, share: float) -> np.ndarray:
+    """The grown neurons: ``P_i = ‖w_i‖‖v_i‖ ≥ share·max_j P_j`` (all of them while every P_i is 0)."""
+    return P >= share * P.max() if P.max() > 0 else np.ones_like(P, bool)
 
 
 def gate_chatter(params, eta: float, data, *, steps: int = 40, every: float = 0.25, grown: float = 0.01) -> dict:
@@ -682,8 +686,7 @@ def gate_chatter(params, eta: float, data, *, steps: int = 40, every: float = 0.
                     config=SGDConfig(steps=steps, record_every=1, snapshot_every=1))
     gates = jax.vmap(lambda q: gating_pattern(q, data.x))(traj.snapshots)  # [steps + 1, N, d]
     flips = np.asarray(jax.numpy.sum(gates[1:] != gates[:-1], axis=0))  # [N, d]
-    P0 = np.asarray(traj.observables.P, np.float64)[0]
-    big = P0 >= grown * P0.max()
+    big = _grown(np.asarray(traj.observables.P, np.float64)[0], grown)
     chattering = flips >= every * steps
     return {"steps": steps, "pairs_flipping": int(np.sum(flips > 0)), "pairs_chattering": int(np.sum(chattering)),
             "grown": int(big.sum()), "grown_chattering": int(np.sum(np.any(chattering[:, big], axis=0)))}
