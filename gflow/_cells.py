@@ -420,11 +420,12 @@ def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndar
     step = np.ones_like(col_l1)  # a column of zeros lies on every grid
     step[used] = np.exp2(np.ceil(np.log2(col_l1[used]) - precision))
     while True:  # log2 may round below a power of two, and rounding the entries adds up to N/2 steps
-        over = np.abs(np.round(x64 / step)).sum(axis=0) > 2.0**precision
+        grid = np.round(x64 / step)
+        over = np.abs(grid).sum(axis=0) > 2.0**precision
         if not over.any():
             break
         step[over] *= 2
-    x_hi64 = np.round(x64 / step) * step
+    x_hi64 = grid * step
     x_hi = x_hi64.astype(dtype)
     if not np.array_equal(x_hi.astype(np.float64), x_hi64):
         raise ValueError("the data's grid split is not exact in its dtype (values too small to represent).")
