@@ -30,11 +30,13 @@ import numpy as np
 from ._gauss import GatedField, GaussLegendre, SaveTimeStepSize, default_stage_rtol
 from ._network import Params, gating_pattern, loss, preactivations, residuals
 from ._projection import BalanceProjection
+from ._sliding import solve_sliding
 from ._observables import TrainingData, observe
 from ._trajectory import (
     MAX_STEPS_REACHED,
     NON_FINITE,
     OK,
+    SLIDING_OVERFLOW,
     SOLVER_FAILED,
     Trajectory,
     raise_if_failed,
@@ -57,6 +59,9 @@ PROJECTABLE_SOLVERS = ("euler", "heun", "midpoint", "ralston")
 # Implicit Gauss–Legendre collocation (gflow._gauss): name -> number of stages.
 _GAUSS = {"gauss1": 1, "gauss2": 2}
 _GAUSS_OPTIONS = ("stage_rtol", "stage_atol", "stage_max_iterations", "anderson_memory")
+# The sliding-mode (Filippov) integrator of `gflow._sliding`, and its default capacity K.
+SLIDING = "sliding"
+DEFAULT_SLIDING_CAPACITY = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +72,10 @@ class FlowConfig:
         solver: one of ``tsit5`` (default), ``dopri5``, ``dopri8``, ``bosh3``, ``heun``,
             ``ralston``, ``midpoint`` (explicit), ``euler`` (fixed step only), or the implicit
             ``gauss1`` (implicit midpoint, order 2) and ``gauss2`` (2-stage Gauss–Legendre,
-            order 4), which conserve the balance exactly (see `gflow._gauss`).
+            order 4), which conserve the balance exactly (see `gflow._gauss`), or ``sliding``:
+            the sliding-mode integrator of the nonsmooth flow (`gflow._sliding`; constant steps
+            ``dt0``, two gradients per step, exact sliding along gate boundaries, balance to
+            rounding).
         rtol, atol: tolerances of the PID step-size controller. ``atol=None`` (default) sets
             it to ``rtol`` times the RMS entry of the initial parameters, so that a neuron
             that stays at the init scale σ is still integrated to relative accuracy ~rtol
@@ -96,6 +104,9 @@ class FlowConfig:
             (`gflow._projection`): the network function is unchanged, the balance is conserved
             to rounding, the method keeps its order, and `FlowStats.balance_defect_max` reports
             the largest one-step defect removed. Steps land on every save time (as for ``gauss*``).
+        sliding_capacity: ``sliding`` only: K, the most pairs of one neuron that may sit on or
+            reach their gate boundaries in one step (default 16). More is the status
+            `SLIDING_OVERFLOW`, never silent.
     """
 
     solver: str = "tsit5"
@@ -109,10 +120,19 @@ class FlowConfig:
     stage_max_iterations: int | None = None
     anderson_memory: int | None = None
     project_balance: bool = False
+    sliding_capacity: int | None = None
 
     def __post_init__(self):
-        if self.solver not in _SOLVERS and self.solver not in _GAUSS:
-            raise ValueError(f"solver must be one of {sorted([*_SOLVERS, *_GAUSS])}; got {self.solver!r}.")
+        if self.solver not in _SOLVERS and self.solver not in _GAUSS and self.solver != SLIDING:
+            raise ValueError(f"solver must be one of {sorted([*_SOLVERS, *_GAUSS, SLIDING])}; got {self.solver!r}.")
+        if self.solver == SLIDING and self.adaptive:
+            raise ValueError("solver='sliding' takes constant steps: pass adaptive=False and dt0 > 0.")
+        if self.sliding_capacity is not None:
+            if self.solver != SLIDING:
+                raise ValueError(f"sliding_capacity only applies to solver='sliding'; got solver={self.solver!r}.")
+            k = self.sliding_capacity
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"sliding_capacity must be an integer >= 1; got {k!r}.")
         if self.solver not in _GAUSS:
             given = [name for name in _GAUSS_OPTIONS if getattr(self, name) is not None]
             if given:
@@ -386,6 +406,49 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
     return traj, stats
 
 
+def _solve_sliding(params0: Params, data: TrainingData, ts, snapshot_times,
+                   config: FlowConfig) -> tuple[Trajectory, FlowStats]:
+    """The ``sliding`` solver (`gflow._sliding.solve_sliding`) on the save grid ``ts``, with the
+    snapshot times merged into its step grid."""
+    dtype = params0.W.dtype
+    if isinstance(ts, jax.core.Tracer):
+        if snapshot_times is not None:
+            raise ValueError("solver='sliding' with traced save times keeps snapshots at the ends only; "
+                             "pass snapshot_times=None.")
+        grid = ts
+        save_pos = jnp.arange(ts.shape[0])
+        snap_pos = jnp.array([0, ts.shape[0] - 1])
+        snap_t = grid[snap_pos]
+    else:
+        ts_np = check_time_grid(ts)
+        snap_np = _snapshot_grid(ts_np, snapshot_times)
+        grid_np = np.union1d(ts_np, snap_np)
+        grid = jnp.asarray(grid_np, dtype)
+        save_pos = jnp.asarray(np.searchsorted(grid_np, ts_np))
+        snap_pos = jnp.asarray(np.searchsorted(grid_np, snap_np))
+        snap_t = jnp.asarray(snap_np, dtype)
+    capacity = config.sliding_capacity or DEFAULT_SLIDING_CAPACITY
+    sol = solve_sliding(params0, data, grid, save_pos, snap_pos, config.dt0, capacity=capacity,
+                        max_steps=config.max_steps)
+    status = jnp.where(sol.steps_needed > config.max_steps, MAX_STEPS_REACHED,
+                       jnp.where(~sol.final_finite, NON_FINITE,
+                                 jnp.where(jnp.any(sol.record.overflow, axis=-1), SLIDING_OVERFLOW, OK)))
+    traj = Trajectory(t=grid[save_pos], observables=sol.observables, snapshot_t=snap_t, snapshots=sol.snapshots,
+                      status=status.astype(jnp.int32), num_steps=sol.num_steps, sliding=sol.record)
+    zero = jnp.zeros_like(sol.num_steps)
+    stats = FlowStats(
+        num_steps=sol.num_steps,
+        num_accepted_steps=sol.num_steps,
+        num_rejected_steps=zero,
+        evaluations=2 * sol.num_steps,
+        stage_iterations_max=zero,
+        fractional_gates=jnp.sum(sol.record.crossings, axis=-1),
+        stage_residual_max=jnp.max(sol.record.qp_violation, axis=-1),
+        balance_defect_max=sol.balance_defect_max,
+    )
+    return traj, stats
+
+
 def gradient_flow(
     params0: Params,
     data: TrainingData,
@@ -418,6 +481,11 @@ def gradient_flow(
         >>> cfg = FlowConfig(solver="gauss2", adaptive=False, dt0=0.5)  # exact balance, fixed steps
         >>> traj, stats = gradient_flow(params0, data, ts, config=cfg, return_stats=True)  # doctest: +SKIP
     """
+    if config.solver == SLIDING:
+        traj, stats = _solve_sliding(params0, data, ts, snapshot_times, config)
+        if throw:
+            raise_if_failed(traj)
+        return (traj, stats) if return_stats else traj
     if isinstance(ts, jax.core.Tracer):
         ts_arr = ts
         snap = jnp.asarray(snapshot_times if snapshot_times is not None else [], ts.dtype)

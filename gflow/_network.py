@@ -101,11 +101,16 @@ def logits(params: Params, x: jax.Array) -> jax.Array:
     return jax.nn.relu(preactivations(params, x)) @ params.V
 
 
-def per_sample_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    """ℓ_s = −log softmax(o(x_s))_{c_s}, shape ``[N]``; ``y`` holds labels 0/1."""
-    o = logits(params, x)
+def logit_loss(o: jax.Array, y: jax.Array) -> jax.Array:
+    """ℓ_s = −log softmax(o_s)_{c_s} of logits ``o`` ``[N, 2]``, shape ``[N]``: the loss as a
+    function of the network's output (its gradient in o_s is r_s = p_s − y_s)."""
     logp = jax.nn.log_softmax(o, axis=-1)
     return -jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def per_sample_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+    """ℓ_s = −log softmax(o(x_s))_{c_s}, shape ``[N]``; ``y`` holds labels 0/1."""
+    return logit_loss(logits(params, x), y)
 
 
 def loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:

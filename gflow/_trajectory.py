@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -15,6 +15,7 @@ OK = 0
 MAX_STEPS_REACHED = 1
 SOLVER_FAILED = 2
 NON_FINITE = 3
+SLIDING_OVERFLOW = 4
 
 STATUS_MESSAGES = {
     OK: "ok",
@@ -22,6 +23,8 @@ STATUS_MESSAGES = {
     "(raise max_steps, loosen rtol/atol, or shorten the time grid)",
     SOLVER_FAILED: "the ODE solver failed (step size collapsed or non-finite state)",
     NON_FINITE: "parameters became NaN or inf (diverged: lower the learning rate)",
+    SLIDING_OVERFLOW: "more pairs of one neuron reached their gate boundaries in one step than the sliding "
+    "solver holds (raise FlowConfig.sliding_capacity or lower dt0)",
 }
 
 
@@ -35,6 +38,8 @@ class Trajectory(NamedTuple):
         snapshots: `Params` with a leading ``[K]`` axis.
         status: int32 code (`OK`, `MAX_STEPS_REACHED`, `SOLVER_FAILED`, `NON_FINITE`).
         num_steps: solver steps (flow) or optimiser steps (SGD/GD) taken.
+        sliding: the sliding solver's `gflow._sliding.SlidingRecord` (sliding pairs per neuron,
+            crossings, overflow, dissipation, sliding sets at snapshots); None for other trainers.
 
     Under ``jax.vmap`` every field gains a leading seed axis.
     """
@@ -45,6 +50,7 @@ class Trajectory(NamedTuple):
     snapshots: Params
     status: jax.Array
     num_steps: jax.Array
+    sliding: Any = None
 
     @property
     def final_params(self) -> Params:

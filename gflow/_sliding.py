@@ -1,0 +1,414 @@
+"""A sliding-mode (Filippov) integrator of the ReLU gradient flow (docs/theory.md §8).
+
+The field ``−∇L`` jumps across the hyperplanes ``z_is = w_i·x_s + b_i = 0``. Across one of them
+only neuron i's incoming block ``θ_i = (w_i, b_i)`` sees the jump: the term of sample s changes
+by ``c_is x̃_s`` with ``x̃_s = (x_s, 1)`` and ``c_is = (v_i·r_s)/N``. The Filippov velocity is the
+minimal-norm element of ``−∂L``; it splits into one small problem per neuron,
+
+    min_λ ‖G_i + Σ_{s∈S_i} λ_s c_is x̃_s‖²,   λ ∈ [0, 1]^{|S_i|}                (1)
+
+with ``G_i`` the gradient of θ_i with the gates of the candidate pairs ``S_i`` set to 0. A
+``λ_s`` strictly inside (0, 1) is a pair that *slides*: the velocity is orthogonal to ``x̃_s``,
+so ``z_is`` stays 0. A ``λ_s`` at a bound is a pair that leaves (or crosses) its boundary on
+that bound's side. Sliding needs ``c_is > 0`` (activating sample s would raise the loss: the
+kink of L points up, L is locally the maximum of its two C² pieces and the flow is unique);
+pairs with ``c_is ≤ 0`` repel or are crossed.
+
+While the sliding set is fixed, each constraint ``x̃_s·θ_i = 0`` is linear in θ_i, so the
+sliding motion is the smooth ODE ``θ̇_i = −Π_i ∇_{θ_i} L_g(θ)`` with a *constant* orthogonal
+projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One step of length h:
+
+1. one gradient at θ_n (gates g_n, sliding pairs off): the jump coefficients ``c``, the
+   pre-activation rates ``ż`` and the outgoing gradient;
+2. candidates per neuron: the pairs sliding now, and those with ``c > 0`` whose z reaches 0
+   within the step along the linear predictor ``z + τ h ż``; at most K per neuron (a static
+   ``capacity``), more is an overflow, reported and never silent;
+3. problem (1) for every neuron at once (`box_qp`, vmapped), giving the Filippov velocity at
+   θ_n with every candidate on its boundary, and the new sliding set;
+4. Heun with the sliding set frozen: predictor ``θ* = θ_n + h f_1``, one gradient at θ*, and
+   ``θ_{n+1} = θ_n + (h/2)(f_1 + f_2)``, both stages projected by Π and the result projected
+   exactly back onto ``z_is = 0`` for the sliding pairs (an orthogonal projection of θ_i onto a
+   linear subspace, done in the same GEMM as the update);
+5. a pair that crosses inside the step gets the fraction of the step it spends active, from
+   the linear interpolation of its z between θ_n and θ* (or, for a candidate, from its time
+   of arrival at the boundary and its side after it), in both stages: the method stays second
+   order through crossings (the error of a crossing step is O(h²), and there are finitely many);
+6. each neuron is rescaled along its orbit ``(c w_i, c b_i, v_i/c)`` back to its initial
+   balance (`gflow._projection`): the function, the gates and the constraints are unchanged,
+   the balance drift is rounding.
+
+Two gradients per step; the per-neuron problems are K×K and cost no gradient. The loop is a
+``lax`` loop of our own rather than a diffrax solver: the sliding set is discrete state (diffrax
+would interpolate it), steps are constant and land on every save time, and the records the
+solver keeps (sliding pairs per neuron, crossings, overflow) come out of the same loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._network import Params, balance, logit_loss, preactivations
+from ._observables import Observables, TrainingData, observe
+from ._projection import balance_defect, rescale_to_balance
+
+
+class SlidingState(NamedTuple):
+    """State of the sliding integrator between steps.
+
+    Attributes:
+        params: the network `Params`.
+        sliding: ``[N, d]`` booleans, pair (s, i) sits on its gate boundary ``z_is = 0`` and
+            slides along it.
+    """
+
+    params: Params
+    sliding: jax.Array
+
+
+class StepReport(NamedTuple):
+    """What one step saw.
+
+    Attributes:
+        crossings: pairs whose gate changed inside the step (a fractional gate).
+        overflow: some neuron had more than ``capacity`` candidate pairs.
+        qp_violation: largest scaled KKT violation of the step's problems (1) (~ε when solved).
+        dissipation: ``‖θ_{n+1} − θ_n‖² / h``, the step's share of ``∫‖θ'‖² dt``.
+        balance_defect: the largest relative balance change the rescaling removed.
+    """
+
+    crossings: jax.Array
+    overflow: jax.Array
+    qp_violation: jax.Array
+    dissipation: jax.Array
+    balance_defect: jax.Array
+
+
+class SlidingRecord(NamedTuple):
+    """Records of a sliding solve on its save grid (``[T]`` leading axis; seeds in front).
+
+    Attributes:
+        sliding: ``[T, d]`` sliding pairs per neuron at each save time.
+        crossings: ``[T]`` gate crossings in the steps since the previous save time.
+        crossings_max: ``[T]`` most crossings in one of those steps.
+        overflow: ``[T]`` whether a neuron had more than ``capacity`` candidates in one of them.
+        dissipation: ``[T]`` ``∫_{t_0}^t ‖θ'‖² dt`` so far (the energy identity says it equals
+            ``L(t_0) − L(t)``).
+        qp_violation: ``[T]`` largest scaled KKT violation of the problems (1) since the
+            previous save time.
+        snapshots: ``[K, N, d]`` which pairs slide at each snapshot time.
+    """
+
+    sliding: jax.Array
+    crossings: jax.Array
+    crossings_max: jax.Array
+    overflow: jax.Array
+    dissipation: jax.Array
+    qp_violation: jax.Array
+    snapshots: jax.Array
+
+
+class Geometry(NamedTuple):
+    """Data of the solve: inputs, labels and the Gram matrix ``x̃_s·x̃_t = x_s·x_t + 1``."""
+
+    x: jax.Array
+    y: jax.Array
+    gram: jax.Array
+
+
+def geometry(x: jax.Array, y: jax.Array) -> Geometry:
+    """`Geometry` of inputs ``x`` ``[N, D]`` and labels ``y`` ``[N]``."""
+    gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST) + 1.0
+    return Geometry(x=x, y=y, gram=gram)
+
+
+def box_qp(M: jax.Array, q: jax.Array, *, max_iterations: int | None = None):
+    """``argmin_{λ ∈ [0,1]^K} ½ λᵀMλ + qᵀλ`` for a positive semidefinite ``M`` ``[K, K]``.
+
+    A primal active-set method: λ stays feasible, each iteration solves the problem on the free
+    variables with the others at their bounds; an infeasible solution is cut back to the first
+    bound it meets (which joins the active set), a feasible one releases the bound whose
+    multiplier has the wrong sign by the most. The objective never increases, so the method
+    ends in finitely many iterations at a KKT point (the global minimum: the problem is convex).
+    ``M`` may be singular: the free sub-problems get a jitter of 10ε on the diagonal.
+
+    Returns:
+        ``(λ, free, violation)``: the minimiser; which variables are strictly between their
+        bounds (free); and the largest KKT violation (stationarity of the free variables, sign
+        of the bounds' multipliers), each scaled by ``Σ_l |M_kl| + |q_k|``: ~ε when solved.
+
+    Example:
+        >>> lam, free, _ = box_qp(jnp.eye(2), jnp.array([-0.5, 2.0]))
+        >>> [float(v) for v in lam], [bool(f) for f in free]
+        ([0.5, 0.0], [True, False])
+    """
+    k = q.shape[-1]
+    dtype = q.dtype
+    eps = jnp.finfo(dtype).eps
+    # Each multiplier M_k·λ + q_k is judged against the rounding it carries, so that variables
+    # of very different sizes (a neuron's c_is spans decades) are each solved to their own scale.
+    scale = jnp.sum(jnp.abs(M), axis=1) + jnp.abs(q)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    tol = 1e2 * k * eps * scale
+    eye = jnp.eye(k, dtype=dtype)
+    jitter = 10 * eps * jnp.diag(jnp.abs(jnp.diagonal(M)))
+    iterations = 4 * k + 4 if max_iterations is None else max_iterations
+    slots = jnp.arange(k)
+
+    def solve_free(lower, upper):
+        free = ~lower & ~upper
+        fixed = upper.astype(dtype)
+        a = jnp.where(free[:, None] & free[None, :], M + jitter, eye)
+        sol = jnp.linalg.solve(a, jnp.where(free, -q - M @ fixed, fixed))
+        return jnp.where(free, sol, fixed)
+
+    def body(carry):
+        it, lam, lower, upper, _ = carry
+        free = ~lower & ~upper
+        sol = solve_free(lower, upper)
+        step = sol - lam
+        infeasible = jnp.any(free & ((sol < 0) | (sol > 1)))
+        # Infeasible: move towards sol until the first bound is met; that variable is fixed.
+        ratio = jnp.where(free & (step < 0), -lam / jnp.where(step < 0, step, -1.0),
+                          jnp.where(free & (step > 0), (1.0 - lam) / jnp.where(step > 0, step, 1.0), jnp.inf))
+        blocking = slots == jnp.argmin(ratio)
+        alpha = jnp.clip(jnp.min(ratio), 0.0, 1.0)
+        cut = jnp.clip(lam + alpha * step, 0.0, 1.0)
+        cut = jnp.where(blocking, jnp.where(step < 0, 0.0, 1.0), cut)
+        # Feasible: release the bound whose multiplier has the wrong sign by the most.
+        grad = M @ sol + q
+        wrong = jnp.where(lower, -grad, jnp.where(upper, grad, -jnp.inf))
+        release = (slots == jnp.argmax(wrong)) & (jnp.max(wrong) > tol)
+        lam = jnp.where(infeasible, cut, sol)
+        lower = jnp.where(infeasible, lower | (blocking & (step < 0)), lower & ~release)
+        upper = jnp.where(infeasible, upper | (blocking & (step > 0)), upper & ~release)
+        done = ~infeasible & ~jnp.any(release)
+        return it + 1, lam, lower, upper, done
+
+    def cond(carry):
+        it, *_, done = carry
+        return (it < iterations) & ~done
+
+    init = (0, jnp.zeros_like(q), jnp.ones(k, bool), jnp.zeros(k, bool), jnp.asarray(False))
+    _, lam, lower, upper, _ = jax.lax.while_loop(cond, body, init)
+    free = ~lower & ~upper
+    grad = M @ lam + q
+    violation = jnp.max(jnp.where(free, jnp.abs(grad), jnp.where(lower, -grad, grad)) / scale)
+    return lam, free, jnp.maximum(violation, 0.0)
+
+
+def _output_gradients(z, gates, V, y, output_loss):
+    """``c_is = ∂L/∂a_i(s) = (v_i·r_s)/N`` ``[N, d]`` and ``∂L/∂V = (1/N) Σ_s a(s) r_sᵀ`` of the
+    network whose hidden activations are ``a = gates · z``: the gradient, less its GEMM."""
+    a = gates * z
+    grad_o = jax.grad(lambda o: jnp.mean(output_loss(o, y)))(a @ V)
+    return grad_o @ V.T, a.T @ grad_o
+
+
+def _gram_times(geom: Geometry, coef: jax.Array) -> jax.Array:
+    """``X̃ X̃ᵀ coef`` ``[N, d]``: the change of every pre-activation when each θ_i moves by
+    ``coef_iᵀ X̃`` (Gram product when N ≤ D + 1, else through the inputs)."""
+    n, dim = geom.x.shape
+    if n <= dim + 1:
+        return geom.gram @ coef
+    return geom.x @ (coef.T @ geom.x).T + jnp.sum(coef, axis=0, keepdims=True)
+
+
+def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
+    """``a_t[i, idx[i, k]]``: entries ``[d, K]`` of a ``[d, N]`` array at each neuron's candidates."""
+    return jnp.take_along_axis(a_t, idx, axis=1)
+
+
+def _neuron_problems(idx, valid, c0, active, z_dot, gram):
+    """Problem (1) of every neuron for the candidate pairs ``idx`` ``[d, K]`` (``valid`` marks
+    the real ones), each on its boundary; also returns their ``c``, whether they are active
+    now, and their Gram block ``[d, K, K]``.
+
+    ``x̃_k·G_i`` comes from the rates ``z_dot = −X̃ X̃ᵀ coef`` with the active candidates' own
+    terms removed; unused slots get ``M = 1, q = 1`` (λ = 0, inert)."""
+    c_k = _pick(c0.T, idx)
+    active_k = _pick(active.T, idx) & valid
+    gram_k = gram[idx[:, :, None], idx[:, None, :]]
+    xg = -_pick(z_dot.T, idx) - jnp.einsum("ikl,il->ik", gram_k, jnp.where(active_k, c_k, 0.0))
+    both = valid[:, :, None] & valid[:, None, :]
+    qp_m = jnp.where(both, c_k[:, :, None] * c_k[:, None, :] * gram_k, jnp.eye(idx.shape[1], dtype=c_k.dtype))
+    qp_q = jnp.where(valid, c_k * xg, 1.0)
+    lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q)
+    return lam, free, violation, c_k, active_k, gram_k
+
+
+def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, capacity: int,
+                 output_loss: Callable = logit_loss) -> tuple[SlidingState, StepReport]:
+    """One step of the sliding integrator (module doc, steps 1–6); ``q_ref`` ``[d]`` is the
+    balance each neuron is projected back to."""
+    p, sliding = state
+    x, y, gram = geom
+    n, d = sliding.shape
+    dtype = x.dtype
+    rows = jnp.arange(d)[:, None]
+
+    # 1. The field at θ_n, sliding pairs off.
+    z0 = preactivations(p, x)
+    g0 = ((z0 > 0) & ~sliding).astype(dtype)
+    c0, grad_v0 = _output_gradients(z0, g0, p.V, y, output_loss)
+    z_dot = -_gram_times(geom, g0 * c0)
+
+    # 2. Candidates. First the pairs sliding now, alone: their problem (1) gives the velocity
+    # the flow has before any new pair arrives, and so each pair's rate on its present side
+    # (own gate included): the arrival time of a pair heading to its boundary is exact to O(h²).
+    active = g0 > 0
+    _, idx_s = jax.lax.top_k(sliding.T.astype(jnp.int8), capacity)
+    valid_s = _pick(sliding.T, idx_s)
+    lam_s, _, _, c_s, _, _ = _neuron_problems(idx_s, valid_s, c0, active, z_dot, gram)
+    rate = z_dot - jnp.einsum("ikn,ik->ni", gram[idx_s], jnp.where(valid_s, lam_s * c_s, 0.0))
+    towards = jnp.where(active, rate < 0, rate > 0) & ~sliding
+    tau = jnp.where(towards, -z0 / jnp.where(towards, h * rate, 1.0), jnp.inf)
+    tau = jnp.where(sliding, 0.0, tau)
+    candidate = sliding | (towards & (c0 > 0) & (tau <= 1.0))
+    neg_score, idx = jax.lax.top_k(-jnp.where(candidate, tau, jnp.inf).T, capacity)
+    valid = jnp.isfinite(neg_score)
+    overflow = jnp.any(jnp.sum(candidate, axis=0) > capacity)
+
+    # 3. Problem (1) per neuron, with every candidate on its boundary.
+    lam, free, violation, c_k, active_k, gram_k = _neuron_problems(idx, valid, c0, active, z_dot, gram)
+    slides = free & valid
+    stays_on = ~free & (lam > 0.5) & valid
+    eye = jnp.eye(capacity, dtype=dtype)
+
+    # Landing on the sliding constraints: θ_i ← θ_i − step (coef_i − Σ_k ω_ik x̃_k)ᵀ with ω such
+    # that x̃_k·θ_i = 0 afterwards for every sliding k (orthogonal projection onto the subspace).
+    gram_s = jnp.where(slides[:, :, None] & slides[:, None, :], gram_k, eye)
+    chol = jnp.linalg.cholesky(gram_s)
+    gram_rows = gram[idx]  # [d, K, N]
+    z_k = jnp.where(slides, _pick(z0.T, idx), 0.0)
+
+    def land(coef_t, step):
+        rhs = jnp.where(slides, jnp.einsum("ikn,in->ik", gram_rows, coef_t) - z_k / step, 0.0)
+        omega = jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0]
+        return coef_t.at[rows, idx].add(-jnp.where(slides, omega, 0.0))
+
+    # 4. Stage 1: the Filippov velocity at θ_n (candidates at λ), landed.
+    on_t = jnp.where(jnp.zeros((d, n), bool).at[rows, idx].max(valid), 0.0, (g0 * c0).T)
+    coef1_t = land(on_t.at[rows, idx].add(jnp.where(valid, lam * c_k, 0.0)), h)
+    z_star = z0 - h * _gram_times(geom, coef1_t.T)
+    v_star = p.V - h * grad_v0
+
+    # 5. The part [α, β] of the step (in units of h) each pair spends active: from the linear
+    # interpolation of z between θ_n and θ*, or, for a candidate, from its arrival time and its
+    # side after it. Its term c_is x̃_s then enters the update with the weights of the linear
+    # interpolant of c over [α, β] (Heun's ½, ½ when always active), and its activation in the
+    # second stage with β − α: a crossing step is exact to second order in h.
+    start_on = z0 > 0
+    ends_on = z_star > 0
+    cross = jnp.where(start_on != ends_on, z0 / jnp.where(start_on != ends_on, z0 - z_star, 1.0), 0.0)
+    alpha = jnp.where(start_on, 0.0, jnp.where(ends_on, cross, 1.0))
+    beta = jnp.where(start_on, jnp.where(ends_on, 1.0, cross), 1.0)
+    tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
+    alpha_k = jnp.where(active_k | stays_on, jnp.where(active_k, 0.0, tau_k), 1.0)
+    beta_k = jnp.where(active_k & ~stays_on, tau_k, 1.0)
+    alpha_k = jnp.where(slides, 1.0, alpha_k)
+    alpha = alpha.T.at[rows, idx].set(jnp.where(valid, alpha_k, _pick(alpha.T, idx))).T
+    beta = beta.T.at[rows, idx].set(jnp.where(valid, beta_k, _pick(beta.T, idx))).T
+    gates = beta - alpha
+    mid = 0.5 * (alpha + beta)
+
+    c_star, grad_v_star = _output_gradients(z_star, gates, v_star, y, output_loss)
+    coef_t = land((gates * ((1.0 - mid) * c0 + mid * c_star)).T, h)
+    stepped = Params(W=p.W - h * (coef_t @ x), b=p.b - h * jnp.sum(coef_t, axis=1),
+                     V=p.V - 0.5 * h * (grad_v0 + grad_v_star))
+    # 6. Back to the balance.
+    new = rescale_to_balance(stepped, q_ref)
+    moved = sum(jnp.sum((a - b) ** 2) for a, b in zip(new, p))
+    new_sliding = jnp.zeros((d, n), bool).at[rows, idx].max(slides).T
+    report = StepReport(
+        crossings=jnp.sum((gates > 0) & (gates < 1), dtype=jnp.int32),
+        overflow=overflow,
+        qp_violation=jnp.max(jnp.where(jnp.any(valid, axis=1), violation, 0.0)),
+        dissipation=moved / h,
+        balance_defect=balance_defect(new, stepped),
+    )
+    return SlidingState(new, new_sliding), report
+
+
+class SlidingSolution(NamedTuple):
+    """Output of `solve_sliding` (grid-aligned records, before the trajectory is assembled)."""
+
+    observables: Observables
+    snapshots: Params
+    record: SlidingRecord
+    num_steps: jax.Array
+    steps_needed: jax.Array
+    balance_defect_max: jax.Array
+    final_finite: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss"))
+def solve_sliding(params0: Params, data: TrainingData, grid: jax.Array, save_pos: jax.Array,
+                  snap_pos: jax.Array, h, *, capacity: int, max_steps: int,
+                  output_loss: Callable = logit_loss) -> SlidingSolution:
+    """Integrate the flow with `sliding_step` over ``grid`` (sorted times, save and snapshot
+    times together), in equal steps of at most ``h`` between consecutive grid times.
+
+    Observables are recorded at ``grid[save_pos]``, parameters and sliding sets at
+    ``grid[snap_pos]``. At most ``max_steps`` steps are taken (``steps_needed`` says how many
+    the grid wanted).
+    """
+    geom = geometry(data.x, data.y)
+    dtype = params0.W.dtype
+    h = jnp.asarray(h, dtype)
+    q_ref = balance(params0)
+    n, d = data.x.shape[0], params0.W.shape[0]
+    state0 = SlidingState(params0, jnp.zeros((n, d), bool))
+    zero_i = jnp.asarray(0, jnp.int32)
+    zero_f = jnp.asarray(0.0, dtype)
+
+    def snapshot(buffers, state, j):
+        hits = snap_pos == j
+        slot = jnp.argmax(hits)
+        params_buf, sliding_buf = buffers
+
+        def write(buf, value):
+            return jax.lax.dynamic_update_index_in_dim(buf, jnp.where(jnp.any(hits), value, buf[slot]), slot, 0)
+
+        return jax.tree.map(write, params_buf, state.params), write(sliding_buf, state.sliding)
+
+    def interval(carry, j):
+        state, steps, dissipation, defect, buffers = carry
+        t0, t1 = grid[j - 1], grid[j]
+        count = jnp.maximum(jnp.ceil((t1 - t0) / h - 1e-6), 1.0).astype(jnp.int32)
+        dt = (t1 - t0) / count
+        allowed = jnp.clip(max_steps - steps, 0, count)
+
+        def body(_, c):
+            st, cross, cross_max, over, viol, diss, dfc = c
+            st, rep = sliding_step(st, dt, geom, q_ref, capacity=capacity, output_loss=output_loss)
+            return (st, cross + rep.crossings, jnp.maximum(cross_max, rep.crossings), over | rep.overflow,
+                    jnp.maximum(viol, rep.qp_violation), diss + dt * rep.dissipation,
+                    jnp.maximum(dfc, rep.balance_defect))
+
+        init = (state, zero_i, zero_i, jnp.asarray(False), zero_f, dissipation, defect)
+        state, cross, cross_max, over, viol, dissipation, defect = jax.lax.fori_loop(0, allowed, body, init)
+        buffers = snapshot(buffers, state, j)
+        out = (observe(state.params, data), jnp.sum(state.sliding, axis=0, dtype=jnp.int32), cross, cross_max,
+               over, dissipation, viol)
+        return (state, steps + count, dissipation, defect, buffers), out
+
+    n_snap = snap_pos.shape[0]
+    buffers = (jax.tree.map(lambda a: jnp.zeros((n_snap, *a.shape), a.dtype), params0),
+               jnp.zeros((n_snap, n, d), bool))
+    buffers = snapshot(buffers, state0, 0)
+    carry0 = (state0, zero_i, zero_f, zero_f, buffers)
+    (state, steps, _, defect, buffers), outs = jax.lax.scan(interval, carry0, jnp.arange(1, grid.shape[0]))
+    first = (observe(params0, data), jnp.zeros((d,), jnp.int32), zero_i, zero_i, jnp.asarray(False), zero_f, zero_f)
+    outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b])[save_pos], first, outs)
+    obs, sliding_count, cross, cross_max, over, dissipation, viol = outs
+    record = SlidingRecord(sliding=sliding_count, crossings=cross, crossings_max=cross_max, overflow=over,
+                           dissipation=dissipation, qp_violation=viol, snapshots=buffers[1])
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(state.params)]))
+    return SlidingSolution(observables=obs, snapshots=buffers[0], record=record,
+                           num_steps=jnp.minimum(steps, max_steps), steps_needed=steps,
+                           balance_defect_max=defect, final_finite=finite)
