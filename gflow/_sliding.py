@@ -248,6 +248,7 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     p, sliding = state
     x, y, gram = geom
     n, d = sliding.shape
+    capacity = min(capacity, n)
     dtype = x.dtype
     rows = jnp.arange(d)[:, None]
 
@@ -387,7 +388,7 @@ def solve_sliding(params0: Params, data: TrainingData, grid: jax.Array, save_pos
             st, cross, cross_max, over, viol, diss, dfc = c
             st, rep = sliding_step(st, dt, geom, q_ref, capacity=capacity, output_loss=output_loss)
             return (st, cross + rep.crossings, jnp.maximum(cross_max, rep.crossings), over | rep.overflow,
-                    jnp.maximum(viol, rep.qp_violation), diss + dt * rep.dissipation,
+                    jnp.maximum(viol, rep.qp_violation), diss + rep.dissipation,
                     jnp.maximum(dfc, rep.balance_defect))
 
         init = (state, zero_i, zero_i, jnp.asarray(False), zero_f, dissipation, defect)

@@ -1,0 +1,299 @@
+"""The sliding-mode integrator (`gflow._sliding`, docs/theory.md §8): the per-neuron box problems
+against brute-force enumeration, sliding along a boundary against the reduced ODE of the motion,
+the invariants (balance, energy, constraints), second-order convergence through the loss drop,
+statuses and configuration."""
+
+import itertools
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gflow
+from gflow._network import Params, balance, preactivations
+from gflow._observables import TrainingData
+from gflow._sliding import box_qp
+from gflow._trajectory import OK, SLIDING_OVERFLOW
+
+
+def _enumerate_qp(M, q):
+    """min ½λᵀMλ + qᵀλ over [0,1]^K by trying every split of the variables into lower bound,
+    upper bound and free (the free ones solved by least squares): the global minimum of a convex
+    problem is the best feasible stationary point of one of the 3^K faces."""
+    k = len(q)
+    best, best_lam = np.inf, None
+    for split in itertools.product((0, 1, 2), repeat=k):
+        split = np.array(split)
+        lam = np.where(split == 1, 1.0, 0.0)
+        free = split == 2
+        if free.any():
+            rhs = -q[free] - M[np.ix_(free, ~free)] @ lam[~free]
+            lam[free] = np.linalg.lstsq(M[np.ix_(free, free)], rhs, rcond=None)[0]
+        if np.any(lam < -1e-12) or np.any(lam > 1 + 1e-12):
+            continue
+        value = 0.5 * lam @ M @ lam + q @ lam
+        if value < best:
+            best, best_lam = value, lam
+    return best, best_lam
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_box_qp_matches_brute_force_enumeration(k):
+    """The active-set solution has the enumerated minimum (to rounding), its KKT violation is at
+    rounding, and where M is definite (unique minimiser) the same λ; also for singular M."""
+    rng = np.random.default_rng(k)
+    solve = jax.jit(box_qp)
+    for trial in range(60):
+        rank = k if trial % 3 else max(1, k - 1)  # every third problem singular
+        a = rng.normal(size=(rank, k)) * rng.uniform(0.1, 3.0, size=k)
+        M = a.T @ a
+        q = rng.normal(size=k) * rng.uniform(0.1, 3.0)
+        lam, free, violation = (np.asarray(v) for v in solve(jnp.asarray(M), jnp.asarray(q)))
+        want, want_lam = _enumerate_qp(M, q)
+        got = 0.5 * lam @ M @ lam + q @ lam
+        scale = np.abs(M).sum() + np.abs(q).sum()
+        assert got == pytest.approx(want, abs=1e-12 * scale), (trial, lam, want_lam)
+        assert np.all((lam >= 0) & (lam <= 1))
+        assert float(violation) < 1e-12
+        assert np.all(lam[~free] * (1 - lam[~free]) == 0)  # bound variables sit exactly on a bound
+        if rank == k:
+            np.testing.assert_allclose(lam, want_lam, atol=1e-9)
+
+
+def test_box_qp_solves_each_variable_to_its_own_scale():
+    """One variable 1e12 times smaller than the others is still solved (its multiplier is not
+    lost in the rounding of the large ones)."""
+    M = np.diag([1.0, 1e-24])
+    q = np.array([-0.5, -0.3e-24])
+    lam, free, _ = jax.jit(box_qp)(jnp.asarray(M), jnp.asarray(q))
+    np.testing.assert_allclose(np.asarray(lam), [0.5, 0.3], rtol=1e-12)
+    assert bool(free.all())
+
+
+def _two_sample_data():
+    """Two samples in 2 dims: x_1 = (1, 0) of class 2, x_2 = (0.5, 1) of class 1 (x̃_1·x̃_2 = 1.5,
+    ‖x̃_1‖² = 2)."""
+    x = jnp.array([[1.0, 0.0], [0.5, 1.0]])
+    y = jnp.array([1, 0], jnp.int32)
+    return TrainingData(x=x, y=y, signed_labels=jnp.array([-1.0, 1.0]), x_test=jnp.zeros((0, 2)),
+                        y_test=jnp.zeros((0,), jnp.int32))
+
+
+def _on_boundary_start():
+    """One neuron predicting class 1 with z_1 = 0 and z_2 > 0: sample 2 pulls w along x̃_2, which
+    raises z_1; activating sample 1 (class 2) would raise the loss (c_1 > 0), so the pair slides
+    as long as p_1(x_2) > 1/3 (always here: it starts at ½ and grows)."""
+    x_tilde_1 = np.array([1.0, 0.0, 1.0])
+    theta = np.array([0.3, 0.4, 0.0])
+    theta = theta - (theta @ x_tilde_1) / (x_tilde_1 @ x_tilde_1) * x_tilde_1  # z_1 = 0
+    return Params(W=jnp.asarray(theta[None, :2]), b=jnp.asarray(theta[2:]), V=jnp.array([[0.3, -0.2]]))
+
+
+def _reduced_sliding_motion(p0, t1):
+    """The sliding motion in closed form: with z_1 ≡ 0, sample 1 contributes nothing, θ moves only
+    along Πx̃_2 (Π = projection orthogonal to x̃_1), and (z_2, v) obey the 3-dim ODE
+
+        ż_2 = −½ (v·r_2) ‖Πx̃_2‖²,    v̇ = −½ z_2 r_2,    r_2 = softmax(z_2 v) − (1, 0),
+
+    solved here by Dopri8 at tolerance 1e-13."""
+    x1, x2 = np.array([1.0, 0.0, 1.0]), np.array([0.5, 1.0, 1.0])
+    proj_sq = x2 @ x2 - (x1 @ x2) ** 2 / (x1 @ x1)
+
+    def field(t, state, args):
+        z2, v = state[0], state[1:]
+        r2 = jax.nn.softmax(z2 * v) - jnp.array([1.0, 0.0])
+        return jnp.concatenate([jnp.array([-0.5 * (v @ r2) * proj_sq]), -0.5 * z2 * r2])
+
+    theta0 = np.concatenate([np.asarray(p0.W[0]), np.asarray(p0.b)])
+    y0 = jnp.concatenate([jnp.array([theta0 @ x2]), p0.V[0]])
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Dopri8(), 0.0, t1, 0.01, y0,
+                              stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-13),
+                              saveat=diffrax.SaveAt(t1=True), max_steps=100_000)
+    return np.asarray(sol.ys[-1])
+
+
+def test_t1_sliding_pair_stays_on_its_boundary_and_follows_the_reduced_motion():
+    """T1: z_1 stays 0 to rounding while the neuron slides, and (z_2, v) converge at second order
+    to the reduced closed-form motion (`_reduced_sliding_motion`)."""
+    data, p0, t1 = _two_sample_data(), _on_boundary_start(), 4.0
+    want = _reduced_sliding_motion(p0, t1)
+    errors = []
+    for h in (0.04, 0.02, 0.01):
+        cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h)
+        traj = gflow.gradient_flow(p0, data, np.linspace(0.0, t1, 5), config=cfg)
+        p1 = traj.final_params
+        z = np.asarray(preactivations(p1, data.x))[:, 0]
+        assert np.all(np.asarray(traj.sliding.sliding)[1:, 0] == 1)  # slides at every save time
+        assert abs(z[0]) < 1e-15 * np.linalg.norm(np.asarray(p1.W))
+        errors.append(np.max(np.abs(np.concatenate([[z[1]], np.asarray(p1.V[0])]) - want)))
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(orders > 1.9), (errors, orders)
+    assert errors[-1] < 1e-5
+    assert float(jnp.abs(balance(p1) - balance(p0))[0]) < 1e-15
+
+
+def _mnist_small(dtype=jnp.float64, width=20, sigma=1e-4, seed=0):
+    ds = gflow.mnist_default(n_per_class=100)
+    data = gflow.training_data(ds, dtype)
+    return data, gflow.init_params(jax.random.key(seed), width, ds.dim, sigma, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def drop_runs():
+    """The small MNIST problem (N = 200, d = 20, σ = 1e-4, float64) through its loss drop
+    (t ∈ [0, 130]) at h = 0.2, 0.1, 0.05, 0.025."""
+    data, p0 = _mnist_small()
+    ts = np.linspace(0.0, 130.0, 27)
+    runs = {}
+    for h in (0.2, 0.1, 0.05, 0.025):
+        cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h)
+        runs[h] = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True)
+    return data, p0, ts, runs
+
+
+def test_sliding_flow_converges_at_second_order_through_the_loss_drop(drop_runs):
+    """Self-convergence of P_i through the drop (the loss falls from ln 2 to < 0.25, with tens of
+    pairs sliding): the observed order over the finest three steps is ≥ 1.9 at every time after
+    the drop and ≥ 1.7 over the coarsest three (pre-asymptotic there: see docs/theory.md §8.1)."""
+    _, _, ts, runs = drop_runs
+    traj = runs[0.025][0]
+    assert float(traj.observables.loss[0]) == pytest.approx(np.log(2.0))
+    assert float(traj.observables.loss[-1]) < 0.25
+    assert int(np.max(np.asarray(traj.sliding.sliding).sum(axis=1))) >= 20
+    P = {h: np.asarray(r[0].observables.P) for h, r in runs.items()}
+    scale = np.max(np.abs(P[0.025]), axis=0)
+
+    def err(a, b):
+        return np.max(np.abs(P[a] - P[b]) / scale, axis=1)
+
+    late = ts >= 100
+    fine = np.log2(err(0.1, 0.05) / err(0.05, 0.025))[late]
+    coarse = np.log2(err(0.2, 0.1) / err(0.1, 0.05))[late]
+    assert np.all(fine >= 1.9), fine
+    assert np.all(coarse >= 1.7), coarse
+    assert np.max(err(0.05, 0.025)) < 3e-4
+
+
+def test_sliding_flow_invariants_and_costs(drop_runs):
+    """Balance drift at rounding (≤ 1e-12), two gradients per step, no overflow, the problems (1)
+    solved to rounding, and the energy identity L(0) − L(t) = ∫‖θ'‖² converging at second order."""
+    _, _, ts, runs = drop_runs
+    gaps = {}
+    for h, (traj, stats) in runs.items():
+        assert int(traj.status) == OK
+        assert float(gflow.balance_drift(traj.observables).max()) <= 1e-12
+        assert int(stats.evaluations) == 2 * int(stats.num_steps) == 2 * round(130 / h)
+        assert float(stats.stage_residual_max) < 1e-10
+        drop = float(traj.observables.loss[0] - traj.observables.loss[-1])
+        gaps[h] = abs(drop - float(traj.sliding.dissipation[-1])) / drop
+    ratios = [gaps[a] / gaps[b] for a, b in ((0.2, 0.1), (0.1, 0.05), (0.05, 0.025))]
+    assert all(r > 3.0 for r in ratios), (gaps, ratios)
+    assert gaps[0.025] < 1e-4
+
+
+def test_gd_approaches_the_sliding_flow_at_first_order(drop_runs):
+    """GD at η and η/2 approaches the sliding flow at h = 0.025 with order ≈ 1, and its
+    Richardson extrapolation 2·GD(η/2) − GD(η) agrees with it to 1e-3 relative in P_i."""
+    data, p0, ts, runs = drop_runs
+    ref = np.asarray(runs[0.025][0].observables.P)
+    scale = np.max(np.abs(ref), axis=0)
+    gd = {}
+    for eta in (0.02, 0.01):
+        cfg = gflow.SGDConfig(steps=round(130 / eta), record_every=round(5 / eta))
+        gd[eta] = np.asarray(gflow.train_gd(p0, data, learning_rate=eta, config=cfg).observables.P)
+    err = {eta: np.max(np.abs(g - ref) / scale) for eta, g in gd.items()}
+    order = np.log2(err[0.02] / err[0.01])
+    assert 0.7 < order < 1.5, err
+    rich = np.max(np.abs(2 * gd[0.01] - gd[0.02] - ref) / scale)
+    assert rich < 1e-3 and rich < err[0.01], (rich, err)
+
+
+def _orthogonal_problem():
+    """Six orthogonal inputs of unequal norms in R⁶ (three per class), 4 neurons at σ = 0.5."""
+    x = 2.0 * jnp.diag(jnp.array([1.0, 1.3, 0.8, 1.1, 0.9, 1.2]))
+    y = jnp.array([0, 0, 0, 1, 1, 1], jnp.int32)
+    data = TrainingData(x=x, y=y, signed_labels=jnp.where(y == 0, 1.0, -1.0), x_test=jnp.zeros((0, 6)),
+                        y_test=jnp.zeros((0,), jnp.int32))
+    return data, gflow.init_params(jax.random.key(0), 4, 6, 0.5, dtype=jnp.float64)
+
+
+def _dopri8(p0, data, t1, max_steps):
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(gflow.vector_field), diffrax.Dopri8(), 0.0, t1, 0.01, p0, args=data,
+                              stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-12),
+                              saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
+    return sol.result, jax.tree.map(lambda a: a[-1], sol.ys)
+
+
+def test_t3_orthogonal_inputs_no_spurious_capture():
+    """T3, orthogonal inputs (docs/theory.md §9). With the bias, an inactive pair still moves with
+    ḃ_i, so pairs pushed off their boundary from the active side can be pushed back: sliding is
+    real here. (a) On [0, 1.2] the flow crosses one boundary transversally and slides nowhere:
+    Dopri8 at tolerance 1e-12 resolves it (step rejection at the crossing), the sliding solver
+    captures no pair and converges to it at second order. (b) On [0, 4] Dopri8 stalls (max_steps)
+    with one pair pinned at |z| < 1e-8: the pair the sliding solver captured first."""
+    data, p0 = _orthogonal_problem()
+    result, ref = _dopri8(p0, data, 1.2, 20_000)
+    assert result == diffrax.RESULTS.successful
+    want = np.concatenate([np.ravel(a) for a in ref])
+    errors = []
+    for h in (0.04, 0.02, 0.01):
+        cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h)
+        traj, stats = gflow.gradient_flow(p0, data, np.linspace(0.0, 1.2, 5), config=cfg, return_stats=True)
+        assert int(np.max(np.asarray(traj.sliding.sliding))) == 0
+        assert int(stats.fractional_gates) >= 1  # the window does contain a crossing
+        got = np.concatenate([np.ravel(a) for a in traj.final_params])
+        errors.append(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(orders > 1.8), (errors, orders)
+    assert errors[-1] < 5e-6
+
+    result, stalled = _dopri8(p0, data, 4.0, 20_000)
+    assert result == diffrax.RESULTS.max_steps_reached
+    ts = np.linspace(0.0, 4.0, 161)
+    traj = gflow.gradient_flow(p0, data, ts, snapshot_times=ts, config=gflow.FlowConfig(solver="sliding",
+                               adaptive=False, dt0=0.01))
+    sliding = np.asarray(traj.sliding.snapshots)
+    first = int(np.argmax(sliding.any(axis=(1, 2))))
+    captured = list(zip(*np.nonzero(sliding[first])))
+    z_stalled = np.asarray(preactivations(stalled, data.x))
+    pinned = list(zip(*np.nonzero(np.abs(z_stalled) < 1e-8)))
+    assert len(captured) == 1 and captured == pinned, (captured, pinned)
+
+
+def test_overflow_is_a_status_and_capacity_is_checked():
+    """A capacity of 1 on the drop problem overflows: status SLIDING_OVERFLOW (a TrajectoryError
+    when throw=True); bad configurations fail at construction."""
+    data, p0 = _mnist_small(width=6)
+    cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.2, sliding_capacity=1)
+    ts = np.linspace(0.0, 100.0, 11)
+    traj = gflow.gradient_flow(p0, data, ts, config=cfg, throw=False)
+    assert int(traj.status) == SLIDING_OVERFLOW
+    assert bool(np.any(np.asarray(traj.sliding.overflow)))
+    with pytest.raises(gflow.TrajectoryError, match="sliding_capacity"):
+        gflow.gradient_flow(p0, data, ts, config=cfg)
+    with pytest.raises(ValueError, match="constant steps"):
+        gflow.FlowConfig(solver="sliding")
+    with pytest.raises(ValueError, match="sliding_capacity must be an integer >= 1"):
+        gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.1, sliding_capacity=0)
+    with pytest.raises(ValueError, match="only applies"):
+        gflow.FlowConfig(solver="heun", adaptive=False, dt0=0.1, sliding_capacity=4)
+
+
+def test_vmap_over_seeds_equals_a_loop_in_float32():
+    """Three seeds vmapped in one program give the loop's trajectories (float32), and the sliding
+    records come out per seed."""
+    ds = gflow.mnist_default(n_per_class=30)
+    data = gflow.training_data(ds, jnp.float32)
+    keys = jax.random.split(jax.random.key(5), 3)
+    p0 = jax.vmap(lambda k: gflow.init_params(k, 8, ds.dim, 1e-4))(keys)
+    ts = np.linspace(0.0, 60.0, 7)
+    cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.25)
+    batched = jax.vmap(lambda p: gflow.gradient_flow(p, data, ts, config=cfg, throw=False))(p0)
+    assert batched.sliding.sliding.shape == (3, 7, 8)
+    for i in range(3):
+        single = gflow.gradient_flow(jax.tree.map(lambda a: a[i], p0), data, ts, config=cfg)
+        np.testing.assert_allclose(np.asarray(batched.observables.P[i]), np.asarray(single.observables.P),
+                                   rtol=2e-5, atol=1e-12)
+        assert int(batched.status[i]) == OK
