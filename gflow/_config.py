@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ._data import PREPROCESS_MODES
-from ._flow import FlowConfig, check_time_grid
+from ._flow import SLIDING, FlowConfig, check_time_grid
 from ._sgd import SGDConfig
 
 TRAINERS = ("sgd", "gd", "flow")
@@ -295,7 +295,8 @@ class RunConfig:
 
     def flow_config(self) -> FlowConfig:
         """The static `FlowConfig` of this run."""
-        return FlowConfig(solver=self.solver, rtol=self.rtol, atol=self.atol, dt0=self.dt0, max_steps=self.max_steps)
+        return FlowConfig(solver=self.solver, rtol=self.rtol, atol=self.atol, dt0=self.dt0, max_steps=self.max_steps,
+                          adaptive=self.solver != SLIDING)
 
     def save_times(self) -> np.ndarray:
         """The flow's save grid ``[T]`` (float64)."""
@@ -377,7 +378,8 @@ def _normalise(v: dict) -> dict:
         out["atol"] = None if v["atol"] is None else _positive_real("atol", v["atol"])
         out["dt0"] = None if v["dt0"] is None else _positive_real("dt0", v["dt0"])
         out["max_steps"] = _positive_int("max_steps", v["max_steps"])
-        FlowConfig(solver=out["solver"], rtol=out["rtol"], atol=out["atol"], dt0=out["dt0"], max_steps=out["max_steps"])
+        FlowConfig(solver=out["solver"], rtol=out["rtol"], atol=out["atol"], dt0=out["dt0"], max_steps=out["max_steps"],
+                   adaptive=out["solver"] != SLIDING)
     return out
 
 

@@ -126,7 +126,7 @@ def geometry(x: jax.Array, y: jax.Array) -> Geometry:
     return Geometry(x=x, y=y, gram=gram)
 
 
-def box_qp(M: jax.Array, q: jax.Array, *, max_iterations: int | None = None):
+def box_qp(M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_iterations: int | None = None):
     """``argmin_{λ ∈ [0,1]^K} ½ λᵀMλ + qᵀλ`` for a positive semidefinite ``M`` ``[K, K]``.
 
     A primal active-set method: λ stays feasible, each iteration solves the problem on the free
@@ -135,6 +135,8 @@ def box_qp(M: jax.Array, q: jax.Array, *, max_iterations: int | None = None):
     multiplier has the wrong sign by the most. The objective never increases, so the method
     ends in finitely many iterations at a KKT point (the global minimum: the problem is convex).
     ``M`` may be singular: the free sub-problems get a jitter of 10ε on the diagonal.
+    ``free0`` (booleans ``[K]``) starts the working set with those variables free (a warm start:
+    the previous step's sliding pairs), from the feasible point λ = 0.
 
     Returns:
         ``(λ, free, violation)``: the minimiser; which variables are strictly between their
@@ -193,7 +195,8 @@ def box_qp(M: jax.Array, q: jax.Array, *, max_iterations: int | None = None):
         it, *_, done = carry
         return (it < iterations) & ~done
 
-    init = (0, jnp.zeros_like(q), jnp.ones(k, bool), jnp.zeros(k, bool), jnp.asarray(False))
+    lower0 = jnp.ones(k, bool) if free0 is None else ~free0
+    init = (0, jnp.zeros_like(q), lower0, jnp.zeros(k, bool), jnp.asarray(False))
     _, lam, lower, upper, _ = jax.lax.while_loop(cond, body, init)
     free = ~lower & ~upper
     grad = M @ lam + q
@@ -213,7 +216,7 @@ def _gram_times(geom: Geometry, coef: jax.Array) -> jax.Array:
     """``X̃ X̃ᵀ coef`` ``[N, d]``: the change of every pre-activation when each θ_i moves by
     ``coef_iᵀ X̃`` (Gram product when N ≤ D + 1, else through the inputs)."""
     n, dim = geom.x.shape
-    if n <= dim + 1:
+    if n <= 2 * (dim + 1):  # N² d multiply-adds against 2 N (D + 1) d
         return geom.gram @ coef
     return geom.x @ (coef.T @ geom.x).T + jnp.sum(coef, axis=0, keepdims=True)
 
@@ -223,13 +226,14 @@ def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(a_t, idx, axis=1)
 
 
-def _neuron_problems(idx, valid, c0, active, z_dot, gram):
+def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
     """Problem (1) of every neuron for the candidate pairs ``idx`` ``[d, K]`` (``valid`` marks
     the real ones), each on its boundary; also returns their ``c``, whether they are active
     now, and their Gram block ``[d, K, K]``.
 
     ``x̃_k·G_i`` comes from the rates ``z_dot = −X̃ X̃ᵀ coef`` with the active candidates' own
-    terms removed; unused slots get ``M = 1, q = 1`` (λ = 0, inert)."""
+    terms removed; unused slots get ``M = 1, q = 1`` (λ = 0, inert). The problem's ``M, q``
+    come last."""
     c_k = _pick(c0.T, idx)
     active_k = _pick(active.T, idx) & valid
     gram_k = gram[idx[:, :, None], idx[:, None, :]]
@@ -237,8 +241,8 @@ def _neuron_problems(idx, valid, c0, active, z_dot, gram):
     both = valid[:, :, None] & valid[:, None, :]
     qp_m = jnp.where(both, c_k[:, :, None] * c_k[:, None, :] * gram_k, jnp.eye(idx.shape[1], dtype=c_k.dtype))
     qp_q = jnp.where(valid, c_k * xg, 1.0)
-    lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q)
-    return lam, free, violation, c_k, active_k, gram_k
+    lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q, free0 & valid)
+    return lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q
 
 
 def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, capacity: int,
@@ -262,9 +266,9 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     # the flow has before any new pair arrives, and so each pair's rate on its present side
     # (own gate included): the arrival time of a pair heading to its boundary is exact to O(h²).
     active = g0 > 0
-    _, idx_s = jax.lax.top_k(sliding.T.astype(jnp.int8), capacity)
+    _, idx_s = jax.lax.top_k(sliding.T.astype(dtype), capacity)  # (top_k of int8 is 30x slower on CPUs)
     valid_s = _pick(sliding.T, idx_s)
-    lam_s, _, _, c_s, _, _ = _neuron_problems(idx_s, valid_s, c0, active, z_dot, gram)
+    lam_s, _, _, c_s, *_ = _neuron_problems(idx_s, valid_s, c0, active, z_dot, gram, valid_s)
     rate = z_dot - jnp.einsum("ikn,ik->ni", gram[idx_s], jnp.where(valid_s, lam_s * c_s, 0.0))
     towards = jnp.where(active, rate < 0, rate > 0) & ~sliding
     tau = jnp.where(towards, -z0 / jnp.where(towards, h * rate, 1.0), jnp.inf)
@@ -274,61 +278,88 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     valid = jnp.isfinite(neg_score)
     overflow = jnp.any(jnp.sum(candidate, axis=0) > capacity)
 
-    # 3. Problem (1) per neuron, with every candidate on its boundary.
-    lam, free, violation, c_k, active_k, gram_k = _neuron_problems(idx, valid, c0, active, z_dot, gram)
+    # 3. Problem (1) per neuron, with every candidate on its boundary: the mode after the
+    # candidates' arrivals, which drives the predictor.
+    at_start = _pick(sliding.T, idx) & valid  # candidates sliding at θ_n
+    lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q = _neuron_problems(idx, valid, c0, active, z_dot,
+                                                                                gram, at_start)
     slides = free & valid
-    stays_on = ~free & (lam > 0.5) & valid
-    eye = jnp.eye(capacity, dtype=dtype)
-
-    # Landing on the sliding constraints: θ_i ← θ_i − step (coef_i − Σ_k ω_ik x̃_k)ᵀ with ω such
-    # that x̃_k·θ_i = 0 afterwards for every sliding k (orthogonal projection onto the subspace).
-    gram_s = jnp.where(slides[:, :, None] & slides[:, None, :], gram_k, eye)
-    chol = jnp.linalg.cholesky(gram_s)
     gram_rows = gram[idx]  # [d, K, N]
-    z_k = jnp.where(slides, _pick(z0.T, idx), 0.0)
+    z_k = _pick(z0.T, idx)
 
-    def land(coef_t, step):
-        rhs = jnp.where(slides, jnp.einsum("ikn,in->ik", gram_rows, coef_t) - z_k / step, 0.0)
-        omega = jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0]
-        return coef_t.at[rows, idx].add(-jnp.where(slides, omega, 0.0))
+    def landing(mask, rows_dot_coef, target):
+        """ω ``[d, K]`` such that θ_i − h(coef_i − Σ_k ω_ik x̃_k)ᵀ has ``z_ik = target`` on
+        ``mask`` (an orthogonal projection onto those constraints), from ``x̃_k·(coef_iᵀX̃)``."""
+        chol = jnp.linalg.cholesky(jnp.where(mask[:, :, None] & mask[:, None, :], gram_k, jnp.eye(capacity,
+                                                                                                 dtype=dtype)))
+        rhs = jnp.where(mask, rows_dot_coef - (z_k - target) / h, 0.0)
+        return jnp.where(mask, jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0], 0.0)
 
-    # 4. Stage 1: the Filippov velocity at θ_n (candidates at λ), landed.
-    on_t = jnp.where(jnp.zeros((d, n), bool).at[rows, idx].max(valid), 0.0, (g0 * c0).T)
-    coef1_t = land(on_t.at[rows, idx].add(jnp.where(valid, lam * c_k, 0.0)), h)
-    z_star = z0 - h * _gram_times(geom, coef1_t.T)
+    # 4. Stage 1: the Filippov velocity at θ_n (candidates at λ, not at their present gates),
+    # landed. It differs from the coefficients g0·c0 only at the candidates, by `delta`; so
+    # θ* has z* = z0 + h ż − h Σ_k x̃_s·x̃_k delta_ik without a second product with the data.
+    delta = jnp.where(valid, (lam - active_k) * c_k, 0.0)
+    delta = delta - landing(slides, -_pick(z_dot.T, idx) + jnp.einsum("ikl,il->ik", gram_k, delta), 0.0)
+    z_star = z0 + h * (z_dot - jnp.einsum("ikn,ik->ni", gram_rows, delta))
     v_star = p.V - h * grad_v0
 
-    # 5. The part [α, β] of the step (in units of h) each pair spends active: from the linear
-    # interpolation of z between θ_n and θ*, or, for a candidate, from its arrival time and its
-    # side after it. Its term c_is x̃_s then enters the update with the weights of the linear
-    # interpolant of c over [α, β] (Heun's ½, ½ when always active), and its activation in the
-    # second stage with β − α: a crossing step is exact to second order in h.
+    # Crossings of the other pairs (from the linear interpolation of z between θ_n and θ*) also
+    # change problem (1): solved again with their gates flipped, it gives the mode at the end
+    # of the step. A pair sliding at θ_n that this mode releases was released by the neuron's
+    # first event in the step (an arrival or a crossing: the field jumps there), so it stays on
+    # its boundary until then: without this, a release caused by an event is a first-order error.
+    cand = jnp.zeros((d, n), bool).at[rows, idx].max(valid).T
     start_on = z0 > 0
     ends_on = z_star > 0
-    cross = jnp.where(start_on != ends_on, z0 / jnp.where(start_on != ends_on, z0 - z_star, 1.0), 0.0)
+    flips = (start_on != ends_on) & ~cand
+    cross = jnp.where(flips, z0 / jnp.where(flips, z0 - z_star, 1.0), 0.0)
+    flip_coef = jnp.where(flips, jnp.where(ends_on, c0, -c0), 0.0)
+    qp_q_end = qp_q + jnp.where(valid, c_k * jnp.einsum("ikn,ni->ik", gram_rows, flip_coef), 0.0)
+    lam_end, free_end, violation_end = jax.vmap(box_qp)(qp_m, qp_q_end, slides)
+    slides_end = free_end & valid
+    stays_on = ~free_end & (lam_end > 0.5) & valid
+    tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
+    first_event = jnp.minimum(jnp.min(jnp.where(valid & ~at_start, tau_k, jnp.inf), axis=1),
+                              jnp.min(jnp.where(flips, cross, jnp.inf), axis=0))
+    released = at_start & ~slides_end
+    tau_release = jnp.where(released & jnp.isfinite(first_event)[:, None], first_event[:, None], 0.0)
+    held = released & (tau_release > 0)
+
+    # 5. The part [α, β] of the step (in units of h) each pair spends active: from the linear
+    # interpolation of z between θ_n and θ*, or, for a candidate, from its arrival (or release)
+    # time and its side after it. Its term c_is x̃_s then enters the update with the weights of
+    # the linear interpolant of c over [α, β] (Heun's ½, ½ when always active), and its
+    # activation in the second stage with β − α: a crossing step is exact to second order in h.
     alpha = jnp.where(start_on, 0.0, jnp.where(ends_on, cross, 1.0))
     beta = jnp.where(start_on, jnp.where(ends_on, 1.0, cross), 1.0)
-    tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
-    alpha_k = jnp.where(active_k | stays_on, jnp.where(active_k, 0.0, tau_k), 1.0)
+    arrive = jnp.where(at_start, tau_release, tau_k)
+    alpha_k = jnp.where(active_k | stays_on, jnp.where(active_k, 0.0, arrive), 1.0)
     beta_k = jnp.where(active_k & ~stays_on, tau_k, 1.0)
-    alpha_k = jnp.where(slides, 1.0, alpha_k)
+    alpha_k = jnp.where(slides_end, 1.0, alpha_k)
     alpha = alpha.T.at[rows, idx].set(jnp.where(valid, alpha_k, _pick(alpha.T, idx))).T
     beta = beta.T.at[rows, idx].set(jnp.where(valid, beta_k, _pick(beta.T, idx))).T
     gates = beta - alpha
     mid = 0.5 * (alpha + beta)
 
     c_star, grad_v_star = _output_gradients(z_star, gates, v_star, y, output_loss)
-    coef_t = land((gates * ((1.0 - mid) * c0 + mid * c_star)).T, h)
+    coef_t = (gates * ((1.0 - mid) * c0 + mid * c_star)).T
+    rows_dot = jnp.einsum("ikn,in->ik", gram_rows, coef_t)
+    # The sliding pairs land on their boundaries. A held pair moves only after its release, at
+    # the rate it has with the sliding pairs' velocity projected (their arrivals are over by
+    # then): it lands at that fraction of the step's free motion.
+    free_motion = -h * (rows_dot - jnp.einsum("ikl,il->ik", gram_k, landing(slides_end, rows_dot, z_k)))
+    target = jnp.where(held, z_k + (1.0 - tau_release) * free_motion, 0.0)
+    coef_t = coef_t.at[rows, idx].add(-landing(slides_end | held, rows_dot, target))
     stepped = Params(W=p.W - h * (coef_t @ x), b=p.b - h * jnp.sum(coef_t, axis=1),
                      V=p.V - 0.5 * h * (grad_v0 + grad_v_star))
     # 6. Back to the balance.
     new = rescale_to_balance(stepped, q_ref)
     moved = sum(jnp.sum((a - b) ** 2) for a, b in zip(new, p))
-    new_sliding = jnp.zeros((d, n), bool).at[rows, idx].max(slides).T
+    new_sliding = jnp.zeros((d, n), bool).at[rows, idx].max(slides_end).T
     report = StepReport(
         crossings=jnp.sum((gates > 0) & (gates < 1), dtype=jnp.int32),
         overflow=overflow,
-        qp_violation=jnp.max(jnp.where(jnp.any(valid, axis=1), violation, 0.0)),
+        qp_violation=jnp.max(jnp.where(jnp.any(valid, axis=1), jnp.maximum(violation, violation_end), 0.0)),
         dissipation=moved / h,
         balance_defect=balance_defect(new, stepped),
     )

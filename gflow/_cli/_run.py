@@ -111,7 +111,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
                      help=f"records on linspace(0, T, N) (default {flow['save_points']})")
     ode.add_argument("--t-grid", type=real_list, metavar="T0,T1,...", help="explicit increasing save times instead of --t-end/--save-points")
     ode.add_argument("--solver", metavar="NAME", help="tsit5 (default), dopri5, dopri8, bosh3, heun, ralston, midpoint, euler; or the implicit "
-                     "gauss1 (midpoint) / gauss2, which conserve the balance Q_i for any step")
+                     "gauss1 (midpoint) / gauss2, which conserve the balance Q_i for any step; or sliding, the "
+                     "sliding-mode integrator of the nonsmooth flow (constant steps --dt0; docs/theory.md §8)")
     ode.add_argument("--rtol", type=_real, metavar="TOL", help=f"relative tolerance (default {flow['rtol']:g})")
     ode.add_argument("--atol", type=_real, metavar="TOL", help="absolute tolerance (default: rtol × RMS of the initial weights)")
     ode.add_argument("--dt0", type=_real, metavar="DT", help="initial step; the step of fixed-step solvers")
