@@ -1,4 +1,4 @@
-"""A sliding-mode (Filippov) integrator of the ReLU gradient flow (docs/theory.md §8).
+"""A sliding-mode (Filippov) integrator of the ReLU gradient flow (docs/theory.md §8, §8.1).
 
 The field ``−∇L`` jumps across the hyperplanes ``z_is = w_i·x_s + b_i = 0``. Across one of them
 only neuron i's incoming block ``θ_i = (w_i, b_i)`` sees the jump: the term of sample s changes
@@ -33,7 +33,11 @@ projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One
    the linear interpolation of its z between θ_n and θ* (or, for a candidate, from its time
    of arrival at the boundary and its side after it), in both stages: the method stays second
    order through crossings (the error of a crossing step is O(h²), and there are finitely many);
-6. each neuron is rescaled along its orbit ``(c w_i, c b_i, v_i/c)`` back to its initial
+6. problem (1) again with the crossing pairs' gates flipped gives the sliding set at the
+   step's end; a pair it releases because of an event of its neuron in the step (an arrival or
+   a crossing: the field jumps there) is held on its boundary until that event's time, then
+   moves at its free rate, so that such a release also costs only O(h²);
+7. each neuron is rescaled along its orbit ``(c w_i, c b_i, v_i/c)`` back to its initial
    balance (`gflow._projection`): the function, the gates and the constraints are unchanged,
    the balance drift is rounding.
 
@@ -126,6 +130,30 @@ def geometry(x: jax.Array, y: jax.Array) -> Geometry:
     return Geometry(x=x, y=y, gram=gram)
 
 
+def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]``: Gauss–Jordan
+    elimination without pivoting (stable for such matrices, as Cholesky is), in plain XLA ops.
+
+    The small systems of the sliding solver are solved here rather than by LAPACK: on XLA's CPU
+    runtime a LAPACK call inside these loops, run concurrently with other work of the step, was
+    seen to deadlock (K = 32, N = 1000, d = 50).
+
+    Example:
+        >>> [float(v) for v in spd_solve(jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0]))]
+        [0.5, 0.0]
+    """
+
+    def eliminate(j, ab):
+        a, b = ab
+        row, bj = a[j] / a[j, j], b[j] / a[j, j]
+        column = a[:, j]
+        a = (a - column[:, None] * row[None, :]).at[j].set(row)
+        b = (b - column * bj).at[j].set(bj)
+        return a, b
+
+    return jax.lax.fori_loop(0, a.shape[-1], eliminate, (a, b), unroll=True)[1]
+
+
 def box_qp(M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_iterations: int | None = None):
     """``argmin_{λ ∈ [0,1]^K} ½ λᵀMλ + qᵀλ`` for a positive semidefinite ``M`` ``[K, K]``.
 
@@ -165,7 +193,7 @@ def box_qp(M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_it
         free = ~lower & ~upper
         fixed = upper.astype(dtype)
         a = jnp.where(free[:, None] & free[None, :], M + jitter, eye)
-        sol = jnp.linalg.solve(a, jnp.where(free, -q - M @ fixed, fixed))
+        sol = spd_solve(a, jnp.where(free, -q - M @ fixed, fixed))
         return jnp.where(free, sol, fixed)
 
     def body(carry):
@@ -247,7 +275,7 @@ def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
 
 def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, capacity: int,
                  output_loss: Callable = logit_loss) -> tuple[SlidingState, StepReport]:
-    """One step of the sliding integrator (module doc, steps 1–6); ``q_ref`` ``[d]`` is the
+    """One step of the sliding integrator (module doc, steps 1–7); ``q_ref`` ``[d]`` is the
     balance each neuron is projected back to."""
     p, sliding = state
     x, y, gram = geom
@@ -290,10 +318,9 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     def landing(mask, rows_dot_coef, target):
         """ω ``[d, K]`` such that θ_i − h(coef_i − Σ_k ω_ik x̃_k)ᵀ has ``z_ik = target`` on
         ``mask`` (an orthogonal projection onto those constraints), from ``x̃_k·(coef_iᵀX̃)``."""
-        chol = jnp.linalg.cholesky(jnp.where(mask[:, :, None] & mask[:, None, :], gram_k, jnp.eye(capacity,
-                                                                                                 dtype=dtype)))
+        gram_mask = jnp.where(mask[:, :, None] & mask[:, None, :], gram_k, jnp.eye(capacity, dtype=dtype))
         rhs = jnp.where(mask, rows_dot_coef - (z_k - target) / h, 0.0)
-        return jnp.where(mask, jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0], 0.0)
+        return jnp.where(mask, jax.vmap(spd_solve)(gram_mask, rhs), 0.0)
 
     # 4. Stage 1: the Filippov velocity at θ_n (candidates at λ, not at their present gates),
     # landed. It differs from the coefficients g0·c0 only at the candidates, by `delta`; so
