@@ -131,7 +131,7 @@ def geometry(x: jax.Array, y: jax.Array) -> Geometry:
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]``: Gauss–Jordan
+    """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]`` or ``[K, m]``: Gauss–Jordan
     elimination without pivoting (stable for such matrices, as Cholesky is), in plain XLA ops.
 
     The small systems of the sliding solver are solved here rather than by LAPACK: on XLA's CPU
@@ -148,7 +148,7 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
         row, bj = a[j] / a[j, j], b[j] / a[j, j]
         column = a[:, j]
         a = (a - column[:, None] * row[None, :]).at[j].set(row)
-        b = (b - column * bj).at[j].set(bj)
+        b = (b - column.reshape((-1,) + (1,) * (b.ndim - 1)) * bj).at[j].set(bj)
         return a, b
 
     return jax.lax.fori_loop(0, a.shape[-1], eliminate, (a, b), unroll=True)[1]
@@ -189,44 +189,62 @@ def box_qp(M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_it
     iterations = 4 * k + 4 if max_iterations is None else max_iterations
     slots = jnp.arange(k)
 
-    def solve_free(lower, upper):
-        free = ~lower & ~upper
-        fixed = upper.astype(dtype)
-        a = jnp.where(free[:, None] & free[None, :], M + jitter, eye)
-        sol = spd_solve(a, jnp.where(free, -q - M @ fixed, fixed))
-        return jnp.where(free, sol, fixed)
+    reg = M + jitter
+
+    def free_inverse(free):
+        """``H = (M + jitter)_FF⁻¹`` padded with zeros: the working set's inverse."""
+        both = free[:, None] & free[None, :]
+        return jnp.where(both, spd_solve(jnp.where(both, reg, eye), eye), 0.0)
 
     def body(carry):
-        it, lam, lower, upper, _ = carry
+        it, lam, lower, upper, _, h_inv = carry
         free = ~lower & ~upper
-        sol = solve_free(lower, upper)
+        fixed = upper.astype(dtype)
+        sol = jnp.where(free, h_inv @ jnp.where(free, -q - M @ fixed, 0.0), fixed)
         step = sol - lam
         infeasible = jnp.any(free & ((sol < 0) | (sol > 1)))
         # Infeasible: move towards sol until the first bound is met; that variable is fixed.
         ratio = jnp.where(free & (step < 0), -lam / jnp.where(step < 0, step, -1.0),
                           jnp.where(free & (step > 0), (1.0 - lam) / jnp.where(step > 0, step, 1.0), jnp.inf))
-        blocking = slots == jnp.argmin(ratio)
+        j_block = jnp.argmin(ratio)
+        blocking = slots == j_block
         alpha = jnp.clip(jnp.min(ratio), 0.0, 1.0)
         cut = jnp.clip(lam + alpha * step, 0.0, 1.0)
         cut = jnp.where(blocking, jnp.where(step < 0, 0.0, 1.0), cut)
         # Feasible: release the bound whose multiplier has the wrong sign by the most.
         grad = M @ sol + q
         wrong = jnp.where(lower, -grad, jnp.where(upper, grad, -jnp.inf))
-        release = (slots == jnp.argmax(wrong)) & (jnp.max(wrong) > tol)
+        j_release = jnp.argmax(wrong)
+        release = (slots == j_release) & (jnp.max(wrong) > tol)
         lam = jnp.where(infeasible, cut, sol)
         lower = jnp.where(infeasible, lower | (blocking & (step < 0)), lower & ~release)
         upper = jnp.where(infeasible, upper | (blocking & (step > 0)), upper & ~release)
+        # One variable leaves or joins the working set: rank-one update of its inverse.
+        col = h_inv[:, j_block]
+        removed = h_inv - jnp.outer(col, col) / jnp.where(col[j_block] != 0, col[j_block], 1.0)
+        removed = jnp.where(blocking[:, None] | blocking[None, :], 0.0, removed)
+        u = jnp.where(free, reg[:, j_release], 0.0)
+        w = h_inv @ u
+        v = w - (slots == j_release).astype(dtype)
+        schur = reg[j_release, j_release] - u @ w
+        added = h_inv + jnp.outer(v, v) / jnp.where(schur > 0, schur, 1.0)
+        h_inv = jnp.where(infeasible, removed, jnp.where(jnp.any(release), added, h_inv))
         done = ~infeasible & ~jnp.any(release)
-        return it + 1, lam, lower, upper, done
+        return it + 1, lam, lower, upper, done, h_inv
 
     def cond(carry):
-        it, *_, done = carry
+        it, *_, done, _ = carry
         return (it < iterations) & ~done
 
     lower0 = jnp.ones(k, bool) if free0 is None else ~free0
-    init = (0, jnp.zeros_like(q), lower0, jnp.zeros(k, bool), jnp.asarray(False))
-    _, lam, lower, upper, _ = jax.lax.while_loop(cond, body, init)
+    init = (0, jnp.zeros_like(q), lower0, jnp.zeros(k, bool), jnp.asarray(False), free_inverse(~lower0))
+    _, lam, lower, upper, _, _ = jax.lax.while_loop(cond, body, init)
     free = ~lower & ~upper
+    # The working set's solution once more from scratch: the rank-one updates' rounding stays out.
+    fixed = upper.astype(dtype)
+    both = free[:, None] & free[None, :]
+    exact = spd_solve(jnp.where(both, reg, eye), jnp.where(free, -q - M @ fixed, fixed))
+    lam = jnp.where(free, jnp.clip(exact, 0.0, 1.0), lam)
     grad = M @ lam + q
     violation = jnp.max(jnp.where(free, jnp.abs(grad), jnp.where(lower, -grad, grad)) / scale)
     return lam, free, jnp.maximum(violation, 0.0)
