@@ -27,18 +27,21 @@ import gflow  # noqa: E402
 
 
 def run(dataset: str, steps: list[float], samples: int, width: int, sigma: float, t_end: float,
-        saves: int, perturbations: list[float], out: Path, perturb_step: float | None = None) -> dict:
+        saves: int, perturbations: list[float], out: Path, perturb_step: float | None = None,
+        capacity: int = 16) -> dict:
     ds = gflow.load_dataset(dataset, n_per_class=samples // 2)
     data = gflow.training_data(ds, jnp.float64)
     params0 = gflow.init_params(jax.random.key(3), width, ds.dim, sigma, dtype=jnp.float64)
     ts = np.linspace(0.0, t_end, saves)
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
                     "cpus": jax.local_device_count(), "backend": jax.default_backend(), "dataset": ds.name,
-                    "N": int(ds.n_samples), "D": int(ds.dim), "d": width, "sigma": sigma, "t_end": t_end, "runs": {}}
+                    "N": int(ds.n_samples), "D": int(ds.dim), "d": width, "sigma": sigma, "t_end": t_end,
+                    "sliding_capacity": capacity, "runs": {}}
     P = {}
 
     def solve(p0, h):
-        cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000)
+        cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000,
+                               sliding_capacity=capacity)
         start = time.perf_counter()
         traj, stats = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True, throw=False)
         jax.block_until_ready(traj)
@@ -59,7 +62,7 @@ def run(dataset: str, steps: list[float], samples: int, width: int, sigma: float
             "dissipation_end": float(traj.sliding.dissipation[-1]),
             "P_end": P[h][-1].tolist(),
         }
-        print(f"h={h}: {seconds:.1f} s, {int(stats.num_steps)} steps, drift "
+        print(f"h={h}: {gflow.status_message(traj.status)}; {seconds:.1f} s, {int(stats.num_steps)} steps, drift "
               f"{result['runs'][str(h)]['balance_drift']:.2e}, loss {float(obs.loss[-1]):.4f}, "
               f"max sliding {max(result['runs'][str(h)]['sliding_pairs'])}", flush=True)
         out.write_text(json.dumps(result, indent=1))
@@ -100,13 +103,14 @@ def main() -> None:
     parser.add_argument("--t-end", type=float, default=743.0)
     parser.add_argument("--saves", type=int, default=61)
     parser.add_argument("--perturbations", default="1e-12,1e-8")
+    parser.add_argument("--capacity", type=int, default=16, help="FlowConfig.sliding_capacity")
     parser.add_argument("--perturb-step", type=float, default=None, help="step of the perturbed runs (default: finest)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "sliding-cifar.json")
     args = parser.parse_args()
     steps = [float(s) for s in args.steps.split(",")]
     perturbations = [float(s) for s in args.perturbations.split(",") if s]
     run(args.dataset, steps, args.samples, args.width, args.sigma, args.t_end, args.saves, perturbations, args.json,
-        args.perturb_step)
+        args.perturb_step, args.capacity)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,11 @@ class DemoConfig:
     momentum: float = 0.9
     batch_size: int = 4
     t_end: float | None = None  # None: 1.75 × the estimated loss-drop time
-    rtol: float = 1e-4
+    rtol: float = 1e-4  # ode_solver="tsit5" only
     save_points: int = 201
     seed: int = 0
+    ode_solver: str = "sliding"  # or "tsit5" (adaptive, rtol)
+    ode_step: float = 0.25  # ode_solver="sliding": the constant step h
 
     def __post_init__(self):
         if not (isinstance(self.width, int) and self.width > 0):
@@ -48,6 +50,10 @@ class DemoConfig:
             raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}.")
         if self.t_end is not None and not self.t_end > 0:
             raise ValueError(f"t_end must be > 0; got {self.t_end!r}.")
+        if self.ode_solver not in ("sliding", "tsit5"):
+            raise ValueError(f"ode_solver must be 'sliding' or 'tsit5'; got {self.ode_solver!r}.")
+        if not self.ode_step > 0:
+            raise ValueError(f"ode_step must be > 0; got {self.ode_step!r}.")
         if not self.save_points >= 3:
             raise ValueError(f"save_points must be >= 3; got {self.save_points!r}.")
 
@@ -79,10 +85,16 @@ def run_demo(dataset: Dataset, config: DemoConfig, out: Path, *, dtype=jnp.float
 
     ts = np.linspace(0.0, t_end, config.save_points)
     start = time.perf_counter()
-    flow = gradient_flow(params0, data, ts, config=FlowConfig(rtol=config.rtol, max_steps=200_000))
+    if config.ode_solver == "sliding":
+        flow_config = FlowConfig(solver="sliding", adaptive=False, dt0=config.ode_step, max_steps=10_000_000)
+        method = f"sliding-mode solver, h={config.ode_step:g}"
+    else:
+        flow_config = FlowConfig(rtol=config.rtol, max_steps=200_000)
+        method = f"Tsit5, rtol={config.rtol:g}"
+    flow = gradient_flow(params0, data, ts, config=flow_config)
     jax.block_until_ready(flow.observables.P)
     flow_seconds = time.perf_counter() - start
-    log(f"ODE      Tsit5, rtol={config.rtol:g}: {int(flow.num_steps)} solver steps in {flow_seconds:.1f} s")
+    log(f"ODE      {method}: {int(flow.num_steps)} solver steps in {flow_seconds:.1f} s")
 
     dt_step = config.learning_rate / (1.0 - config.momentum)
     record_every = max(1, int(round((t_end / (config.save_points - 1)) / dt_step)))

@@ -19,8 +19,8 @@ _EPILOG = """examples:
   gflow demo --classes 3/8 --width 100        # digit 3 vs digit 8
   gflow demo --dataset cifar:cifar-10-batches-py --n-per-class 400
 
-It trains one network from a tiny initialisation twice, by the gradient-flow ODE (diffrax) and by
-SGD with momentum (optax), prints the loss-drop time, the balance drift and how many neurons won
+It trains one network from a tiny initialisation twice, by the gradient flow (the sliding-mode
+integrator of the nonsmooth flow, docs/theory.md §8) and by SGD with momentum (optax), prints the loss-drop time, the balance drift and how many neurons won
 the race, and writes figures (norms and cos δ vs time, ODE vs SGD overlay, final P_i vs early cos δ_i).
 """
 
@@ -40,7 +40,11 @@ def register(subparsers) -> None:
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum β (default 0.9)")
     p.add_argument("--batch", type=int, default=4, help="SGD batch size B (default 4)")
     p.add_argument("--t-end", type=float, default=None, help="flow time to simulate (default: 1.75 × the estimated loss-drop time)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="ODE relative tolerance (default 1e-4)")
+    p.add_argument("--ode-solver", choices=("sliding", "tsit5"), default="sliding",
+                   help="ODE solver: the sliding-mode integrator of the nonsmooth flow (default; constant "
+                        "steps --ode-step) or adaptive Tsit5 (--rtol)")
+    p.add_argument("--ode-step", type=float, default=0.25, help="step h of the sliding solver (default 0.25)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="Tsit5's relative tolerance (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch order")
     add_dataset_options(p)
     add_numerics_options(p)
@@ -62,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
         t_end=args.t_end,
         rtol=args.rtol,
         seed=args.seed,
+        ode_solver=args.ode_solver,
+        ode_step=args.ode_step,
     )
     dtype = apply_dtype(args)
     dataset = dataset_from_args(args)

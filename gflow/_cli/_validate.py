@@ -63,8 +63,10 @@ def register(subparsers) -> None:
                    help="ODE relative tolerance (default 1e-4: a minute or two on the default set; the "
                    "balance drift check at 1e-8 needs much less, e.g. --solver heun --rtol 3e-6 on the "
                    "120-sample clusters with d=50)")
-    g.add_argument("--solver", default="tsit5", help="diffrax solver (tsit5 default; heun keeps the balance "
-                   "better per unit of work across ReLU kinks; gauss1/gauss2 conserve it exactly)")
+    g.add_argument("--solver", default="sliding", help="ODE solver: sliding (default: the sliding-mode "
+                   "integrator of the nonsmooth flow, constant steps --dt0, balance to rounding; docs/theory.md "
+                   "§8.1), or a diffrax solver at --rtol (tsit5, heun, ...), or gauss1/gauss2")
+    g.add_argument("--dt0", type=float, default=0.25, help="step of the sliding solver (default 0.25)")
     g.add_argument("--max-steps", type=int, default=2_000_000, help="ODE step budget (default 2e6)")
     g.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of the simulation (default float64)")
@@ -111,6 +113,7 @@ def _check_args(args) -> None:
         raise UsageError(f"--width must be a positive integer; got {args.width}")
     positive("--sigma", args.sigma)
     positive("--rtol", args.rtol)
+    positive("--dt0", args.dt0)
     positive("--horizon-factor", args.horizon_factor)
     if args.t_end is not None:
         positive("--t-end", args.t_end)
@@ -229,14 +232,18 @@ def run(args) -> int:
     from gflow._theory import CheckSettings, loss_drop_estimate, validate_trajectory
 
     dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
-    config = FlowConfig(solver=args.solver, rtol=args.rtol, max_steps=args.max_steps)
+    if args.solver == "sliding":
+        config = FlowConfig(solver="sliding", adaptive=False, dt0=args.dt0, max_steps=args.max_steps)
+    else:
+        config = FlowConfig(solver=args.solver, rtol=args.rtol, max_steps=args.max_steps)
     dataset = dataset_from_args(args)
     data = training_data(dataset, dtype)
     estimate = loss_drop_estimate(data, args.sigma)
     t_end = args.t_end if args.t_end is not None else args.horizon_factor * estimate
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    step = f"h={args.dt0:g}" if args.solver == "sliding" else f"rtol={args.rtol:g}"
     say(f"gflow validate: {dataset.describe()}; d={args.width}, σ={args.sigma:g}, {args.dtype}, {args.solver} "
-        f"rtol={args.rtol:g}; "
+        f"{step}; "
         f"horizon t_end={t_end:.4g} (estimated loss drop {estimate:.4g})")
     ts = np.linspace(0.0, t_end, args.records)
     snaps = np.linspace(0.0, t_end, args.snapshots)
@@ -276,7 +283,7 @@ def run(args) -> int:
             "checks": rows,
             "dataset": dataset.describe(),
             "settings": {"width": args.width, "sigma": args.sigma, "seeds": seeds, "t_end": t_end,
-                         "rtol": args.rtol, "solver": args.solver, "dtype": args.dtype, "records": args.records,
+                         "rtol": args.rtol, "dt0": args.dt0, "solver": args.solver, "dtype": args.dtype, "records": args.records,
                          "snapshots": args.snapshots},
             "stable_cells": cells,
             "report": reports,
