@@ -125,7 +125,12 @@ class Geometry(NamedTuple):
 
 
 def geometry(x: jax.Array, y: jax.Array) -> Geometry:
-    """`Geometry` of inputs ``x`` ``[N, D]`` and labels ``y`` ``[N]``."""
+    """`Geometry` of inputs ``x`` ``[N, D]`` and labels ``y`` ``[N]``.
+
+    The barrier keeps XLA from computing the Gram matrix at compile time when the data are
+    constants of the caller's jitted function (a vmapped sweep closing over them): constant
+    folding an N×N×D product is slower than computing it."""
+    x = jax.lax.optimization_barrier(x)
     gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST) + 1.0
     return Geometry(x=x, y=y, gram=gram)
 
