@@ -57,7 +57,8 @@ class BenchSettings:
     pixel values), batch B, momentum β, η, norms every ``record_every`` steps, ``chunk`` steps per
     chunk. ``plain_max_seeds``: the largest S at which gflow's per-step ``train_sgd`` (vmapped)
     is also timed. ODE: ``ode_width``/``ode_samples`` (float32), ``ode64_width``/``ode64_samples``
-    (float64), ``ode_solver`` with constant steps ``ode_dt`` (``heun``, ``euler``, ``midpoint``,
+    (float64), ``ode_solver`` with constant steps ``ode_dt`` (``sliding``, the sliding-mode
+    integrator with capacity 32; ``heun``, ``euler``, ``midpoint``,
     ``ralston`` with the balance projection; ``gauss1``/``gauss2``, implicit, exact balance, at
     most ``ode_stage_iterations`` stage sweeps per step), or an adaptive explicit solver with
     tolerances ``ode_rtol``/``ode64_rtol``; at most ``ode_max_steps`` steps; the float64 solve is
@@ -494,6 +495,9 @@ def _ode_config(settings: BenchSettings, dtype):
     from gflow._flow import PROJECTABLE_SOLVERS
 
     try:
+        if settings.ode_solver == "sliding":
+            return FlowConfig(solver="sliding", adaptive=False, dt0=settings.ode_dt, max_steps=settings.ode_max_steps,
+                              sliding_capacity=32)
         if settings.ode_solver.startswith("gauss"):
             return FlowConfig(solver=settings.ode_solver, adaptive=False, dt0=settings.ode_dt,
                               max_steps=settings.ode_max_steps, stage_max_iterations=settings.ode_stage_iterations)
@@ -1265,7 +1269,8 @@ def register(subparsers) -> None:
     parser.add_argument("--ode-dtypes", default=None, metavar="LIST",
                         help="which ODE solves to run: float32,float64 (default both)")
     parser.add_argument("--ode-solver", default=None, metavar="NAME",
-                        help="ODE solver (default gauss1: implicit midpoint, exact balance; heun, euler, midpoint, "
+                        help="ODE solver (default gauss1: implicit midpoint, exact balance; sliding: the sliding-mode "
+                             "integrator of the nonsmooth flow; heun, euler, midpoint, "
                              "ralston: explicit with the balance projection; tsit5, ...: adaptive)")
     parser.add_argument("--ode-dt", dest="ode_dt", type=float, default=None,
                         help="constant step of the gauss and projected solvers (default 0.25)")
