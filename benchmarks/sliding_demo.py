@@ -64,6 +64,7 @@ def main() -> None:
         if stats is not None:
             result["runs"][name]["evaluations"] = int(stats.evaluations)
         print(name, result["runs"][name], flush=True)
+        args.json.write_text(json.dumps(result, indent=1))
 
     tsit5 = gflow.FlowConfig(rtol=cfg.rtol, max_steps=200_000)
     (traj, stats), first, second = _timed(lambda: gflow.gradient_flow(p0, data, ts, config=tsit5, return_stats=True))
@@ -83,6 +84,7 @@ def main() -> None:
         result["runs"][name]["P_error_max_over_max_P"] = float(err.max() / ref_P.max())
         result["runs"][name]["final_P_relative_error_of_winners"] = float((err[-1][winners] / ref_P[-1][winners]).max())
         print(name, result["runs"][name]["P_error_max_over_max_P"], flush=True)
+    args.json.write_text(json.dumps(result, indent=1))
     # A sweep over seeds: one compiled program, vmapped.
     keys = jax.random.split(jax.random.key(7), args.seeds)
     p_seeds = jax.vmap(lambda k: gflow.init_params(k, cfg.width, ds.dim, cfg.sigma))(keys)
