@@ -1,11 +1,11 @@
-"""Effective capacity: clusters of mutually aligned neurons, merging and norm pruning (SPEC.md §6).
+"""Effective capacity: clusters of mutually aligned neurons, merging and norm pruning (docs/theory.md §6).
 
 Augmented vectors. Neuron i acts on the augmented input x̃ = (x, 1) through w̃_i = (w_i, b_i):
 z_i(x) = w̃_i·x̃. Relu is positively homogeneous, so for every x
 
     v_i relu(w̃_i·x̃) = ‖w̃_i‖ v_i relu(ŵ̃_i·x̃),        ŵ̃_i = w̃_i/‖w̃_i‖.
 
-Clusters (the paper's Section 4). Within each outgoing alignment κ (SPEC §3), neurons are
+Clusters (the paper's Section 4). Within each outgoing alignment κ (docs/theory.md §3), neurons are
 grouped by **complete linkage** on the cosine similarity of their augmented vectors at
 threshold τ: the clusters are built by repeatedly joining the two clusters whose *least*
 similar pair of members is the most similar, while that similarity is ≥ τ. Hence every pair of
@@ -28,7 +28,7 @@ Neurons with identical directions merge exactly.
 A refinement (``weighting="contribution"``): w̃_C = u_C = Σ_j P̃_j ŵ̃_j / Σ_j P̃_j with
 P̃_j = ‖w̃_j‖‖v_j‖, *not* normalised (‖u_C‖ ≤ 1), same v_C. Linearising relu around the
 cluster's direction, Σ_j ‖w̃_j‖ v_j (ŵ̃_j·x̃) = v_C (u_C·x̃) when the v_j of the cluster are
-parallel (they converge to one angle per κ, SPEC §3), so the first-order error of the merge
+parallel (they converge to one angle per κ, docs/theory.md §3), so the first-order error of the merge
 cancels and only the curvature of the cluster remains. The same bound holds with u_C in place of
 û_C (relu is 1-Lipschitz whatever the vector's norm), and u_C, a convex combination of unit
 vectors each within √(2(1−τ)) of ŵ̃_j, stays within that radius too.
@@ -199,7 +199,7 @@ def _check_weighting(weighting: str) -> None:
 def merged_directions(params: Params, labels: jax.Array, *, weighting: str = "norm") -> jax.Array:
     """The merged neuron's augmented vector for slot C = 0..d−1, ``[d, D+1]`` (0 for empty slots).
 
-    ``"norm"`` (SPEC.md §6): û_C = Σ_{j∈C} w̃_j / ‖Σ_{j∈C} w̃_j‖, the normalised
+    ``"norm"`` (docs/theory.md §6): û_C = Σ_{j∈C} w̃_j / ‖Σ_{j∈C} w̃_j‖, the normalised
     ‖w̃_j‖-weighted mean of the unit vectors ŵ̃_j.
     ``"contribution"``: u_C = Σ_j P̃_j ŵ̃_j / Σ_j P̃_j with P̃_j = ‖w̃_j‖‖v_j‖, not normalised
     (module docstring: cancels the merge's first-order error).
@@ -222,7 +222,7 @@ def merged_directions(params: Params, labels: jax.Array, *, weighting: str = "no
 def merge_neurons(params: Params, labels: jax.Array, *, rebalance: bool = False, weighting: str = "norm") -> Params:
     """The merged network, same shape as ``params``: slot C holds cluster C, other slots are 0.
 
-        w̃_C = û_C (`merged_directions`),  v_C = Σ_{j∈C} ‖w̃_j‖ v_j        (SPEC.md §6)
+        w̃_C = û_C (`merged_directions`),  v_C = Σ_{j∈C} ‖w̃_j‖ v_j        (docs/theory.md §6)
 
     With ``rebalance`` the pair is rescaled to ‖w̃_C‖ = ‖v_C‖ (relu's homogeneity leaves the
     function unchanged). Jittable: ``labels`` ``[d]`` may be traced; values must lie in [0, d).
@@ -277,7 +277,7 @@ def merge_logit_bound(params: Params, labels: jax.Array, x: jax.Array, *, per_sa
 
 
 class MergeReport(NamedTuple):
-    """What merging at τ did to a network (SPEC.md §6, Appendix G).
+    """What merging at τ did to a network (docs/theory.md §6, Appendix G).
 
     Attributes:
         width: d, neurons before merging.  clusters: neurons after merging.
@@ -376,7 +376,7 @@ def _check_fraction(fraction) -> None:
 
 
 def norm_pruning_mask(P: jax.Array, *, fraction=None, threshold=None) -> jax.Array:
-    """Neurons kept by norm pruning, bool ``[d]`` (SPEC.md §6).
+    """Neurons kept by norm pruning, bool ``[d]`` (docs/theory.md §6).
 
     Exactly one of:
         fraction: remove the round(fraction·d) neurons with the smallest P_i (ties: the lower
@@ -422,7 +422,7 @@ def _pruning_accuracies(params: Params, data: TrainingData, fractions: jax.Array
 
 
 def norm_pruning_curve(params: Params, data: TrainingData, fractions) -> PruningCurve:
-    """Train/test accuracy after removing each fraction of the lowest-P_i neurons (SPEC.md §6)."""
+    """Train/test accuracy after removing each fraction of the lowest-P_i neurons (docs/theory.md §6)."""
     fractions = np.asarray(fractions, dtype=np.float64).reshape(-1)
     _check_fraction(fractions)
     kept, train, test = _pruning_accuracies(params, data, jnp.asarray(fractions, params.W.dtype))

@@ -1,4 +1,4 @@
-"""Cells of the input space and the stable cells of the target map (SPEC.md §3, Appendix D).
+"""Cells of the input space and the stable cells of the target map (docs/theory.md §3, Appendix D).
 
 With ``b = 0`` the directions ``w ∈ R^D`` that share a gating pattern ``g(s) = 1[w·x_s > 0]``
 form a cone, a *cell*; the N hyperplanes ``w·x_s = 0`` cut R^D into at most
@@ -105,7 +105,7 @@ def _samples_as_layer(x: jax.Array) -> Params:
 
 
 def direction_gates(u: jax.Array, x: jax.Array) -> jax.Array:
-    """gate(u)_s = 1[u·x_s > 0] for each row of ``u [M, D]`` → ``bool [M, N]`` (SPEC.md §3).
+    """gate(u)_s = 1[u·x_s > 0] for each row of ``u [M, D]`` → ``bool [M, N]`` (docs/theory.md §3).
 
     The directions are the inputs of `_samples_as_layer` and the gate is `gating_pattern`'s,
     so it has a single owner.
@@ -119,7 +119,7 @@ def neuron_patterns(params: Params, x: jax.Array) -> jax.Array:
 
 
 def map_patterns(patterns: jax.Array, kappa: jax.Array, data: TrainingData) -> jax.Array:
-    """One step of the target map on patterns: ``g ↦ gate(T_κ(g))`` (SPEC.md §3).
+    """One step of the target map on patterns: ``g ↦ gate(T_κ(g))`` (docs/theory.md §3).
 
     Args:
         patterns: ``bool [M, N]``, one gating pattern per row.
@@ -202,7 +202,7 @@ def cell_transitions(t, cell_hash) -> CellTransitions:
 
 
 def cover_bound(n_samples: int, dim: int) -> int:
-    """C(N, D) = 2 Σ_{k=0}^{D−1} binom(N−1, k), exact (Python integers; SPEC.md §3, Lemma 3.1).
+    """C(N, D) = 2 Σ_{k=0}^{D−1} binom(N−1, k), exact (Python integers; docs/theory.md §3, Lemma 3.1).
 
     The number of cells cut by N hyperplanes through the origin of R^D in general position
     (Cover 1965); for ``D >= N`` it is ``2^N``.
@@ -986,7 +986,7 @@ def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank:
 def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chunk: int,
           dense_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Packed exact signs ``(1[z > 0], 1[z < 0])`` of the targets of ``words`` (their ``sums``):
-    row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (SPEC.md §3).
+    row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (docs/theory.md §3).
     ``dense_size`` forces the size of the dense check (`_dense_samples`)."""
     k = words.shape[0]
     rank = min(rank, geo.ranks[-1])
@@ -1276,7 +1276,7 @@ def _pattern_targets(words: jax.Array, kappa: jax.Array, data: TrainingData, *, 
 
 @dataclasses.dataclass(frozen=True)
 class StableCellEstimate:
-    """Result of Algorithm 1 for one alignment κ (SPEC.md §3, Appendix D).
+    """Result of Algorithm 1 for one alignment κ (docs/theory.md §3, Appendix D).
 
     Attributes:
         kappa: +1 or −1.
@@ -1493,7 +1493,7 @@ def stable_cells(
     chunk: int = 4096,
     max_iterations: int = 200,
 ) -> dict[int, StableCellEstimate]:
-    """Algorithm 1 (SPEC.md §3, paper Appendix D): estimate the number of stable cells.
+    """Algorithm 1 (docs/theory.md §3, paper Appendix D): estimate the number of stable cells.
 
     Draw M = ``probes`` directions uniform on S^{D−1}. Repeat: record K_t, the number of distinct
     gating patterns among the probes; replace each probe u by ``T_κ(gate(u))``. Stop when K_t has

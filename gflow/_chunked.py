@@ -1,4 +1,4 @@
-"""Mini-batch momentum SGD, K steps at a time: an exact reformulation for seed sweeps (SPEC.md §1).
+"""Mini-batch momentum SGD, K steps at a time: an exact reformulation for seed sweeps (docs/theory.md §1).
 
 `gflow._sgd.train_sgd` takes one optax step at a time: every step reads the first-layer weights
 ``W [d, D]`` to form the pre-activations of a batch of B samples, and reads and writes ``W``
@@ -10,7 +10,7 @@ loss of `gflow._network`, batches from `gflow._sgd._batch_indices` — but touch
 
 **The reformulation.** Inside a chunk that starts from ``(W_0, M_0)``, the gradient of step j
 is ``G_j = δ_jᵀ X_j`` with ``X_j ∈ R^{B×D}`` the batch and ``δ_j ∈ R^{B×d}`` the back-propagated
-errors ``δ_j(s, i) = g_i(s) (v_i·r_s) / B`` (SPEC.md §1). Unrolling the momentum recursion,
+errors ``δ_j(s, i) = g_i(s) (v_i·r_s) / B`` (docs/theory.md §1). Unrolling the momentum recursion,
 
     M_k = β^k M_0 + Σ_{j<k} β^{k−1−j} G_j
     W_k = W_0 − η (a_k M_0 + Σ_{j<k} c_{kj} G_j),     a_k = Σ_{i=1}^{k} β^i,
@@ -77,7 +77,7 @@ OBSERVATION_MODES = ("full", "norms")
 class NeuronNorms(NamedTuple):
     """The light record of a sweep: ‖w_i‖, ‖v_i‖ and b_i per neuron (last axis ``d``).
 
-    Enough for P_i = ‖w_i‖‖v_i‖ (SPEC.md §4), the balance Q_i = ‖w_i‖² + b_i² − ‖v_i‖² (§2)
+    Enough for P_i = ‖w_i‖‖v_i‖ (docs/theory.md §4), the balance Q_i = ‖w_i‖² + b_i² − ‖v_i‖² (§2)
     and the race between neurons (§5).
     """
 
@@ -232,7 +232,7 @@ def _chunk_errors(start, gram, y, b, V, mb, mV, coeffs: _ChunkCoefficients, lr, 
         # z = X_k W_kᵀ + b_k, with W_k never formed.
         z = (base_j - lr * (local_j @ deltas)).reshape(batch, seeds, width) + b[None]
         hidden = jax.nn.relu(z)
-        # Two classes: r_s = p(x_s) − y_s = ρ_s (1, −1) with ρ_s = p_1 − y_1 (SPEC §1), so
+        # Two classes: r_s = p(x_s) − y_s = ρ_s (1, −1) with ρ_s = p_1 − y_1 (docs/theory.md §1), so
         # v_i·r_s = ρ_s (v_i1 − v_i2) and only the logit gap o_1 − o_2 is needed.
         dv = V[..., 0] - V[..., 1]  # [S, d]
         gap = jnp.sum(hidden * dv[None], axis=-1)  # [B, S]
@@ -580,7 +580,7 @@ def train_sgd_chunked(
 
     Same steps, batches and records as ``train_sgd(params0, key, data, learning_rate=η,
     momentum=β, config=config)`` (optax.sgd: m ← g + β m, θ ← θ − η m; flow time
-    ``t = k·η/(1−β)``, SPEC.md §1), equal up to float rounding, with ``W`` read and written
+    ``t = k·η/(1−β)``, docs/theory.md §1), equal up to float rounding, with ``W`` read and written
     once per chunk instead of once per step (module docstring).
 
     Args:

@@ -16,7 +16,7 @@ flow      t_end (300.0) and save_points (301), or t_grid; solver ("tsit5"), rtol
 ========  =================================================================================
 
 The SGD and GD defaults cover the same flow time t = k·η/(1−β) = 300 as the flow default
-(SPEC.md §1); SGD with momentum 0.9 and batch 4 follows the paper's CIFAR-10 protocol (§7),
+(docs/theory.md §1); SGD with momentum 0.9 and batch 4 follows the paper's CIFAR-10 protocol (§7),
 whose learning-rate value was lost: 0.01 is gflow's choice.
 
 A configuration file is TOML with these keys at the top level (``-`` may stand for ``_``)::
@@ -162,7 +162,7 @@ class RunConfig:
 
     Attributes:
         trainer: ``"sgd"`` (mini-batch SGD with momentum), ``"gd"`` (full batch) or ``"flow"``
-            (the ODE θ̇ = −∇L, SPEC.md §1).
+            (the ODE θ̇ = −∇L, docs/theory.md §1).
         dataset, classes, n_per_class, preprocess, data_seed: data options of ``gflow
             --dataset`` (spec string, ``"A/B"`` digit grouping, samples per class, mode, seed).
         width: hidden width d.

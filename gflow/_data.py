@@ -1,6 +1,6 @@
 """Data sources: the embedded MNIST default, synthetic clusters, and standard-format readers.
 
-Every source returns a validated :class:`gflow.Dataset` (SPEC.md §1): float32 inputs
+Every source returns a validated :class:`gflow.Dataset` (docs/theory.md §1): float32 inputs
 ``x [N, D]``, labels ``y ∈ {0, 1}`` with ``0`` = the paper's class 1 (``ỹ = +1``) and
 ``1`` = class 2 (``ỹ = −1``), and an optional held-out test split.
 
@@ -151,7 +151,7 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
        * ``"center"``: ``x ← x − μ`` with ``μ = (1/N) Σ_s x_s`` (per feature);
        * ``"center-unit"`` (default): centre, then one global scale
          ``x ← x / c`` with ``c² = (1/N) Σ_s ‖x_s − μ‖²``, so that the mean squared norm of the
-         training inputs is 1. The gradient field of SPEC.md §1 is quadratic in ``x``
+         training inputs is 1. The gradient field of docs/theory.md §1 is quadratic in ``x``
          (``∂L/∂w_i ∝ Σ_s (v_i·r_s) x_s`` with ``v_i`` growing like ``w_i·x``), so this keeps the
          flow's time scales O(1) whatever D;
        * ``"standardize"``: per-feature z-score ``(x − μ_j)/σ_j``; zero-variance training
@@ -678,7 +678,7 @@ def _cifar_source(source) -> tuple[tuple, str]:
 def cifar_binary(source, *, n_per_class: int | None = 400, class1=(0, 3), class2=(1, 2),
                  grayscale: bool = True, test_per_class: int | None = 1000, seed: int = 0,
                  preprocess: str = "center-unit") -> Dataset:
-    """The paper's CIFAR-10 binary task (SPEC.md §7) from a local copy.
+    """The paper's CIFAR-10 binary task (docs/theory.md §7) from a local copy.
 
     Class 1 (label 0, ``ỹ = +1``) = airplane (0) + cat (3); class 2 (label 1, ``ỹ = −1``) =
     automobile (1) + bird (2), CIFAR-10 label numbering. ``n_per_class`` training images per

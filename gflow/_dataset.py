@@ -1,6 +1,6 @@
 """The dataset type every trainer and analysis in gflow consumes.
 
-A binary classification set `{(x_s, c_s)}` (SPEC.md §1). Labels are stored as integers
+A binary classification set `{(x_s, c_s)}` (docs/theory.md §1). Labels are stored as integers
 `y_s ∈ {0, 1}`: `0` is the paper's class 1 (signed label `ỹ = +1`), `1` is class 2
 (`ỹ = −1`). An optional held-out split travels with the training split so that test loss and
 accuracy can be observed along a trajectory.

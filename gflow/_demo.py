@@ -61,7 +61,7 @@ class DemoConfig:
 def estimated_drop_time(dataset: Dataset, sigma: float) -> float:
     """Flow time at which the fastest neuron's P reaches O(1) from P(0) ~ σ².
 
-    Uses the largest small-init unlocking rate γ = (√2/N)‖Σ_s ỹ_s x_s‖ (SPEC §4, all samples
+    Uses the largest small-init unlocking rate γ = (√2/N)‖Σ_s ỹ_s x_s‖ (docs/theory.md §4, all samples
     active) and P(t) ≈ σ² e^{γ t}: t_drop ≈ log(1/σ²)/γ.
     """
     gamma = np.sqrt(2.0) / dataset.n_samples * np.linalg.norm(dataset.signed_labels @ dataset.x)

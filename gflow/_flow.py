@@ -1,11 +1,11 @@
-"""Continuous-time gradient flow θ̇ = −∇L(θ) integrated with diffrax (SPEC.md §1).
+"""Continuous-time gradient flow θ̇ = −∇L(θ) integrated with diffrax (docs/theory.md §1).
 
 Observables are computed inside the solve with ``SaveAt(fn=...)`` on the user's time grid,
 so full weights are kept only at the requested snapshot times.
 
 Solvers: diffrax's explicit Runge–Kutta methods, and the implicit Gauss–Legendre collocation
 methods ``gauss1`` (implicit midpoint, order 2) and ``gauss2`` (order 4) of `gflow._gauss`,
-which conserve the balance Q_i of SPEC §2 exactly for any step size (up to the tolerance of
+which conserve the balance Q_i of docs/theory.md §2 exactly for any step size (up to the tolerance of
 their stage equations) and are not slowed down by the jumps of the field at ReLU gate crossings.
 With ``project_balance``, constant steps of Euler, Heun, Midpoint or Ralston end with a
 rescaling of each neuron back to its balance (`gflow._projection`): two gradients per Heun step,
@@ -168,7 +168,7 @@ def vector_field(t, params: Params, data: TrainingData) -> Params:
 
 
 def gated_loss(params: Params, gates: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-    """L of the network whose gates are held at ``gates`` ``[N, d]`` in [0, 1] (SPEC.md §1, g fixed).
+    """L of the network whose gates are held at ``gates`` ``[N, d]`` in [0, 1] (docs/theory.md §1, g fixed).
 
         a_i(s) = g_i(s) z_i(x_s),   o(x_s) = Σ_i v_i a_i(s),   L_g = (1/N) Σ_s −log softmax(o(x_s))_{c_s}
 

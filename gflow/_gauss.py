@@ -1,11 +1,11 @@
-"""Gauss–Legendre collocation for the gradient flow, as a diffrax solver (SPEC.md §1, §2).
+"""Gauss–Legendre collocation for the gradient flow, as a diffrax solver (docs/theory.md §1, §2).
 
-Why an implicit method. The gradient field of SPEC §1 jumps wherever a gate
+Why an implicit method. The gradient field of docs/theory.md §1 jumps wherever a gate
 ``g_i(s) = 1[w_i·x_s + b_i > 0]`` flips, and the flow crosses such hyperplanes thousands of times
 on its way through the loss drop (and may slide along them: a Filippov system). An explicit
 adaptive solver (Tsit5 + PID) reads every jump as a local error ``~h·|Δf|`` and shrinks its
 step until that is below tolerance: it crawls at ``h·λ_max(∇²L) ≈ 0.05``, limited by the jumps,
-not by stability. Its balance drift (SPEC §2) is proportional to its local error.
+not by stability. Its balance drift (docs/theory.md §2) is proportional to its local error.
 
 An s-stage Gauss–Legendre method with step h and tableau ``(A, b, c)`` solves for stage values
 

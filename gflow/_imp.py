@@ -1,4 +1,4 @@
-"""Iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019; SPEC.md §6).
+"""Iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019; docs/theory.md §6).
 
 Semantics (those of open_lth's ``sparse_global`` strategy and its branches):
 

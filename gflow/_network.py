@@ -1,10 +1,10 @@
-"""The network and its loss as pure JAX functions (SPEC.md §1).
+"""The network and its loss as pure JAX functions (docs/theory.md §1).
 
     z_i(x) = w_i·x + b_i,   a_i = relu(z_i),   o(x) = Σ_i v_i a_i(x) ∈ R²
     p = softmax(o),   ℓ_s = −log p_{c_s},   L = (1/N) Σ_s ℓ_s
 
 Parameters are the pytree ``Params(W [d, D], b [d], V [d, 2])``; there is no output bias.
-Gradients of `loss` come from ``jax.grad``; `closed_form_gradient` restates SPEC §1 once, as an
+Gradients of `loss` come from ``jax.grad``; `closed_form_gradient` restates docs/theory.md §1 once, as an
 independent oracle for tests.
 """
 
@@ -52,7 +52,7 @@ def init_params(
     orthogonal: bool = False,
     dtype=jnp.float32,
 ) -> Params:
-    """Small initialisation: ``W, V ~ N(0, σ²)`` i.i.d., ``b = 0`` (SPEC.md §1).
+    """Small initialisation: ``W, V ~ N(0, σ²)`` i.i.d., ``b = 0`` (docs/theory.md §1).
 
     With ``orthogonal=True`` the rows of W are mutually orthogonal directions (a random
     orthonormal frame when d <= D, otherwise d directions in D dims drawn as a tight frame)
@@ -88,7 +88,7 @@ def preactivations(params: Params, x: jax.Array) -> jax.Array:
 
 
 def gating_pattern(params: Params, x: jax.Array) -> jax.Array:
-    """g_i(s) = 1[z_i(x_s) > 0] as booleans ``[N, d]`` (SPEC.md §1).
+    """g_i(s) = 1[z_i(x_s) > 0] as booleans ``[N, d]`` (docs/theory.md §1).
 
     The single owner of the ReLU gate: ``z = 0`` is closed, matching ``jax.nn.relu``'s
     derivative at the kink.
@@ -114,7 +114,7 @@ def per_sample_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    """L = (1/N) Σ_s ℓ_s (SPEC.md §1)."""
+    """L = (1/N) Σ_s ℓ_s (docs/theory.md §1)."""
     return jnp.mean(per_sample_loss(params, x, y))
 
 
@@ -127,18 +127,18 @@ def accuracy(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def residuals(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
-    """r_s = p(x_s) − y_s = ∂ℓ_s/∂o, shape ``[N, 2]`` (SPEC.md §1)."""
+    """r_s = p(x_s) − y_s = ∂ℓ_s/∂o, shape ``[N, 2]`` (docs/theory.md §1)."""
     p = jax.nn.softmax(logits(params, x), axis=-1)
     return p - jax.nn.one_hot(y, 2, dtype=p.dtype)
 
 
 def balance(params: Params) -> jax.Array:
-    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² (SPEC.md §2), ``[d]``: conserved by the flow."""
+    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² (docs/theory.md §2), ``[d]``: conserved by the flow."""
     return jnp.sum(params.W**2, axis=1) + params.b**2 - jnp.sum(params.V**2, axis=1)
 
 
 def closed_form_gradient(params: Params, x: jax.Array, y: jax.Array) -> Params:
-    """∇L written out (SPEC.md §1), used as a test oracle against ``jax.grad``.
+    """∇L written out (docs/theory.md §1), used as a test oracle against ``jax.grad``.
 
         ∂L/∂v_i = (1/N) Σ_s a_i(s) r_s
         ∂L/∂w_i = (1/N) Σ_s g_i(s) (v_i·r_s) x_s

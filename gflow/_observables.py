@@ -1,4 +1,4 @@
-"""Per-neuron observables recorded along a trajectory (SPEC.md §2–§4).
+"""Per-neuron observables recorded along a trajectory (docs/theory.md §2–§4).
 
 Everything here is a pure function of ``(Params, TrainingData)``; trainers call `observe` at
 each point of their time grid so that full weights never need to be stored along the way.
@@ -75,7 +75,7 @@ class Observables(NamedTuple):
         cos_target: cos ∠(w_i, T_κ(g_i)), the target of the current cell (§3, §4).
     Scalars: loss, accuracy (train), test_loss, test_accuracy (NaN without a test split).
 
-    The small-init unlocking rate of SPEC §4 is ``√2 · target_strength · cos_target``.
+    The small-init unlocking rate of docs/theory.md §4 is ``√2 · target_strength · cos_target``.
     """
 
     w_norm: jax.Array
@@ -117,7 +117,7 @@ def outgoing_alignment(V: jax.Array) -> jax.Array:
 
 
 def error_vectors(params: Params, data: TrainingData) -> jax.Array:
-    """e_i = −(1/N) Σ_s g_i(s) (v̂_i·r_s) x_s for every neuron, ``[d, D]`` (SPEC.md §2)."""
+    """e_i = −(1/N) Σ_s g_i(s) (v̂_i·r_s) x_s for every neuron, ``[d, D]`` (docs/theory.md §2)."""
     n = data.x.shape[0]
     g = gating_pattern(params, data.x).astype(data.x.dtype)
     v_hat = params.V / jnp.maximum(safe_norm(params.V)[:, None], jnp.finfo(data.x.dtype).tiny)
@@ -132,7 +132,7 @@ def cell_signed_sums(gates: jax.Array, data: TrainingData) -> jax.Array:
 
 
 def target_directions(gates: jax.Array, kappa: jax.Array, data: TrainingData) -> jax.Array:
-    """T_κ(g) = κ Σ_{g(s)=1} ỹ_s x_s / ‖Σ_{g(s)=1} ỹ_s x_s‖ (SPEC.md §3), ``[d, D]``.
+    """T_κ(g) = κ Σ_{g(s)=1} ỹ_s x_s / ‖Σ_{g(s)=1} ỹ_s x_s‖ (docs/theory.md §3), ``[d, D]``.
 
     Rows whose effective dataset sums to zero get the zero vector.
     """
@@ -188,7 +188,7 @@ def observe(params: Params, data: TrainingData) -> Observables:
 
 
 def balance_drift(obs: Observables) -> jax.Array:
-    """Relative drift of the balance per neuron (SPEC.md §2), over the leading time axis.
+    """Relative drift of the balance per neuron (docs/theory.md §2), over the leading time axis.
 
         drift_i = max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²)
 
@@ -200,5 +200,5 @@ def balance_drift(obs: Observables) -> jax.Array:
 
 
 def small_init_unlocking_rate(obs: Observables) -> jax.Array:
-    """γ_i = (√2/N) ‖Σ_{s∈E_i} ỹ_s x_s‖ cos δ_i (SPEC.md §4), δ_i against the current cell's target."""
+    """γ_i = (√2/N) ‖Σ_{s∈E_i} ỹ_s x_s‖ cos δ_i (docs/theory.md §4), δ_i against the current cell's target."""
     return jnp.sqrt(2.0) * obs.target_strength * obs.cos_target

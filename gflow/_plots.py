@@ -5,7 +5,7 @@ change, no display needed), writes it atomically (temporary file in the same fol
 ``os.replace``) and returns the path. Inputs are the arrays a `gflow.Trajectory` or a loaded run
 folder holds: a time grid ``t [T]`` and per-neuron series ``[T, d]`` (time first).
 
-Figures (SPEC.md §2, §4, §5, §7):
+Figures (docs/theory.md §2, §4, §5, §7):
 
 * `plot_norms`: P_i = ‖w_i‖‖v_i‖ against t on a log scale — exponential unlocking (§4) shows as
   straight lines, the race (§5) as a few lines pulling away from the rest.
@@ -78,7 +78,7 @@ def _positive(v: np.ndarray) -> np.ndarray:
 
 
 def plot_norms(t, P, path, *, title: str = "") -> Path:
-    """P_i = ‖w_i‖‖v_i‖ against flow time, log scale (SPEC.md §4–§5).
+    """P_i = ‖w_i‖‖v_i‖ against flow time, log scale (docs/theory.md §4–§5).
 
     Args:
         t: time grid ``[T]``.
@@ -100,7 +100,7 @@ def plot_norms(t, P, path, *, title: str = "") -> Path:
 
 
 def plot_cos_delta(t, cos, path, *, title: str = "") -> Path:
-    """cos δ_i = cos ∠(w_i, e_i) against flow time (SPEC.md §2): alignment of each neuron.
+    """cos δ_i = cos ∠(w_i, e_i) against flow time (docs/theory.md §2): alignment of each neuron.
 
     Args:
         t: time grid ``[T]``.
@@ -179,7 +179,7 @@ def plot_loss(t, loss, path, *, test_loss=None, accuracy=None, test_accuracy=Non
 
 
 def plot_overlay(t_ode, P_ode, loss_ode, t_sgd, P_sgd, loss_sgd, path, *, neurons=5) -> Path:
-    """ODE (solid) against SGD/GD (dashed) on one flow-time axis t = k·η/(1−β) (SPEC.md §1).
+    """ODE (solid) against SGD/GD (dashed) on one flow-time axis t = k·η/(1−β) (docs/theory.md §1).
 
     Left: P_i of the selected neurons (log scale); right: the two losses.
 
@@ -228,7 +228,7 @@ def plot_overlay(t_ode, P_ode, loss_ode, t_sgd, P_sgd, loss_sgd, path, *, neuron
 
 
 def plot_final_vs_early(cos_early, P_final, path, *, t_early) -> Path:
-    """Final P_i against early cos δ_i, one dot per neuron (the paper's figure 4, SPEC.md §7).
+    """Final P_i against early cos δ_i, one dot per neuron (the paper's figure 4, docs/theory.md §7).
 
     Args:
         cos_early: cos δ_i at the early time ``[d]`` (or ``[K, d]``: several seeds pooled).

@@ -1,4 +1,4 @@
-"""Balance projection for explicit solvers of the flow (SPEC.md §2).
+"""Balance projection for explicit solvers of the flow (docs/theory.md §2).
 
 The flow conserves every ``Q_i = ‖w_i‖² + b_i² − ‖v_i‖²``; an explicit Runge–Kutta step does not
 (Heun at h = 0.125 on the CIFAR task N = 800, d = 300 moves Q_i by up to 2e-4 of the neuron's

@@ -418,9 +418,9 @@ def summarize(run: Run) -> list[dict]:
     """Per-point numbers over the runs that finished cleanly (failed runs are listed, not used).
 
     For each point: loss-drop time (`gflow._race.loss_drop_time`, half of the total decrease),
-    final loss and accuracies, balance drift max_i drift_i (SPEC.md §2, `balance_drift`), and
+    final loss and accuracies, balance drift max_i drift_i (docs/theory.md §2, `balance_drift`), and
     the number of race winners (fewest neurons carrying 90% of Σ_i P_i at the end,
-    `race_winners`, SPEC.md §5).
+    `race_winners`, docs/theory.md §5).
     """
     obs = run.observables
     out = []
@@ -471,9 +471,9 @@ def _early_index(t: np.ndarray, drop_median) -> tuple[int, float]:
 def draw_figures(run: Run, folder, summary: list[dict] | None = None) -> dict[int, dict[str, Path]]:
     """All figures of a run (per point: norms, cos δ, loss, final P vs early cos δ).
 
-    The cos δ_i curves measure the angle between w_i and its error vector e_i (SPEC §2); the
+    The cos δ_i curves measure the angle between w_i and its error vector e_i (docs/theory.md §2); the
     final-vs-early scatter measures δ_i against the target of the neuron's current cell
-    (``cos_target``, SPEC §4), at half the median loss-drop time.
+    (``cos_target``, docs/theory.md §4), at half the median loss-drop time.
 
     Drawn from the first successful seed of a point (norms, cos δ) or all its successful seeds
     (loss: up to 20 curves; the scatter pools every seed). Returns ``{point: {name: path}}``.
@@ -508,7 +508,7 @@ def draw_figures(run: Run, folder, summary: list[dict] | None = None) -> dict[in
                 title=f"{label} ({curves.size} seed{'s' if curves.size > 1 else ''})"),
         }
         i_early, t_early = _early_index(t, summary[p]["loss_drop_time"]["median"])
-        # δ_i against the target of the neuron's current cell, as in the paper's experiments (SPEC §4).
+        # δ_i against the target of the neuron's current cell, as in the paper's experiments (docs/theory.md §4).
         figs["final_vs_early"] = _plots.plot_final_vs_early(
             obs["cos_target"][p, ok, i_early], obs["P"][p, ok, -1], folder / f"final_vs_early{suffix}.png",
             t_early=t_early)
@@ -556,10 +556,10 @@ def report_markdown(run: Run, summary: list[dict], figures: Mapping[int, Mapping
         "## Results per point (successful seeds: median [min, max])",
         "",
         "- loss-drop time: first t with L(t) ≤ L(0) − ½ (L(0) − min L);",
-        "- balance drift: max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) (SPEC §2; ~rtol for the ODE, O(η) for GD/SGD);",
-        f"- race winners: fewest neurons whose final P_i = ‖w_i‖‖v_i‖ add up to {_WINNER_SHARE:.0%} of Σ P_i (SPEC §5);",
-        "- figures: cos δ_i is the angle between w_i and its error vector e_i (SPEC §2); the scatter of final P_i "
-        "takes δ_i against the target of the neuron's current cell (SPEC §4) at half the median loss-drop time.",
+        "- balance drift: max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) (docs/theory.md §2; ~rtol for the ODE, O(η) for GD/SGD);",
+        f"- race winners: fewest neurons whose final P_i = ‖w_i‖‖v_i‖ add up to {_WINNER_SHARE:.0%} of Σ P_i (docs/theory.md §5);",
+        "- figures: cos δ_i is the angle between w_i and its error vector e_i (docs/theory.md §2); the scatter of final P_i "
+        "takes δ_i against the target of the neuron's current cell (docs/theory.md §4) at half the median loss-drop time.",
         "",
         "| point | ok / seeds | final loss | train acc | test acc | loss-drop t | balance drift | race winners | steps |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -1,4 +1,4 @@
-"""Discrete training with optax: full-batch GD and mini-batch SGD with momentum (SPEC.md §1).
+"""Discrete training with optax: full-batch GD and mini-batch SGD with momentum (docs/theory.md §1).
 
 Gradient descent with step η is the Euler scheme of the gradient flow; SGD with momentum β
 follows the flow in expectation with flow time ``t = k·η/(1−β)`` after k steps. Every record

@@ -1,11 +1,11 @@
-"""The paper's claims as predictions, and checks that compare them with a simulation (SPEC §2–§5).
+"""The paper's claims as predictions, and checks that compare them with a simulation (docs/theory.md §2–§5).
 
 Predictions are pure functions of the parameters at one time (or of recorded `Observables`);
 checks take a float64 gradient-flow `Trajectory` and return `Check` records
 ``(name, predicted, measured, rel_error, tolerance, passed)``. A check passes when
 ``rel_error <= tolerance``; each record says in ``detail`` what was compared.
 
-Phases (SPEC.md §3–§5):
+Phases (docs/theory.md §3–§5):
 
 * phase 1, alignment: ``φ_i`` → −π/4 or 3π/4 by the sign of ``Σ_s a_i(s) ỹ_s`` (Appendix B);
   ``ŵ_i`` turns to the target ``T_κ(g_i)`` of its cell and settles in a stable cell (Thm 3.6);
@@ -48,7 +48,7 @@ KAPPA_ANGLE = {1: -math.pi / 4, -1: 3 * math.pi / 4}
 def outgoing_drive(params: Params, data: TrainingData) -> jax.Array:
     """``Σ_s a_i(s) ỹ_s`` per neuron ``[d]``: the sign of the outgoing weights' pull (Appendix B).
 
-    While ``p ≈ (½, ½)``, ``v̇_i ≈ (1/2N)(Σ_s a_i(s) ỹ_s)(1, −1)`` (SPEC.md §3).
+    While ``p ≈ (½, ½)``, ``v̇_i ≈ (1/2N)(Σ_s a_i(s) ỹ_s)(1, −1)`` (docs/theory.md §3).
     """
     a = jax.nn.relu(preactivations(params, data.x))
     return data.signed_labels @ a
@@ -62,7 +62,7 @@ def predicted_kappa(params: Params, data: TrainingData) -> jax.Array:
 def limit_angle(params: Params, data: TrainingData) -> jax.Array:
     """Predicted limit of φ_i = atan2(v_i2, v_i1): −π/4 if ``Σ_s a_i(s) ỹ_s > 0`` else 3π/4.
 
-    SPEC.md §3, paper Appendix B (Theorem B.1): the residuals ``r_s`` all point along
+    docs/theory.md §3, paper Appendix B (Theorem B.1): the residuals ``r_s`` all point along
     ``±(1, −1)``, so ``v_i`` moves along that line only and its angle tends to one end.
     """
     kappa = predicted_kappa(params, data)
@@ -76,7 +76,7 @@ def wrapped_angle(a, b):
 
 
 def current_targets(params: Params, data: TrainingData, kappa=None) -> jax.Array:
-    """T_κ(g_i) for each neuron's current gating pattern, ``[d, D]`` (SPEC.md §3, Lemma 3.4).
+    """T_κ(g_i) for each neuron's current gating pattern, ``[d, D]`` (docs/theory.md §3, Lemma 3.4).
 
     ``kappa`` defaults to the current outgoing alignment (sign of ``v_i1 − v_i2``).
     """
@@ -107,7 +107,7 @@ def iterate_target_map(patterns: jax.Array, kappa: jax.Array, data: TrainingData
                        max_iterations: int = 100) -> StableCellSearch:
     """Iterate the target map from ``patterns [d, N]`` until each is fixed or on a 2-cycle.
 
-    The discrete counterpart of Theorem 3.6 (SPEC.md §3): under phase-1 dynamics a neuron moves
+    The discrete counterpart of Theorem 3.6 (docs/theory.md §3): under phase-1 dynamics a neuron moves
     cell to cell towards its cell's target until it enters a stable cell. Neurons that settle
     stop changing; the loop ends when all have settled or after ``max_iterations``.
     """
@@ -177,7 +177,7 @@ def with_bias_input(data: TrainingData) -> TrainingData:
     """The data with a constant 1 appended to every input: ``x̃_s = (x_s, 1)``.
 
     A neuron's ``(w_i, b_i)`` acts on ``x̃`` as a bias-free weight ``w̃_i``, so cells, targets and
-    the stability test of SPEC.md §3 (stated for b = 0) carry over to trained biases:
+    the stability test of docs/theory.md §3 (stated for b = 0) carry over to trained biases:
     ``gate(w̃)_s = 1[w_i·x_s + b_i > 0]`` and ``T̃_κ(g) ∝ κ Σ_{g(s)=1} ỹ_s x̃_s``.
     """
     def augment(x):
@@ -188,7 +188,7 @@ def with_bias_input(data: TrainingData) -> TrainingData:
 
 @jax.jit
 def stability_of_neurons(params: Params, data: TrainingData):
-    """For each neuron's current gating pattern g_i and current κ_i (SPEC.md §3):
+    """For each neuron's current gating pattern g_i and current κ_i (docs/theory.md §3):
 
     ``(stable [d], two_cycle [d], stable_with_bias [d])``: ``gate(T_κ(g_i)) == g_i`` with b = 0
     cells; ``g_i`` on a 2-cycle of that map instead; and the same test in the augmented space
@@ -210,9 +210,9 @@ class SpeedIdentities(NamedTuple):
 
     norm_speed: d‖w_i‖/dt = ŵ_i·ẇ_i  vs  ‖v_i‖‖e_i‖cos δ_i.
     angular_speed: |dŵ_i/dt| = ‖ẇ_i − (ŵ_i·ẇ_i)ŵ_i‖/‖w_i‖  vs  (‖v_i‖/‖w_i‖)‖e_i‖ sin δ_i.
-    ratio: angular/norm speed  vs  tan δ_i/‖w_i‖ (Lemma 3.9, SPEC.md §2).
+    ratio: angular/norm speed  vs  tan δ_i/‖w_i‖ (Lemma 3.9, docs/theory.md §2).
     dP: dP_i/dt = ‖v_i‖ d‖w_i‖/dt + ‖w_i‖ d‖v_i‖/dt  vs
-        (‖w_i‖² + ‖v_i‖²)(e_i·ŵ_i) + ‖w_i‖ b_i β_i (SPEC.md §4).
+        (‖w_i‖² + ‖v_i‖²)(e_i·ŵ_i) + ‖w_i‖ b_i β_i (docs/theory.md §4).
     Each of these is a pair ``(measured [d], predicted [d])``. Scales to compare errors on:
     speed_scale = ‖v_i‖‖e_i‖ (bounds both speeds of Lemma 3.9, the angular one times ‖w_i‖);
     dP_scale = (‖w_i‖² + ‖v_i‖²)‖e_i‖ + ‖w_i‖|b_i β_i|.
@@ -266,7 +266,7 @@ def speed_identities(params: Params, data: TrainingData) -> SpeedIdentities:
 
 
 class UnlockingRates(NamedTuple):
-    """Growth rates of P_i at one state, ``[d]`` each (SPEC.md §4).
+    """Growth rates of P_i at one state, ``[d]`` each (docs/theory.md §4).
 
     small_init: γ_i = (√2/N)‖Σ_{s∈E_i} ỹ_s x_s‖ cos δ_i, δ_i against the current cell's target.
     q_form: √(4P_i² + Q_i²) ‖e_i‖ cos δ_i / P_i, exact for d log P_i/dt when b_i = 0.
@@ -287,11 +287,11 @@ class UnlockingRates(NamedTuple):
 
 
 def unlocking_rates(params: Params, data: TrainingData) -> UnlockingRates:
-    """All forms of the unlocking rate of SPEC.md §4 at one state (see `UnlockingRates`).
+    """All forms of the unlocking rate of docs/theory.md §4 at one state (see `UnlockingRates`).
 
     Why the augmented form: the bias obeys ``ḃ_i = ‖v_i‖ β_i`` with
     ``β_i = −(1/N) Σ_s g_i(s)(v̂_i·r_s)``, so it grows at the same exponential rate as w_i and
-    ``dP_i/dt`` picks up ``‖w_i‖ b_i β_i`` (SPEC.md §4). Appending 1 to every input turns the bias
+    ``dP_i/dt`` picks up ``‖w_i‖ b_i β_i`` (docs/theory.md §4). Appending 1 to every input turns the bias
     into one more weight, and the b = 0 identity becomes exact for ``(w_i, b_i)``.
     """
     n = data.x.shape[0]
@@ -357,7 +357,7 @@ def window_mean(t, values, start: float, end: float) -> np.ndarray:
 
 
 def pair_ratio_errors(slope, cos_delta, gamma_cell, groups) -> list[float]:
-    """Pair-ratio law within each group (SPEC.md §4): ``d/dt log(P_i/P_j) = γ_G (cos δ_i − cos δ_j)``.
+    """Pair-ratio law within each group (docs/theory.md §4): ``d/dt log(P_i/P_j) = γ_G (cos δ_i − cos δ_j)``.
 
     Args:
         slope: measured growth rates of log P_i ``[d]``.
@@ -382,7 +382,7 @@ def pair_ratio_errors(slope, cos_delta, gamma_cell, groups) -> list[float]:
 
 
 def neuron_groups(kappa, cell_hash, *, active=None, min_size: int = 2) -> list[np.ndarray]:
-    """Groups of neurons with the same κ and the same cell at one record (SPEC.md §5).
+    """Groups of neurons with the same κ and the same cell at one record (docs/theory.md §5).
 
     Returns the member indices of each group of at least ``min_size`` neurons, largest first.
     With ``active`` (|E_i| per neuron), dead neurons (empty cell: no target, no dynamics) are
@@ -452,7 +452,7 @@ def _first_time(t, mask) -> float:
 
 
 def group_phases(t, obs, groups, *, align_threshold: float = 0.99, onset_fraction: float = 0.01) -> list[GroupPhases]:
-    """Alignment done, unlocking onset and loss drop for each group (SPEC.md §3–§5).
+    """Alignment done, unlocking onset and loss drop for each group (docs/theory.md §3–§5).
 
     P grows at rate ∝ cos δ_i from the start, so "onset" is read on the scale that matters: the
     group's Σ P at the loss drop.
@@ -482,7 +482,7 @@ def group_phases(t, obs, groups, *, align_threshold: float = 0.99, onset_fractio
 
 def full_data_rate(data: TrainingData) -> float:
     """γ_full = (√2/N) ‖Σ_s ỹ_s x_s‖: the small-init unlocking rate of a neuron active on every
-    sample and fully aligned (SPEC.md §4)."""
+    sample and fully aligned (docs/theory.md §4)."""
     n = data.x.shape[0]
     return float(math.sqrt(2.0) / n * jnp.linalg.norm(data.signed_labels @ data.x))
 
@@ -548,8 +548,8 @@ class CheckSettings:
     Attributes:
         check_fraction: phase-1 claims are read at the last snapshot at or before
             ``check_fraction · t_drop`` ("before the loss drops").
-        rate_window: the unlocking rate is measured over ``[a, b] · t_drop`` (SPEC.md §4 note).
-        race_window: the racing claims over ``[a, b] · t_drop`` (SPEC.md §5).
+        rate_window: the unlocking rate is measured over ``[a, b] · t_drop`` (docs/theory.md §4 note).
+        race_window: the racing claims over ``[a, b] · t_drop`` (docs/theory.md §5).
         angle_tolerance: |φ_i − predicted limit| allowed, radians.
         limit_angle_share, stable_share: share of neurons that must satisfy the claim.
         align_threshold: cos δ above which a neuron counts as aligned.
@@ -560,7 +560,7 @@ class CheckSettings:
             (Lemma 3.9, dP/dt); ``None``: 1e-9 for float64 data, 1e-3 for float32.
         window_identity_tolerance: relative error allowed for the exact rate identity averaged
             over the rate window (trapezoid rule on the snapshots).
-        drift_tolerance: balance drift allowed (SPEC.md §2).
+        drift_tolerance: balance drift allowed (docs/theory.md §2).
         race_tolerance: within-group coefficient of variation allowed for the racing ratio.
         share_tolerance: shortfall allowed for "every group" claims (silent alignment).
     """
@@ -685,7 +685,7 @@ class Phase1State(NamedTuple):
 
 @jax.jit
 def target_angles(params: Params, data: TrainingData) -> tuple[jax.Array, jax.Array]:
-    """(∠(w_i, T_κ(g_i)), ∠(w_i, second-order target)) per neuron (SPEC.md §3, Appendix C.3)."""
+    """(∠(w_i, T_κ(g_i)), ∠(w_i, second-order target)) per neuron (docs/theory.md §3, Appendix C.3)."""
     return (angle_to(params.W, current_targets(params, data)),
             angle_to(params.W, second_order_targets(params, data)))
 
@@ -783,7 +783,7 @@ def _quantiles(values) -> dict:
 
 
 def phase2_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettings) -> tuple[list[Check], dict]:
-    """Unlocking rates over the rate window against the measured growth of log P (SPEC.md §4)."""
+    """Unlocking rates over the rate window against the measured growth of log P (docs/theory.md §4)."""
     a, b = (f * t_drop for f in settings.rate_window)
     st = np.asarray(traj.snapshot_t, np.float64)
     idx = window_indices(st, a, b)
@@ -850,7 +850,7 @@ def phase2_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettin
 
 
 def phase3_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[list[Check], dict]:
-    """Racing within groups (SPEC.md §5): the ratio (d log P_i/dt)/cos δ_i is shared; ε_G falls."""
+    """Racing within groups (docs/theory.md §5): the ratio (d log P_i/dt)/cos δ_i is shared; ε_G falls."""
     obs = traj.observables
     t = np.asarray(traj.t, np.float64)
     a, b = (f * t_drop for f in settings.race_window)
@@ -895,7 +895,7 @@ def phase3_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[list[Ch
 
 def phase_order_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[list[Check], dict]:
     """Per group: alignment done, unlocking onset, loss drop; silent alignment = the first
-    precedes the second (SPEC.md §2–§4)."""
+    precedes the second (docs/theory.md §2–§4)."""
     obs = traj.observables
     k = _nearest_record(traj, settings.check_fraction * t_drop)
     alive = np.asarray(obs.active[k]) > 0
@@ -918,7 +918,7 @@ def phase_order_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[li
 
 def validate_trajectory(traj, data: TrainingData, *,
                         settings: CheckSettings = CheckSettings()) -> tuple[list[Check], dict]:
-    """Every check of SPEC.md §2–§5 on one gradient-flow `Trajectory` (with snapshots).
+    """Every check of docs/theory.md §2–§5 on one gradient-flow `Trajectory` (with snapshots).
 
     The trajectory should run past the loss drop and carry snapshots dense enough for the rate
     window (`gflow validate` records ~200). Returns ``(checks, report)``; the report holds the
@@ -934,14 +934,14 @@ def validate_trajectory(traj, data: TrainingData, *,
     ident = identity_errors(traj, data)
     checks = [
         make_check("balance_drift", 0.0, drift, drift, settings.drift_tolerance,
-                   "max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) (SPEC §2; integration error)"),
+                   "max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) (docs/theory.md §2; integration error)"),
         make_check("lemma_3_9", ident["median_ratio_at_init"][1], ident["median_ratio_at_init"][0],
                    max(ident["speed"], ident["ratio"]), identity_tol,
                    f"|dŵ/dt| and d‖w‖/dt from the vector field vs (‖v‖/‖w‖)‖e‖ sin δ and ‖v‖‖e‖ cos δ, and "
                    f"their ratio vs tan δ/‖w‖, at {ident['snapshots']} snapshots; predicted/measured: median "
                    f"ratio at t = 0"),
         make_check("dP_identity", 0.0, ident["dP"], ident["dP"], identity_tol,
-                   "dP_i/dt from the vector field vs (‖w‖²+‖v‖²)(e·ŵ) + ‖w‖ b β (SPEC §4), max relative error"),
+                   "dP_i/dt from the vector field vs (‖w‖²+‖v‖²)(e·ŵ) + ‖w‖ b β (docs/theory.md §4), max relative error"),
     ]
     report: dict = {"t_drop": t_drop, "identities": ident, "balance_drift": drift}
     if not math.isfinite(t_drop):

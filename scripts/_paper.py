@@ -1,6 +1,6 @@
 """Shared pieces of the scripts that reproduce the paper's experiments (Section 5, Appendix G).
 
-Paper settings (SPEC.md §7): SGD with mini-batches of B = 4, momentum β = 0.9, d = 300 hidden
+Paper settings (docs/theory.md §7): SGD with mini-batches of B = 4, momentum β = 0.9, d = 300 hidden
 neurons, init scale σ = 1e-5, CIFAR-10 binary (airplane + cat vs automobile + bird, grayscale).
 
 **Learning rate.** The paper's value was lost in extraction. The default η = 0.01 advances the

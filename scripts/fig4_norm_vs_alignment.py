@@ -1,6 +1,6 @@
 """Figure 4: final norm P_i = ‖w_i‖‖v_i‖ against the alignment cos δ_i at t = 0 and early t.
 
-The race (SPEC.md §4–§5): within a group, P_i grows like exp(γ t cos δ_i), so early alignment
+The race (docs/theory.md §4–§5): within a group, P_i grows like exp(γ t cos δ_i), so early alignment
 ranks the final norms. cos δ_i is measured against the target of the neuron's current cell,
 T_κ(g_i) (the paper's §5 "computing the alignment"); at t = 0, when v_i is still random, κ_i is
 the alignment v_i will reach, predicted from the data (sign Σ_s a_i(s) ỹ_s, Appendix B.1).

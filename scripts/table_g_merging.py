@@ -3,7 +3,7 @@
 Each network (d = 300, σ = 1e-5, SGD batch 4, momentum 0.9) is trained to a fixed flow time; its
 neurons are clustered (complete linkage on cos of (w_i, b_i) within each κ) and each cluster
 is replaced by one neuron (`gflow._capacity.merge_report`): direction û = normalised Σ w̃_j,
-outgoing weight Σ ‖w̃_j‖ v_j (SPEC.md §6, "norm"), and the first-order refinement
+outgoing weight Σ ‖w̃_j‖ v_j (docs/theory.md §6, "norm"), and the first-order refinement
 u = Σ P̃_j ŵ̃_j / Σ P̃_j ("contribution"). Reported: clusters, train and test accuracy before and after,
 the largest logit change and the bound it must respect,
 ‖o_merged(x) − o(x)‖ ≤ Σ_j ‖w̃_j‖‖v_j‖ |(ŵ̃_j − û)·x̃|.
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     x = np.arange(len(norm_rows))
     labels = [f"N={r['N']}\ns{r['seed']}" for r in norm_rows]
     for off, values, label in ((-0.27, [r["test_accuracy"] for r in norm_rows], "before"),
-                               (0.0, [r["test_accuracy_merged"] for r in norm_rows], "merged (norm, SPEC)"),
+                               (0.0, [r["test_accuracy_merged"] for r in norm_rows], "merged (norm-weighted, docs/theory.md §6)"),
                                (0.27, [r["test_accuracy_merged"] for r in contrib], "merged (contribution)")):
         ax.bar(x + off, [100 * v for v in values], width=0.27, label=label)
     ax.set_ylim(min(100 * r["test_accuracy"] for r in rows) - 5, 100)

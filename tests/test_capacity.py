@@ -1,4 +1,4 @@
-"""Effective capacity (SPEC.md §6): clusters, merging and its bound, norm pruning."""
+"""Effective capacity (docs/theory.md §6): clusters, merging and its bound, norm pruning."""
 
 import itertools
 

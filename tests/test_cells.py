@@ -1,4 +1,4 @@
-"""Cells, the Cover bound and Algorithm 1 (SPEC.md §3, paper Appendix D).
+"""Cells, the Cover bound and Algorithm 1 (docs/theory.md §3, paper Appendix D).
 
 Checked against independent constructions: brute-force enumeration of the cells that many
 random directions visit, Cover's recursion, explicit Python loops for the target map, and a
@@ -170,7 +170,7 @@ def test_fingerprints_separate_patterns_one_bit_apart():
 
 
 def explicit_map(g, kappa, x, ytil):
-    """gate(T_κ(g)) by loops over samples (SPEC.md §3)."""
+    """gate(T_κ(g)) by loops over samples (docs/theory.md §3)."""
     n, dim = x.shape
     total = np.zeros(dim)
     for s in range(n):

@@ -1,5 +1,5 @@
 """Data sources: readers on hand-written files in the real formats, preprocessing invariants,
-the embedded MNIST default, synthetic clusters and the CIFAR preset (SPEC.md §1, §7)."""
+the embedded MNIST default, synthetic clusters and the CIFAR preset (docs/theory.md §1, §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lottery tickets: IMP with rewinding (SPEC.md §6) and the rank statistics of ticket prediction."""
+"""Lottery tickets: IMP with rewinding (docs/theory.md §6) and the rank statistics of ticket prediction."""
 
 import itertools
 
@@ -250,7 +250,7 @@ def test_scores_agree_with_the_recorded_observables_and_closed_forms():
     # With κ from the current v, the t = 0 alignment is the observable cos_target.
     np.testing.assert_allclose(scores["cos_delta_t0_current_kappa"], obs.cos_target, rtol=1e-12)
     np.testing.assert_allclose(scores["unlocking_rate_early"], np.sqrt(2) * obs.target_strength * obs.cos_target, rtol=1e-12)
-    # SNIP against the closed-form gradient of SPEC §1.
+    # SNIP against the closed-form gradient of docs/theory.md §1.
     g = jax.jit(gflow.closed_form_gradient)(p0, data.x, data.y)
     snip = (jnp.abs(p0.W * g.W).sum(1) + jnp.abs(p0.b * g.b) + jnp.abs(p0.V * g.V).sum(1))
     np.testing.assert_allclose(jax.jit(snip_saliency)(p0, data), snip, rtol=1e-10)

@@ -1,4 +1,4 @@
-"""The network, its gradients and the per-neuron observables against SPEC.md §1–§4."""
+"""The network, its gradients and the per-neuron observables against docs/theory.md §1–§4."""
 
 import jax
 import jax.flatten_util
@@ -42,7 +42,7 @@ def test_autodiff_equals_closed_form_equals_finite_differences():
 
 
 def test_residual_directions_are_fixed():
-    """r_s ∝ (−1, +1) for class 1 and (+1, −1) for class 2 (SPEC §1, Appendix B.1)."""
+    """r_s ∝ (−1, +1) for class 1 and (+1, −1) for class 2 (docs/theory.md §1, Appendix B.1)."""
     params, data = _problem(sigma=1.0)
     r = np.asarray(gflow.residuals(params, data.x, data.y))
     np.testing.assert_allclose(r[:, 0], -r[:, 1], atol=1e-15)
@@ -72,7 +72,7 @@ def _time_derivative(fn, params, data):
 
 
 def test_norm_speed_identity_and_balance_conservation():
-    """d‖w_i‖/dt = ‖v_i‖‖e_i‖cos δ_i (SPEC §2) and dQ_i/dt = 0, exactly, at a random point."""
+    """d‖w_i‖/dt = ‖v_i‖‖e_i‖cos δ_i (docs/theory.md §2) and dQ_i/dt = 0, exactly, at a random point."""
     params, data = _problem(sigma=0.5)
     obs = gflow.observe(params, data)
     dw = _time_derivative(lambda p: jnp.linalg.norm(p.W, axis=1), params, data)
@@ -83,7 +83,7 @@ def test_norm_speed_identity_and_balance_conservation():
 
 
 def test_product_growth_identity_with_bias():
-    """dP_i/dt = (‖w‖² + ‖v‖²)(e_i·ŵ_i) + ‖w‖ b_i β_i (SPEC §4), an exact identity."""
+    """dP_i/dt = (‖w‖² + ‖v‖²)(e_i·ŵ_i) + ‖w‖ b_i β_i (docs/theory.md §4), an exact identity."""
     params, data = _problem(sigma=0.5, bias=0.3)
     obs = gflow.observe(params, data)
     dP = _time_derivative(lambda p: gflow.observe(p, data).P, params, data)

@@ -52,7 +52,7 @@ def test_load_run_round_trip(sgd_folder, clusters):
         np.testing.assert_array_equal(run.observables[field], again.observables[field], err_msg=field)
     for a, b in zip(run.final_params, again.final_params):
         np.testing.assert_array_equal(a, b)
-    # The time axis is the flow time t = k·η/(1−β) of SPEC §1 (k = 0, 30, ..., 300).
+    # The time axis is the flow time t = k·η/(1−β) of docs/theory.md §1 (k = 0, 30, ..., 300).
     k = np.arange(0, 301, 30)
     np.testing.assert_allclose(run.t, np.stack([k * 0.05 / 0.1, k * 0.1 / 0.1]), rtol=1e-12)
     # The stored final weights belong to the member whose records they sit next to:
@@ -130,7 +130,7 @@ def test_vmapped_sweep_equals_python_loop_over_seeds(clusters):
 def test_flow_sweep_marks_failed_solves_and_keeps_the_rest(clusters):
     """σ = 1e-3 needs ~1000 solver steps on this problem, σ = 0.3 under 100: with max_steps = 300
     the small-σ runs stop (MAX_STEPS_REACHED) inside the same vmapped batch as the large-σ runs,
-    which finish, conserve the balance Q_i (SPEC §2) and equal a sweep of σ = 0.3 alone."""
+    which finish, conserve the balance Q_i (docs/theory.md §2) and equal a sweep of σ = 0.3 alone."""
     flow = dict(trainer="flow", dataset="clusters", width=8, t_end=40.0, save_points=21, rtol=1e-4,
                 max_steps=300, chunk_size=4)
     both = sweep(clusters, RunConfig(**flow, sigma=(1e-3, 0.3), seeds="0:2"))

@@ -1,4 +1,4 @@
-"""Predictions of the theory (SPEC.md §2–§5) against closed forms, autodiff and a float64 ODE."""
+"""Predictions of the theory (docs/theory.md §2–§5) against closed forms, autodiff and a float64 ODE."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def test_augmented_rate_is_the_exact_log_derivative_of_P():
     _, d_tilde = jax.jit(lambda p, v: jax.jvp(log_p_tilde, (p,), (v,)))(params, f)
     rates = jax.jit(unlocking_rates)(params, data)
     np.testing.assert_allclose(np.asarray(rates.augmented_exact), np.asarray(d_tilde), rtol=1e-10)
-    # with b = 0 the SPEC §4 form √(4P² + Q²)‖e‖cos δ/P is exact, and the augmented one equals it
+    # with b = 0 the docs/theory.md §4 form √(4P² + Q²)‖e‖cos δ/P is exact, and the augmented one equals it
     zero_b = params._replace(b=jnp.zeros_like(params.b))
     _, d_plain = jax.jit(lambda p, v: jax.jvp(log_p, (p,), (v,)))(zero_b, field(0.0, zero_b, data))
     r0 = jax.jit(unlocking_rates)(zero_b, data)
@@ -266,7 +266,7 @@ def test_loss_drop_estimate_rejects_bad_sigma():
 
 @pytest.fixture(scope="module")
 def mixture_run():
-    """SPEC §4 reference problem: 20-dim, 120-sample Gaussian mixture, d = 16, σ = 1e-5, float64."""
+    """docs/theory.md §4 reference problem: 20-dim, 120-sample Gaussian mixture, d = 16, σ = 1e-5, float64."""
     dataset = gaussian_clusters(n_samples=120, dim=20, seed=0)
     data = training_data(dataset, jnp.float64)
     params0 = init_params(jax.random.key(0), 16, 20, 1e-5, dtype=jnp.float64)
@@ -280,7 +280,7 @@ def mixture_run():
 def test_unlocking_rate_prediction_against_float64_ode(mixture_run):
     checks, report = mixture_run
     rate = checks["phase2.unlocking_rate"]
-    # SPEC §4 note: about 9% median relative error for the small-init rate on this problem
+    # docs/theory.md §4 note: about 9% median relative error for the small-init rate on this problem
     assert rate.passed and rate.rel_error <= 0.10
     assert report["phase2"]["aligned_neurons"] >= 8
     # counting the bias as a weight (inputs (x, 1)) removes most of that error

@@ -24,7 +24,7 @@ def _final(traj):
 
 @pytest.mark.slow
 def test_balance_conserved_through_loss_drop_float64():
-    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² is exact under the flow (SPEC §2): drift <= 1e-8."""
+    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² is exact under the flow (docs/theory.md §2): drift <= 1e-8."""
     data = _data()
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-4, dtype=jnp.float64)
     ts = np.linspace(0.0, 40.0, 81)
@@ -54,7 +54,7 @@ def _kinked_problem():
 
 
 def test_gradient_descent_converges_to_flow_with_order_one():
-    """GD is the Euler scheme of the flow: the error at fixed t is O(η) (SPEC §1)."""
+    """GD is the Euler scheme of the flow: the error at fixed t is O(η) (docs/theory.md §1)."""
     data, p0, t_end = _kinked_problem()
     flow = _flow_at(p0, data, t_end)
     # The interval contains gate changes, so the order is checked across kinks.

@@ -10,7 +10,7 @@ import pytest
 from gflow._cli import main
 from gflow._theory import Check
 
-# The SPEC §4 reference mixture at the sizes tests/test_theory.py simulates (compilations are shared).
+# The docs/theory.md §4 reference mixture at the sizes tests/test_theory.py simulates (compilations are shared).
 TINY = ["--dataset", "clusters", "--n-per-class", "60", "--width", "16", "--rtol", "1e-4",
         "--records", "301", "--snapshots", "121", "--horizon-factor", "1.25", "--max-steps", "100000"]
 CHECK_KEYS = {"name", "predicted", "measured", "rel_error", "tolerance", "passed"}

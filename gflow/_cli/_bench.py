@@ -247,7 +247,7 @@ def numpy_batch_orders(seeds: int, steps: int, n: int, batch_size: int, seed: in
 def numpy_sgd_sweep(W0, b0, V0, x, y, orders, *, learning_rate, momentum, record_every):
     """The NumPy reference: a Python loop over seeds and steps, momentum SGD as torch/optax.
 
-    ``m ← g + β m``, ``θ ← θ − η m`` on the batch-mean cross-entropy of the network of SPEC §1.
+    ``m ← g + β m``, ``θ ← θ − η m`` on the batch-mean cross-entropy of the network of docs/theory.md §1.
     Returns per-neuron ``(‖w_i‖, ‖v_i‖, b_i)`` every ``record_every`` steps, each ``[S, T, d]``.
     """
     seeds, steps, batch = orders.shape
@@ -515,7 +515,7 @@ def trajectory_errors(P, params, P_ref, params_ref) -> dict:
 
     ``params``: max over the grid of ‖θ(t) − θ_ref(t)‖ / ‖θ_ref(t)‖ (all weights of the network);
     ``P``: max over the grid of max_i |P_i(t) − P_i^ref(t)| / max_i P_i^ref(t), the per-neuron
-    ``P_i = ‖w_i‖‖v_i‖`` (SPEC §4) relative to the largest neuron at that time. ``params`` is the
+    ``P_i = ‖w_i‖‖v_i‖`` (docs/theory.md §4) relative to the largest neuron at that time. ``params`` is the
     trajectory error of the report (it also sees the directions of the neurons).
     """
     P, P_ref = np.asarray(P, np.float64), np.asarray(P_ref, np.float64)
@@ -648,7 +648,7 @@ def gate_margins(snapshots, x, *, within: float = 1e-4, grown: float = 0.01) -> 
 
     The margin of neuron i to sample n is the sine of the angle between ``w̃_i = (w_i, b_i)`` and
     the boundary ``{w̃ : w̃·x̃_n = 0}``, ``x̃_n = (x_n, 1)``:  ``m_in = |w̃_i·x̃_n| / (‖w̃_i‖ ‖x̃_n‖)``.
-    The field ``∂L/∂w_i = (1/N) Σ_s g_i(s) (v_i·r_s) x_s`` (SPEC §1) jumps by ``(v_i·r_n) x_n / N``
+    The field ``∂L/∂w_i = (1/N) Σ_s g_i(s) (v_i·r_s) x_s`` (docs/theory.md §1) jumps by ``(v_i·r_n) x_n / N``
     where gate ``g_i(n)`` flips; where it points into the boundary from both sides the flow slides
     along it at margin 0, while an explicit step of size η chatters across it at margins of
     order η. Returns, per save time, ``boundary_pairs`` (pairs (i, n) with ``m_in < within``) and
@@ -870,7 +870,7 @@ def _equal_error_line(label: str, r: dict, gd_errors) -> str:
 
 
 def _norms_drift(norms) -> np.ndarray:
-    """Relative balance drift (SPEC §2) from recorded ‖w_i‖, ‖v_i‖, b_i ``[T, d]``."""
+    """Relative balance drift (docs/theory.md §2) from recorded ‖w_i‖, ‖v_i‖, b_i ``[T, d]``."""
     w, v, b = (np.asarray(a, np.float64) for a in (norms.w_norm, norms.v_norm, norms.b))
     q = w**2 + b**2 - v**2
     return np.max(np.abs(q - q[:1]), axis=0) / np.max(w**2 + b**2 + v**2, axis=0)
@@ -924,7 +924,7 @@ def _cells_module():
 
 
 def bench_cells(settings: BenchSettings, *, dataset: str | None, log=print) -> dict:
-    """Algorithm 1 (SPEC §3) with M probes on N samples: the first call (compilation included),
+    """Algorithm 1 (docs/theory.md §3) with M probes on N samples: the first call (compilation included),
     then the median of ``settings.repeats`` timed calls on one key, and the estimates."""
     import jax
     import jax.numpy as jnp

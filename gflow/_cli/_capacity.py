@@ -1,4 +1,4 @@
-"""``gflow capacity``: effective capacity of one trained network (SPEC.md §6).
+"""``gflow capacity``: effective capacity of one trained network (docs/theory.md §6).
 
 Trains one configuration with mini-batch SGD (or loads final parameters from an npz holding
 ``W [d, D]``, ``b [d]``, ``V [d, 2]``), then reports the clusters of mutually aligned neurons at
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     cap.add_argument("--tau", type=float, default=0.95, help="cosine threshold of a cluster (default 0.95)")
     cap.add_argument("--rebalance", action="store_true", help="rebalance merged neurons to |w~| = |v|")
     cap.add_argument("--weighting", choices=("norm", "contribution"), default="norm",
-                     help="merged direction: norm = normalised sum of (w_j, b_j) (default, SPEC §6); "
+                     help="merged direction: norm = normalised sum of (w_j, b_j) (default, docs/theory.md §6); "
                      "contribution = sum of |w~_j||v_j| unit vectors / sum of weights, which cancels the "
                      "first-order error of the merge")
     cap.add_argument("--fractions", default="0,0.25,0.5,0.75,0.9,0.95",

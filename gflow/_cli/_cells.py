@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         "cells",
         help="estimate the number of stable cells (Algorithm 1) and the Cover bound on cells",
         description="Push M random probes through u ← T_κ(gate(u)) until the number of distinct gating "
-        "patterns stops decreasing (Algorithm 1, SPEC §3); report the estimate over several probe seeds, "
+        "patterns stops decreasing (Algorithm 1, docs/theory.md §3); report the estimate over several probe seeds, "
         "next to the Cover bound C(N, D) = 2 Σ_{k<D} binom(N−1, k) on the number of cells.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
         "validate",
         help="check the paper's claims (alignment, unlocking, racing) against a float64 ODE run",
         description="Simulate the gradient flow in float64 and compare every prediction of the theory "
-        "(SPEC §2–§5) with the simulation: a table of claim, predicted, measured, relative error, "
+        "(docs/theory.md §2–§5) with the simulation: a table of claim, predicted, measured, relative error, "
         "tolerance and verdict. Default sizes (25 samples per class, d=50, rtol 1e-4) finish in a few "
         "minutes on a laptop CPU.",
         epilog=_EXAMPLES,
