@@ -325,6 +325,12 @@ def _stage_solve(sweep, z0, a, h, scale, max_iterations: int, memory: int) -> _S
     return _StageSolution(z=c["z_eval"], k=c["k_eval"], residual=c["res"], sweeps=c["sweeps"])
 
 
+def equal_steps(span, dt):
+    """``n = ⌈span/dt⌉`` (at least 1): the number of equal steps of at most ``dt·(1 + 1e-6)`` that
+    cover ``span``, so that rounding in the save times never adds a step."""
+    return jnp.maximum(jnp.ceil(span / dt - 1e-6), 1.0)
+
+
 class SaveTimeStepSize(diffrax.AbstractStepSizeController):
     """Steps of at most ``dt`` that land exactly on every time in ``step_ts``.
 
@@ -352,8 +358,7 @@ class SaveTimeStepSize(diffrax.AbstractStepSizeController):
         k = jnp.searchsorted(ts, t, side="right")
         target = ts[jnp.minimum(k, ts.shape[0] - 1)]
         remaining = target - t
-        # Steps up to dt·(1 + 1e-6), so that rounding in the save times never adds a step.
-        n = jnp.maximum(jnp.ceil(remaining / self.dt - 1e-6), 1.0)
+        n = equal_steps(remaining, self.dt)
         return jnp.where(n <= 1, target, t + remaining / n)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):

@@ -56,6 +56,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ._gauss import equal_steps
 from ._network import Params, balance, logit_loss, preactivations
 from ._observables import Observables, TrainingData, observe
 from ._projection import balance_defect, rescale_to_balance
@@ -461,7 +462,7 @@ def solve_sliding(params0: Params, data: TrainingData, grid: jax.Array, save_pos
     def interval(carry, j):
         state, steps, dissipation, defect, buffers = carry
         t0, t1 = grid[j - 1], grid[j]
-        count = jnp.maximum(jnp.ceil((t1 - t0) / h - 1e-6), 1.0).astype(jnp.int32)
+        count = equal_steps(t1 - t0, h).astype(jnp.int32)
         dt = (t1 - t0) / count
         allowed = jnp.clip(max_steps - steps, 0, count)
 

@@ -43,7 +43,6 @@ import itertools
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import scipy.linalg
 import scipy.optimize
 
