@@ -23,7 +23,9 @@ def run(section_args: list[str]) -> int:
         os.environ[var] = str(threads)
     os.environ["GFLOW_BENCH_THREADS"] = str(threads)
     if threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
     os.sched_setaffinity(0, cores[:threads])
 
     from gflow._cli import main

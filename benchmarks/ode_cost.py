@@ -12,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runner import run  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run(['--only', 'ode']))
+    sys.exit(run(["--only", "ode"]))

@@ -42,58 +42,94 @@ def main() -> None:
     parser.add_argument("--steps", default="0.5,0.25")
     parser.add_argument("--capacity", type=int, default=24)
     parser.add_argument("--seeds", type=int, default=32)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "sliding-demo.json")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "sliding-demo.json"
+    )
     args = parser.parse_args()
     cfg = DemoConfig()
     ds = gflow.mnist_default(n_per_class=500)
     t_end = 1.75 * estimated_drop_time(ds, cfg.sigma)
     ts = np.linspace(0.0, t_end, cfg.save_points)
     data = gflow.training_data(ds, jnp.float32)
-    p0 = gflow.init_params(jax.random.split(jax.random.key(cfg.seed))[0], cfg.width, ds.dim, cfg.sigma)
-    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-                    "backend": jax.default_backend(), "dataset": ds.name, "N": ds.n_samples, "d": cfg.width,
-                    "sigma": cfg.sigma, "t_end": t_end, "save_points": cfg.save_points, "runs": {}}
+    p0 = gflow.init_params(
+        jax.random.split(jax.random.key(cfg.seed))[0], cfg.width, ds.dim, cfg.sigma
+    )
+    result: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "backend": jax.default_backend(),
+        "dataset": ds.name,
+        "N": ds.n_samples,
+        "d": cfg.width,
+        "sigma": cfg.sigma,
+        "t_end": t_end,
+        "save_points": cfg.save_points,
+        "runs": {},
+    }
     P = {}
 
     def record(name, traj, first, second, stats=None):
         P[name] = np.asarray(traj.observables.P, np.float64)
-        result["runs"][name] = {"seconds_first_call": first, "seconds_second_call": second,
-                                "steps": int(traj.num_steps), "status": gflow.status_message(traj.status),
-                                "balance_drift": float(gflow.balance_drift(traj.observables).max()),
-                                "final_loss": float(traj.observables.loss[-1])}
+        result["runs"][name] = {
+            "seconds_first_call": first,
+            "seconds_second_call": second,
+            "steps": int(traj.num_steps),
+            "status": gflow.status_message(traj.status),
+            "balance_drift": float(gflow.balance_drift(traj.observables).max()),
+            "final_loss": float(traj.observables.loss[-1]),
+        }
         if stats is not None:
             result["runs"][name]["evaluations"] = int(stats.evaluations)
         print(name, result["runs"][name], flush=True)
         args.json.write_text(json.dumps(result, indent=1))
 
     tsit5 = gflow.FlowConfig(rtol=cfg.rtol, max_steps=200_000)
-    (traj, stats), first, second = _timed(lambda: gflow.gradient_flow(p0, data, ts, config=tsit5, return_stats=True))
+    (traj, stats), first, second = _timed(
+        lambda: gflow.gradient_flow(p0, data, ts, config=tsit5, return_stats=True)
+    )
     record("tsit5 rtol=1e-4", traj, first, second, stats)
     for h in (float(s) for s in args.steps.split(",")):
-        config = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h, sliding_capacity=args.capacity)
-        (traj, stats), first, second = _timed(lambda: gflow.gradient_flow(p0, data, ts, config=config,
-                                                                         return_stats=True, throw=False))
+        config = gflow.FlowConfig(
+            solver="sliding", adaptive=False, dt0=h, sliding_capacity=args.capacity
+        )
+        (traj, stats), first, second = _timed(
+            lambda: gflow.gradient_flow(p0, data, ts, config=config, return_stats=True, throw=False)
+        )
         record(f"sliding h={h}", traj, first, second, stats)
-    ref = gflow.gradient_flow(jax.tree.map(lambda a: a.astype(jnp.float64), p0),
-                              gflow.training_data(ds, jnp.float64), ts,
-                              config=gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.05))
+    ref = gflow.gradient_flow(
+        jax.tree.map(lambda a: a.astype(jnp.float64), p0),
+        gflow.training_data(ds, jnp.float64),
+        ts,
+        config=gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.05),
+    )
     ref_P = np.asarray(ref.observables.P)
     winners = ref_P[-1] > 1e-2 * ref_P[-1].max()
     for name, p in P.items():
         err = np.abs(p - ref_P)
         result["runs"][name]["P_error_max_over_max_P"] = float(err.max() / ref_P.max())
-        result["runs"][name]["final_P_relative_error_of_winners"] = float((err[-1][winners] / ref_P[-1][winners]).max())
+        result["runs"][name]["final_P_relative_error_of_winners"] = float(
+            (err[-1][winners] / ref_P[-1][winners]).max()
+        )
         print(name, result["runs"][name]["P_error_max_over_max_P"], flush=True)
     args.json.write_text(json.dumps(result, indent=1))
     # A sweep over seeds: one compiled program, vmapped.
     keys = jax.random.split(jax.random.key(7), args.seeds)
     p_seeds = jax.vmap(lambda k: gflow.init_params(k, cfg.width, ds.dim, cfg.sigma))(keys)
-    config = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.25, sliding_capacity=args.capacity)
-    sweep = jax.jit(jax.vmap(lambda p: gflow.gradient_flow(p, data, ts, config=config, throw=False)))
+    config = gflow.FlowConfig(
+        solver="sliding", adaptive=False, dt0=0.25, sliding_capacity=args.capacity
+    )
+    sweep = jax.jit(
+        jax.vmap(lambda p: gflow.gradient_flow(p, data, ts, config=config, throw=False))
+    )
     traj, first, second = _timed(lambda: sweep(p_seeds))
-    result["sweep"] = {"seeds": args.seeds, "h": 0.25, "seconds_first_call": first, "seconds_second_call": second,
-                       "status": gflow.status_message(traj.status),
-                       "balance_drift_max": float(gflow.balance_drift(traj.observables).max())}
+    result["sweep"] = {
+        "seeds": args.seeds,
+        "h": 0.25,
+        "seconds_first_call": first,
+        "seconds_second_call": second,
+        "status": gflow.status_message(traj.status),
+        "balance_drift_max": float(gflow.balance_drift(traj.observables).max()),
+    }
     print("sweep", result["sweep"], flush=True)
     args.json.write_text(json.dumps(result, indent=1))
 

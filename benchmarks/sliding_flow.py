@@ -26,22 +26,43 @@ jax.config.update("jax_enable_x64", True)
 import gflow  # noqa: E402
 
 
-def run(dataset: str, steps: list[float], samples: int, width: int, sigma: float, t_end: float,
-        saves: int, perturbations: list[float], out: Path, perturb_step: float | None = None,
-        capacity: int = 16) -> dict:
+def run(
+    dataset: str,
+    steps: list[float],
+    samples: int,
+    width: int,
+    sigma: float,
+    t_end: float,
+    saves: int,
+    perturbations: list[float],
+    out: Path,
+    perturb_step: float | None = None,
+    capacity: int = 16,
+) -> dict:
     ds = gflow.load_dataset(dataset, n_per_class=samples // 2)
     data = gflow.training_data(ds, jnp.float64)
     params0 = gflow.init_params(jax.random.key(3), width, ds.dim, sigma, dtype=jnp.float64)
     ts = np.linspace(0.0, t_end, saves)
-    result: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-                    "cpus": jax.local_device_count(), "backend": jax.default_backend(), "dataset": ds.name,
-                    "N": int(ds.n_samples), "D": int(ds.dim), "d": width, "sigma": sigma, "t_end": t_end,
-                    "sliding_capacity": capacity, "runs": {}}
+    result: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": jax.local_device_count(),
+        "backend": jax.default_backend(),
+        "dataset": ds.name,
+        "N": int(ds.n_samples),
+        "D": int(ds.dim),
+        "d": width,
+        "sigma": sigma,
+        "t_end": t_end,
+        "sliding_capacity": capacity,
+        "runs": {},
+    }
     P = {}
 
     def solve(p0, h):
-        cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000,
-                               sliding_capacity=capacity)
+        cfg = gflow.FlowConfig(
+            solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000, sliding_capacity=capacity
+        )
         start = time.perf_counter()
         traj, stats = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True, throw=False)
         jax.block_until_ready(traj)
@@ -52,42 +73,68 @@ def run(dataset: str, steps: list[float], samples: int, width: int, sigma: float
         obs = traj.observables
         P[h] = np.asarray(obs.P)
         result["runs"][str(h)] = {
-            "h": h, "seconds_incl_compile": seconds, "status": gflow.status_message(traj.status),
-            "num_steps": int(stats.num_steps), "evaluations": int(stats.evaluations),
+            "h": h,
+            "seconds_incl_compile": seconds,
+            "status": gflow.status_message(traj.status),
+            "num_steps": int(stats.num_steps),
+            "evaluations": int(stats.evaluations),
             "balance_drift": float(gflow.balance_drift(obs).max()),
-            "loss": np.asarray(obs.loss).tolist(), "t": ts.tolist(),
+            "loss": np.asarray(obs.loss).tolist(),
+            "t": ts.tolist(),
             "sliding_pairs": np.asarray(traj.sliding.sliding).sum(axis=1).tolist(),
             "crossings": np.asarray(traj.sliding.crossings).tolist(),
             "qp_violation_max": float(np.max(np.asarray(traj.sliding.qp_violation))),
             "dissipation_end": float(traj.sliding.dissipation[-1]),
             "P_end": P[h][-1].tolist(),
         }
-        print(f"h={h}: {gflow.status_message(traj.status)}; {seconds:.1f} s, {int(stats.num_steps)} steps, drift "
-              f"{result['runs'][str(h)]['balance_drift']:.2e}, loss {float(obs.loss[-1]):.4f}, "
-              f"max sliding {max(result['runs'][str(h)]['sliding_pairs'])}", flush=True)
+        print(
+            f"h={h}: {gflow.status_message(traj.status)}; {seconds:.1f} s, {int(stats.num_steps)} steps, drift "
+            f"{result['runs'][str(h)]['balance_drift']:.2e}, loss {float(obs.loss[-1]):.4f}, "
+            f"max sliding {max(result['runs'][str(h)]['sliding_pairs'])}",
+            flush=True,
+        )
         out.write_text(json.dumps(result, indent=1))
     scale = np.max(np.abs(P[steps[-1]]), axis=0)
     conv = []
     for a, b in zip(steps, steps[1:]):
         e = np.abs(P[a] - P[b]) / scale
-        conv.append({"h": a, "h_next": b, "error_end_max": float(e[-1].max()),
-                     "error_end_top": float((np.abs(P[a][-1] - P[b][-1]) / np.abs(P[b][-1]))[np.argsort(P[b][-1])[-30:]].max()),
-                     "error_traj_max": float(e.max()), "error_per_time": e.max(axis=1).tolist()})
+        conv.append(
+            {
+                "h": a,
+                "h_next": b,
+                "error_end_max": float(e[-1].max()),
+                "error_end_top": float(
+                    (np.abs(P[a][-1] - P[b][-1]) / np.abs(P[b][-1]))[
+                        np.argsort(P[b][-1])[-30:]
+                    ].max()
+                ),
+                "error_traj_max": float(e.max()),
+                "error_per_time": e.max(axis=1).tolist(),
+            }
+        )
     for i in range(len(conv) - 1):
-        conv[i + 1]["order_end"] = float(np.log2(conv[i]["error_end_max"] / conv[i + 1]["error_end_max"]))
+        conv[i + 1]["order_end"] = float(
+            np.log2(conv[i]["error_end_max"] / conv[i + 1]["error_end_max"])
+        )
     result["self_convergence"] = conv
     out.write_text(json.dumps(result, indent=1))
     finest = perturb_step or steps[-1]
     result["perturbed"] = {}
     for eps in perturbations:
         key = jax.random.key(11)
-        noise = jax.tree.map(lambda a: a * (1.0 + eps * jax.random.normal(key, a.shape, a.dtype)), params0)
+        noise = jax.tree.map(
+            lambda a: a * (1.0 + eps * jax.random.normal(key, a.shape, a.dtype)), params0
+        )
         traj, _, seconds = solve(noise, finest)
         if finest not in P:
             P[finest] = np.asarray(solve(params0, finest)[0].observables.P)
         dP = np.abs(np.asarray(traj.observables.P) - P[finest]) / scale
-        result["perturbed"][str(eps)] = {"h": finest, "relative_change_P_per_time": dP.max(axis=1).tolist(),
-                                         "relative_change_P_end": float(dP[-1].max()), "seconds": seconds}
+        result["perturbed"][str(eps)] = {
+            "h": finest,
+            "relative_change_P_per_time": dP.max(axis=1).tolist(),
+            "relative_change_P_end": float(dP[-1].max()),
+            "seconds": seconds,
+        }
         print(f"perturbed {eps}: change at t_end {float(dP[-1].max()):.2e}", flush=True)
         out.write_text(json.dumps(result, indent=1))
     return result
@@ -95,7 +142,9 @@ def run(dataset: str, steps: list[float], samples: int, width: int, sigma: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, help="cifar:PATH (a cifar-10-batches-py folder or an .npz)")
+    parser.add_argument(
+        "--dataset", required=True, help="cifar:PATH (a cifar-10-batches-py folder or an .npz)"
+    )
     parser.add_argument("--steps", default="0.5,0.25,0.125")
     parser.add_argument("--samples", type=int, default=800)
     parser.add_argument("--width", type=int, default=300)
@@ -104,13 +153,31 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=61)
     parser.add_argument("--perturbations", default="1e-12,1e-8")
     parser.add_argument("--capacity", type=int, default=16, help="FlowConfig.sliding_capacity")
-    parser.add_argument("--perturb-step", type=float, default=None, help="step of the perturbed runs (default: finest)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "sliding-cifar.json")
+    parser.add_argument(
+        "--perturb-step",
+        type=float,
+        default=None,
+        help="step of the perturbed runs (default: finest)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "sliding-cifar.json"
+    )
     args = parser.parse_args()
     steps = [float(s) for s in args.steps.split(",")]
     perturbations = [float(s) for s in args.perturbations.split(",") if s]
-    run(args.dataset, steps, args.samples, args.width, args.sigma, args.t_end, args.saves, perturbations, args.json,
-        args.perturb_step, args.capacity)
+    run(
+        args.dataset,
+        steps,
+        args.samples,
+        args.width,
+        args.sigma,
+        args.t_end,
+        args.saves,
+        perturbations,
+        args.json,
+        args.perturb_step,
+        args.capacity,
+    )
 
 
 if __name__ == "__main__":

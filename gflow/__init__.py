@@ -5,6 +5,11 @@ continuous gradient flow (diffrax) and of small-learning-rate GD/SGD (optax), wi
 observables compared against the paper's closed forms.
 """
 
+from ._capacity import merge_report as merge_report
+from ._capacity import merged_network as merged_network
+from ._capacity import neuron_clusters as neuron_clusters
+from ._capacity import norm_pruning_curve as norm_pruning_curve
+from ._config import RunConfig as RunConfig
 from ._data import DATASET_SPECS as DATASET_SPECS
 from ._data import PREPROCESS_MODES as PREPROCESS_MODES
 from ._data import cifar_binary as cifar_binary
@@ -18,11 +23,6 @@ from ._data import read_csv_digits as read_csv_digits
 from ._data import read_mnist_idx as read_mnist_idx
 from ._data import read_npz_images as read_npz_images
 from ._data import xor_clusters as xor_clusters
-from ._capacity import merge_report as merge_report
-from ._capacity import merged_network as merged_network
-from ._capacity import neuron_clusters as neuron_clusters
-from ._capacity import norm_pruning_curve as norm_pruning_curve
-from ._config import RunConfig as RunConfig
 from ._dataset import Dataset as Dataset
 from ._flow import FlowConfig as FlowConfig
 from ._flow import gradient_flow as gradient_flow

@@ -91,7 +91,9 @@ def _unit_rows(a: np.ndarray) -> np.ndarray:
 def _check_threshold(threshold) -> float:
     t = float(threshold)
     if not -1.0 <= t <= 1.0:
-        raise ValueError(f"threshold τ is a cosine similarity and must lie in [-1, 1]; got {threshold!r}.")
+        raise ValueError(
+            f"threshold τ is a cosine similarity and must lie in [-1, 1]; got {threshold!r}."
+        )
     return t
 
 
@@ -169,7 +171,9 @@ def neuron_clusters(params: Params, *, threshold: float = 0.95) -> Clusters:
     owner = np.empty_like(owner_sorted)
     owner[order] = order[owner_sorted]  # representative, as an original index
     labels = _relabel_by_first_member(owner)
-    return Clusters(labels=labels, count=int(labels.max()) + 1, kappa=kappa.astype(np.int8), threshold=tau)
+    return Clusters(
+        labels=labels, count=int(labels.max()) + 1, kappa=kappa.astype(np.int8), threshold=tau
+    )
 
 
 def _relabel_by_first_member(owner: np.ndarray) -> np.ndarray:
@@ -219,7 +223,9 @@ def merged_directions(params: Params, labels: jax.Array, *, weighting: str = "no
     return summed / jnp.where(total > 0, total, 1.0)[:, None]
 
 
-def merge_neurons(params: Params, labels: jax.Array, *, rebalance: bool = False, weighting: str = "norm") -> Params:
+def merge_neurons(
+    params: Params, labels: jax.Array, *, rebalance: bool = False, weighting: str = "norm"
+) -> Params:
     """The merged network, same shape as ``params``: slot C holds cluster C, other slots are 0.
 
         w̃_C = û_C (`merged_directions`),  v_C = Σ_{j∈C} ‖w̃_j‖ v_j        (docs/theory.md §6)
@@ -246,9 +252,13 @@ def compact(params: Params, count: int) -> Params:
     return jax.tree.map(lambda a: a[:count], params)
 
 
-def merged_network(params: Params, clusters: Clusters, *, rebalance: bool = False, weighting: str = "norm") -> Params:
+def merged_network(
+    params: Params, clusters: Clusters, *, rebalance: bool = False, weighting: str = "norm"
+) -> Params:
     """The smaller network with one neuron per cluster, width ``clusters.count``."""
-    merged = merge_neurons(params, jnp.asarray(clusters.labels), rebalance=rebalance, weighting=weighting)
+    merged = merge_neurons(
+        params, jnp.asarray(clusters.labels), rebalance=rebalance, weighting=weighting
+    )
     return compact(merged, clusters.count)
 
 
@@ -261,8 +271,14 @@ def _member_gaps(params: Params, labels: jax.Array, weighting: str) -> jax.Array
     return jnp.where((norms > 0)[:, None], gap, 0.0)
 
 
-def merge_logit_bound(params: Params, labels: jax.Array, x: jax.Array, *, per_sample_direction: bool = True,
-                      weighting: str = "norm") -> jax.Array:
+def merge_logit_bound(
+    params: Params,
+    labels: jax.Array,
+    x: jax.Array,
+    *,
+    per_sample_direction: bool = True,
+    weighting: str = "norm",
+) -> jax.Array:
     """Upper bound on ‖o_merged(x_s) − o(x_s)‖₂ for every sample, ``[N]`` (module docstring).
 
     With ``per_sample_direction`` (default) the bound is Σ_j ‖w̃_j‖‖v_j‖ |(ŵ̃_j − û_C(j))·x̃_s|;
@@ -311,7 +327,9 @@ def _accuracy_or_nan(params: Params, x, y) -> jax.Array:
     return accuracy(params, x, y) if x.shape[0] else jnp.array(jnp.nan, x.dtype)
 
 
-def _merge_metrics(params: Params, labels: jax.Array, data: TrainingData, rebalance: bool, weighting: str) -> dict:
+def _merge_metrics(
+    params: Params, labels: jax.Array, data: TrainingData, rebalance: bool, weighting: str
+) -> dict:
     """Everything `merge_report` measures, on the same-shape merged network (empty slots of
     `merge_neurons` contribute exactly 0 to the logits)."""
     merged = merge_neurons(params, labels, rebalance=rebalance, weighting=weighting)
@@ -337,13 +355,22 @@ def _merge_metrics(params: Params, labels: jax.Array, data: TrainingData, rebala
 
 
 @functools.partial(jax.jit, static_argnames=("rebalance",))
-def _merge_metrics_all(params: Params, labels: jax.Array, data: TrainingData, rebalance: bool) -> dict:
+def _merge_metrics_all(
+    params: Params, labels: jax.Array, data: TrainingData, rebalance: bool
+) -> dict:
     """`_merge_metrics` for every weighting in one compilation per shape."""
     return {w: _merge_metrics(params, labels, data, rebalance, w) for w in WEIGHTINGS}
 
 
-def merge_report(params: Params, data: TrainingData, *, threshold: float = 0.95, rebalance: bool = False,
-                 weighting: str = "norm", clusters: Clusters | None = None) -> MergeReport:
+def merge_report(
+    params: Params,
+    data: TrainingData,
+    *,
+    threshold: float = 0.95,
+    rebalance: bool = False,
+    weighting: str = "norm",
+    clusters: Clusters | None = None,
+) -> MergeReport:
     """Cluster at τ (or use the given ``clusters``), merge, and compare the two networks on the
     train and test samples.
 
@@ -360,8 +387,13 @@ def merge_report(params: Params, data: TrainingData, *, threshold: float = 0.95,
         clusters = neuron_clusters(params, threshold=threshold)
     m = _merge_metrics_all(params, jnp.asarray(clusters.labels), data, rebalance)[weighting]
     values = {k: (bool(v) if k == "bound_holds" else float(v)) for k, v in m.items()}
-    return MergeReport(width=int(params.W.shape[0]), clusters=clusters.count, threshold=clusters.threshold,
-                       weighting=weighting, **values)
+    return MergeReport(
+        width=int(params.W.shape[0]),
+        clusters=clusters.count,
+        threshold=clusters.threshold,
+        weighting=weighting,
+        **values,
+    )
 
 
 # --------------------------------------------------------------------------- norm pruning
@@ -390,7 +422,11 @@ def norm_pruning_mask(P: jax.Array, *, fraction=None, threshold=None) -> jax.Arr
     _check_fraction(fraction)
     d = P.shape[0]
     removed = jnp.round(jnp.asarray(fraction, P.dtype) * d)
-    rank = jnp.empty((d,), jnp.int32).at[jnp.argsort(P, stable=True)].set(jnp.arange(d, dtype=jnp.int32))
+    rank = (
+        jnp.empty((d,), jnp.int32)
+        .at[jnp.argsort(P, stable=True)]
+        .set(jnp.arange(d, dtype=jnp.int32))
+    )
     return rank >= removed
 
 
@@ -416,7 +452,11 @@ def _pruning_accuracies(params: Params, data: TrainingData, fractions: jax.Array
     def one(f):
         keep = norm_pruning_mask(P, fraction=f)
         pruned = prune_neurons(params, keep)
-        return jnp.sum(keep), accuracy(pruned, data.x, data.y), _accuracy_or_nan(pruned, data.x_test, data.y_test)
+        return (
+            jnp.sum(keep),
+            accuracy(pruned, data.x, data.y),
+            _accuracy_or_nan(pruned, data.x_test, data.y_test),
+        )
 
     return jax.vmap(one)(fractions)
 

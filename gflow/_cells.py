@@ -70,7 +70,9 @@ def pack_patterns(patterns: jax.Array) -> jax.Array:
     words = num_words(n)
     pad = words * WORD_BITS - n
     if pad:
-        patterns = jnp.concatenate([patterns, jnp.zeros(patterns.shape[:-1] + (pad,), bool)], axis=-1)
+        patterns = jnp.concatenate(
+            [patterns, jnp.zeros(patterns.shape[:-1] + (pad,), bool)], axis=-1
+        )
     bits = patterns.reshape(patterns.shape[:-1] + (words, WORD_BITS))
     values = jnp.asarray(_BIT_VALUES).reshape((1,) * (bits.ndim - 1) + (WORD_BITS,))
     return jnp.sum(jnp.where(bits, values, jnp.uint32(0)), axis=-1, dtype=jnp.uint32)
@@ -86,7 +88,9 @@ def unpack_patterns(words: jax.Array, n_samples: int) -> jax.Array:
         )
     shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32).reshape((1,) * words.ndim + (WORD_BITS,))
     bits = (words[..., None] >> shifts) & jnp.uint32(1)
-    return bits.reshape(words.shape[:-1] + (words.shape[-1] * WORD_BITS,))[..., :n_samples].astype(bool)
+    return bits.reshape(words.shape[:-1] + (words.shape[-1] * WORD_BITS,))[..., :n_samples].astype(
+        bool
+    )
 
 
 def same_cell(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -187,7 +191,9 @@ def cell_transitions(t, cell_hash) -> CellTransitions:
     t = np.asarray(t, dtype=np.float64)
     h = np.asarray(cell_hash)
     if h.ndim != 2 or h.shape[0] != t.shape[0] or t.shape[0] < 2:
-        raise ValueError(f"cell_hash must be [T, d] with T = len(t) >= 2; got shape {h.shape} for {t.shape[0]} times.")
+        raise ValueError(
+            f"cell_hash must be [T, d] with T = len(t) >= 2; got shape {h.shape} for {t.shape[0]} times."
+        )
     changed = h[1:] != h[:-1]
     count = changed.sum(axis=0)
     after = t[1:]
@@ -242,7 +248,9 @@ def pattern_fingerprints(words: jax.Array) -> jax.Array:
     patterns always agree, two different ones agree on both hashes with probability ≈ 2⁻⁶⁴.
     """
     words = jnp.asarray(words, jnp.uint32)
-    position = jnp.arange(words.shape[-1], dtype=jnp.uint32).reshape((1,) * (words.ndim - 1) + (-1,))
+    position = jnp.arange(words.shape[-1], dtype=jnp.uint32).reshape(
+        (1,) * (words.ndim - 1) + (-1,)
+    )
     hashes = []
     for seed in _FINGERPRINT_SEEDS:
         keys = _fmix32(position ^ seed)
@@ -278,7 +286,9 @@ def group_patterns(words: jax.Array) -> PatternGroups:
     representative = jnp.full((m,), m, jnp.int32).at[sorted_group].min(order.astype(jnp.int32))
     representative = jnp.where(jnp.arange(m) <= sorted_group[-1], representative, 0)
     size = jnp.zeros((m,), jnp.int32).at[sorted_group].add(1)
-    return PatternGroups(count=sorted_group[-1] + 1, group=group, representative=representative, size=size)
+    return PatternGroups(
+        count=sorted_group[-1] + 1, group=group, representative=representative, size=size
+    )
 
 
 def count_distinct(words: jax.Array) -> jax.Array:
@@ -335,7 +345,9 @@ _GATE_ROWS = 512  # patterns per gate call ([rows, N] arrays stay in cache)
 _IN_FLIGHT = 4  # device calls queued ahead of the host
 _SETTLE_BATCH = 1024  # undecided entries per host batch (the gathered rows stay in cache)
 _REFERENCES = 64  # reference patterns of `_references` and `_gate_by_reference`
-_ROWS_PER_REFERENCE = 64  # fewer references below this many rows each; none below two references' worth
+_ROWS_PER_REFERENCE = (
+    64  # fewer references below this many rows each; none below two references' worth
+)
 # Relative slack for the (orthonormal-to-rounding) float64 eigenbasis in the filter identity.
 _BASIS_SLACK = 1e-10
 
@@ -351,7 +363,9 @@ class _DeviceGeometry(NamedTuple):
     tail_norms: dict  # {rank: [N] ‖x_s − V_r V_rᵀ x_s‖, rounded up}
     x_norms: jax.Array  # [N] ‖x_s‖, rounded up
     lo_gains: jax.Array  # [N] ≥ ‖X_lo x_s‖₂ (grid remainder), rounded up
-    digits: jax.Array  # int8 [N+1, L·D] `_grid_digits` (last row 0), or [N+1, 0]: sums by float GEMM
+    digits: (
+        jax.Array
+    )  # int8 [N+1, L·D] `_grid_digits` (last row 0), or [N+1, 0]: sums by float GEMM
     steps: jax.Array  # [D] the grid steps h_k
 
 
@@ -368,7 +382,9 @@ class _Geometry(NamedTuple):
     x_unit: np.ndarray  # [N, D] x_s / ‖x_s‖ in the data dtype (0 for x_s = 0)
     gram_rows: np.ndarray  # [N, N] float64 rows of G = X Xᵀ, filled on first use (this call only)
     gram_ready: np.ndarray  # [N] bool, which rows of gram_rows are filled
-    sum_speedup: float  # how many times faster a sum GEMM runs by digits than in float (1: no digits)
+    sum_speedup: (
+        float  # how many times faster a sum GEMM runs by digits than in float (1: no digits)
+    )
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -402,7 +418,9 @@ def _blocked_gamma(dim: int, u: float) -> float:
 def _round_up(values: np.ndarray, dtype) -> np.ndarray:
     """Cast float64 ``values`` to ``dtype``, rounding up (so that bounds stay bounds)."""
     cast = np.asarray(values, np.float64).astype(dtype)
-    return np.where(cast.astype(np.float64) < values, np.nextafter(cast, np.asarray(np.inf, dtype)), cast)
+    return np.where(
+        cast.astype(np.float64) < values, np.nextafter(cast, np.asarray(np.inf, dtype)), cast
+    )
 
 
 def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -419,7 +437,9 @@ def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndar
     used = col_l1 > 0
     step = np.ones_like(col_l1)  # a column of zeros lies on every grid
     step[used] = np.exp2(np.ceil(np.log2(col_l1[used]) - precision))
-    while True:  # log2 may round below a power of two, and rounding the entries adds up to N/2 steps
+    while (
+        True
+    ):  # log2 may round below a power of two, and rounding the entries adds up to N/2 steps
         grid = np.round(x64 / step)
         over = np.abs(grid).sum(axis=0) > 2.0**precision
         if not over.any():
@@ -428,7 +448,9 @@ def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndar
     x_hi64 = grid * step
     x_hi = x_hi64.astype(dtype)
     if not np.array_equal(x_hi.astype(np.float64), x_hi64):
-        raise ValueError("the data's grid split is not exact in its dtype (values too small to represent).")
+        raise ValueError(
+            "the data's grid split is not exact in its dtype (values too small to represent)."
+        )
     return x_hi, x64 - x_hi64, step
 
 
@@ -502,12 +524,17 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
     x_hi, x_lo, step = _grid_split(x64, dtype)
     digits = _grid_digits(x_hi.astype(np.float64), step, labels64)
     sum_speedup = 1.0 if digits is None else _integer_gemm_speedup() * dim / digits.shape[1]
-    if sum_speedup < 1.25:  # L int8 GEMMs must beat one float GEMM, with a margin for the recombination
+    if (
+        sum_speedup < 1.25
+    ):  # L int8 GEMMs must beat one float GEMM, with a margin for the recombination
         digits, sum_speedup = np.zeros((n, 0), np.int8), 1.0
     # |x_s·X_loᵀa| ≤ ‖X_lo x_s‖ ‖a‖: ‖X_lo x_s‖² = x_sᵀ(X_loᵀX_lo)x_s, padded for its float64 rounding.
     gram_lo = x_lo.T @ x_lo
-    lo_gains = np.sqrt(np.maximum(np.einsum("ij,ij->i", x64 @ gram_lo, x64), 0)
-                       + 1e-12 * np.trace(gram_lo) * np.einsum("ij,ij->i", x64, x64) + 1e-300) * (1 + 1e-6)
+    lo_gains = np.sqrt(
+        np.maximum(np.einsum("ij,ij->i", x64 @ gram_lo, x64), 0)
+        + 1e-12 * np.trace(gram_lo) * np.einsum("ij,ij->i", x64, x64)
+        + 1e-300
+    ) * (1 + 1e-6)
     top = max(min(max(ranks), n, dim), 1)
     basis = _top_subspace(x64.T @ x64, top)
     coords = x64 @ basis
@@ -531,11 +558,19 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
         digits=jnp.asarray(np.concatenate([digits, np.zeros((1, digits.shape[1]), np.int8)])),
         steps=jnp.asarray(step.astype(dtype)),
     )
-    return _Geometry(device=device, x64=x64, labels64=labels64, x_norms64=x_norms64,
-                     norm_sum64=float(x_norms64.sum()), lo_gains64=lo_gains,
-                     ranks=tuple(sorted({min(r, top) for r in ranks})),
-                     x_unit=(x64 / np.where(x_norms64 > 0, x_norms64, 1)[:, None]).astype(dtype),
-                     gram_rows=np.empty((n, n)), gram_ready=np.zeros(n, bool), sum_speedup=sum_speedup)
+    return _Geometry(
+        device=device,
+        x64=x64,
+        labels64=labels64,
+        x_norms64=x_norms64,
+        norm_sum64=float(x_norms64.sum()),
+        lo_gains64=lo_gains,
+        ranks=tuple(sorted({min(r, top) for r in ranks})),
+        x_unit=(x64 / np.where(x_norms64 > 0, x_norms64, 1)[:, None]).astype(dtype),
+        gram_rows=np.empty((n, n)),
+        gram_ready=np.zeros(n, bool),
+        sum_speedup=sum_speedup,
+    )
 
 
 def _pattern_bits(words: jax.Array, samples: jax.Array) -> jax.Array:
@@ -550,6 +585,7 @@ def _integer_gemm_speedup() -> float:
     float32 ones, timed once per process on a [512, 4096] × [4096, 1024] product (best of 3).
     On CPUs with AMX or VNNI it is 4–10, elsewhere it can be below 1; `_geometry` sums by digits
     (`_digit_sums`) only where that pays. Both ways give the same, exact, sums."""
+
     def best(a, b, **kw):
         f = jax.jit(functools.partial(jnp.matmul, **kw))
         f(a, b).block_until_ready()
@@ -560,9 +596,16 @@ def _integer_gemm_speedup() -> float:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    ints = best(jnp.ones((512, 4096), jnp.int8), jnp.ones((4096, 1024), jnp.int8), preferred_element_type=jnp.int32)
-    floats = best(jnp.ones((512, 4096), jnp.float32), jnp.ones((4096, 1024), jnp.float32),
-                  precision=jax.lax.Precision.HIGHEST)
+    ints = best(
+        jnp.ones((512, 4096), jnp.int8),
+        jnp.ones((4096, 1024), jnp.int8),
+        preferred_element_type=jnp.int32,
+    )
+    floats = best(
+        jnp.ones((512, 4096), jnp.float32),
+        jnp.ones((4096, 1024), jnp.float32),
+        precision=jax.lax.Precision.HIGHEST,
+    )
     return floats / ints
 
 
@@ -575,7 +618,9 @@ def _digit_sums(coefficients: jax.Array, digits: jax.Array, steps: jax.Array) ->
     backend's fast int8 kernel for a loop ~20× slower (measured on the CPU)."""
     k, dim = coefficients.shape[0], steps.shape[0]
     coefficients, digits = jax.lax.optimization_barrier((coefficients, digits))
-    per_digit = jnp.matmul(coefficients, digits, preferred_element_type=jnp.int32).reshape(k, -1, dim)
+    per_digit = jnp.matmul(coefficients, digits, preferred_element_type=jnp.int32).reshape(
+        k, -1, dim
+    )
     total = per_digit[:, -1]
     for l in range(per_digit.shape[1] - 2, -1, -1):
         total = total * _DIGIT_BASE + per_digit[:, l]
@@ -605,16 +650,26 @@ def _updates_by_digits(size: int, speedup: float) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("by_digits",))
-def _sum_changes_kernel(ref_words: jax.Array, new_words: jax.Array, samples: jax.Array, geo: _DeviceGeometry, *,
-                        by_digits: bool) -> jax.Array:
+def _sum_changes_kernel(
+    ref_words: jax.Array,
+    new_words: jax.Array,
+    samples: jax.Array,
+    geo: _DeviceGeometry,
+    *,
+    by_digits: bool,
+) -> jax.Array:
     """X_hi[L]ᵀ((g'−g)∘ỹ)[L] for ``samples`` L (padded with N): S_hi(g') − S_hi(g) when L holds
     every sample where g and g' differ, exact (a difference of grid subset sums, `_grid_split`).
     ``by_digits``: the product by `_digit_sums` (needs ``geo.digits``), else a float GEMM."""
     if by_digits:
-        delta = _pattern_bits(new_words, samples).astype(jnp.int8) - _pattern_bits(ref_words, samples).astype(jnp.int8)
+        delta = _pattern_bits(new_words, samples).astype(jnp.int8) - _pattern_bits(
+            ref_words, samples
+        ).astype(jnp.int8)
         return _digit_sums(delta, geo.digits[samples], geo.steps)
     dtype = geo.x_hi.dtype
-    delta = _pattern_bits(new_words, samples).astype(dtype) - _pattern_bits(ref_words, samples).astype(dtype)
+    delta = _pattern_bits(new_words, samples).astype(dtype) - _pattern_bits(
+        ref_words, samples
+    ).astype(dtype)
     return _dot(delta * geo.labels[samples][None, :], geo.x_hi[samples])
 
 
@@ -626,7 +681,9 @@ def _row_norms(sums: jax.Array, sizes: jax.Array) -> tuple[jax.Array, jax.Array]
     return s_norm, jnp.sqrt(sizes.astype(dt)) * (1 + 2 * u)
 
 
-def _filter(sums: jax.Array, s_norm: jax.Array, root_size: jax.Array, geo: _DeviceGeometry, rank: int):
+def _filter(
+    sums: jax.Array, s_norm: jax.Array, root_size: jax.Array, geo: _DeviceGeometry, rank: int
+):
     """Rank-r estimate of z_s = x_s·S and its bound, ``[K, N]`` each (see `_gate_kernel`)."""
     dt = sums.dtype
     dim = geo.x.shape[1]
@@ -639,14 +696,18 @@ def _filter(sums: jax.Array, s_norm: jax.Array, root_size: jax.Array, geo: _Devi
     q_low = jnp.maximum(q_norm * (1 - 2 * _gamma(rank, u)) - np.sqrt(rank) * e_q, 0)
     tau = jnp.sqrt(jnp.maximum(s_norm**2 - q_low**2, 0))
     eta = (_gamma(rank, u) * (1 + u) + u) * q_norm * (1 + 2 * _gamma(rank, u)) + np.sqrt(rank) * e_q
-    bound = (geo.tail_norms[rank][None, :] * tau[:, None]
-             + geo.x_norms[None, :] * (eta + _BASIS_SLACK * s_norm)[:, None]
-             + geo.lo_gains[None, :] * root_size[:, None]) * (1 + 64 * u)
+    bound = (
+        geo.tail_norms[rank][None, :] * tau[:, None]
+        + geo.x_norms[None, :] * (eta + _BASIS_SLACK * s_norm)[:, None]
+        + geo.lo_gains[None, :] * root_size[:, None]
+    ) * (1 + 64 * u)
     return estimate, bound
 
 
 @functools.partial(jax.jit, static_argnames=("rank",))
-def _undecided_counts(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, *, rank: int) -> jax.Array:
+def _undecided_counts(
+    sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, *, rank: int
+) -> jax.Array:
     """How many of the non-empty rows the rank-r filter leaves undecided at each sample, ``[N]``."""
     estimate, bound = _filter(sums, *_row_norms(sums, sizes), geo, rank)
     return jnp.sum(~(jnp.abs(estimate) > bound) & (sizes > 0)[:, None], axis=0, dtype=jnp.int32)
@@ -665,15 +726,26 @@ def _dense_placement(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]
     """
     words = num_words(n)
     merge = np.zeros((dense.size, 2 * words), np.float32)
-    merge[np.arange(dense.size), dense // WORD_BITS + words * (dense % WORD_BITS >= 16)] = np.exp2(dense % 16)
+    merge[np.arange(dense.size), dense // WORD_BITS + words * (dense % WORD_BITS >= 16)] = np.exp2(
+        dense % 16
+    )
     mask = np.zeros((1, words), np.uint32)
     _set_bits(mask, np.zeros_like(dense), dense)
     return merge, mask[0]
 
 
 @functools.partial(jax.jit, static_argnames=("rank",))
-def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense: jax.Array, x_dense: jax.Array,
-                 merge: jax.Array, dense_mask: jax.Array, *, rank: int):
+def _gate_kernel(
+    sums: jax.Array,
+    sizes: jax.Array,
+    geo: _DeviceGeometry,
+    dense: jax.Array,
+    x_dense: jax.Array,
+    merge: jax.Array,
+    dense_mask: jax.Array,
+    *,
+    rank: int,
+):
     """Signs of z_s = x_s·S(g) for each row ``S_hi(g)`` of ``sums [K, D]`` (|g| = ``sizes``).
 
     Returns packed ``(positive, negative, undecided)``, ``uint32 [K, W]``; a sign is set only
@@ -693,8 +765,10 @@ def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense:
     s_norm, root_size = _row_norms(sums, sizes)
     empty = sizes == 0
     exact = _dot(sums, x_dense.T)
-    margin = (geo.x_norms[dense][None, :] * (_gamma(dim, u) * s_norm)[:, None]
-              + geo.lo_gains[dense][None, :] * root_size[:, None]) * (1 + 64 * u)
+    margin = (
+        geo.x_norms[dense][None, :] * (_gamma(dim, u) * s_norm)[:, None]
+        + geo.lo_gains[dense][None, :] * root_size[:, None]
+    ) * (1 + 64 * u)
     if dense.shape[0] == n:  # `dense` is then 0..N−1 in order
         positive, negative = pack_patterns(exact > margin), pack_patterns(exact < -margin)
     else:
@@ -703,17 +777,24 @@ def _gate_kernel(sums: jax.Array, sizes: jax.Array, geo: _DeviceGeometry, dense:
         if dense.shape[0]:
             k, words = sums.shape[0], dense_mask.shape[0]
             signs = jnp.concatenate([exact > margin, exact < -margin]).astype(jnp.bfloat16)
-            signs, merge = jax.lax.optimization_barrier((signs, merge.astype(jnp.bfloat16)))  # see `_digit_sums`
+            signs, merge = jax.lax.optimization_barrier(
+                (signs, merge.astype(jnp.bfloat16))
+            )  # see `_digit_sums`
             placed = jnp.matmul(signs, merge, preferred_element_type=jnp.float32).astype(jnp.uint32)
             placed = placed[:, :words] | (placed[:, words:] << 16)
             positive = (positive & ~dense_mask[None, :]) | placed[:k]
             negative = (negative & ~dense_mask[None, :]) | placed[k:]
     everything = pack_patterns(jnp.ones((1, n), bool))
-    return positive, negative, jnp.where(empty[:, None], jnp.uint32(0), everything & ~(positive | negative))
+    return (
+        positive,
+        negative,
+        jnp.where(empty[:, None], jnp.uint32(0), everything & ~(positive | negative)),
+    )
 
 
 def _exact_dot_sign(a: np.ndarray, b: np.ndarray) -> int:
     """Sign of Σ_i a_i b_i in exact arithmetic (float64 inputs): Veltkamp-split products, `math.fsum`."""
+
     def split(v):
         c = v * 134217729.0  # 2^27 + 1
         hi = c - (c - v)
@@ -725,8 +806,14 @@ def _exact_dot_sign(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.sign(total))
 
 
-def _settle_signs(sums: np.ndarray, sizes: np.ndarray, words: np.ndarray, rows: np.ndarray, samples: np.ndarray,
-                  geo: _Geometry) -> np.ndarray:
+def _settle_signs(
+    sums: np.ndarray,
+    sizes: np.ndarray,
+    words: np.ndarray,
+    rows: np.ndarray,
+    samples: np.ndarray,
+    geo: _Geometry,
+) -> np.ndarray:
     """Exact signs (+1, −1, 0) of z_s(g) for the undecided pairs (``rows``, ``samples``), on the host
     (``sizes``: |g| of each row of ``words``).
 
@@ -739,13 +826,15 @@ def _settle_signs(sums: np.ndarray, sizes: np.ndarray, words: np.ndarray, rows: 
     signs = np.zeros(rows.shape[0], np.int8)
     todo = []
     for start in range(0, rows.size, _SETTLE_BATCH):
-        r, s = rows[start:start + _SETTLE_BATCH], samples[start:start + _SETTLE_BATCH]
+        r, s = rows[start : start + _SETTLE_BATCH], samples[start : start + _SETTLE_BATCH]
         s64 = sums[r].astype(np.float64)
         level1 = np.einsum("ij,ij->i", geo.x64[s], s64)
-        err1 = (geo.x_norms64[s] * _gamma(dim, u) * np.sqrt(np.einsum("ij,ij->i", s64, s64))
-                + geo.lo_gains64[s] * np.sqrt(sizes[r])) * (1 + 1e-9)
+        err1 = (
+            geo.x_norms64[s] * _gamma(dim, u) * np.sqrt(np.einsum("ij,ij->i", s64, s64))
+            + geo.lo_gains64[s] * np.sqrt(sizes[r])
+        ) * (1 + 1e-9)
         done = np.abs(level1) > err1
-        signs[start:start + _SETTLE_BATCH][done] = np.sign(level1[done])
+        signs[start : start + _SETTLE_BATCH][done] = np.sign(level1[done])
         todo.append(start + np.nonzero(~done)[0])
     todo = np.concatenate(todo) if todo else np.zeros(0, np.int64)
     missing = np.unique(samples[todo][~geo.gram_ready[samples[todo]]])
@@ -759,8 +848,10 @@ def _settle_signs(sums: np.ndarray, sizes: np.ndarray, words: np.ndarray, rows: 
         s = samples[group[0]]
         weights = geo.gram_rows[s] * geo.labels64
         level2 = _unpack_host(words[rows[group]], n).astype(np.float64) @ weights
-        err2 = (_gamma(n, u) * np.abs(weights).sum()
-                + _gamma(dim, u) * (1 + _gamma(n, u)) * geo.x_norms64[s] * geo.norm_sum64) * (1 + 1e-9)
+        err2 = (
+            _gamma(n, u) * np.abs(weights).sum()
+            + _gamma(dim, u) * (1 + _gamma(n, u)) * geo.x_norms64[s] * geo.norm_sum64
+        ) * (1 + 1e-9)
         sure = np.abs(level2) > err2
         signs[group[sure]] = np.sign(level2[sure])
         for i in group[~sure]:
@@ -774,7 +865,9 @@ def _settle_signs(sums: np.ndarray, sizes: np.ndarray, words: np.ndarray, rows: 
 
 def _set_bits(words: np.ndarray, rows: np.ndarray, samples: np.ndarray) -> None:
     """Set bit ``samples[i]`` of packed row ``rows[i]`` in place."""
-    np.bitwise_or.at(words, (rows, samples >> 5), np.left_shift(np.uint32(1), (samples & 31).astype(np.uint32)))
+    np.bitwise_or.at(
+        words, (rows, samples >> 5), np.left_shift(np.uint32(1), (samples & 31).astype(np.uint32))
+    )
 
 
 def _in_order(calls):
@@ -801,7 +894,9 @@ def _device_rows(array: np.ndarray, size: int) -> jax.Array:
     """``array`` with zero rows appended up to ``size`` rows, as a device array (one compiled
     shape per size for the kernels that take it)."""
     if array.shape[0] < size:
-        array = np.concatenate([array, np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)])
+        array = np.concatenate(
+            [array, np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)]
+        )
     return jnp.asarray(array)
 
 
@@ -810,10 +905,12 @@ def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray
     k = words.shape[0]
     out = np.empty((k, geo.x64.shape[1]), np.dtype(geo.device.x.dtype))
     rows = _ladder(k, chunk)
-    calls = ((start, _signed_sums_kernel(_device_rows(words[start:start + rows], rows), geo.device))
-             for start in range(0, k, rows))
+    calls = (
+        (start, _signed_sums_kernel(_device_rows(words[start : start + rows], rows), geo.device))
+        for start in range(0, k, rows)
+    )
     for start, sums in _in_order(calls):
-        out[start:start + rows] = np.asarray(sums)[: k - start]
+        out[start : start + rows] = np.asarray(sums)[: k - start]
     return out
 
 
@@ -824,8 +921,9 @@ _SPARSE_FLIP_COST = 15
 _COUNT_ROWS = 4096  # rows sampled to choose the dense columns of an update
 
 
-def _sparse_flip_sums(ref_words: np.ndarray, new_words: np.ndarray, samples: np.ndarray,
-                      geo: _Geometry) -> np.ndarray:
+def _sparse_flip_sums(
+    ref_words: np.ndarray, new_words: np.ndarray, samples: np.ndarray, geo: _Geometry
+) -> np.ndarray:
     """X_hiᵀ((g'−g)∘ỹ) restricted to ``samples``, for each row, as a sparse product on the host.
 
     Used for the few flips outside the dense update's columns: scipy.sparse (CSR × dense) adds
@@ -837,32 +935,52 @@ def _sparse_flip_sums(ref_words: np.ndarray, new_words: np.ndarray, samples: np.
     n = geo.x64.shape[0]
     mask = np.zeros(ref_words.shape[1] * WORD_BITS, bool)
     mask[samples] = True
-    rows, cols = _set_bit_positions((ref_words ^ new_words) & np.packbits(mask, bitorder="little").view("<u4"))
+    rows, cols = _set_bit_positions(
+        (ref_words ^ new_words) & np.packbits(mask, bitorder="little").view("<u4")
+    )
     gained = (new_words[rows, cols >> 5] >> (cols & 31).astype(np.uint32)) & np.uint32(1)
     coef = np.where(gained == 1, 1.0, -1.0) * geo.labels64[cols]
     x_hi = np.asarray(geo.device.x_hi)[:n]
-    delta = scipy.sparse.csr_matrix((coef.astype(x_hi.dtype), (rows, cols)), shape=(ref_words.shape[0], n))
+    delta = scipy.sparse.csr_matrix(
+        (coef.astype(x_hi.dtype), (rows, cols)), shape=(ref_words.shape[0], n)
+    )
     return np.asarray(delta @ x_hi)
 
 
-def _dense_update_columns(ref_words: np.ndarray, new_words: np.ndarray, n: int, speedup: float) -> np.ndarray:
+def _dense_update_columns(
+    ref_words: np.ndarray, new_words: np.ndarray, n: int, speedup: float
+) -> np.ndarray:
     """Samples whose flips go to the dense update GEMM: the L most often flipped, L from
     {0, 128, 256, …} minimising ``rows·L/c + (flips outside) · _SPARSE_FLIP_COST`` with c =
     ``speedup`` (`_Geometry.sum_speedup`) where the update goes by digits (L ≥ `_DIGIT_MIN_SAMPLES`),
     else 1 (estimated on at most `_COUNT_ROWS` rows; the choice only affects speed)."""
     k = ref_words.shape[0]
     pick = np.linspace(0, k - 1, min(k, _COUNT_ROWS)).astype(np.int64)
-    counts = _unpack_host(ref_words[pick] ^ new_words[pick], n).sum(axis=0, dtype=np.int64) * (k / pick.size)
+    counts = _unpack_host(ref_words[pick] ^ new_words[pick], n).sum(axis=0, dtype=np.int64) * (
+        k / pick.size
+    )
     order = np.argsort(-counts, kind="stable")
     outside = counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])
     sizes = [0] + [w for w in (128 * 2**i for i in range(20)) if w <= n // 2]
-    best = min(sizes, key=lambda w: k * w / (speedup if _updates_by_digits(w, speedup) else 1.0)
-               + outside[w] * _SPARSE_FLIP_COST)
+    best = min(
+        sizes,
+        key=lambda w: (
+            k * w / (speedup if _updates_by_digits(w, speedup) else 1.0)
+            + outside[w] * _SPARSE_FLIP_COST
+        ),
+    )
     return np.sort(order[:best])
 
 
-def _updated_sums(sums: np.ndarray, source: np.ndarray | None, ref_words: np.ndarray, new_words: np.ndarray,
-                  geo: _Geometry, *, chunk: int) -> np.ndarray:
+def _updated_sums(
+    sums: np.ndarray,
+    source: np.ndarray | None,
+    ref_words: np.ndarray,
+    new_words: np.ndarray,
+    geo: _Geometry,
+    *,
+    chunk: int,
+) -> np.ndarray:
     """S_hi of each row i of ``new_words`` from ``sums[source[i]]``, the S_hi of ``ref_words[i]``
     (``source`` None: from ``sums[i]``; ``sums`` may then be updated in place and returned).
 
@@ -880,14 +998,29 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray | None, ref_words: np.nda
         samples = jnp.asarray(dense.astype(np.int32))
         out = sums if in_order else np.empty((k, sums.shape[1]), sums.dtype)
         rows = _ladder(k, chunk)
-        calls = ((start, _sum_changes_kernel(*(_device_rows(a, rows) for a in (
-            ref_words[start:start + rows], new_words[start:start + rows])), samples, geo.device, by_digits=by_digits))
-            for start in range(0, k, rows))
+        calls = (
+            (
+                start,
+                _sum_changes_kernel(
+                    *(
+                        _device_rows(a, rows)
+                        for a in (ref_words[start : start + rows], new_words[start : start + rows])
+                    ),
+                    samples,
+                    geo.device,
+                    by_digits=by_digits,
+                ),
+            )
+            for start in range(0, k, rows)
+        )
         for start, change in _in_order(calls):
             stop = min(start + rows, k)
             # exact: the sum of two grid sums whose result is a grid subset sum
-            np.add(sums[start:stop] if in_order else sums[source[start:stop]], np.asarray(change)[: stop - start],
-                   out=out[start:stop])
+            np.add(
+                sums[start:stop] if in_order else sums[source[start:stop]],
+                np.asarray(change)[: stop - start],
+                out=out[start:stop],
+            )
     else:
         out = sums if in_order else sums[source]
     mask = np.ones(n, bool)
@@ -895,7 +1028,9 @@ def _updated_sums(sums: np.ndarray, source: np.ndarray | None, ref_words: np.nda
     rest = np.nonzero(mask)[0]
     for start in range(0, k, 4096):
         stop = min(start + 4096, k)
-        out[start:stop] += _sparse_flip_sums(ref_words[start:stop], new_words[start:stop], rest, geo)
+        out[start:stop] += _sparse_flip_sums(
+            ref_words[start:stop], new_words[start:stop], rest, geo
+        )
     return out
 
 
@@ -915,7 +1050,9 @@ class _References(NamedTuple):
 
 def _pattern_bits_host(words: np.ndarray, samples: np.ndarray) -> np.ndarray:
     """`_pattern_bits` on the host: bits ``g(s)`` of packed ``words [K, W]`` at ``samples`` → uint8 ``[K, L]``."""
-    return ((words[:, samples >> 5] >> (samples & 31).astype(np.uint32)) & np.uint32(1)).astype(np.uint8)
+    return ((words[:, samples >> 5] >> (samples & 31).astype(np.uint32)) & np.uint32(1)).astype(
+        np.uint8
+    )
 
 
 def _references(words: np.ndarray, n: int) -> _References:
@@ -937,12 +1074,16 @@ def _references(words: np.ndarray, n: int) -> _References:
         refs = ref_bits[:, varying].astype(np.float32)
         ref_sizes = refs.sum(axis=1)
         for start in range(0, k, 4096):
-            bits = _pattern_bits_host(words[start:start + 4096], varying).astype(np.float32)
-            nearest[start:start + 4096] = np.argmin(ref_sizes[None, :] - 2 * (bits @ refs.T), axis=1)
+            bits = _pattern_bits_host(words[start : start + 4096], varying).astype(np.float32)
+            nearest[start : start + 4096] = np.argmin(
+                ref_sizes[None, :] - 2 * (bits @ refs.T), axis=1
+            )
     return _References(rows, nearest)
 
 
-def _sums_by_reference(words: np.ndarray, references: _References, geo: _Geometry, *, chunk: int) -> np.ndarray:
+def _sums_by_reference(
+    words: np.ndarray, references: _References, geo: _Geometry, *, chunk: int
+) -> np.ndarray:
     """S_hi of every packed pattern, like `_signed_sums`, for patterns that lie close together.
 
     The patterns after the first map lie close together: on CIFAR-10 (N = 4000) the nearest of 64
@@ -952,12 +1093,19 @@ def _sums_by_reference(words: np.ndarray, references: _References, geo: _Geometr
     samples that differ) instead of an N-sample GEMM row. Exact like both.
     """
     refs = words[references.rows]
-    return _updated_sums(_signed_sums(refs, geo, chunk=chunk), references.nearest, refs[references.nearest], words,
-                         geo, chunk=chunk)
+    return _updated_sums(
+        _signed_sums(refs, geo, chunk=chunk),
+        references.nearest,
+        refs[references.nearest],
+        words,
+        geo,
+        chunk=chunk,
+    )
 
 
-def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank: int, rows: int,
-                   size: int | None) -> np.ndarray:
+def _dense_samples(
+    sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank: int, rows: int, size: int | None
+) -> np.ndarray:
     """The samples a gate call checks densely: all N, or the ``size`` most often left undecided
     by the filter on up to `_PILOT_ROWS` rows spread over the call (``size`` None: the size of
     `_DENSE_SIZES` that minimises the cost model, see there). Sorted; the choice only affects speed."""
@@ -969,12 +1117,20 @@ def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank:
     pick = np.unique(np.linspace(0, k - 1, min(k, _PILOT_ROWS)).astype(np.int64))
     counts = np.zeros(n)
     for start in range(0, pick.size, rows):
-        part = pick[start:start + rows]
-        counts += np.asarray(_undecided_counts(_device_rows(sums[part], rows), _device_rows(sizes[part], rows),
-                                               geo.device, rank=rank))
+        part = pick[start : start + rows]
+        counts += np.asarray(
+            _undecided_counts(
+                _device_rows(sums[part], rows),
+                _device_rows(sizes[part], rows),
+                geo.device,
+                rank=rank,
+            )
+        )
     order = np.argsort(-counts, kind="stable")
     if size is None:
-        outside = (counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])) * (k / pick.size)
+        outside = (counts.sum() - np.concatenate([[0.0], np.cumsum(counts[order])])) * (
+            k / pick.size
+        )
         costs = {c: k * c + outside[c] * _SETTLE_COST for c in sizes_ok}
         costs[n] = k * n
         size = min(costs, key=costs.get)
@@ -983,8 +1139,15 @@ def _dense_samples(sums: np.ndarray, sizes: np.ndarray, geo: _Geometry, *, rank:
     return np.sort(order[:size])
 
 
-def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chunk: int,
-          dense_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _gate(
+    sums: np.ndarray,
+    words: np.ndarray,
+    geo: _Geometry,
+    *,
+    rank: int,
+    chunk: int,
+    dense_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Packed exact signs ``(1[z > 0], 1[z < 0])`` of the targets of ``words`` (their ``sums``):
     row i of the first is gate(T_+(g_i)), of the second gate(T_−(g_i)) (docs/theory.md §3).
     ``dense_size`` forces the size of the dense check (`_dense_samples`)."""
@@ -999,12 +1162,25 @@ def _gate(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chu
     columns = jnp.asarray(samples.astype(np.int32))
     x_dense = jnp.take(geo.device.x, columns, axis=0)
     merge, dense_mask = (jnp.asarray(a) for a in _dense_placement(samples, geo.x64.shape[0]))
-    calls = ((start, _gate_kernel(_device_rows(sums[start:start + rows], rows),
-                                  _device_rows(sizes[start:start + rows], rows), geo.device, columns,
-                                  x_dense, merge, dense_mask, rank=rank)) for start in range(0, k, rows))
+    calls = (
+        (
+            start,
+            _gate_kernel(
+                _device_rows(sums[start : start + rows], rows),
+                _device_rows(sizes[start : start + rows], rows),
+                geo.device,
+                columns,
+                x_dense,
+                merge,
+                dense_mask,
+                rank=rank,
+            ),
+        )
+        for start in range(0, k, rows)
+    )
     for start, out in _in_order(calls):
         for target, value in zip((positive, negative, undecided), out):
-            target[start:start + rows] = np.asarray(value)[: k - start]
+            target[start : start + rows] = np.asarray(value)[: k - start]
     pairs, samples = _set_bit_positions(undecided)
     if pairs.size:
         signs = _settle_signs(sums, sizes, words, pairs, samples, geo)
@@ -1042,14 +1218,23 @@ def _nearest_direction(sums: np.ndarray, norms: np.ndarray) -> tuple[_References
     nearest = np.empty(sums.shape[0], np.int64)
     scale = np.empty(sums.shape[0])
     for start in range(0, sums.shape[0], 4096):
-        dots = sums[start:start + 4096] @ unit.T
-        nearest[start:start + 4096] = np.argmax(dots, axis=1)
-        scale[start:start + 4096] = np.take_along_axis(dots, nearest[start:start + 4096, None], axis=1)[:, 0]
+        dots = sums[start : start + 4096] @ unit.T
+        nearest[start : start + 4096] = np.argmax(dots, axis=1)
+        scale[start : start + 4096] = np.take_along_axis(
+            dots, nearest[start : start + 4096, None], axis=1
+        )[:, 0]
     return _References(rows, nearest), scale / norms[rows][nearest]
 
 
-def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, rank: int, chunk: int,
-                       fallback_cost: float) -> tuple[np.ndarray, np.ndarray]:
+def _gate_by_reference(
+    sums: np.ndarray,
+    words: np.ndarray,
+    geo: _Geometry,
+    *,
+    rank: int,
+    chunk: int,
+    fallback_cost: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """`_gate` (the same exact signs) from the gates of a few reference patterns.
 
     The targets of Algorithm 1 cluster: on CIFAR-10 (N = 4000) the signed sum of a random pattern
@@ -1087,7 +1272,9 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
     root = np.sqrt(sizes.astype(np.float64))
     x_norms = geo.x_norms64 * (1 + _TIE_SLACK)
     # ‖S_hi‖ from its squares summed in the data dtype (relative error ≤ γ_D), rounded up.
-    norms = np.sqrt(np.einsum("ij,ij->i", sums, sums).astype(np.float64) * (1 + 2 * gamma_sum)) * (1 + 4 * u)
+    norms = np.sqrt(np.einsum("ij,ij->i", sums, sums).astype(np.float64) * (1 + 2 * gamma_sum)) * (
+        1 + 4 * u
+    )
     if not np.any(norms > 0):
         return _gate(sums, words, geo, rank=rank, chunk=chunk)
     references, scales = _nearest_direction(sums, norms)
@@ -1100,7 +1287,7 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
     order = np.argsort(references.nearest, kind="stable")
     bounds = np.searchsorted(references.nearest[order], np.arange(references.rows.size + 1))
     for r in range(references.rows.size):
-        members = order[bounds[r]:bounds[r + 1]]
+        members = order[bounds[r] : bounds[r + 1]]
         # Empty patterns: z = 0, neither sign. S_hi = 0 or c ≤ 0: `_gate`.
         members = members[norms[members] > 0]
         fallback.append(members[~(scales[members] > 0)])
@@ -1117,17 +1304,30 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
             part = slice(start, start + 256)
             diff = member_sums[part] - scale[part].astype(dtype)[:, None] * ref
             delta[part] = np.einsum("ij,ij->i", diff, diff)
-        delta = (np.sqrt(delta * (1 + 2 * gamma_sum)) * (1 + 4 * u) + 1.01 * u * scale * ref_norm) * (1 + 2 * u)
-        reach = delta / scale * (1 + _TIE_SLACK)  # a sample is decided for pattern i when t_s > reach_i
+        delta = (
+            np.sqrt(delta * (1 + 2 * gamma_sum)) * (1 + 4 * u) + 1.01 * u * scale * ref_norm
+        ) * (1 + 2 * u)
+        reach = (
+            delta / scale * (1 + _TIE_SLACK)
+        )  # a sample is decided for pattern i when t_s > reach_i
         rho = np.max(root[members] / scale) * (1 + _TIE_SLACK)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = (np.abs(z_ref[:, r]) / (1 + _TIE_SLACK) - gamma64 * x_norms * ref_norm - geo.lo_gains64 * rho) / x_norms
+            t = (
+                np.abs(z_ref[:, r]) / (1 + _TIE_SLACK)
+                - gamma64 * x_norms * ref_norm
+                - geo.lo_gains64 * rho
+            ) / x_norms
         t = np.where(x_norms > 0, t, -np.inf)
         # Check the j patterns of least reach here (|U(reach_(j))| samples each), the rest on the device.
         by_reach = np.argsort(reach, kind="stable")
         unsure = np.searchsorted(np.sort(t), reach[by_reach] * (1 + _TIE_SLACK), side="right")
         count = np.arange(1, members.size + 1)
-        cost = np.concatenate([[members.size * fallback_cost], count * unsure + (members.size - count) * fallback_cost])
+        cost = np.concatenate(
+            [
+                [members.size * fallback_cost],
+                count * unsure + (members.size - count) * fallback_cost,
+            ]
+        )
         j = int(np.argmin(cost))
         fallback.append(members[by_reach[j:]])
         if not j:
@@ -1138,22 +1338,26 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
         in_checked = np.zeros(n, bool)
         in_checked[checked] = True
         ref_positive = _pack_host((z_ref[:, r] > 0) & ~in_checked)
-        ref_negative = _pack_host((z_ref[:, r] < 0) | in_checked)  # U's bits cleared where z > 0 below
+        ref_negative = _pack_host(
+            (z_ref[:, r] < 0) | in_checked
+        )  # U's bits cleared where z > 0 below
         x_checked = geo.x_unit[checked]
         lam = float(np.max(geo.lo_gains64[checked] / x_norms[checked], initial=0.0))
         # Most rows are handled: checking every row of a slice costs less than gathering the handled ones.
         every = 2 * j > members.size
         targets = np.arange(members.size) if every else np.flatnonzero(handled)
         for start in range(0, targets.size, chunk):
-            part = targets[start:start + chunk]
-            rows_sums = member_sums[start:start + chunk] if every else member_sums[part]
+            part = targets[start : start + chunk]
+            rows_sums = member_sums[start : start + chunk] if every else member_sums[part]
             estimate = rows_sums[:, blocks[0]] @ x_checked[:, blocks[0]].T
             for block in blocks[1:]:
                 estimate += rows_sums[:, block] @ x_checked[:, block].T
             if every and not handled[part].all():
                 estimate, part = estimate[handled[part]], part[handled[part]]
             rows = members[part]
-            margin = (((gamma_dense + 2 * u) * norms[rows] + root[rows] * lam) * (1 + 1e-5)).astype(dtype)[:, None]
+            margin = (((gamma_dense + 2 * u) * norms[rows] + root[rows] * lam) * (1 + 1e-5)).astype(
+                dtype
+            )[:, None]
             above = estimate > margin
             placed = _place_bits(above, checked, n_words)
             positive[rows] = ref_positive | placed
@@ -1164,13 +1368,17 @@ def _gate_by_reference(sums: np.ndarray, words: np.ndarray, geo: _Geometry, *, r
     if open_rows:
         rows, samples = np.concatenate(open_rows), np.concatenate(open_samples)
         bit = np.left_shift(np.uint32(1), (samples & 31).astype(np.uint32))
-        np.bitwise_and.at(negative, (rows, samples >> 5), ~bit)  # undecided: neither sign until settled
+        np.bitwise_and.at(
+            negative, (rows, samples >> 5), ~bit
+        )  # undecided: neither sign until settled
         signs = _settle_signs(sums, sizes, words, rows, samples, geo)
         _set_bits(positive, rows[signs > 0], samples[signs > 0])
         _set_bits(negative, rows[signs < 0], samples[signs < 0])
     fallback = np.sort(np.concatenate(fallback))
     if fallback.size:
-        positive[fallback], negative[fallback] = _gate(sums[fallback], words[fallback], geo, rank=rank, chunk=chunk)
+        positive[fallback], negative[fallback] = _gate(
+            sums[fallback], words[fallback], geo, rank=rank, chunk=chunk
+        )
     return positive, negative
 
 
@@ -1185,10 +1393,12 @@ def _host_fingerprints(words: np.ndarray) -> np.ndarray:
     if k <= rows:
         return np.asarray(_fingerprints_jit(_device_rows(words, _ladder(k, rows, factor=2))))[:k]
     out = np.empty((k, 2), np.uint32)
-    calls = ((start, _fingerprints_jit(jnp.asarray(words[start:start + rows])))
-             for start in list(range(0, k - rows, rows)) + [k - rows])
+    calls = (
+        (start, _fingerprints_jit(jnp.asarray(words[start : start + rows])))
+        for start in list(range(0, k - rows, rows)) + [k - rows]
+    )
     for start, fingerprints in _in_order(calls):
-        out[start:start + rows] = np.asarray(fingerprints)
+        out[start : start + rows] = np.asarray(fingerprints)
     return out
 
 
@@ -1221,7 +1431,9 @@ def _set_bit_positions(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, samples)`` of every set bit of packed ``words [K, W]``; cheap when few are set."""
     rows, cols = np.nonzero(words)
     values = np.ascontiguousarray(words[rows, cols], dtype="<u4")
-    which, bit = np.nonzero(np.unpackbits(values.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little"))
+    which, bit = np.nonzero(
+        np.unpackbits(values.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
+    )
     return rows[which], cols[which].astype(np.int64) * WORD_BITS + bit
 
 
@@ -1251,15 +1463,19 @@ def _initial_patterns(keys: jax.Array, data: TrainingData, *, chunk: int) -> np.
     m = keys.shape[0]
     chunk = min(chunk, m)
     out = np.empty((m, num_words(data.x.shape[0])), np.uint32)
-    calls = ((start, _probe_patterns(keys[start:start + chunk], data.x))
-             for start in list(range(0, m - chunk, chunk)) + [m - chunk])
+    calls = (
+        (start, _probe_patterns(keys[start : start + chunk], data.x))
+        for start in list(range(0, m - chunk, chunk)) + [m - chunk]
+    )
     for start, words in _in_order(calls):
-        out[start:start + chunk] = np.asarray(words)
+        out[start : start + chunk] = np.asarray(words)
     return out
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
-def _pattern_targets(words: jax.Array, kappa: jax.Array, data: TrainingData, *, chunk: int) -> jax.Array:
+def _pattern_targets(
+    words: jax.Array, kappa: jax.Array, data: TrainingData, *, chunk: int
+) -> jax.Array:
     """T_κ(g) for each packed pattern ``[K, W]`` → ``[K, D]``, in chunks."""
     k = words.shape[0]
     n, dim = data.x.shape
@@ -1269,7 +1485,9 @@ def _pattern_targets(words: jax.Array, kappa: jax.Array, data: TrainingData, *, 
         start = start_of(i)
         gates = unpack_patterns(jax.lax.dynamic_slice_in_dim(words, start, chunk), n)
         kap = jnp.broadcast_to(kappa, (chunk,))
-        return jax.lax.dynamic_update_slice_in_dim(out, target_directions(gates.T, kap, data), start, 0)
+        return jax.lax.dynamic_update_slice_in_dim(
+            out, target_directions(gates.T, kap, data), start, 0
+        )
 
     return jax.lax.fori_loop(0, -(-k // chunk), body, jnp.zeros((k, dim), data.x.dtype))
 
@@ -1317,8 +1535,12 @@ class StableCellEstimate:
 
 
 def _check_algorithm_options(probes, patience, chunk, max_iterations, kappas) -> None:
-    for name, value in (("probes", probes), ("patience", patience), ("chunk", chunk),
-                        ("max_iterations", max_iterations)):
+    for name, value in (
+        ("probes", probes),
+        ("patience", patience),
+        ("chunk", chunk),
+        ("max_iterations", max_iterations),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     bad = [k for k in kappas if k not in (1, -1)]
@@ -1362,7 +1584,9 @@ def _remembered_images(keys: np.ndarray, gen: _Generation) -> tuple[np.ndarray, 
     generations before (CIFAR-10, κ = −1, K_t ≈ 10 000)."""
     known = np.zeros(keys.size, bool)
     image = np.zeros((keys.size, gen.image.shape[1]), gen.image.dtype)
-    for old_keys, old_image in [(gen.keys, gen.image)] + ([gen.earlier] if gen.earlier is not None else []):
+    for old_keys, old_image in [(gen.keys, gen.image)] + (
+        [gen.earlier] if gen.earlier is not None else []
+    ):
         if not old_keys.size:
             continue
         where = np.minimum(np.searchsorted(old_keys, keys), old_keys.size - 1)
@@ -1380,7 +1604,9 @@ def _nearby_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray
     return _sums_by_reference(words, _references(words, geo.x64.shape[0]), geo, chunk=chunk)
 
 
-def _advance(gen: _Generation, kappa: int, geo: _Geometry, *, chunk: int, shared=None) -> _Generation:
+def _advance(
+    gen: _Generation, kappa: int, geo: _Geometry, *, chunk: int, shared=None
+) -> _Generation:
     """One step ``g ↦ gate(T_κ(g))`` for every probe, done once per distinct pattern not already
     mapped in the last two generations (`_remembered_images`).
 
@@ -1398,8 +1624,9 @@ def _advance(gen: _Generation, kappa: int, geo: _Geometry, *, chunk: int, shared
         sums = _nearby_sums(words[~known], geo, chunk=chunk) if not known.all() else None
     new = np.flatnonzero(~known)
     if new.size:
-        positive, negative = _gate_by_reference(sums, words[new], geo, rank=_RANK, chunk=chunk,
-                                                fallback_cost=_FALLBACK_COST)
+        positive, negative = _gate_by_reference(
+            sums, words[new], geo, rank=_RANK, chunk=chunk, fallback_cost=_FALLBACK_COST
+        )
         image[new] = positive if kappa == 1 else negative
     return _Generation(words, inverse[gen.probe_row], image, keys, (gen.keys, gen.image))
 
@@ -1412,8 +1639,9 @@ def _complement(words: np.ndarray, n: int) -> np.ndarray:
     return ~words & full
 
 
-def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, geo: _Geometry, kappas, *,
-                       chunk: int) -> dict:
+def _second_generation(
+    first_positive: np.ndarray, first_negative: np.ndarray, geo: _Geometry, kappas, *, chunk: int
+) -> dict:
     """``{κ: (words, inverse, keys, sums)}`` of the patterns after the first map, for each κ.
 
     The signed sums of the κ = +1 patterns come from `_nearby_sums`. Those of κ = −1 follow
@@ -1431,20 +1659,37 @@ def _second_generation(first_positive: np.ndarray, first_negative: np.ndarray, g
         words, inverse, source, keys = _distinct(first_negative)
         if 1 in out:
             plus_words, plus_inverse, _, plus_sums = out[1]
-            total = _signed_sums(_complement(np.zeros((1, words.shape[1]), np.uint32), n), geo, chunk=chunk)
+            total = _signed_sums(
+                _complement(np.zeros((1, words.shape[1]), np.uint32), n), geo, chunk=chunk
+            )
             counterpart = plus_inverse[source]
             complement_sums = plus_sums[counterpart]
             np.subtract(total, complement_sums, out=complement_sums)  # exact: grid subset sums
-            sums = _updated_sums(complement_sums, None, _complement(plus_words[counterpart], n), words,
-                                 geo, chunk=chunk)
+            sums = _updated_sums(
+                complement_sums,
+                None,
+                _complement(plus_words[counterpart], n),
+                words,
+                geo,
+                chunk=chunk,
+            )
         else:
             sums = _nearby_sums(words, geo, chunk=chunk)
         out[-1] = (words, inverse, keys, sums)
     return {k: v for k, v in out.items() if k in kappas}
 
 
-def _run_one_kappa(first: _Generation, shared: tuple, kappa: int, data: TrainingData, geo: _Geometry, *,
-                   patience: int, chunk: int, max_iterations: int) -> StableCellEstimate:
+def _run_one_kappa(
+    first: _Generation,
+    shared: tuple,
+    kappa: int,
+    data: TrainingData,
+    geo: _Geometry,
+    *,
+    patience: int,
+    chunk: int,
+    max_iterations: int,
+) -> StableCellEstimate:
     """Iterate from the random probes' generation ``first`` (its image already computed for κ)."""
     m = first.probe_row.shape[0]
     gen = first
@@ -1467,19 +1712,28 @@ def _run_one_kappa(first: _Generation, shared: tuple, kappa: int, data: Training
         basin = np.bincount(inverse, minlength=distinct.shape[0])
         order = np.argsort(-basin, kind="stable")
         patterns, basin = distinct[order], basin[order]
-        targets = np.asarray(_pattern_targets(jnp.asarray(patterns), kap, data,
-                                              chunk=min(chunk, patterns.shape[0])))
+        targets = np.asarray(
+            _pattern_targets(jnp.asarray(patterns), kap, data, chunk=min(chunk, patterns.shape[0]))
+        )
     else:
         patterns = np.zeros((0, words.shape[1]), np.uint32)
         targets = np.zeros((0, data.x.shape[1]), np.asarray(data.x).dtype)
         basin = np.zeros((0,), np.int64)
     estimate, _ = _plateau(curve, patience, m)
     return StableCellEstimate(
-        kappa=kappa, estimate=estimate, curve=tuple(curve), converged=converged,
-        fixed_fraction=float(fixed.mean()), two_cycle_fraction=float(two_cycle.mean()),
-        patterns=patterns, targets=targets, basin=basin,
-        empty_is_stable=bool(np.any(~patterns.any(axis=1))), n_probes=m,
-        patience=patience, n_samples=int(data.x.shape[0]),
+        kappa=kappa,
+        estimate=estimate,
+        curve=tuple(curve),
+        converged=converged,
+        fixed_fraction=float(fixed.mean()),
+        two_cycle_fraction=float(two_cycle.mean()),
+        patterns=patterns,
+        targets=targets,
+        basin=basin,
+        empty_is_stable=bool(np.any(~patterns.any(axis=1))),
+        n_probes=m,
+        patience=patience,
+        n_samples=int(data.x.shape[0]),
     )
 
 
@@ -1546,10 +1800,20 @@ def stable_cells(
     start = _initial_patterns(keys, data, chunk=chunk)
     words, inverse, _, fingerprints = _distinct(start)
     # The first map: ~M distinct random patterns, shared by both κ.
-    positive, negative = _gate(_signed_sums(words, geo, chunk=chunk), words, geo, rank=_FIRST_RANK, chunk=chunk)
+    positive, negative = _gate(
+        _signed_sums(words, geo, chunk=chunk), words, geo, rank=_FIRST_RANK, chunk=chunk
+    )
     second = _second_generation(positive, negative, geo, kappas, chunk=chunk)
     return {
-        k: _run_one_kappa(_Generation(words, inverse, positive if k == 1 else negative, fingerprints), second[k], k,
-                          data, geo, patience=int(patience), chunk=chunk, max_iterations=int(max_iterations))
+        k: _run_one_kappa(
+            _Generation(words, inverse, positive if k == 1 else negative, fingerprints),
+            second[k],
+            k,
+            data,
+            geo,
+            patience=int(patience),
+            chunk=chunk,
+            max_iterations=int(max_iterations),
+        )
         for k in kappas
     }

@@ -119,7 +119,9 @@ def chunk_coefficients(momentum, chunk: int, dtype=jnp.float32) -> _ChunkCoeffic
     ``a = 0``, ``c_{kj} = 1`` for j < k.
     """
     beta = jnp.asarray(momentum, dtype)
-    powers = jnp.cumprod(jnp.concatenate([jnp.ones((1,), dtype), jnp.full((chunk,), beta)]))  # β^l, l=0..K
+    powers = jnp.cumprod(
+        jnp.concatenate([jnp.ones((1,), dtype), jnp.full((chunk,), beta)])
+    )  # β^l, l=0..K
     geometric = jnp.concatenate([jnp.zeros((1,), dtype), jnp.cumsum(powers[:chunk])])  # Σ_{i<l} β^i
     steps = jnp.arange(chunk)
     lag = steps[:, None] - steps[None, :]
@@ -144,11 +146,15 @@ def _epochs_needed(steps: int, n: int, batch_size: int) -> int:
 
 def _draw_block(key: jax.Array, first_epoch, n: int) -> jax.Array:
     # _batch_indices with B = N: one step per epoch, whose batch is the epoch's whole permutation.
-    return jax.vmap(lambda e: _batch_indices(key, e, n, n))(first_epoch + jnp.arange(_PERMUTATION_BLOCK))
+    return jax.vmap(lambda e: _batch_indices(key, e, n, n))(
+        first_epoch + jnp.arange(_PERMUTATION_BLOCK)
+    )
 
 
 _permutation_block = jax.jit(_draw_block, static_argnames=("n",))
-_permutation_block_seeds = jax.jit(jax.vmap(_draw_block, in_axes=(0, None, None)), static_argnums=(2,))
+_permutation_block_seeds = jax.jit(
+    jax.vmap(_draw_block, in_axes=(0, None, None)), static_argnums=(2,)
+)
 
 
 def epoch_permutations(key: jax.Array, num_epochs: int, n: int) -> jax.Array:
@@ -165,9 +171,14 @@ def epoch_permutations(key: jax.Array, num_epochs: int, n: int) -> jax.Array:
         draw = lambda k: jax.vmap(lambda e: _batch_indices(k, e, n, n))(jnp.arange(num_epochs))  # noqa: E731
         return jax.vmap(draw)(key) if per_seed else draw(key)
     if per_seed:
-        blocks = [_permutation_block_seeds(key, first, n) for first in range(0, num_epochs, _PERMUTATION_BLOCK)]
+        blocks = [
+            _permutation_block_seeds(key, first, n)
+            for first in range(0, num_epochs, _PERMUTATION_BLOCK)
+        ]
         return jnp.concatenate(blocks, axis=1)[:, :num_epochs]
-    blocks = [_permutation_block(key, first, n=n) for first in range(0, num_epochs, _PERMUTATION_BLOCK)]
+    blocks = [
+        _permutation_block(key, first, n=n) for first in range(0, num_epochs, _PERMUTATION_BLOCK)
+    ]
     return jnp.concatenate(blocks)[:num_epochs]
 
 
@@ -199,7 +210,9 @@ def _block_size(chunk: int) -> int:
     return max(L for L in range(1, int(math.isqrt(chunk)) + 1) if chunk % L == 0)
 
 
-def _chunk_errors(start, gram, y, b, V, mb, mV, coeffs: _ChunkCoefficients, lr, beta, seeds: int, width: int):
+def _chunk_errors(
+    start, gram, y, b, V, mb, mV, coeffs: _ChunkCoefficients, lr, beta, seeds: int, width: int
+):
     """The K steps of a chunk on ``B × S·d`` arrays: back-propagated errors and b, V updates.
 
     ``start [K·B, S·d]`` holds ``x_s·w_i(0) − η a_k x_s·m_i(0)`` for every sample of the chunk
@@ -223,7 +236,9 @@ def _chunk_errors(start, gram, y, b, V, mb, mV, coeffs: _ChunkCoefficients, lr, 
     n_blocks, rows = k_steps // block, block * batch
     start = start.reshape(n_blocks, rows, neurons)
     cross = coupling.reshape(n_blocks, rows, k_steps * batch)
-    local = jnp.stack([coupling[m * rows:(m + 1) * rows, m * rows:(m + 1) * rows] for m in range(n_blocks)])
+    local = jnp.stack(
+        [coupling[m * rows : (m + 1) * rows, m * rows : (m + 1) * rows] for m in range(n_blocks)]
+    )
     local = local.reshape(n_blocks, block, batch, rows)
 
     def step(carry, inputs):
@@ -243,21 +258,32 @@ def _chunk_errors(start, gram, y, b, V, mb, mV, coeffs: _ChunkCoefficients, lr, 
         grad_V = jnp.stack([grad_v1, -grad_v1], axis=-1)
         mb = grad_b + beta * mb
         mV = grad_V + beta * mV
-        deltas = jax.lax.dynamic_update_slice_in_dim(deltas, delta.reshape(batch, neurons), j * batch, axis=0)
+        deltas = jax.lax.dynamic_update_slice_in_dim(
+            deltas, delta.reshape(batch, neurons), j * batch, axis=0
+        )
         return (deltas, b - lr * mb, V - lr * mV, mb, mV), None
 
     def block_body(carry, inputs):
         all_deltas, b, V, mb, mV = carry
         m, start_m, cross_m, local_m, first_m = inputs
-        base = (start_m - lr * (cross_m @ all_deltas.reshape(k_steps * batch, neurons))).reshape(block, batch, neurons)
+        base = (start_m - lr * (cross_m @ all_deltas.reshape(k_steps * batch, neurons))).reshape(
+            block, batch, neurons
+        )
         inner = (jnp.arange(block), base, local_m, first_m)
-        (deltas, b, V, mb, mV), _ = jax.lax.scan(step, (jnp.zeros((rows, neurons), dtype), b, V, mb, mV), inner,
-                                                 unroll=True)  # L ≤ √K steps: fused across steps
+        (deltas, b, V, mb, mV), _ = jax.lax.scan(
+            step, (jnp.zeros((rows, neurons), dtype), b, V, mb, mV), inner, unroll=True
+        )  # L ≤ √K steps: fused across steps
         all_deltas = jax.lax.dynamic_update_index_in_dim(all_deltas, deltas, m, axis=0)
         return (all_deltas, b, V, mb, mV), None
 
     deltas0 = jnp.zeros((n_blocks, rows, neurons), dtype)
-    inputs = (jnp.arange(n_blocks), start, cross, local, first_class.reshape(n_blocks, block, batch))
+    inputs = (
+        jnp.arange(n_blocks),
+        start,
+        cross,
+        local,
+        first_class.reshape(n_blocks, block, batch),
+    )
     (deltas, b, V, mb, mV), _ = jax.lax.scan(block_body, (deltas0, b, V, mb, mV), inputs)
     return deltas.reshape(k_steps * batch, neurons), b, V, mb, mV
 
@@ -270,7 +296,9 @@ def _closing_weights(deltas, coeffs: _ChunkCoefficients, lr, batch: int):
     return jnp.concatenate([deltas * close_w, deltas * close_m], axis=1)
 
 
-def _run_chunk(state: _State, x: jax.Array, y: jax.Array, coeffs: _ChunkCoefficients, lr, beta) -> _State:
+def _run_chunk(
+    state: _State, x: jax.Array, y: jax.Array, coeffs: _ChunkCoefficients, lr, beta
+) -> _State:
     """K momentum-SGD steps of S stacked seeds on the batches ``x [K, B, D]``, ``y [K, B]``.
 
     ``W`` and ``M`` are read once (opening GEMM) and written once (closing GEMM); see the
@@ -285,8 +313,20 @@ def _run_chunk(state: _State, x: jax.Array, y: jax.Array, coeffs: _ChunkCoeffici
     proj = flat @ state.WM.reshape(2 * neurons, dim).T  # [KB, 2·S·d]
     a_rows = jnp.repeat(coeffs.a, batch)[:, None]
     start = proj[:, :neurons] - lr * a_rows * proj[:, neurons:]  # [KB, S·d]
-    deltas, b, V, mb, mV = _chunk_errors(start, flat @ flat.T, y, state.b, state.V, state.mb, state.mV, coeffs,
-                                         lr, beta, seeds, width)
+    deltas, b, V, mb, mV = _chunk_errors(
+        start,
+        flat @ flat.T,
+        y,
+        state.b,
+        state.V,
+        state.mb,
+        state.mV,
+        coeffs,
+        lr,
+        beta,
+        seeds,
+        width,
+    )
 
     # Closing GEMM: −η Σ_j c_{Kj} δ_jᵀ X_j and Σ_j β^{K−1−j} δ_jᵀ X_j in one product, then
     # W_K = W_0 − η a_K M_0 + (first), M_K = β^K M_0 + (second).
@@ -327,8 +367,15 @@ _RESCALE_BELOW = 1e-12
 def _initial_sample_state(params0: Params, n: int) -> _SampleState:
     seeds, width, _ = params0.W.shape
     zeros = jnp.zeros((n, 2, seeds * width), params0.W.dtype)
-    return _SampleState(CC=zeros, RR=zeros, scale=jnp.ones((), params0.W.dtype), b=params0.b, V=params0.V,
-                        mb=jnp.zeros_like(params0.b), mV=jnp.zeros_like(params0.V))
+    return _SampleState(
+        CC=zeros,
+        RR=zeros,
+        scale=jnp.ones((), params0.W.dtype),
+        b=params0.b,
+        V=params0.V,
+        mb=jnp.zeros_like(params0.b),
+        mV=jnp.zeros_like(params0.V),
+    )
 
 
 def _sample_basis_shift(coeffs: _ChunkCoefficients, lr):
@@ -336,8 +383,16 @@ def _sample_basis_shift(coeffs: _ChunkCoefficients, lr):
     return -lr * coeffs.a_end / (1 - coeffs.decay_end)
 
 
-def _run_chunk_samples(state: _SampleState, idx: jax.Array, y: jax.Array, proj0: jax.Array, gram_all: jax.Array,
-                       coeffs: _ChunkCoefficients, lr, beta) -> _SampleState:
+def _run_chunk_samples(
+    state: _SampleState,
+    idx: jax.Array,
+    y: jax.Array,
+    proj0: jax.Array,
+    gram_all: jax.Array,
+    coeffs: _ChunkCoefficients,
+    lr,
+    beta,
+) -> _SampleState:
     """`_run_chunk` in the sample basis (`_SampleState`): the chunk's samples ``idx [K, B]``.
 
     Opening: ``X_k W_0ᵀ = P_0[idx] + (G U − γ G C_M)[idx]`` and ``X_k M_0ᵀ = (G C_M)[idx]``,
@@ -355,8 +410,20 @@ def _run_chunk_samples(state: _SampleState, idx: jax.Array, y: jax.Array, proj0:
     g_m = state.scale * opened[:, 1]  # X_k M_0ᵀ
     a_rows = jnp.repeat(coeffs.a, batch)[:, None]
     start = proj0[rows] + opened[:, 0] - (gamma + lr * a_rows) * g_m
-    deltas, b, V, mb, mV = _chunk_errors(start, gram_all[rows][:, rows], y, state.b, state.V, state.mb, state.mV,
-                                         coeffs, lr, beta, seeds, width)
+    deltas, b, V, mb, mV = _chunk_errors(
+        start,
+        gram_all[rows][:, rows],
+        y,
+        state.b,
+        state.V,
+        state.mb,
+        state.mV,
+        coeffs,
+        lr,
+        beta,
+        seeds,
+        width,
+    )
     weights = _closing_weights(deltas, coeffs, lr, batch)
     delta_w, delta_m = weights[:, :neurons], weights[:, neurons:]
     decayed = state.scale * coeffs.decay_end
@@ -391,7 +458,9 @@ class _Basis(NamedTuple):
     norms: object  # state -> NeuronNorms
 
 
-def _weight_basis(params0: Params, data: TrainingData, coeffs: _ChunkCoefficients, lr, beta) -> _Basis:
+def _weight_basis(
+    params0: Params, data: TrainingData, coeffs: _ChunkCoefficients, lr, beta
+) -> _Basis:
     def run_chunk(state, idx):
         return _run_chunk(state, data.x[idx], data.y[idx], coeffs, lr, beta)
 
@@ -404,7 +473,9 @@ def _weight_basis(params0: Params, data: TrainingData, coeffs: _ChunkCoefficient
     return _Basis(_initial_state(params0), run_chunk, params, norms)
 
 
-def _sample_basis(params0: Params, data: TrainingData, coeffs: _ChunkCoefficients, lr, beta) -> _Basis:
+def _sample_basis(
+    params0: Params, data: TrainingData, coeffs: _ChunkCoefficients, lr, beta
+) -> _Basis:
     seeds, width, dim = params0.W.shape
     W0 = params0.W.reshape(seeds * width, dim)
     gram_all = data.x @ data.x.T  # G = X Xᵀ [N, N], once per run
@@ -447,8 +518,17 @@ def resolve_basis(basis: str, n_samples: int, dim: int, batch_size: int, steps: 
     return "samples" if samples < weights and n_samples <= 16_384 else "weights"
 
 
-def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rate, momentum, config: SGDConfig,
-                        chunk: int, observables: str, basis: str = "weights") -> Trajectory:
+def _train_stacked_impl(
+    params0: Params,
+    perms,
+    data: TrainingData,
+    learning_rate,
+    momentum,
+    config: SGDConfig,
+    chunk: int,
+    observables: str,
+    basis: str = "weights",
+) -> Trajectory:
     """S seeds stacked on a leading axis, one data order (``perms`` from `epoch_permutations`);
     every output field ``[S, ...]``."""
     dtype = params0.W.dtype
@@ -479,8 +559,11 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
         if keep_snapshots:
             slot = jnp.minimum(jnp.searchsorted(snap_records, j), n_snap - 1)
             take = snap_records[slot] == j
-            snaps = jax.tree.map(lambda buf, p: buf.at[slot].set(jnp.where(take, p, buf[slot])), snaps,
-                                 kernel.params(state))
+            snaps = jax.tree.map(
+                lambda buf, p: buf.at[slot].set(jnp.where(take, p, buf[slot])),
+                snaps,
+                kernel.params(state),
+            )
         chunks = j * chunks_per_record + jnp.arange(chunks_per_record)
         state, _ = jax.lax.scan(chunk_body, state, chunks)
         return (state, snaps), obs
@@ -489,7 +572,9 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
         snaps0 = jax.tree.map(lambda p: jnp.zeros((n_snap,) + p.shape, p.dtype), params0)
     else:
         snaps0 = None
-    (state, snaps), obs = jax.lax.scan(record_body, (kernel.state0, snaps0), jnp.arange(config.num_records - 1))
+    (state, snaps), obs = jax.lax.scan(
+        record_body, (kernel.state0, snaps0), jnp.arange(config.num_records - 1)
+    )
     last = observe_stacked(state)
     obs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), obs, last)
     final = kernel.params(state)
@@ -502,7 +587,9 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
     seed_major = functools.partial(jnp.moveaxis, source=0, destination=1)
     steps = (jnp.arange(config.num_records) * config.record_every).astype(dtype)
     snap_steps = (snap_records * config.record_every).astype(dtype)
-    finite = jnp.stack([jnp.all(jnp.isfinite(p.reshape(seeds, -1)), axis=1) for p in final], axis=1).all(axis=1)
+    finite = jnp.stack(
+        [jnp.all(jnp.isfinite(p.reshape(seeds, -1)), axis=1) for p in final], axis=1
+    ).all(axis=1)
     return Trajectory(
         t=jnp.broadcast_to(flow_time(steps, lr, beta), (seeds, config.num_records)),
         observables=jax.tree.map(seed_major, obs),
@@ -513,11 +600,22 @@ def _train_stacked_impl(params0: Params, perms, data: TrainingData, learning_rat
     )
 
 
-def _train_one_impl(params0: Params, perms, data, learning_rate, momentum, config, chunk, observables,
-                    basis="weights") -> Trajectory:
+def _train_one_impl(
+    params0: Params,
+    perms,
+    data,
+    learning_rate,
+    momentum,
+    config,
+    chunk,
+    observables,
+    basis="weights",
+) -> Trajectory:
     """One seed: the stacked kernel with S = 1, seed axis removed."""
     stacked = jax.tree.map(lambda p: p[None], params0)
-    traj = _train_stacked_impl(stacked, perms, data, learning_rate, momentum, config, chunk, observables, basis)
+    traj = _train_stacked_impl(
+        stacked, perms, data, learning_rate, momentum, config, chunk, observables, basis
+    )
     return jax.tree.map(lambda a: a[0], traj)
 
 
@@ -530,8 +628,9 @@ _train_per_seed = jax.jit(
 )
 
 
-def check_chunked_config(config: SGDConfig, chunk: int, observables: str, n_samples: int,
-                         basis: str = "auto") -> None:
+def check_chunked_config(
+    config: SGDConfig, chunk: int, observables: str, n_samples: int, basis: str = "auto"
+) -> None:
     """Reject configurations the chunked kernel cannot run, naming the field and what is allowed."""
     if not isinstance(config, SGDConfig):
         raise ValueError(f"config must be a gflow.SGDConfig; got {type(config).__name__}.")
@@ -540,7 +639,9 @@ def check_chunked_config(config: SGDConfig, chunk: int, observables: str, n_samp
             "config.batch_size must be a positive integer for chunked SGD; got None (full-batch GD: use train_gd)."
         )
     if config.batch_size > n_samples:
-        raise ValueError(f"batch_size ({config.batch_size}) must not exceed the number of samples N ({n_samples}).")
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must not exceed the number of samples N ({n_samples})."
+        )
     if not (isinstance(chunk, (int, np.integer)) and chunk > 0):
         raise ValueError(f"chunk must be a positive integer (steps per chunk); got {chunk!r}.")
     if config.record_every % chunk:
@@ -606,9 +707,20 @@ def train_sgd_chunked(
     check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
     basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
     _check_params(params0, seed_axis=False)
-    perms = epoch_permutations(key, _epochs_needed(config.steps, data.x.shape[0], config.batch_size), data.x.shape[0])
-    traj = _train_one(params0, perms, data, learning_rate, momentum, config=config, chunk=chunk,
-                      observables=observables, basis=basis)
+    perms = epoch_permutations(
+        key, _epochs_needed(config.steps, data.x.shape[0], config.batch_size), data.x.shape[0]
+    )
+    traj = _train_one(
+        params0,
+        perms,
+        data,
+        learning_rate,
+        momentum,
+        config=config,
+        chunk=chunk,
+        observables=observables,
+        basis=basis,
+    )
     return raise_if_failed(traj) if throw else traj
 
 
@@ -617,7 +729,9 @@ def _per_seed_values(name: str, value, seeds: int, dtype) -> jax.Array:
     if arr.ndim == 0:
         return jnp.broadcast_to(arr, (seeds,))
     if arr.shape != (seeds,):
-        raise ValueError(f"{name} must be a scalar or have shape ({seeds},) (one per seed); got shape {arr.shape}.")
+        raise ValueError(
+            f"{name} must be a scalar or have shape ({seeds},) (one per seed); got shape {arr.shape}."
+        )
     return arr
 
 
@@ -652,7 +766,9 @@ def train_sgd_chunked_seeds(
     basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
     seeds = _check_params(params0, seed_axis=True)
     if np.shape(keys)[:1] != (seeds,):
-        raise ValueError(f"keys must hold one key per seed, shape ({seeds},); got shape {np.shape(keys)}.")
+        raise ValueError(
+            f"keys must hold one key per seed, shape ({seeds},); got shape {np.shape(keys)}."
+        )
     dtype = params0.W.dtype
     lr = _per_seed_values("learning_rate", learning_rate, seeds, dtype)
     beta = _per_seed_values("momentum", momentum, seeds, dtype)
@@ -705,5 +821,14 @@ def train_sgd_seeds_shared_order(
             )
     n = data.x.shape[0]
     perms = epoch_permutations(key, _epochs_needed(config.steps, n, config.batch_size), n)
-    return _train_stacked(params0, perms, data, learning_rate, momentum, config=config, chunk=chunk,
-                          observables=observables, basis=basis)
+    return _train_stacked(
+        params0,
+        perms,
+        data,
+        learning_rate,
+        momentum,
+        config=config,
+        chunk=chunk,
+        observables=observables,
+        basis=basis,
+    )

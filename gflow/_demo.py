@@ -66,27 +66,37 @@ def estimated_drop_time(dataset: Dataset, sigma: float) -> float:
     """
     gamma = np.sqrt(2.0) / dataset.n_samples * np.linalg.norm(dataset.signed_labels @ dataset.x)
     if not gamma > 0:
-        raise ValueError("the dataset's classes have equal sums (Σ ỹ_s x_s = 0): no unlocking rate to estimate t_end")
+        raise ValueError(
+            "the dataset's classes have equal sums (Σ ỹ_s x_s = 0): no unlocking rate to estimate t_end"
+        )
     return float(np.log(1.0 / sigma**2) / gamma)
 
 
-def run_demo(dataset: Dataset, config: DemoConfig, out: Path, *, dtype=jnp.float32, log=print) -> dict:
+def run_demo(
+    dataset: Dataset, config: DemoConfig, out: Path, *, dtype=jnp.float32, log=print
+) -> dict:
     """Train by the ODE and by SGD, write figures and ``summary.json`` to ``out``; return the summary."""
     from . import _plots
 
     data = training_data(dataset, dtype)
     t_end = config.t_end or 1.75 * estimated_drop_time(dataset, config.sigma)
     if config.batch_size > dataset.n_samples:
-        raise ValueError(f"batch_size ({config.batch_size}) must not exceed N ({dataset.n_samples}).")
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must not exceed N ({dataset.n_samples})."
+        )
     k_init, k_order = jax.random.split(jax.random.key(config.seed))
     params0 = init_params(k_init, config.width, dataset.dim, config.sigma, dtype=dtype)
     log(f"data     {dataset.describe()}")
-    log(f"network  d={config.width} neurons, σ={config.sigma:g}, dtype={jnp.dtype(dtype).name}, flow time 0..{t_end:.1f}")
+    log(
+        f"network  d={config.width} neurons, σ={config.sigma:g}, dtype={jnp.dtype(dtype).name}, flow time 0..{t_end:.1f}"
+    )
 
     ts = np.linspace(0.0, t_end, config.save_points)
     start = time.perf_counter()
     if config.ode_solver == "sliding":
-        flow_config = FlowConfig(solver="sliding", adaptive=False, dt0=config.ode_step, max_steps=10_000_000)
+        flow_config = FlowConfig(
+            solver="sliding", adaptive=False, dt0=config.ode_step, max_steps=10_000_000
+        )
         method = f"sliding-mode solver, h={config.ode_step:g}"
     else:
         flow_config = FlowConfig(rtol=config.rtol, max_steps=200_000)
@@ -101,10 +111,19 @@ def run_demo(dataset: Dataset, config: DemoConfig, out: Path, *, dtype=jnp.float
     steps = record_every * int(np.ceil(t_end / (dt_step * record_every)))
     sgd_config = SGDConfig(steps=steps, record_every=record_every, batch_size=config.batch_size)
     start = time.perf_counter()
-    sgd = train_sgd(params0, k_order, data, learning_rate=config.learning_rate, momentum=config.momentum, config=sgd_config)
+    sgd = train_sgd(
+        params0,
+        k_order,
+        data,
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        config=sgd_config,
+    )
     jax.block_until_ready(sgd.observables.P)
     sgd_seconds = time.perf_counter() - start
-    log(f"SGD      η={config.learning_rate:g}, β={config.momentum:g}, B={config.batch_size}: {steps} steps in {sgd_seconds:.1f} s")
+    log(
+        f"SGD      η={config.learning_rate:g}, β={config.momentum:g}, B={config.batch_size}: {steps} steps in {sgd_seconds:.1f} s"
+    )
 
     summary = _summarise(dataset, config, flow, sgd, t_end, flow_seconds, sgd_seconds)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,10 +175,24 @@ def _draw(plots, flow, sgd, summary, out: Path) -> list[Path]:
     early = _early_index(t, summary["ode"]["loss_drop_time"])
     return [
         plots.plot_norms(t, f.P, out / "norms_ode.png", title="ODE: P_i = |w_i||v_i|"),
-        plots.plot_cos_delta(t, f.cos_target, out / "cos_delta_ode.png", title="ODE: cos δ_i to the current cell's target"),
+        plots.plot_cos_delta(
+            t,
+            f.cos_target,
+            out / "cos_delta_ode.png",
+            title="ODE: cos δ_i to the current cell's target",
+        ),
         plots.plot_overlay(t, f.P, f.loss, ts, s.P, s.loss, out / "ode_vs_sgd.png"),
-        plots.plot_final_vs_early(f.cos_target[early], f.P[-1], out / "final_P_vs_early_cos.png", t_early=float(t[early])),
-        plots.plot_loss(t, f.loss, out / "loss_ode.png", test_loss=f.test_loss, accuracy=f.accuracy, test_accuracy=f.test_accuracy),
+        plots.plot_final_vs_early(
+            f.cos_target[early], f.P[-1], out / "final_P_vs_early_cos.png", t_early=float(t[early])
+        ),
+        plots.plot_loss(
+            t,
+            f.loss,
+            out / "loss_ode.png",
+            test_loss=f.test_loss,
+            accuracy=f.accuracy,
+            test_accuracy=f.test_accuracy,
+        ),
     ]
 
 

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import math
 import warnings
-
 from typing import NamedTuple
 
 import diffrax
@@ -29,9 +28,9 @@ import numpy as np
 
 from ._gauss import GatedField, GaussLegendre, SaveTimeStepSize, default_stage_rtol
 from ._network import Params, gating_pattern, loss, preactivations, residuals
+from ._observables import TrainingData, observe
 from ._projection import BalanceProjection
 from ._sliding import solve_sliding
-from ._observables import TrainingData, observe
 from ._trajectory import (
     MAX_STEPS_REACHED,
     NON_FINITE,
@@ -124,40 +123,60 @@ class FlowConfig:
 
     def __post_init__(self):
         if self.solver not in _SOLVERS and self.solver not in _GAUSS and self.solver != SLIDING:
-            raise ValueError(f"solver must be one of {sorted([*_SOLVERS, *_GAUSS, SLIDING])}; got {self.solver!r}.")
+            raise ValueError(
+                f"solver must be one of {sorted([*_SOLVERS, *_GAUSS, SLIDING])}; got {self.solver!r}."
+            )
         if self.solver == SLIDING and self.adaptive:
-            raise ValueError("solver='sliding' takes constant steps: pass adaptive=False and dt0 > 0.")
+            raise ValueError(
+                "solver='sliding' takes constant steps: pass adaptive=False and dt0 > 0."
+            )
         if self.sliding_capacity is not None:
             if self.solver != SLIDING:
-                raise ValueError(f"sliding_capacity only applies to solver='sliding'; got solver={self.solver!r}.")
+                raise ValueError(
+                    f"sliding_capacity only applies to solver='sliding'; got solver={self.solver!r}."
+                )
             k = self.sliding_capacity
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ValueError(f"sliding_capacity must be an integer >= 1; got {k!r}.")
         if self.solver not in _GAUSS:
             given = [name for name in _GAUSS_OPTIONS if getattr(self, name) is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} only apply to the implicit solvers {sorted(_GAUSS)}; "
-                                 f"got solver={self.solver!r}.")
+                raise ValueError(
+                    f"{', '.join(given)} only apply to the implicit solvers {sorted(_GAUSS)}; "
+                    f"got solver={self.solver!r}."
+                )
         for name in ("stage_rtol", "stage_atol"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                          and math.isfinite(value) and value > 0):
+            if value is not None and not (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            ):
                 raise ValueError(f"{name} must be a finite number > 0 or None; got {value!r}.")
         for name, low in (("stage_max_iterations", 1), ("anderson_memory", 0)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < low
+            ):
                 raise ValueError(f"{name} must be an integer >= {low} or None; got {value!r}.")
         if self.project_balance and (self.solver not in PROJECTABLE_SOLVERS or self.adaptive):
-            raise ValueError(f"project_balance needs constant steps (adaptive=False) of one of "
-                             f"{list(PROJECTABLE_SOLVERS)}; got solver={self.solver!r}, adaptive={self.adaptive}.")
+            raise ValueError(
+                f"project_balance needs constant steps (adaptive=False) of one of "
+                f"{list(PROJECTABLE_SOLVERS)}; got solver={self.solver!r}, adaptive={self.adaptive}."
+            )
         if not (self.rtol > 0 and (self.atol is None or self.atol > 0)):
-            raise ValueError(f"rtol and atol must be > 0; got rtol={self.rtol!r}, atol={self.atol!r}.")
+            raise ValueError(
+                f"rtol and atol must be > 0; got rtol={self.rtol!r}, atol={self.atol!r}."
+            )
         if not (isinstance(self.max_steps, int) and self.max_steps > 0):
             raise ValueError(f"max_steps must be a positive integer; got {self.max_steps!r}.")
         if self.dt0 is not None and not self.dt0 > 0:
             raise ValueError(f"dt0 must be > 0 or None; got {self.dt0!r}.")
         if (not self.adaptive or self.solver in _FIXED_STEP_ONLY) and self.dt0 is None:
-            raise ValueError(f"a fixed-step solve (solver={self.solver!r}, adaptive={self.adaptive}) needs dt0 > 0.")
+            raise ValueError(
+                f"a fixed-step solve (solver={self.solver!r}, adaptive={self.adaptive}) needs dt0 > 0."
+            )
 
 
 def vector_field(t, params: Params, data: TrainingData) -> Params:
@@ -218,7 +237,9 @@ def gate_band(t, params: Params, data: TrainingData, velocity: Params, width):
     x = data.x
     z = preactivations(params, x)
     z_dot = x @ velocity.W.T + velocity.b[None, :]
-    self_rate = jnp.abs(residuals(params, x, data.y) @ params.V.T) * (jnp.sum(x * x, axis=1) + 1.0)[:, None]
+    self_rate = (
+        jnp.abs(residuals(params, x, data.y) @ params.V.T) * (jnp.sum(x * x, axis=1) + 1.0)[:, None]
+    )
     band = width * jnp.maximum(jnp.abs(z_dot), self_rate / x.shape[0])
     return band, jnp.sum(jnp.abs(z) < 0.5 * band, dtype=jnp.int32)
 
@@ -229,8 +250,11 @@ def neuron_magnitude(params: Params) -> Params:
     own size, not to the size of its largest or smallest entry)."""
     sq = jnp.sum(params.W**2, axis=1) + params.b**2 + jnp.sum(params.V**2, axis=1)
     rms = jnp.sqrt(sq / (params.W.shape[1] + 1 + params.V.shape[1]))
-    return Params(W=jnp.broadcast_to(rms[:, None], params.W.shape), b=rms,
-                  V=jnp.broadcast_to(rms[:, None], params.V.shape))
+    return Params(
+        W=jnp.broadcast_to(rms[:, None], params.W.shape),
+        b=rms,
+        V=jnp.broadcast_to(rms[:, None], params.V.shape),
+    )
 
 
 GATES = GatedField(hold=gate_band, field=banded_field, magnitude=neuron_magnitude)
@@ -247,14 +271,20 @@ def check_time_grid(ts, name: str = "ts") -> np.ndarray:
         raise ValueError(f"{name} must start at t >= 0; got {arr[0]}.")
     if np.any(np.diff(arr) <= 0):
         i = int(np.argmax(np.diff(arr) <= 0))
-        raise ValueError(f"{name} must be strictly increasing; {name}[{i}]={arr[i]} >= {name}[{i + 1}]={arr[i + 1]}.")
+        raise ValueError(
+            f"{name} must be strictly increasing; {name}[{i}]={arr[i]} >= {name}[{i + 1}]={arr[i + 1]}."
+        )
     return arr
 
 
 def _snapshot_grid(ts: np.ndarray, snapshot_times) -> np.ndarray:
-    extra = np.asarray(snapshot_times if snapshot_times is not None else (), dtype=np.float64).ravel()
+    extra = np.asarray(
+        snapshot_times if snapshot_times is not None else (), dtype=np.float64
+    ).ravel()
     if extra.size and (np.any(extra < ts[0]) or np.any(extra > ts[-1])):
-        raise ValueError(f"snapshot_times must lie within [{ts[0]}, {ts[-1]}]; got {extra.tolist()}.")
+        raise ValueError(
+            f"snapshot_times must lie within [{ts[0]}, {ts[-1]}]; got {extra.tolist()}."
+        )
     return np.unique(np.concatenate([[ts[0], ts[-1]], extra]))
 
 
@@ -320,8 +350,9 @@ def _explicit_evaluations(solver, config: FlowConfig, num_steps):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Array,
-           config: FlowConfig) -> tuple[Trajectory, FlowStats]:
+def _solve(
+    params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Array, config: FlowConfig
+) -> tuple[Trajectory, FlowStats]:
     gauss = config.solver in _GAUSS
     dt0 = config.dt0
     # Gauss and projected steps land on every save time: saved states are step end points,
@@ -342,7 +373,9 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
     else:
         solver = _SOLVERS[config.solver]()
         if config.adaptive and config.solver not in _FIXED_STEP_ONLY:
-            controller = diffrax.PIDController(rtol=config.rtol, atol=_absolute_tolerance(params0, config))
+            controller = diffrax.PIDController(
+                rtol=config.rtol, atol=_absolute_tolerance(params0, config)
+            )
         else:
             controller = diffrax.ConstantStepSize()
     saveat = diffrax.SaveAt(
@@ -391,12 +424,23 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
     no_defect = jnp.asarray(0.0, params0.W.dtype)
     if gauss:
         state = sol.solver_state
-        implicit = (state.evaluations, state.iterations_max, state.fractional_gates, state.residual_max, no_defect)
+        implicit = (
+            state.evaluations,
+            state.iterations_max,
+            state.fractional_gates,
+            state.residual_max,
+            no_defect,
+        )
     else:
         inner = solver.solver if config.project_balance else solver
         defect = sol.solver_state[1] if config.project_balance else no_defect
-        implicit = (jnp.asarray(_explicit_evaluations(inner, config, num_steps), jnp.int32), zero, zero,
-                    no_defect, defect)
+        implicit = (
+            jnp.asarray(_explicit_evaluations(inner, config, num_steps), jnp.int32),
+            zero,
+            zero,
+            no_defect,
+            defect,
+        )
     stats = FlowStats(
         num_steps,
         jnp.asarray(sol.stats["num_accepted_steps"], jnp.int32),
@@ -406,15 +450,18 @@ def _solve(params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Arra
     return traj, stats
 
 
-def _solve_sliding(params0: Params, data: TrainingData, ts, snapshot_times,
-                   config: FlowConfig) -> tuple[Trajectory, FlowStats]:
+def _solve_sliding(
+    params0: Params, data: TrainingData, ts, snapshot_times, config: FlowConfig
+) -> tuple[Trajectory, FlowStats]:
     """The ``sliding`` solver (`gflow._sliding.solve_sliding`) on the save grid ``ts``, with the
     snapshot times merged into its step grid."""
     dtype = params0.W.dtype
     if isinstance(ts, jax.core.Tracer):
         if snapshot_times is not None:
-            raise ValueError("solver='sliding' with traced save times keeps snapshots at the ends only; "
-                             "pass snapshot_times=None.")
+            raise ValueError(
+                "solver='sliding' with traced save times keeps snapshots at the ends only; "
+                "pass snapshot_times=None."
+            )
         grid = ts
         save_pos = jnp.arange(ts.shape[0])
         snap_pos = jnp.array([0, ts.shape[0] - 1])
@@ -428,13 +475,34 @@ def _solve_sliding(params0: Params, data: TrainingData, ts, snapshot_times,
         snap_pos = jnp.asarray(np.searchsorted(grid_np, snap_np))
         snap_t = jnp.asarray(snap_np, dtype)
     capacity = config.sliding_capacity or DEFAULT_SLIDING_CAPACITY
-    sol = solve_sliding(params0, data, grid, save_pos, snap_pos, config.dt0, capacity=capacity,
-                        max_steps=config.max_steps)
-    status = jnp.where(sol.steps_needed > config.max_steps, MAX_STEPS_REACHED,
-                       jnp.where(~sol.final_finite, NON_FINITE,
-                                 jnp.where(jnp.any(sol.record.overflow, axis=-1), SLIDING_OVERFLOW, OK)))
-    traj = Trajectory(t=grid[save_pos], observables=sol.observables, snapshot_t=snap_t, snapshots=sol.snapshots,
-                      status=status.astype(jnp.int32), num_steps=sol.num_steps, sliding=sol.record)
+    sol = solve_sliding(
+        params0,
+        data,
+        grid,
+        save_pos,
+        snap_pos,
+        config.dt0,
+        capacity=capacity,
+        max_steps=config.max_steps,
+    )
+    status = jnp.where(
+        sol.steps_needed > config.max_steps,
+        MAX_STEPS_REACHED,
+        jnp.where(
+            ~sol.final_finite,
+            NON_FINITE,
+            jnp.where(jnp.any(sol.record.overflow, axis=-1), SLIDING_OVERFLOW, OK),
+        ),
+    )
+    traj = Trajectory(
+        t=grid[save_pos],
+        observables=sol.observables,
+        snapshot_t=snap_t,
+        snapshots=sol.snapshots,
+        status=status.astype(jnp.int32),
+        num_steps=sol.num_steps,
+        sliding=sol.record,
+    )
     zero = jnp.zeros_like(sol.num_steps)
     stats = FlowStats(
         num_steps=sol.num_steps,

@@ -159,7 +159,9 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
     gated: GatedField | None = None
 
     term_structure: ClassVar = diffrax.AbstractTerm
-    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = diffrax.LocalLinearInterpolation
+    interpolation_cls: ClassVar[Callable[..., diffrax.LocalLinearInterpolation]] = (
+        diffrax.LocalLinearInterpolation
+    )
 
     def __check_init__(self):
         if self.stages not in TABLEAUS:
@@ -186,8 +188,14 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
         # Two predictor nodes with equal derivatives: constant extrapolation on the first step.
         tau = jnp.stack([jnp.asarray(t0, flat.dtype) - dt, jnp.asarray(t0, flat.dtype)])
         zero = jnp.asarray(0, jnp.int32)
-        return GaussState(tau=tau, k=jnp.stack([k0, k0]), evaluations=jnp.asarray(1, jnp.int32),
-                          iterations_max=zero, fractional_gates=zero, residual_max=jnp.asarray(0.0, flat.dtype))
+        return GaussState(
+            tau=tau,
+            k=jnp.stack([k0, k0]),
+            evaluations=jnp.asarray(1, jnp.int32),
+            iterations_max=zero,
+            fractional_gates=zero,
+            residual_max=jnp.asarray(0.0, flat.dtype),
+        )
 
     def step(self, terms, t0, t1, y0, args, solver_state: GaussState, made_jump):
         del made_jump  # the predictor only sets the first guess; a jump just costs sweeps
@@ -210,8 +218,12 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
             def stage_field(j, y):
                 return terms.vf(stage_t[j], y, args)
         else:
-            held = [self.gated.hold(stage_t[j], unravel(y0_flat + z0[j]), args, unravel(k_pred[j]), h * b[j])
-                    for j in range(self.stages)]
+            held = [
+                self.gated.hold(
+                    stage_t[j], unravel(y0_flat + z0[j]), args, unravel(k_pred[j]), h * b[j]
+                )
+                for j in range(self.stages)
+            ]
             fractional = sum(count for _, count in held)
 
             def stage_field(j, y):
@@ -219,7 +231,12 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
 
         def sweep(z):
             """Stage derivatives ``[s, n]`` at ``y_0 + z`` (gates held)."""
-            return jnp.stack([ravel_pytree(stage_field(j, unravel(y0_flat + z[j])))[0] for j in range(self.stages)])
+            return jnp.stack(
+                [
+                    ravel_pytree(stage_field(j, unravel(y0_flat + z[j])))[0]
+                    for j in range(self.stages)
+                ]
+            )
 
         rtol = default_stage_rtol(dtype) if self.stage_rtol is None else self.stage_rtol
         atol = rtol * jnp.sqrt(jnp.mean(y0_flat**2)) if self.stage_atol is None else self.stage_atol
@@ -244,7 +261,9 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
             fractional_gates=solver_state.fractional_gates + fractional,
             residual_max=jnp.maximum(solver_state.residual_max, out.residual),
         )
-        result = diffrax.RESULTS.where(converged, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence)
+        result = diffrax.RESULTS.where(
+            converged, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence
+        )
         return y1, unravel(error), dict(y0=y0, y1=y1), state, result
 
 
@@ -280,9 +299,20 @@ def _stage_solve(sweep, z0, a, h, scale, max_iterations: int, memory: int) -> _S
     # History as [m, s·n] rows and its Gram matrix, updated one row per sweep (matrix-vector
     # products only: a full m×m Gram per sweep costs more than a gradient at large n).
     zeros = jnp.zeros((m, s * n), dtype)
-    carry0 = dict(sweeps=jnp.asarray(1, jnp.int32), z=g0, g_prev=g0, r_prev=r0, dg=zeros, dr=zeros,
-                  gram=jnp.zeros((m, m), dtype), n_hist=jnp.asarray(0, jnp.int32), z_eval=z0, k_eval=k0,
-                  res=res0, best=res0)
+    carry0 = dict(
+        sweeps=jnp.asarray(1, jnp.int32),
+        z=g0,
+        g_prev=g0,
+        r_prev=r0,
+        dg=zeros,
+        dr=zeros,
+        gram=jnp.zeros((m, m), dtype),
+        n_hist=jnp.asarray(0, jnp.int32),
+        z_eval=z0,
+        k_eval=k0,
+        res=res0,
+        best=res0,
+    )
 
     def cond(c):
         return (c["sweeps"] < max_iterations) & (c["res"] > 1.0)
@@ -311,15 +341,32 @@ def _stage_solve(sweep, z0, a, h, scale, max_iterations: int, memory: int) -> _S
             norms = jnp.sqrt(jnp.diagonal(gram))
             ok = filled & (norms > 0)
             inv_norms = jnp.where(ok, 1.0 / jnp.where(ok, norms, 1.0), 0.0)
-            unit_gram = jnp.where(ok[:, None] & ok[None, :], gram * inv_norms[:, None] * inv_norms[None, :], eye)
-            gamma = jnp.linalg.solve(unit_gram + 1e3 * jnp.finfo(dtype).eps * eye, rhs * inv_norms) * inv_norms
+            unit_gram = jnp.where(
+                ok[:, None] & ok[None, :], gram * inv_norms[:, None] * inv_norms[None, :], eye
+            )
+            gamma = (
+                jnp.linalg.solve(unit_gram + 1e3 * jnp.finfo(dtype).eps * eye, rhs * inv_norms)
+                * inv_norms
+            )
             z_next = g - (gamma @ dg).reshape(s, n)
             # If the acceleration made things much worse, forget the history: plain sweep.
             astray = res > 1e4 * c["best"]
             z_next = jnp.where(astray, g, z_next)
             n_hist = jnp.where(astray, 0, n_hist)
-        return dict(sweeps=c["sweeps"] + 1, z=z_next, g_prev=g, r_prev=r, dg=dg, dr=dr, gram=gram, n_hist=n_hist,
-                    z_eval=z, k_eval=k, res=res, best=jnp.minimum(res, c["best"]))
+        return dict(
+            sweeps=c["sweeps"] + 1,
+            z=z_next,
+            g_prev=g,
+            r_prev=r,
+            dg=dg,
+            dr=dr,
+            gram=gram,
+            n_hist=n_hist,
+            z_eval=z,
+            k_eval=k,
+            res=res,
+            best=jnp.minimum(res, c["best"]),
+        )
 
     c = jax.lax.while_loop(cond, body, carry0)
     return _StageSolution(z=c["z_eval"], k=c["k_eval"], residual=c["res"], sweeps=c["sweeps"])
@@ -367,11 +414,24 @@ class SaveTimeStepSize(diffrax.AbstractStepSizeController):
             raise ValueError("SaveTimeStepSize sets its own steps: pass dt0=None to diffeqsolve.")
         return self._next(t0), None
 
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+    def adapt_step_size(
+        self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+    ):
         del y0, y1_candidate, args, error_order
         # A solver without an error estimate (y_error None: Euler) never asks for a retry.
-        solved = jnp.all(jnp.stack([jnp.asarray(True)] + [jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]))
+        solved = jnp.all(
+            jnp.stack(
+                [jnp.asarray(True)] + [jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]
+            )
+        )
         floor = self.dt * 0.5**self.max_halvings * (1 + 1e-6)
         keep = solved | (t1 - t0 <= floor)
         t_next = jnp.where(keep, self._next(t1), t0 + 0.5 * (t1 - t0))
-        return keep, jnp.where(keep, t1, t0), t_next, False, controller_state, diffrax.RESULTS.successful
+        return (
+            keep,
+            jnp.where(keep, t1, t0),
+            t_next,
+            False,
+            controller_state,
+            diffrax.RESULTS.successful,
+        )

@@ -60,8 +60,12 @@ class IMPConfig:
         SGDConfig(steps=self.steps, batch_size=self.batch_size)  # validates steps and batch_size
         if not (isinstance(self.rounds, (int, np.integer)) and self.rounds > 0):
             raise ValueError(f"rounds must be a positive integer; got {self.rounds!r}.")
-        if not (isinstance(self.rewind_step, (int, np.integer)) and 0 <= self.rewind_step < self.steps):
-            raise ValueError(f"rewind_step must be an integer in [0, steps={self.steps}); got {self.rewind_step!r}.")
+        if not (
+            isinstance(self.rewind_step, (int, np.integer)) and 0 <= self.rewind_step < self.steps
+        ):
+            raise ValueError(
+                f"rewind_step must be an integer in [0, steps={self.steps}); got {self.rewind_step!r}."
+            )
 
 
 def per_round_fraction(target_sparsity, rounds: int):
@@ -123,10 +127,16 @@ def magnitude_prune(params: Params, mask: Params, num_pruned) -> Params:
     alive = jnp.concatenate([mask.W.ravel(), mask.V.ravel()])
     score = jnp.where(alive, flat, -1.0)
     n = flat.shape[0]
-    rank = jnp.empty((n,), jnp.int32).at[jnp.argsort(score, stable=True)].set(jnp.arange(n, dtype=jnp.int32))
+    rank = (
+        jnp.empty((n,), jnp.int32)
+        .at[jnp.argsort(score, stable=True)]
+        .set(jnp.arange(n, dtype=jnp.int32))
+    )
     keep = rank >= num_pruned
     split = params.W.size
-    return Params(W=keep[:split].reshape(params.W.shape), b=mask.b, V=keep[split:].reshape(params.V.shape))
+    return Params(
+        W=keep[:split].reshape(params.W.shape), b=mask.b, V=keep[split:].reshape(params.V.shape)
+    )
 
 
 @jax.jit
@@ -140,8 +150,18 @@ def random_prune_like(key: jax.Array, mask: Params) -> Params:
     return Params(W=shuffle(kw, mask.W), b=mask.b, V=shuffle(kv, mask.V))
 
 
-def _masked_steps(params, key, data: TrainingData, mask: Params, lr, beta, first_step: int, num_steps: int,
-                  batch_size, state=None):
+def _masked_steps(
+    params,
+    key,
+    data: TrainingData,
+    mask: Params,
+    lr,
+    beta,
+    first_step: int,
+    num_steps: int,
+    batch_size,
+    state=None,
+):
     """``num_steps`` SGD steps from step ``first_step`` under ``mask``.
 
     ``state`` is the optax momentum to continue from (``None``: fresh, zero momentum).
@@ -192,14 +212,25 @@ def train_masked(
     Returns the final parameters.
     """
     check_hyperparameters(learning_rate, momentum)
-    return _train_masked(params0, key, data, mask, learning_rate, momentum, int(steps), batch_size, first_step)
+    return _train_masked(
+        params0, key, data, mask, learning_rate, momentum, int(steps), batch_size, first_step
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "batch_size"))
 def _train_masked(params0, key, data, mask, learning_rate, momentum, steps, batch_size, first_step):
     dtype = params0.W.dtype
-    params, _ = _masked_steps(params0, key, data, mask, jnp.asarray(learning_rate, dtype),
-                              jnp.asarray(momentum, dtype), first_step, steps, batch_size)
+    params, _ = _masked_steps(
+        params0,
+        key,
+        data,
+        mask,
+        jnp.asarray(learning_rate, dtype),
+        jnp.asarray(momentum, dtype),
+        first_step,
+        steps,
+        batch_size,
+    )
     return params
 
 
@@ -227,8 +258,8 @@ class IMPResult(NamedTuple):
     train_loss: jax.Array
     train_accuracy: jax.Array
     test_accuracy: jax.Array
-    random_pruning: "ControlResult"
-    random_reinit: "ControlResult"
+    random_pruning: ControlResult
+    random_reinit: ControlResult
     rewind_time: jax.Array
     status: jax.Array
 
@@ -244,7 +275,11 @@ class ControlResult(NamedTuple):
 
 
 def _metrics(params: Params, data: TrainingData):
-    test = accuracy(params, data.x_test, data.y_test) if data.x_test.shape[0] else jnp.array(jnp.nan, data.x.dtype)
+    test = (
+        accuracy(params, data.x_test, data.y_test)
+        if data.x_test.shape[0]
+        else jnp.array(jnp.nan, data.x.dtype)
+    )
     return loss(params, data.x, data.y), accuracy(params, data.x, data.y), test
 
 
@@ -253,8 +288,18 @@ def _where(condition, a, b):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "controls"))
-def _imp(params0, key, control_key, data, target_sparsity, learning_rate, momentum, reinit_sigma, config: IMPConfig,
-         controls: bool):
+def _imp(
+    params0,
+    key,
+    control_key,
+    data,
+    target_sparsity,
+    learning_rate,
+    momentum,
+    reinit_sigma,
+    config: IMPConfig,
+    controls: bool,
+):
     dtype = params0.W.dtype
     lr = jnp.asarray(learning_rate, dtype)
     beta = jnp.asarray(momentum, dtype)
@@ -266,7 +311,9 @@ def _imp(params0, key, control_key, data, target_sparsity, learning_rate, moment
     zero_momentum = optax.sgd(learning_rate=lr, momentum=beta).init(params0)
 
     # Steps 0..k−1 of the dense run (nothing when k = 0); its momentum carries into round 0.
-    theta_k, state_k = _masked_steps(params0, batch_key, data, dense, lr, beta, 0, k, config.batch_size)
+    theta_k, state_k = _masked_steps(
+        params0, batch_key, data, dense, lr, beta, 0, k, config.batch_size
+    )
     width, dim = params0.W.shape
     if controls:
         fresh = init_params(init_key, width, dim, jnp.asarray(reinit_sigma, dtype), dtype=dtype)
@@ -283,19 +330,24 @@ def _imp(params0, key, control_key, data, target_sparsity, learning_rate, moment
         else:
             mask, start = imp_mask, theta_k
         state = _where(r == 0, state_k, zero_momentum)
-        trained, _ = _masked_steps(start, batch_key, data, mask, lr, beta, k, config.steps - k, config.batch_size, state)
+        trained, _ = _masked_steps(
+            start, batch_key, data, mask, lr, beta, k, config.steps - k, config.batch_size, state
+        )
         carry = (_where(r <= rounds, trained, trained_prev), imp_mask)
         return carry, (mask, trained, _metrics(trained, data))
 
     num_jobs = rounds + 1 + (2 if controls else 0)
     _, (masks, finals, (train_loss, train_acc, test_acc)) = jax.lax.scan(
-        job, (params0, dense), jnp.arange(num_jobs))
+        job, (params0, dense), jnp.arange(num_jobs)
+    )
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(finals)]))
 
     def control(j):
         if not controls:
             nan = jnp.array(jnp.nan, dtype)
-            return ControlResult(jax.tree.map(lambda m: m[rounds], masks), apply_mask(params0, dense), nan, nan, nan)
+            return ControlResult(
+                jax.tree.map(lambda m: m[rounds], masks), apply_mask(params0, dense), nan, nan, nan
+            )
         pick = functools.partial(jax.tree.map, lambda a: a[j])
         return ControlResult(pick(masks), pick(finals), train_loss[j], train_acc[j], test_acc[j])
 
@@ -361,12 +413,27 @@ def imp(
     _check_sparsity(target_sparsity)
     check_hyperparameters(learning_rate, momentum)
     if config.batch_size is not None and config.batch_size > data.x.shape[0]:
-        raise ValueError(f"batch_size ({config.batch_size}) must not exceed the number of samples N ({data.x.shape[0]}).")
+        raise ValueError(
+            f"batch_size ({config.batch_size}) must not exceed the number of samples N ({data.x.shape[0]})."
+        )
     if reinit_sigma is None:
-        reinit_sigma = jnp.sqrt(jnp.mean(jnp.concatenate([params0.W.ravel(), params0.V.ravel()]) ** 2))
+        reinit_sigma = jnp.sqrt(
+            jnp.mean(jnp.concatenate([params0.W.ravel(), params0.V.ravel()]) ** 2)
+        )
     if control_key is None:
         control_key = jax.random.fold_in(key, 1)
-    result = _imp(params0, key, control_key, data, target_sparsity, learning_rate, momentum, reinit_sigma, config, controls)
+    result = _imp(
+        params0,
+        key,
+        control_key,
+        data,
+        target_sparsity,
+        learning_rate,
+        momentum,
+        reinit_sigma,
+        config,
+        controls,
+    )
     if throw:
         raise_if_failed(result)
     return result

@@ -140,9 +140,9 @@ def balance(params: Params) -> jax.Array:
 def closed_form_gradient(params: Params, x: jax.Array, y: jax.Array) -> Params:
     """∇L written out (docs/theory.md §1), used as a test oracle against ``jax.grad``.
 
-        ∂L/∂v_i = (1/N) Σ_s a_i(s) r_s
-        ∂L/∂w_i = (1/N) Σ_s g_i(s) (v_i·r_s) x_s
-        ∂L/∂b_i = (1/N) Σ_s g_i(s) (v_i·r_s)
+    ∂L/∂v_i = (1/N) Σ_s a_i(s) r_s
+    ∂L/∂w_i = (1/N) Σ_s g_i(s) (v_i·r_s) x_s
+    ∂L/∂b_i = (1/N) Σ_s g_i(s) (v_i·r_s)
     """
     n = x.shape[0]
     z = preactivations(params, x)

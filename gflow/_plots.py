@@ -62,7 +62,9 @@ def _time_series(t, values, name: str) -> tuple[np.ndarray, np.ndarray]:
     if v.ndim == 1:
         v = v[:, None]
     if v.ndim != 2 or v.shape[0] != t.shape[0]:
-        raise ValueError(f"{name} must have shape [T] or [T, d] with T = len(t) = {t.shape[0]}; got {v.shape}.")
+        raise ValueError(
+            f"{name} must have shape [T] or [T, d] with T = len(t) = {t.shape[0]}; got {v.shape}."
+        )
     return t, v
 
 
@@ -116,13 +118,24 @@ def plot_cos_delta(t, cos, path, *, title: str = "") -> Path:
     ax.set_xlabel("flow time t")
     ax.set_ylabel(r"$\cos\delta_i$")
     shown = "" if len(keep) == cos.shape[1] else f" (first {len(keep)} of {cos.shape[1]})"
-    ax.set_title((title or "alignment of incoming weights with their error vector") + shown, fontsize=10)
+    ax.set_title(
+        (title or "alignment of incoming weights with their error vector") + shown, fontsize=10
+    )
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def plot_loss(t, loss, path, *, test_loss=None, accuracy=None, test_accuracy=None,
-              labels: Sequence[str] | None = None, title: str = "") -> Path:
+def plot_loss(
+    t,
+    loss,
+    path,
+    *,
+    test_loss=None,
+    accuracy=None,
+    test_accuracy=None,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
     """Loss (log scale) against flow time; accuracies in a second panel when given.
 
     Args:
@@ -142,7 +155,9 @@ def plot_loss(t, loss, path, *, test_loss=None, accuracy=None, test_accuracy=Non
         v = np.asarray(values, dtype=np.float64)
         v = v[None] if v.ndim == 1 else v
         if v.ndim != 2 or v.shape[1] != t.shape[0]:
-            raise ValueError(f"{name} must have shape [T] or [K, T] with T = len(t) = {t.shape[0]}; got {np.shape(values)}.")
+            raise ValueError(
+                f"{name} must have shape [T] or [K, T] with T = len(t) = {t.shape[0]}; got {np.shape(values)}."
+            )
         return v
 
     train = curves(loss, "loss")
@@ -196,11 +211,15 @@ def plot_overlay(t_ode, P_ode, loss_ode, t_sgd, P_sgd, loss_sgd, path, *, neuron
     _, loss_ode = _time_series(t_ode, loss_ode, "loss_ode")
     _, loss_sgd = _time_series(t_sgd, loss_sgd, "loss_sgd")
     if P_ode.shape[1] != P_sgd.shape[1]:
-        raise ValueError(f"P_ode and P_sgd must have the same number of neurons; got {P_ode.shape[1]} and {P_sgd.shape[1]}.")
+        raise ValueError(
+            f"P_ode and P_sgd must have the same number of neurons; got {P_ode.shape[1]} and {P_sgd.shape[1]}."
+        )
     d = P_ode.shape[1]
     if isinstance(neurons, (int, np.integer)):
         if neurons <= 0:
-            raise ValueError(f"neurons must be a positive count or a sequence of indices; got {neurons}.")
+            raise ValueError(
+                f"neurons must be a positive count or a sequence of indices; got {neurons}."
+            )
         chosen = _largest(P_ode[-1], min(int(neurons), d))
     else:
         chosen = np.asarray(neurons, dtype=int).ravel()
@@ -239,7 +258,9 @@ def plot_final_vs_early(cos_early, P_final, path, *, t_early) -> Path:
     cos = np.asarray(cos_early, dtype=np.float64).ravel()
     P = np.asarray(P_final, dtype=np.float64).ravel()
     if np.shape(cos_early) != np.shape(P_final):
-        raise ValueError(f"cos_early and P_final must have the same shape; got {np.shape(cos_early)} and {np.shape(P_final)}.")
+        raise ValueError(
+            f"cos_early and P_final must have the same shape; got {np.shape(cos_early)} and {np.shape(P_final)}."
+        )
     fig, (ax,) = _figure()
     ax.scatter(cos, _positive(P), s=9, alpha=0.6, edgecolors="none")
     ax.set_yscale("log")

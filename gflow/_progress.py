@@ -46,9 +46,18 @@ class Progress:
         clock: monotonic clock (seconds).
     """
 
-    def __init__(self, total: int, *, label: str = "", unit: str = "chunk", done_before: int = 0,
-                 enabled: bool = True, stream: TextIO | None = None, min_interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int,
+        *,
+        label: str = "",
+        unit: str = "chunk",
+        done_before: int = 0,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        min_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total = int(total)
         self.label = label
         self.unit = unit
@@ -89,8 +98,10 @@ class Progress:
         rate = self.rate
         speed = f"{1 / rate:.2f}s/{self.unit}" if self.done and rate > 0 else f"–/{self.unit}"
         elapsed = format_duration(self.clock() - self.started)
-        text = (f"{self.label} [{bar}] {all_done}/{all_total} {self.unit}s{before} | {speed} | "
-                f"elapsed {elapsed} | ETA {format_duration(self.eta)}")
+        text = (
+            f"{self.label} [{bar}] {all_done}/{all_total} {self.unit}s{before} | {speed} | "
+            f"elapsed {elapsed} | ETA {format_duration(self.eta)}"
+        )
         return f"{text} | {self._note}" if self._note else text
 
     def note(self, text: str) -> None:

@@ -70,7 +70,9 @@ class BalanceProjection(diffrax.AbstractSolver):
     def __check_init__(self):
         tableau = getattr(self.solver, "tableau", None)
         if tableau is not None and tableau.fsal:
-            raise ValueError(f"BalanceProjection needs a solver without FSAL; got {type(self.solver).__name__}.")
+            raise ValueError(
+                f"BalanceProjection needs a solver without FSAL; got {type(self.solver).__name__}."
+            )
 
     @property
     def interpolation_cls(self):  # pyright: ignore
@@ -90,7 +92,9 @@ class BalanceProjection(diffrax.AbstractSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         inner, defect, q_start = solver_state
-        y1, error, dense, inner, result = self.solver.step(terms, t0, t1, y0, args, inner, made_jump)
+        y1, error, dense, inner, result = self.solver.step(
+            terms, t0, t1, y0, args, inner, made_jump
+        )
         defect = jnp.maximum(defect, balance_defect(y0, y1))
         y1 = rescale_to_balance(y1, q_start)
         if isinstance(dense, dict) and "y1" in dense:

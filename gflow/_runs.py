@@ -62,7 +62,9 @@ NOT_RUN_MESSAGE = "not computed: the sweep stopped before this chunk (continue i
 CHUNKS = "chunks"
 _PARTIAL = ".partial-"
 _PARAM_FIELDS = ("W", "b", "V")
-_EARLY_FRACTION = 0.5  # "early" time of the final-vs-early figure: this fraction of the loss-drop time
+_EARLY_FRACTION = (
+    0.5  # "early" time of the final-vs-early figure: this fraction of the loss-drop time
+)
 _WINNER_SHARE = 0.9
 
 
@@ -106,7 +108,9 @@ def write_bytes_atomic(path, data: bytes) -> Path:
 
 
 def write_json_atomic(path, obj) -> Path:
-    return write_bytes_atomic(path, (json.dumps(obj, indent=2, allow_nan=True, ensure_ascii=False) + "\n").encode())
+    return write_bytes_atomic(
+        path, (json.dumps(obj, indent=2, allow_nan=True, ensure_ascii=False) + "\n").encode()
+    )
 
 
 def write_text_atomic(path, text: str) -> Path:
@@ -129,7 +133,9 @@ def read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path.parent} is not a gflow run folder: {path.name} ({what}) is missing.") from None
+        raise ValueError(
+            f"{path.parent} is not a gflow run folder: {path.name} ({what}) is missing."
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} ({what}) is corrupt: {err}") from None
 
@@ -148,7 +154,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 def now() -> str:
     """UTC timestamp, ISO 8601 to the millisecond."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def versions() -> dict:
@@ -182,13 +188,17 @@ def create_run_folder(path) -> Path:
     """Create the folder ``path`` (and parents) for a run; ``ValueError`` if that is impossible."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} exists and is a file, not a folder; choose another out.")
+        raise ValueError(
+            f"output folder {out} exists and is a file, not a folder; choose another out."
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / CHUNKS).mkdir(exist_ok=True)
         (out / "figures").mkdir(exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot create output folder {out}: a file is in the way on that path.") from None
+        raise ValueError(
+            f"cannot create output folder {out}: a file is in the way on that path."
+        ) from None
     except OSError as err:
         raise ValueError(f"cannot create output folder {out}: {err.strerror}.") from None
     probe = out / f".write-probe-{os.getpid()}"
@@ -229,7 +239,9 @@ def finished_chunks(path, n_chunks: int) -> list[int]:
     return [i for i in range(n_chunks) if (chunk_dir / chunk_name(i)).is_dir()]
 
 
-def write_chunk(path, index: int, arrays: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray]) -> Path:
+def write_chunk(
+    path, index: int, arrays: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray]
+) -> Path:
     """Write one finished chunk: every field as ``.npy``, final params as ``.npz``; the chunk
     folder appears under its final name only once everything is on disk."""
     chunk_dir = Path(path) / CHUNKS
@@ -259,9 +271,13 @@ def read_chunk(path, index: int, layout: dict) -> tuple[dict, dict]:
         with np.load(folder / "params_final.npz", allow_pickle=False) as z:
             params = {k: z[k] for k in _PARAM_FIELDS}
     except FileNotFoundError:
-        raise ValueError(f"run folder chunk file is missing: {folder / 'params_final.npz'}") from None
+        raise ValueError(
+            f"run folder chunk file is missing: {folder / 'params_final.npz'}"
+        ) from None
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"run folder chunk file {folder / 'params_final.npz'} is corrupt: {err}") from None
+        raise ValueError(
+            f"run folder chunk file {folder / 'params_final.npz'} is corrupt: {err}"
+        ) from None
     return arrays, params
 
 
@@ -317,7 +333,9 @@ class Run:
 
     def observables_of(self, point: int, seed_index: int) -> Observables:
         """The `Observables` (NumPy, leading time axis) of one run."""
-        return Observables(**{f: self.observables[f][point, seed_index] for f in Observables._fields})
+        return Observables(
+            **{f: self.observables[f][point, seed_index] for f in Observables._fields}
+        )
 
 
 def status_text(code: int) -> str:
@@ -328,7 +346,9 @@ def status_text(code: int) -> str:
     return STATUS_MESSAGES.get(code, f"unknown status {code}")
 
 
-def assemble_run(path, config: dict, manifest: dict, layout: dict, t: np.ndarray, chunks: Mapping[int, tuple]) -> Run:
+def assemble_run(
+    path, config: dict, manifest: dict, layout: dict, t: np.ndarray, chunks: Mapping[int, tuple]
+) -> Run:
     """Stack chunk arrays (member axis) into ``[point, seed, ...]``; absent chunks give NaN/−1."""
     n_points, n_seeds = len(layout["points"]), len(layout["seeds"])
     members = n_points * n_seeds
@@ -353,7 +373,12 @@ def assemble_run(path, config: dict, manifest: dict, layout: dict, t: np.ndarray
 
     observables = {f: stacked(fields[f]) for f in Observables._fields}
     axes = {name: ("point", "seed", *spec["axes"][1:]) for name, spec in layout["fields"].items()}
-    axes.update({name: ("point", "seed", *spec["axes"][1:]) for name, spec in layout["final_params"].items()})
+    axes.update(
+        {
+            name: ("point", "seed", *spec["axes"][1:])
+            for name, spec in layout["final_params"].items()
+        }
+    )
     axes["t"] = ("point", "time")
     return Run(
         path=None if path is None else Path(path),
@@ -386,7 +411,9 @@ def load_run(path) -> Run:
     config = read_json(root / "config.json", "configuration")
     layout = read_json(root / "axes.json", "axes and fields")
     if layout.get("format") != FORMAT:
-        raise ValueError(f"{root / 'axes.json'} has format {layout.get('format')!r}; this gflow reads {FORMAT!r}.")
+        raise ValueError(
+            f"{root / 'axes.json'} has format {layout.get('format')!r}; this gflow reads {FORMAT!r}."
+        )
     manifest = read_json(root / "manifest.json", "manifest")
     t = _load_npy(root / "t.npy")
     done = finished_chunks(root, len(layout["chunks"]))
@@ -401,7 +428,12 @@ def _stats(values) -> dict:
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
     if v.size == 0:
         return {"median": None, "min": None, "max": None, "count": 0}
-    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "count": int(v.size)}
+    return {
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "count": int(v.size),
+    }
 
 
 def point_label(point: Mapping) -> str:
@@ -427,8 +459,13 @@ def summarize(run: Run) -> list[dict]:
     for p, point in enumerate(run.points):
         ok = np.flatnonzero(run.ok[p])
         failed = [
-            {"seed": int(run.seeds[s]), "status": int(run.status[p, s]), "status_message": status_text(run.status[p, s])}
-            for s in range(len(run.seeds)) if not run.ok[p, s]
+            {
+                "seed": int(run.seeds[s]),
+                "status": int(run.status[p, s]),
+                "status_message": status_text(run.status[p, s]),
+            }
+            for s in range(len(run.seeds))
+            if not run.ok[p, s]
         ]
         t = run.t[p]
         drops, drifts, winners = [], [], []
@@ -436,22 +473,27 @@ def summarize(run: Run) -> list[dict]:
             drops.append(loss_drop_time(t, obs["loss"][p, s]))
             drifts.append(float(np.max(np.asarray(balance_drift(run.observables_of(p, s))))))
             winners.append(float(race_winners(obs["P"][p, s, -1], share=_WINNER_SHARE).size))
-        final = {name: _stats(obs[name][p, ok, -1]) for name in ("loss", "accuracy", "test_loss", "test_accuracy")}
-        out.append({
-            "point": dict(point),
-            "label": point_label(point),
-            "seeds": len(run.seeds),
-            "ok": int(ok.size),
-            "failed": failed,
-            "final_loss": final["loss"],
-            "train_accuracy": final["accuracy"],
-            "test_loss": final["test_loss"],
-            "test_accuracy": final["test_accuracy"],
-            "loss_drop_time": _stats(drops),
-            "balance_drift": _stats(drifts),
-            "race_winners": _stats(winners),
-            "num_steps": _stats(run.num_steps[p, ok]),
-        })
+        final = {
+            name: _stats(obs[name][p, ok, -1])
+            for name in ("loss", "accuracy", "test_loss", "test_accuracy")
+        }
+        out.append(
+            {
+                "point": dict(point),
+                "label": point_label(point),
+                "seeds": len(run.seeds),
+                "ok": int(ok.size),
+                "failed": failed,
+                "final_loss": final["loss"],
+                "train_accuracy": final["accuracy"],
+                "test_loss": final["test_loss"],
+                "test_accuracy": final["test_accuracy"],
+                "loss_drop_time": _stats(drops),
+                "balance_drift": _stats(drifts),
+                "race_winners": _stats(winners),
+                "num_steps": _stats(run.num_steps[p, ok]),
+            }
+        )
     return out
 
 
@@ -497,21 +539,36 @@ def draw_figures(run: Run, folder, summary: list[dict] | None = None) -> dict[in
         seed = int(run.seeds[s0])
         curves = ok[:20]
         figs = {
-            "norms": _plots.plot_norms(t, obs["P"][p, s0], folder / f"norms{suffix}.png",
-                                       title=f"P_i, seed {seed}, {label}"),
-            "cos_delta": _plots.plot_cos_delta(t, obs["cos_delta"][p, s0], folder / f"cos_delta{suffix}.png",
-                                               title=f"cos δ_i, seed {seed}, {label}"),
+            "norms": _plots.plot_norms(
+                t,
+                obs["P"][p, s0],
+                folder / f"norms{suffix}.png",
+                title=f"P_i, seed {seed}, {label}",
+            ),
+            "cos_delta": _plots.plot_cos_delta(
+                t,
+                obs["cos_delta"][p, s0],
+                folder / f"cos_delta{suffix}.png",
+                title=f"cos δ_i, seed {seed}, {label}",
+            ),
             "loss": _plots.plot_loss(
-                t, obs["loss"][p, curves], folder / f"loss{suffix}.png",
-                test_loss=obs["test_loss"][p, curves], accuracy=obs["accuracy"][p, curves],
+                t,
+                obs["loss"][p, curves],
+                folder / f"loss{suffix}.png",
+                test_loss=obs["test_loss"][p, curves],
+                accuracy=obs["accuracy"][p, curves],
                 test_accuracy=obs["test_accuracy"][p, curves],
-                title=f"{label} ({curves.size} seed{'s' if curves.size > 1 else ''})"),
+                title=f"{label} ({curves.size} seed{'s' if curves.size > 1 else ''})",
+            ),
         }
         i_early, t_early = _early_index(t, summary[p]["loss_drop_time"]["median"])
         # δ_i against the target of the neuron's current cell, as in the paper's experiments (docs/theory.md §4).
         figs["final_vs_early"] = _plots.plot_final_vs_early(
-            obs["cos_target"][p, ok, i_early], obs["P"][p, ok, -1], folder / f"final_vs_early{suffix}.png",
-            t_early=t_early)
+            obs["cos_target"][p, ok, i_early],
+            obs["P"][p, ok, -1],
+            folder / f"final_vs_early{suffix}.png",
+            t_early=t_early,
+        )
         out[p] = figs
     return out
 
@@ -524,7 +581,9 @@ def _fmt(stats: dict, spec: str = ".3g") -> str:
     return f"{stats['median']:{spec}} [{stats['min']:{spec}}, {stats['max']:{spec}}]"
 
 
-def report_markdown(run: Run, summary: list[dict], figures: Mapping[int, Mapping[str, Path]]) -> str:
+def report_markdown(
+    run: Run, summary: list[dict], figures: Mapping[int, Mapping[str, Path]]
+) -> str:
     """The text of ``report.md``: what was run, numbers per point, failed seeds, figures."""
     cfg, man = run.config, run.manifest
     ds = man.get("dataset", {})
@@ -573,13 +632,23 @@ def report_markdown(run: Run, summary: list[dict], figures: Mapping[int, Mapping
     failures = [(s["label"], f) for s in summary for f in s["failed"]]
     lines += ["", "## Status per seed", ""]
     if not failures:
-        lines.append("The run finished with status ok." if run.status.size == 1
-                     else f"All {run.status.size} runs finished with status ok.")
+        lines.append(
+            "The run finished with status ok."
+            if run.status.size == 1
+            else f"All {run.status.size} runs finished with status ok."
+        )
     else:
-        lines += [f"{len(failures)} run(s) are excluded from the numbers above:", "",
-                  "| point | seed | status | message |", "| --- | --- | --- | --- |"]
+        lines += [
+            f"{len(failures)} run(s) are excluded from the numbers above:",
+            "",
+            "| point | seed | status | message |",
+            "| --- | --- | --- | --- |",
+        ]
         shown = failures[:200]
-        lines += [f"| {label} | {f['seed']} | {f['status']} | {f['status_message']} |" for label, f in shown]
+        lines += [
+            f"| {label} | {f['seed']} | {f['status']} | {f['status_message']} |"
+            for label, f in shown
+        ]
         if len(failures) > len(shown):
             lines.append(f"| … | | | {len(failures) - len(shown)} more in summary.json |")
     lines += ["", "## Figures", ""]

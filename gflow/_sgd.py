@@ -52,10 +52,18 @@ class SGDConfig:
             raise ValueError(
                 f"steps ({self.steps}) must be a multiple of record_every ({self.record_every})."
             )
-        if self.batch_size is not None and not (isinstance(self.batch_size, (int, np.integer)) and self.batch_size > 0):
-            raise ValueError(f"batch_size must be a positive integer or None (full batch); got {self.batch_size!r}.")
-        if self.snapshot_every is not None and not (isinstance(self.snapshot_every, int) and self.snapshot_every > 0):
-            raise ValueError(f"snapshot_every must be a positive integer or None; got {self.snapshot_every!r}.")
+        if self.batch_size is not None and not (
+            isinstance(self.batch_size, (int, np.integer)) and self.batch_size > 0
+        ):
+            raise ValueError(
+                f"batch_size must be a positive integer or None (full batch); got {self.batch_size!r}."
+            )
+        if self.snapshot_every is not None and not (
+            isinstance(self.snapshot_every, int) and self.snapshot_every > 0
+        ):
+            raise ValueError(
+                f"snapshot_every must be a positive integer or None; got {self.snapshot_every!r}."
+            )
 
     @property
     def num_records(self) -> int:
@@ -96,7 +104,9 @@ def _batch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int) -> 
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _train(params0: Params, key: jax.Array, data: TrainingData, learning_rate, momentum, config: SGDConfig) -> Trajectory:
+def _train(
+    params0: Params, key: jax.Array, data: TrainingData, learning_rate, momentum, config: SGDConfig
+) -> Trajectory:
     dtype = params0.W.dtype
     lr = jnp.asarray(learning_rate, dtype)
     beta = jnp.asarray(momentum, dtype)
@@ -123,7 +133,9 @@ def _train(params0: Params, key: jax.Array, data: TrainingData, learning_rate, m
         slot = jnp.searchsorted(snap_records, j)
         slot = jnp.minimum(slot, n_snap - 1)
         take = snap_records[slot] == j
-        snaps = jax.tree.map(lambda buf, p: buf.at[slot].set(jnp.where(take, p, buf[slot])), snaps, params)
+        snaps = jax.tree.map(
+            lambda buf, p: buf.at[slot].set(jnp.where(take, p, buf[slot])), snaps, params
+        )
         ks = j * config.record_every + jnp.arange(config.record_every)
         (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), ks)
         return (params, opt_state, snaps), obs
@@ -181,8 +193,24 @@ def train_sgd(
     return raise_if_failed(traj) if throw else traj
 
 
-def train_gd(params0: Params, data: TrainingData, *, learning_rate, momentum=0.0, config: SGDConfig, throw: bool = True) -> Trajectory:
+def train_gd(
+    params0: Params,
+    data: TrainingData,
+    *,
+    learning_rate,
+    momentum=0.0,
+    config: SGDConfig,
+    throw: bool = True,
+) -> Trajectory:
     """Full-batch gradient descent: `train_sgd` with ``batch_size=None`` (the flow's Euler scheme)."""
     if config.batch_size is not None:
         config = dataclasses.replace(config, batch_size=None)
-    return train_sgd(params0, jax.random.key(0), data, learning_rate=learning_rate, momentum=momentum, config=config, throw=throw)
+    return train_sgd(
+        params0,
+        jax.random.key(0),
+        data,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        config=config,
+        throw=throw,
+    )

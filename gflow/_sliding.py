@@ -160,7 +160,9 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, a.shape[-1], eliminate, (a, b), unroll=True)[1]
 
 
-def box_qp(M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_iterations: int | None = None):
+def box_qp(
+    M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_iterations: int | None = None
+):
     """``argmin_{λ ∈ [0,1]^K} ½ λᵀMλ + qᵀλ`` for a positive semidefinite ``M`` ``[K, K]``.
 
     A primal active-set method: λ stays feasible, each iteration solves the problem on the free
@@ -210,8 +212,11 @@ def box_qp(M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_it
         step = sol - lam
         infeasible = jnp.any(free & ((sol < 0) | (sol > 1)))
         # Infeasible: move towards sol until the first bound is met; that variable is fixed.
-        ratio = jnp.where(free & (step < 0), -lam / jnp.where(step < 0, step, -1.0),
-                          jnp.where(free & (step > 0), (1.0 - lam) / jnp.where(step > 0, step, 1.0), jnp.inf))
+        ratio = jnp.where(
+            free & (step < 0),
+            -lam / jnp.where(step < 0, step, -1.0),
+            jnp.where(free & (step > 0), (1.0 - lam) / jnp.where(step > 0, step, 1.0), jnp.inf),
+        )
         j_block = jnp.argmin(ratio)
         blocking = slots == j_block
         alpha = jnp.clip(jnp.min(ratio), 0.0, 1.0)
@@ -243,7 +248,14 @@ def box_qp(M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_it
         return (it < iterations) & ~done
 
     lower0 = jnp.ones(k, bool) if free0 is None else ~free0
-    init = (0, jnp.zeros_like(q), lower0, jnp.zeros(k, bool), jnp.asarray(False), free_inverse(~lower0))
+    init = (
+        0,
+        jnp.zeros_like(q),
+        lower0,
+        jnp.zeros(k, bool),
+        jnp.asarray(False),
+        free_inverse(~lower0),
+    )
     _, lam, lower, upper, _, _ = jax.lax.while_loop(cond, body, init)
     free = ~lower & ~upper
     # The working set's solution once more from scratch: the rank-one updates' rounding stays out.
@@ -291,14 +303,23 @@ def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
     gram_k = gram[idx[:, :, None], idx[:, None, :]]
     xg = -_pick(z_dot.T, idx) - jnp.einsum("ikl,il->ik", gram_k, jnp.where(active_k, c_k, 0.0))
     both = valid[:, :, None] & valid[:, None, :]
-    qp_m = jnp.where(both, c_k[:, :, None] * c_k[:, None, :] * gram_k, jnp.eye(idx.shape[1], dtype=c_k.dtype))
+    qp_m = jnp.where(
+        both, c_k[:, :, None] * c_k[:, None, :] * gram_k, jnp.eye(idx.shape[1], dtype=c_k.dtype)
+    )
     qp_q = jnp.where(valid, c_k * xg, 1.0)
     lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q, free0 & valid)
     return lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q
 
 
-def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, capacity: int,
-                 output_loss: Callable = logit_loss) -> tuple[SlidingState, StepReport]:
+def sliding_step(
+    state: SlidingState,
+    h,
+    geom: Geometry,
+    q_ref: jax.Array,
+    *,
+    capacity: int,
+    output_loss: Callable = logit_loss,
+) -> tuple[SlidingState, StepReport]:
     """One step of the sliding integrator (module doc, steps 1–7); ``q_ref`` ``[d]`` is the
     balance each neuron is projected back to."""
     p, sliding = state
@@ -318,7 +339,9 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     # the flow has before any new pair arrives, and so each pair's rate on its present side
     # (own gate included): the arrival time of a pair heading to its boundary is exact to O(h²).
     active = g0 > 0
-    _, idx_s = jax.lax.top_k(sliding.T.astype(dtype), capacity)  # (top_k of int8 is 30x slower on CPUs)
+    _, idx_s = jax.lax.top_k(
+        sliding.T.astype(dtype), capacity
+    )  # (top_k of int8 is 30x slower on CPUs)
     valid_s = _pick(sliding.T, idx_s)
     lam_s, _, _, c_s, *_ = _neuron_problems(idx_s, valid_s, c0, active, z_dot, gram, valid_s)
     rate = z_dot - jnp.einsum("ikn,ik->ni", gram[idx_s], jnp.where(valid_s, lam_s * c_s, 0.0))
@@ -333,8 +356,9 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     # 3. Problem (1) per neuron, with every candidate on its boundary: the mode after the
     # candidates' arrivals, which drives the predictor.
     at_start = _pick(sliding.T, idx) & valid  # candidates sliding at θ_n
-    lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q = _neuron_problems(idx, valid, c0, active, z_dot,
-                                                                                gram, at_start)
+    lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q = _neuron_problems(
+        idx, valid, c0, active, z_dot, gram, at_start
+    )
     slides = free & valid
     gram_rows = gram[idx]  # [d, K, N]
     z_k = _pick(z0.T, idx)
@@ -342,7 +366,9 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     def landing(mask, rows_dot_coef, target):
         """ω ``[d, K]`` such that θ_i − h(coef_i − Σ_k ω_ik x̃_k)ᵀ has ``z_ik = target`` on
         ``mask`` (an orthogonal projection onto those constraints), from ``x̃_k·(coef_iᵀX̃)``."""
-        gram_mask = jnp.where(mask[:, :, None] & mask[:, None, :], gram_k, jnp.eye(capacity, dtype=dtype))
+        gram_mask = jnp.where(
+            mask[:, :, None] & mask[:, None, :], gram_k, jnp.eye(capacity, dtype=dtype)
+        )
         rhs = jnp.where(mask, rows_dot_coef - (z_k - target) / h, 0.0)
         return jnp.where(mask, jax.vmap(spd_solve)(gram_mask, rhs), 0.0)
 
@@ -350,7 +376,9 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     # landed. It differs from the coefficients g0·c0 only at the candidates, by `delta`; so
     # θ* has z* = z0 + h ż − h Σ_k x̃_s·x̃_k delta_ik without a second product with the data.
     delta = jnp.where(valid, (lam - active_k) * c_k, 0.0)
-    delta = delta - landing(slides, -_pick(z_dot.T, idx) + jnp.einsum("ikl,il->ik", gram_k, delta), 0.0)
+    delta = delta - landing(
+        slides, -_pick(z_dot.T, idx) + jnp.einsum("ikl,il->ik", gram_k, delta), 0.0
+    )
     z_star = z0 + h * (z_dot - jnp.einsum("ikn,ik->ni", gram_rows, delta))
     v_star = p.V - h * grad_v0
 
@@ -370,10 +398,14 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     slides_end = free_end & valid
     stays_on = ~free_end & (lam_end > 0.5) & valid
     tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
-    first_event = jnp.minimum(jnp.min(jnp.where(valid & ~at_start, tau_k, jnp.inf), axis=1),
-                              jnp.min(jnp.where(flips, cross, jnp.inf), axis=0))
+    first_event = jnp.minimum(
+        jnp.min(jnp.where(valid & ~at_start, tau_k, jnp.inf), axis=1),
+        jnp.min(jnp.where(flips, cross, jnp.inf), axis=0),
+    )
     released = at_start & ~slides_end
-    tau_release = jnp.where(released & jnp.isfinite(first_event)[:, None], first_event[:, None], 0.0)
+    tau_release = jnp.where(
+        released & jnp.isfinite(first_event)[:, None], first_event[:, None], 0.0
+    )
     held = released & (tau_release > 0)
 
     # 5. The part [α, β] of the step (in units of h) each pair spends active: from the linear
@@ -398,11 +430,16 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     # The sliding pairs land on their boundaries. A held pair moves only after its release, at
     # the rate it has with the sliding pairs' velocity projected (their arrivals are over by
     # then): it lands at that fraction of the step's free motion.
-    free_motion = -h * (rows_dot - jnp.einsum("ikl,il->ik", gram_k, landing(slides_end, rows_dot, z_k)))
+    free_motion = -h * (
+        rows_dot - jnp.einsum("ikl,il->ik", gram_k, landing(slides_end, rows_dot, z_k))
+    )
     target = jnp.where(held, z_k + (1.0 - tau_release) * free_motion, 0.0)
     coef_t = coef_t.at[rows, idx].add(-landing(slides_end | held, rows_dot, target))
-    stepped = Params(W=p.W - h * (coef_t @ x), b=p.b - h * jnp.sum(coef_t, axis=1),
-                     V=p.V - 0.5 * h * (grad_v0 + grad_v_star))
+    stepped = Params(
+        W=p.W - h * (coef_t @ x),
+        b=p.b - h * jnp.sum(coef_t, axis=1),
+        V=p.V - 0.5 * h * (grad_v0 + grad_v_star),
+    )
     # 6. Back to the balance.
     new = rescale_to_balance(stepped, q_ref)
     moved = sum(jnp.sum((a - b) ** 2) for a, b in zip(new, p))
@@ -410,7 +447,9 @@ def sliding_step(state: SlidingState, h, geom: Geometry, q_ref: jax.Array, *, ca
     report = StepReport(
         crossings=jnp.sum((gates > 0) & (gates < 1), dtype=jnp.int32),
         overflow=overflow,
-        qp_violation=jnp.max(jnp.where(jnp.any(valid, axis=1), jnp.maximum(violation, violation_end), 0.0)),
+        qp_violation=jnp.max(
+            jnp.where(jnp.any(valid, axis=1), jnp.maximum(violation, violation_end), 0.0)
+        ),
         dissipation=moved / h,
         balance_defect=balance_defect(new, stepped),
     )
@@ -430,9 +469,18 @@ class SlidingSolution(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss"))
-def solve_sliding(params0: Params, data: TrainingData, grid: jax.Array, save_pos: jax.Array,
-                  snap_pos: jax.Array, h, *, capacity: int, max_steps: int,
-                  output_loss: Callable = logit_loss) -> SlidingSolution:
+def solve_sliding(
+    params0: Params,
+    data: TrainingData,
+    grid: jax.Array,
+    save_pos: jax.Array,
+    snap_pos: jax.Array,
+    h,
+    *,
+    capacity: int,
+    max_steps: int,
+    output_loss: Callable = logit_loss,
+) -> SlidingSolution:
     """Integrate the flow with `sliding_step` over ``grid`` (sorted times, save and snapshot
     times together), in equal steps of at most ``h`` between consecutive grid times.
 
@@ -455,7 +503,9 @@ def solve_sliding(params0: Params, data: TrainingData, grid: jax.Array, save_pos
         params_buf, sliding_buf = buffers
 
         def write(buf, value):
-            return jax.lax.dynamic_update_index_in_dim(buf, jnp.where(jnp.any(hits), value, buf[slot]), slot, 0)
+            return jax.lax.dynamic_update_index_in_dim(
+                buf, jnp.where(jnp.any(hits), value, buf[slot]), slot, 0
+            )
 
         return jax.tree.map(write, params_buf, state.params), write(sliding_buf, state.sliding)
 
@@ -469,29 +519,69 @@ def solve_sliding(params0: Params, data: TrainingData, grid: jax.Array, save_pos
         def body(_, c):
             st, cross, cross_max, over, viol, diss, dfc = c
             st, rep = sliding_step(st, dt, geom, q_ref, capacity=capacity, output_loss=output_loss)
-            return (st, cross + rep.crossings, jnp.maximum(cross_max, rep.crossings), over | rep.overflow,
-                    jnp.maximum(viol, rep.qp_violation), diss + rep.dissipation,
-                    jnp.maximum(dfc, rep.balance_defect))
+            return (
+                st,
+                cross + rep.crossings,
+                jnp.maximum(cross_max, rep.crossings),
+                over | rep.overflow,
+                jnp.maximum(viol, rep.qp_violation),
+                diss + rep.dissipation,
+                jnp.maximum(dfc, rep.balance_defect),
+            )
 
         init = (state, zero_i, zero_i, jnp.asarray(False), zero_f, dissipation, defect)
-        state, cross, cross_max, over, viol, dissipation, defect = jax.lax.fori_loop(0, allowed, body, init)
+        state, cross, cross_max, over, viol, dissipation, defect = jax.lax.fori_loop(
+            0, allowed, body, init
+        )
         buffers = snapshot(buffers, state, j)
-        out = (observe(state.params, data), jnp.sum(state.sliding, axis=0, dtype=jnp.int32), cross, cross_max,
-               over, dissipation, viol)
+        out = (
+            observe(state.params, data),
+            jnp.sum(state.sliding, axis=0, dtype=jnp.int32),
+            cross,
+            cross_max,
+            over,
+            dissipation,
+            viol,
+        )
         return (state, steps + count, dissipation, defect, buffers), out
 
     n_snap = snap_pos.shape[0]
-    buffers = (jax.tree.map(lambda a: jnp.zeros((n_snap, *a.shape), a.dtype), params0),
-               jnp.zeros((n_snap, n, d), bool))
+    buffers = (
+        jax.tree.map(lambda a: jnp.zeros((n_snap, *a.shape), a.dtype), params0),
+        jnp.zeros((n_snap, n, d), bool),
+    )
     buffers = snapshot(buffers, state0, 0)
     carry0 = (state0, zero_i, zero_f, zero_f, buffers)
-    (state, steps, _, defect, buffers), outs = jax.lax.scan(interval, carry0, jnp.arange(1, grid.shape[0]))
-    first = (observe(params0, data), jnp.zeros((d,), jnp.int32), zero_i, zero_i, jnp.asarray(False), zero_f, zero_f)
+    (state, steps, _, defect, buffers), outs = jax.lax.scan(
+        interval, carry0, jnp.arange(1, grid.shape[0])
+    )
+    first = (
+        observe(params0, data),
+        jnp.zeros((d,), jnp.int32),
+        zero_i,
+        zero_i,
+        jnp.asarray(False),
+        zero_f,
+        zero_f,
+    )
     outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b])[save_pos], first, outs)
     obs, sliding_count, cross, cross_max, over, dissipation, viol = outs
-    record = SlidingRecord(sliding=sliding_count, crossings=cross, crossings_max=cross_max, overflow=over,
-                           dissipation=dissipation, qp_violation=viol, snapshots=buffers[1])
+    record = SlidingRecord(
+        sliding=sliding_count,
+        crossings=cross,
+        crossings_max=cross_max,
+        overflow=over,
+        dissipation=dissipation,
+        qp_violation=viol,
+        snapshots=buffers[1],
+    )
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(state.params)]))
-    return SlidingSolution(observables=obs, snapshots=buffers[0], record=record,
-                           num_steps=jnp.minimum(steps, max_steps), steps_needed=steps,
-                           balance_defect_max=defect, final_finite=finite)
+    return SlidingSolution(
+        observables=obs,
+        snapshots=buffers[0],
+        record=record,
+        num_steps=jnp.minimum(steps, max_steps),
+        steps_needed=steps,
+        balance_defect_max=defect,
+        final_finite=finite,
+    )

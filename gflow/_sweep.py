@@ -123,7 +123,9 @@ class SweepPlan:
         }
 
 
-def plan_sweep(config: RunConfig, dataset: Dataset, *, num_devices: int = 1, chunk_size: int | None = None) -> SweepPlan:
+def plan_sweep(
+    config: RunConfig, dataset: Dataset, *, num_devices: int = 1, chunk_size: int | None = None
+) -> SweepPlan:
     """Lay out the members of ``config`` on ``dataset`` (validates batch ≤ N, epochs → steps).
 
     ``chunk_size`` (default ``config.chunk_size``) is rounded up to a multiple of
@@ -141,7 +143,9 @@ def plan_sweep(config: RunConfig, dataset: Dataset, *, num_devices: int = 1, chu
         sgd = config.sgd_config(dataset.n_samples)
         k = np.arange(sgd.num_records, dtype=np.float64) * sgd.record_every
         t = np.stack([flow_time(k, p["lr"], p["momentum"]) for p in points])
-    return SweepPlan(config=config, points=points, seeds=config.seeds, chunk_size=size, chunks=chunks, t=t)
+    return SweepPlan(
+        config=config, points=points, seeds=config.seeds, chunk_size=size, chunks=chunks, t=t
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +167,17 @@ class MemberSpec:
 
     @classmethod
     def of(cls, config: RunConfig, n_samples: int, dim: int) -> MemberSpec:
-        common = dict(trainer=config.trainer, width=config.width, dim=dim, dtype=config.dtype,
-                      orthogonal_init=config.orthogonal_init)
+        common = dict(
+            trainer=config.trainer,
+            width=config.width,
+            dim=dim,
+            dtype=config.dtype,
+            orthogonal_init=config.orthogonal_init,
+        )
         if config.trainer == "flow":
-            return cls(**common, flow=config.flow_config(), save_times=tuple(config.save_times().tolist()))
+            return cls(
+                **common, flow=config.flow_config(), save_times=tuple(config.save_times().tolist())
+            )
         return cls(**common, sgd=config.sgd_config(n_samples))
 
 
@@ -177,16 +188,36 @@ def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
     comes from ``split(key(seed))[1]``; η and β are unused by the flow.
     """
     key_init, key_batch = jax.random.split(jax.random.key(seed))
-    params0 = init_params(key_init, spec.width, spec.dim, sigma, orthogonal=spec.orthogonal_init,
-                          dtype=jnp.dtype(spec.dtype))
+    params0 = init_params(
+        key_init,
+        spec.width,
+        spec.dim,
+        sigma,
+        orthogonal=spec.orthogonal_init,
+        dtype=jnp.dtype(spec.dtype),
+    )
     if spec.trainer == "flow":
-        traj = gradient_flow(params0, data, np.asarray(spec.save_times), config=spec.flow, throw=False)
+        traj = gradient_flow(
+            params0, data, np.asarray(spec.save_times), config=spec.flow, throw=False
+        )
     else:
-        traj = train_sgd(params0, key_batch, data, learning_rate=lr, momentum=momentum, config=spec.sgd, throw=False)
+        traj = train_sgd(
+            params0,
+            key_batch,
+            data,
+            learning_rate=lr,
+            momentum=momentum,
+            config=spec.sgd,
+            throw=False,
+        )
     obs = traj.observables
     # Weights can stay finite while the recorded loss or P_i = ‖w_i‖‖v_i‖ overflow: diverged too.
-    recorded = jnp.stack([jnp.all(jnp.isfinite(a)) for a in (obs.loss, obs.P, obs.Q, obs.w_norm, obs.v_norm, obs.b)])
-    status = jnp.where((traj.status == OK) & ~jnp.all(recorded), NON_FINITE, traj.status).astype(traj.status.dtype)
+    recorded = jnp.stack(
+        [jnp.all(jnp.isfinite(a)) for a in (obs.loss, obs.P, obs.Q, obs.w_norm, obs.v_norm, obs.b)]
+    )
+    status = jnp.where((traj.status == OK) & ~jnp.all(recorded), NON_FINITE, traj.status).astype(
+        traj.status.dtype
+    )
     return obs, traj.final_params, status, traj.num_steps
 
 
@@ -232,27 +263,38 @@ class _Program:
         replicated = NamedSharding(mesh, PartitionSpec())
         self.dtype = np.dtype(spec.dtype)
         self.data = jax.tree.map(lambda a: _put(np.asarray(a), replicated), data)
-        example = self._inputs({"seed": np.zeros(chunk_size, np.int32),
-                                **{k: np.ones(chunk_size) for k in ("sigma", "lr", "momentum")}})
+        example = self._inputs(
+            {
+                "seed": np.zeros(chunk_size, np.int32),
+                **{k: np.ones(chunk_size) for k in ("sigma", "lr", "momentum")},
+            }
+        )
         self._example = example
         self._compiled = None
         self.compile_seconds = 0.0
         with _quiet_casts():
-            self.out_shapes = jax.eval_shape(functools.partial(run_members, spec=spec), self.data, *example)
+            self.out_shapes = jax.eval_shape(
+                functools.partial(run_members, spec=spec), self.data, *example
+            )
 
     def compile(self):
         """Compile once (ahead of time, timed); later calls return the same executable."""
         if self._compiled is None:
             started = time.perf_counter()
             with _quiet_casts():
-                self._compiled = run_members.lower(self.data, *self._example, spec=self.spec).compile()
+                self._compiled = run_members.lower(
+                    self.data, *self._example, spec=self.spec
+                ).compile()
             self.compile_seconds = time.perf_counter() - started
         return self._compiled
 
     def _inputs(self, columns: dict) -> list:
         return [
             _put(np.asarray(columns["seed"], np.int32), self.members),
-            *(_put(np.asarray(columns[k], self.dtype), self.members) for k in ("sigma", "lr", "momentum")),
+            *(
+                _put(np.asarray(columns[k], self.dtype), self.members)
+                for k in ("sigma", "lr", "momentum")
+            ),
         ]
 
     def __call__(self, columns: dict):
@@ -297,13 +339,22 @@ def _layout(plan: SweepPlan, out_shapes, dim: int) -> dict:
     neuron_axes = {2: ("member", "time", "neuron"), 1: ("member", "time")}
 
     def spec(shape_dtype, axes):
-        return {"axes": list(axes), "shape": list(shape_dtype.shape[1:]), "dtype": np.dtype(shape_dtype.dtype).str}
+        return {
+            "axes": list(axes),
+            "shape": list(shape_dtype.shape[1:]),
+            "dtype": np.dtype(shape_dtype.dtype).str,
+        }
 
-    fields = {name: spec(s, neuron_axes[len(s.shape) - 1]) for name, s in observables._asdict().items()}
+    fields = {
+        name: spec(s, neuron_axes[len(s.shape) - 1]) for name, s in observables._asdict().items()
+    }
     fields["status"] = spec(status, ("member",))
     fields["num_steps"] = spec(num_steps, ("member",))
-    final = {"W": spec(params.W, ("member", "neuron", "input")), "b": spec(params.b, ("member", "neuron")),
-             "V": spec(params.V, ("member", "neuron", "output"))}
+    final = {
+        "W": spec(params.W, ("member", "neuron", "input")),
+        "b": spec(params.b, ("member", "neuron")),
+        "V": spec(params.V, ("member", "neuron", "output")),
+    }
     return {
         "format": _runs.FORMAT,
         "trainer": plan.config.trainer,
@@ -314,11 +365,15 @@ def _layout(plan: SweepPlan, out_shapes, dim: int) -> dict:
         "chunks": plan.chunks,
         "width": plan.config.width,
         "dim": dim,
-        "time": {"file": "t.npy", "axes": ["point", "time"],
-                 "meaning": "flow time of each record; t = k·η/(1−β) after k SGD/GD steps"},
+        "time": {
+            "file": "t.npy",
+            "axes": ["point", "time"],
+            "meaning": "flow time of each record; t = k·η/(1−β) after k SGD/GD steps",
+        },
         "fields": fields,
         "final_params": final,
-        "status_codes": {str(k): v for k, v in STATUS_MESSAGES.items()} | {str(_runs.NOT_RUN): _runs.NOT_RUN_MESSAGE},
+        "status_codes": {str(k): v for k, v in STATUS_MESSAGES.items()}
+        | {str(_runs.NOT_RUN): _runs.NOT_RUN_MESSAGE},
     }
 
 
@@ -334,7 +389,9 @@ def _dataset_record(dataset: Dataset) -> dict:
     }
 
 
-def _open_folder(out, config: RunConfig, dataset_record: dict, resume: bool) -> tuple[Path, dict | None, dict | None]:
+def _open_folder(
+    out, config: RunConfig, dataset_record: dict, resume: bool
+) -> tuple[Path, dict | None, dict | None]:
     """Check the folder; for a resumed run return its manifest and layout."""
     folder = Path(out)
     if folder.is_dir() and _runs.is_run_folder(folder):
@@ -346,12 +403,16 @@ def _open_folder(out, config: RunConfig, dataset_record: dict, resume: bool) -> 
         stored = _runs.read_json(folder / "config.json", "configuration")
         diff = config_differences(stored, config.to_dict())
         if diff:
-            raise ValueError(f"cannot resume {folder}: it was made with a different configuration ({'; '.join(diff)}).")
+            raise ValueError(
+                f"cannot resume {folder}: it was made with a different configuration ({'; '.join(diff)})."
+            )
         manifest = _runs.read_json(folder / "manifest.json", "manifest")
         layout = _runs.read_json(folder / "axes.json", "axes and fields")
         before = manifest.get("dataset", {}).get("fingerprint")
         if before != dataset_record["fingerprint"]:
-            raise ValueError(f"cannot resume {folder}: it was made with different data ({manifest.get('dataset', {}).get('describe')}).")
+            raise ValueError(
+                f"cannot resume {folder}: it was made with different data ({manifest.get('dataset', {}).get('describe')})."
+            )
         _runs.create_run_folder(folder)
         _runs.remove_partial_chunks(folder)
         return folder, manifest, layout
@@ -391,7 +452,9 @@ def sweep(
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a gflow Dataset; got {type(dataset).__name__}.")
     if config.trainer != "flow":
-        config.num_steps(dataset.n_samples)  # batch <= N, epochs -> steps: fail before any file or compile
+        config.num_steps(
+            dataset.n_samples
+        )  # batch <= N, epochs -> steps: fail before any file or compile
     record = _dataset_record(dataset)
     # Only process 0 touches the folder (several processes in a multi-host sweep); the others
     # learn from it which chunk size to use and which chunks are done.
@@ -414,10 +477,14 @@ def sweep(
         plan = plan_sweep(config, dataset, num_devices=n_devices, chunk_size=stored_chunk)
 
     data = training_data(dataset, config.dtype)
-    program = _Program(MemberSpec.of(config, dataset.n_samples, dataset.dim), data, mesh, plan.chunk_size)
+    program = _Program(
+        MemberSpec.of(config, dataset.n_samples, dataset.dim), data, mesh, plan.chunk_size
+    )
     layout = _layout(plan, program.out_shapes, dataset.dim)
     if stored_layout is not None and stored_layout != json_roundtrip(layout):
-        raise ValueError(f"cannot resume {folder}: its axes.json describes a different layout than this gflow makes.")
+        raise ValueError(
+            f"cannot resume {folder}: its axes.json describes a different layout than this gflow makes."
+        )
     finished = np.zeros(len(plan.chunks), bool)
     if folder is not None and writer:
         finished[_runs.finished_chunks(folder, len(plan.chunks))] = True
@@ -425,14 +492,18 @@ def sweep(
     done = np.flatnonzero(finished).tolist()
     pending = np.flatnonzero(~finished).tolist()
 
-    log = _InvocationLog(folder if writer else None, manifest or _new_manifest(config, plan, record), command)
-    log.manifest.update({
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in mesh.devices.ravel()],
-        "device_count": n_devices,
-        "process_count": jax.process_count(),
-        "chunks_total": len(plan.chunks),
-    })
+    log = _InvocationLog(
+        folder if writer else None, manifest or _new_manifest(config, plan, record), command
+    )
+    log.manifest.update(
+        {
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in mesh.devices.ravel()],
+            "device_count": n_devices,
+            "process_count": jax.process_count(),
+            "chunks_total": len(plan.chunks),
+        }
+    )
     if folder is not None and writer and stored_layout is None:
         _runs.write_npy_atomic(folder / "t.npy", plan.t)
         _runs.write_json_atomic(folder / "axes.json", layout)
@@ -442,12 +513,17 @@ def sweep(
         # folder that the next sweep simply starts over in).
         _runs.write_json_atomic(folder / "config.json", config.to_dict())
 
-    bar = Progress(len(pending), label=f"gflow {config.trainer}", done_before=len(done), enabled=progress)
+    bar = Progress(
+        len(pending), label=f"gflow {config.trainer}", done_before=len(done), enabled=progress
+    )
     if progress:
         where = f" → {folder}" if folder is not None else ""
-        print(f"gflow {config.trainer}: {dataset.describe()}; d={config.width}; {len(plan.points)} point(s) × "
-              f"{len(plan.seeds)} seed(s) in {len(plan.chunks)} chunk(s) of {plan.chunk_size} on {n_devices} "
-              f"{jax.default_backend()} device(s){where}", file=sys.stderr)
+        print(
+            f"gflow {config.trainer}: {dataset.describe()}; d={config.width}; {len(plan.points)} point(s) × "
+            f"{len(plan.seeds)} seed(s) in {len(plan.chunks)} chunk(s) of {plan.chunk_size} on {n_devices} "
+            f"{jax.default_backend()} device(s){where}",
+            file=sys.stderr,
+        )
     inputs = plan.member_inputs()
     in_memory: dict[int, tuple] = {}
     try:
@@ -460,7 +536,9 @@ def sweep(
         for i in pending:
             start, stop = plan.chunks[i]
             begun = time.perf_counter()
-            arrays, params = _split_outputs(program(_chunk_columns(inputs, start, stop, plan.chunk_size)), stop - start)
+            arrays, params = _split_outputs(
+                program(_chunk_columns(inputs, start, stop, plan.chunk_size)), stop - start
+            )
             if folder is None:
                 in_memory[i] = (arrays, params)
             elif writer:
@@ -479,7 +557,9 @@ def sweep(
     log.invocation.update(ended=_runs.now(), state="finished")
     log.save(len(done))
     if folder is None:
-        return _runs.assemble_run(None, config.to_dict(), log.manifest, json_roundtrip(layout), plan.t, in_memory)
+        return _runs.assemble_run(
+            None, config.to_dict(), log.manifest, json_roundtrip(layout), plan.t, in_memory
+        )
     run = _runs.load_run(folder)
     if writer and report:
         _runs.write_outputs(run)

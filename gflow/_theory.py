@@ -103,8 +103,9 @@ class StableCellSearch(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("max_iterations",))
-def iterate_target_map(patterns: jax.Array, kappa: jax.Array, data: TrainingData, *,
-                       max_iterations: int = 100) -> StableCellSearch:
+def iterate_target_map(
+    patterns: jax.Array, kappa: jax.Array, data: TrainingData, *, max_iterations: int = 100
+) -> StableCellSearch:
     """Iterate the target map from ``patterns [d, N]`` until each is fixed or on a 2-cycle.
 
     The discrete counterpart of Theorem 3.6 (docs/theory.md §3): under phase-1 dynamics a neuron moves
@@ -135,7 +136,9 @@ def iterate_target_map(patterns: jax.Array, kappa: jax.Array, data: TrainingData
     fixed = jnp.all(nxt == final, axis=-1)
     two_cycle = ~fixed & jnp.all(map_patterns(nxt, kappa, data) == final, axis=-1)
     targets = target_directions(final.T, kappa, data)
-    return StableCellSearch(patterns=final, targets=targets, fixed=fixed, two_cycle=two_cycle, iterations=steps)
+    return StableCellSearch(
+        patterns=final, targets=targets, fixed=fixed, two_cycle=two_cycle, iterations=steps
+    )
 
 
 def second_order_targets(params: Params, data: TrainingData, kappa=None) -> jax.Array:
@@ -180,6 +183,7 @@ def with_bias_input(data: TrainingData) -> TrainingData:
     the stability test of docs/theory.md §3 (stated for b = 0) carry over to trained biases:
     ``gate(w̃)_s = 1[w_i·x_s + b_i > 0]`` and ``T̃_κ(g) ∝ κ Σ_{g(s)=1} ỹ_s x̃_s``.
     """
+
     def augment(x):
         return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
 
@@ -320,7 +324,10 @@ def unlocking_rates(params: Params, data: TrainingData) -> UnlockingRates:
         small_init=math.sqrt(2.0) / n * safe_norm(signed[:, :-1]) * safe_cosine(params.W, target),
         q_form=jnp.sqrt(4 * P**2 + balance(params) ** 2) * e_par / P,
         augmented_exact=jnp.sqrt(4 * Pt**2 + Q**2) * et_par / Pt,
-        augmented_small_init=math.sqrt(2.0) / n * safe_norm(signed) * safe_cosine(w_tilde, target_tilde),
+        augmented_small_init=math.sqrt(2.0)
+        / n
+        * safe_norm(signed)
+        * safe_cosine(w_tilde, target_tilde),
         P=P,
         P_augmented=Pt,
     )
@@ -337,7 +344,9 @@ def log_growth_slope(t, P, start: float, end: float) -> np.ndarray:
     ``[start, end]`` (the exact time average of d log P_i/dt over that span), ``[d]``."""
     idx = window_indices(t, start, end)
     if idx.size < 2:
-        raise ValueError(f"the window [{start:g}, {end:g}] holds {idx.size} record times; need >= 2.")
+        raise ValueError(
+            f"the window [{start:g}, {end:g}] holds {idx.size} record times; need >= 2."
+        )
     t = np.asarray(t, np.float64)
     logP = np.log(np.asarray(P, np.float64))
     a, b = idx[0], idx[-1]
@@ -348,7 +357,9 @@ def window_mean(t, values, start: float, end: float) -> np.ndarray:
     """Trapezoidal time average of ``values [T, ...]`` over the records in ``[start, end]``."""
     idx = window_indices(t, start, end)
     if idx.size < 2:
-        raise ValueError(f"the window [{start:g}, {end:g}] holds {idx.size} record times; need >= 2.")
+        raise ValueError(
+            f"the window [{start:g}, {end:g}] holds {idx.size} record times; need >= 2."
+        )
     ts = np.asarray(t, np.float64)[idx]
     v = np.asarray(values, np.float64)[idx]
     dt = np.diff(ts).reshape((-1,) + (1,) * (v.ndim - 1))
@@ -372,7 +383,7 @@ def pair_ratio_errors(slope, cos_delta, gamma_cell, groups) -> list[float]:
     for members in groups:
         gamma = float(np.mean(gamma_cell[members]))
         for pos, i in enumerate(members):
-            for j in members[pos + 1:]:
+            for j in members[pos + 1 :]:
                 predicted = gamma * (cos_delta[i] - cos_delta[j])
                 errors.append(float(abs((slope[i] - slope[j]) - predicted) / gamma))
     return errors
@@ -451,7 +462,9 @@ def _first_time(t, mask) -> float:
     return float(np.asarray(t)[hit[0]]) if hit.size else float("nan")
 
 
-def group_phases(t, obs, groups, *, align_threshold: float = 0.99, onset_fraction: float = 0.01) -> list[GroupPhases]:
+def group_phases(
+    t, obs, groups, *, align_threshold: float = 0.99, onset_fraction: float = 0.01
+) -> list[GroupPhases]:
     """Alignment done, unlocking onset and loss drop for each group (docs/theory.md §3–§5).
 
     P grows at rate ∝ cos δ_i from the start, so "onset" is read on the scale that matters: the
@@ -467,13 +480,15 @@ def group_phases(t, obs, groups, *, align_threshold: float = 0.99, onset_fractio
         median_cos = np.median(cos[:, members], axis=1)
         total = P[:, members].sum(axis=1)
         at_drop = np.interp(drop, t, total) if math.isfinite(drop) else np.nan
-        out.append(GroupPhases(
-            members=tuple(int(i) for i in members),
-            kappa=int(kappa[-1, members[0]]),
-            alignment_done=_first_time(t, median_cos >= align_threshold),
-            unlocking_onset=_first_time(t, total >= onset_fraction * at_drop),
-            loss_drop=drop,
-        ))
+        out.append(
+            GroupPhases(
+                members=tuple(int(i) for i in members),
+                kappa=int(kappa[-1, members[0]]),
+                alignment_done=_first_time(t, median_cos >= align_threshold),
+                unlocking_onset=_first_time(t, total >= onset_fraction * at_drop),
+                loss_drop=drop,
+            )
+        )
     return out
 
 
@@ -495,7 +510,9 @@ def loss_drop_estimate(data: TrainingData, sigma: float) -> float:
         raise ValueError(f"sigma must be > 0; got {sigma!r}.")
     rate = full_data_rate(data)
     if not rate > 0:
-        raise ValueError("the signed inputs sum to zero (Σ_s ỹ_s x_s = 0): no time scale to estimate.")
+        raise ValueError(
+            "the signed inputs sum to zero (Σ_s ỹ_s x_s = 0): no time scale to estimate."
+        )
     return math.log(1.0 / sigma**2) / rate
 
 
@@ -538,7 +555,9 @@ def make_check(name: str, predicted, measured, rel_error, tolerance: float, deta
     """A `Check` whose verdict is ``rel_error <= tolerance``."""
     rel_error = float(rel_error)
     passed = bool(math.isfinite(rel_error) and rel_error <= tolerance)
-    return Check(name, float(predicted), float(measured), rel_error, float(tolerance), passed, detail)
+    return Check(
+        name, float(predicted), float(measured), rel_error, float(tolerance), passed, detail
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -589,9 +608,19 @@ class CheckSettings:
             a, b = getattr(self, name)
             if not 0 <= a < b:
                 raise ValueError(f"{name} must be (a, b) with 0 <= a < b; got {(a, b)!r}.")
-        for name in ("angle_tolerance", "limit_angle_share", "stable_share", "align_threshold", "onset_fraction",
-                     "rate_tolerance", "identity_tolerance", "window_identity_tolerance", "drift_tolerance",
-                     "race_tolerance", "share_tolerance"):
+        for name in (
+            "angle_tolerance",
+            "limit_angle_share",
+            "stable_share",
+            "align_threshold",
+            "onset_fraction",
+            "rate_tolerance",
+            "identity_tolerance",
+            "window_identity_tolerance",
+            "drift_tolerance",
+            "race_tolerance",
+            "share_tolerance",
+        ):
             value = getattr(self, name)
             if value is None and name == "identity_tolerance":
                 continue
@@ -638,16 +667,26 @@ def identity_errors(traj, data: TrainingData) -> dict:
     ratio_m, ratio_p = (np.asarray(a, np.float64) for a in ident.ratio)
     dP_m, dP_p = (np.asarray(a, np.float64) for a in ident.dP)
     w_norm = np.linalg.norm(np.asarray(traj.snapshots.W, np.float64), axis=-1)
-    speed_err = _max_scaled(np.maximum(np.abs(norm_m - norm_p), np.abs(ang_m - ang_p) * w_norm),
-                            np.asarray(ident.speed_scale, np.float64))
+    speed_err = _max_scaled(
+        np.maximum(np.abs(norm_m - norm_p), np.abs(ang_m - ang_p) * w_norm),
+        np.asarray(ident.speed_scale, np.float64),
+    )
     tilted = np.abs(norm_p) > 1e-3 * np.asarray(ident.speed_scale, np.float64)
     ratio_err = _max_scaled(np.where(tilted, np.abs(ratio_m - ratio_p), 0.0), np.abs(ratio_p))
     dP_err = _max_scaled(np.abs(dP_m - dP_p), np.asarray(ident.dP_scale, np.float64))
     live = np.asarray(ident.speed_scale[0]) > 0  # neurons with a non-empty cell at t = 0
-    first_ratio = (float(np.median(ratio_m[0][live])), float(np.median(ratio_p[0][live]))) if live.any() else (
-        float("nan"), float("nan"))
-    return {"speed": float(speed_err), "ratio": float(ratio_err), "dP": float(dP_err),
-            "median_ratio_at_init": first_ratio, "snapshots": int(w_norm.shape[0])}
+    first_ratio = (
+        (float(np.median(ratio_m[0][live])), float(np.median(ratio_p[0][live])))
+        if live.any()
+        else (float("nan"), float("nan"))
+    )
+    return {
+        "speed": float(speed_err),
+        "ratio": float(ratio_err),
+        "dP": float(dP_err),
+        "median_ratio_at_init": first_ratio,
+        "snapshots": int(w_norm.shape[0]),
+    }
 
 
 def _max_scaled(error, scale) -> float:
@@ -686,8 +725,10 @@ class Phase1State(NamedTuple):
 @jax.jit
 def target_angles(params: Params, data: TrainingData) -> tuple[jax.Array, jax.Array]:
     """(∠(w_i, T_κ(g_i)), ∠(w_i, second-order target)) per neuron (docs/theory.md §3, Appendix C.3)."""
-    return (angle_to(params.W, current_targets(params, data)),
-            angle_to(params.W, second_order_targets(params, data)))
+    return (
+        angle_to(params.W, current_targets(params, data)),
+        angle_to(params.W, second_order_targets(params, data)),
+    )
 
 
 @jax.jit
@@ -717,7 +758,9 @@ def phase1_state(params: Params, params0: Params, data: TrainingData) -> Phase1S
     )
 
 
-def phase1_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettings) -> tuple[list[Check], dict]:
+def phase1_checks(
+    traj, data: TrainingData, t_drop: float, settings: CheckSettings
+) -> tuple[list[Check], dict]:
     """Limit angles and stable cells before the loss drops; targets and their refinements."""
     k = _last_snapshot_before(traj, settings.check_fraction * t_drop)
     t_check = float(np.asarray(traj.snapshot_t)[k])
@@ -726,21 +769,34 @@ def phase1_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettin
     off, dead = state.limit_error, state.dead
     share = float(np.mean(off <= settings.angle_tolerance))
     stable, stable_bias = float(state.stable.mean()), float(state.stable_with_bias.mean())
-    bias_ratio = float(np.max(np.abs(np.asarray(params.b)) / np.linalg.norm(np.asarray(params.W), axis=1)))
+    bias_ratio = float(
+        np.max(np.abs(np.asarray(params.b)) / np.linalg.norm(np.asarray(params.W), axis=1))
+    )
     checks = [
         make_check(
-            "phase1.limit_angle", settings.limit_angle_share, share, 1.0 - share, 1.0 - settings.limit_angle_share,
+            "phase1.limit_angle",
+            settings.limit_angle_share,
+            share,
+            1.0 - share,
+            1.0 - settings.limit_angle_share,
             f"share of neurons with |φ_i − limit| <= {settings.angle_tolerance} rad at t = {t_check:.4g} "
             f"({t_check / t_drop:.2f}·t_drop); limit −π/4 or 3π/4 by the sign of Σ_s a_i(s) ỹ_s at that time; "
             f"median |φ_i − limit| = {np.median(off):.3g} rad; {int(dead.sum())} dead neuron(s)",
         ),
         make_check(
-            "phase1.stable_cell", settings.stable_share, stable, 1.0 - stable, 1.0 - settings.stable_share,
+            "phase1.stable_cell",
+            settings.stable_share,
+            stable,
+            1.0 - stable,
+            1.0 - settings.stable_share,
             f"share of neurons at t = {t_check:.4g} whose cell passes gate(T_κ(g)) == g (b = 0 cells, κ from "
             f"v_i); another {state.two_cycle.mean():.3f} sit on a 2-cycle of the target map",
         ),
         make_check(
-            "phase1.stable_cell_with_bias", settings.stable_share, stable_bias, 1.0 - stable_bias,
+            "phase1.stable_cell_with_bias",
+            settings.stable_share,
+            stable_bias,
+            1.0 - stable_bias,
             1.0 - settings.stable_share,
             f"the same test on inputs (x, 1) with weights (w_i, b_i): the cells the trained biases "
             f"actually cut (max |b_i|/‖w_i‖ = {bias_ratio:.3g})",
@@ -754,7 +810,8 @@ def phase1_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettin
         "limit_angle_error_rad": {"median": float(np.median(off)), "max": float(np.max(off))},
         "kappa_predicted_at_init_matches": float(np.mean(state.kappa_now == state.kappa_init)),
         "limit_angle_share_of_live_neurons": float(np.mean(off[~dead] <= settings.angle_tolerance))
-        if np.any(~dead) else float("nan"),
+        if np.any(~dead)
+        else float("nan"),
         "dead_neurons": int(dead.sum()),
         "weak_drive_neurons": int(np.sum(drive < 1e-6 * np.max(drive))),
         "stable_share": stable,
@@ -779,51 +836,76 @@ def phase1_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettin
 
 def _quantiles(values) -> dict:
     v = np.asarray(values, np.float64)
-    return {"median": float(np.median(v)), "q10": float(np.quantile(v, 0.1)), "q90": float(np.quantile(v, 0.9))}
+    return {
+        "median": float(np.median(v)),
+        "q10": float(np.quantile(v, 0.1)),
+        "q90": float(np.quantile(v, 0.9)),
+    }
 
 
-def phase2_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettings) -> tuple[list[Check], dict]:
+def phase2_checks(
+    traj, data: TrainingData, t_drop: float, settings: CheckSettings
+) -> tuple[list[Check], dict]:
     """Unlocking rates over the rate window against the measured growth of log P (docs/theory.md §4)."""
     a, b = (f * t_drop for f in settings.rate_window)
     st = np.asarray(traj.snapshot_t, np.float64)
     idx = window_indices(st, a, b)
     if idx.size < 2:
-        why = (f"only {idx.size} snapshot(s) in the rate window [{a:.4g}, {b:.4g}]: record more snapshots "
-               "or a longer horizon")
+        why = (
+            f"only {idx.size} snapshot(s) in the rate window [{a:.4g}, {b:.4g}]: record more snapshots "
+            "or a longer horizon"
+        )
         names = ("phase2.unlocking_rate", "phase2.rate_identity")
         return [_nan_check(n, settings.rate_tolerance, why) for n in names], {}
     rates = _unlocking_rates_all(_snapshots(traj, idx), data)
     ts = st[idx]
     slope = log_growth_slope(ts, rates.P, ts[0], ts[-1])
     slope_aug = log_growth_slope(ts, rates.P_augmented, ts[0], ts[-1])
-    mean = {name: window_mean(ts, getattr(rates, name), ts[0], ts[-1])
-            for name in ("small_init", "q_form", "augmented_exact", "augmented_small_init")}
+    mean = {
+        name: window_mean(ts, getattr(rates, name), ts[0], ts[-1])
+        for name in ("small_init", "q_form", "augmented_exact", "augmented_small_init")
+    }
     k0 = _nearest_record(traj, ts[0])
     aligned = np.asarray(traj.observables.cos_target[k0]) >= settings.align_threshold
     aligned &= mean["small_init"] > 0
     window = f"[{ts[0]:.4g}, {ts[-1]:.4g}] ({settings.rate_window[0]:g}–{settings.rate_window[1]:g}·t_drop)"
-    report = {"window": [float(ts[0]), float(ts[-1])], "aligned_neurons": int(aligned.sum()),
-              "neurons": int(aligned.size)}
+    report = {
+        "window": [float(ts[0]), float(ts[-1])],
+        "aligned_neurons": int(aligned.sum()),
+        "neurons": int(aligned.size),
+    }
 
     def rel(pred, meas):
         return np.abs(pred - meas) / np.abs(meas)
 
     if not aligned.any():
         why = f"no neuron has cos δ >= {settings.align_threshold} at the start of the rate window {window}"
-        return [_nan_check("phase2.unlocking_rate", settings.rate_tolerance, why),
-                _nan_check("phase2.rate_identity", settings.window_identity_tolerance, why)], report
-    errors = {name: rel(mean[name][aligned], (slope_aug if name.startswith("augmented") else slope)[aligned])
-              for name in mean}
+        return [
+            _nan_check("phase2.unlocking_rate", settings.rate_tolerance, why),
+            _nan_check("phase2.rate_identity", settings.window_identity_tolerance, why),
+        ], report
+    errors = {
+        name: rel(
+            mean[name][aligned], (slope_aug if name.startswith("augmented") else slope)[aligned]
+        )
+        for name in mean
+    }
     growing = (mean["small_init"] > 0) & (slope > 0)
     report["median_rel_error_small_init_all_growing"] = (
-        float(np.median(rel(mean["small_init"][growing], slope[growing]))) if growing.any() else float("nan"))
+        float(np.median(rel(mean["small_init"][growing], slope[growing])))
+        if growing.any()
+        else float("nan")
+    )
     report["growing_neurons"] = int(growing.sum())
     for name, err in errors.items():
         report[f"median_rel_error_{name}"] = float(np.median(err))
     checks = [
         make_check(
-            "phase2.unlocking_rate", float(np.median(mean["small_init"][aligned])), float(np.median(slope[aligned])),
-            float(np.median(errors["small_init"])), settings.rate_tolerance,
+            "phase2.unlocking_rate",
+            float(np.median(mean["small_init"][aligned])),
+            float(np.median(slope[aligned])),
+            float(np.median(errors["small_init"])),
+            settings.rate_tolerance,
             f"γ_i = (√2/N)‖Σ_(E_i) ỹ x‖ cos δ_i averaged over {window} vs the secant slope of log P_i there; "
             f"median over {int(aligned.sum())} of {aligned.size} neurons aligned (cos δ >= "
             f"{settings.align_threshold}); exact b = 0 form √(4P²+Q²)‖e‖cos δ/P: median error "
@@ -831,8 +913,10 @@ def phase2_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettin
             f"{np.median(errors['augmented_small_init']):.3g}",
         ),
         make_check(
-            "phase2.rate_identity", float(np.median(mean["augmented_exact"][aligned])),
-            float(np.median(slope_aug[aligned])), float(np.max(errors["augmented_exact"])),
+            "phase2.rate_identity",
+            float(np.median(mean["augmented_exact"][aligned])),
+            float(np.median(slope_aug[aligned])),
+            float(np.max(errors["augmented_exact"])),
             settings.window_identity_tolerance,
             f"d log P̃_i/dt = √(4P̃²+Q²)‖ẽ‖cos δ̃/P̃ for (w_i, b_i) on inputs (x, 1) (exact), trapezoid "
             f"average over {idx.size} snapshots vs the secant slope of log P̃_i; max over aligned neurons",
@@ -840,12 +924,14 @@ def phase2_checks(traj, data: TrainingData, t_drop: float, settings: CheckSettin
     ]
     obs = traj.observables
     k1 = _nearest_record(traj, ts[-1])
-    cos_mean = np.mean(np.asarray(obs.cos_target[k0:k1 + 1], np.float64), axis=0)
+    cos_mean = np.mean(np.asarray(obs.cos_target[k0 : k1 + 1], np.float64), axis=0)
     gamma_cell = math.sqrt(2.0) * np.asarray(obs.target_strength[k0], np.float64)
     groups = neuron_groups(obs.kappa[k0], obs.cell_hash[k0], active=obs.active[k0])
     pair_err = pair_ratio_errors(slope, cos_mean, gamma_cell, groups)
-    report["pair_ratio"] = {"pairs": len(pair_err),
-                            "median_abs_error_over_group_rate": float(np.median(pair_err)) if pair_err else None}
+    report["pair_ratio"] = {
+        "pairs": len(pair_err),
+        "median_abs_error_over_group_rate": float(np.median(pair_err)) if pair_err else None,
+    }
     return checks, report
 
 
@@ -868,7 +954,9 @@ def phase3_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[list[Ch
     cvs, weights, eps_cv, inhibition = [], [], [], []
     hashes = np.asarray(obs.cell_hash)[idx]
     for members in groups:
-        stay = np.all(hashes[:, members] == hashes[:1, members], axis=1)  # records with the group intact
+        stay = np.all(
+            hashes[:, members] == hashes[:1, members], axis=1
+        )  # records with the group intact
         if stay.sum() < 2:
             continue
         ratio = rate[stay][:, members] / cos[stay][:, members]
@@ -881,10 +969,19 @@ def phase3_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[list[Ch
         why = "no group keeps its cell for two records of the race window"
         return [_nan_check(name, settings.race_tolerance, why)], {"groups": len(groups)}
     cv = float(np.average(cvs, weights=weights))
-    report = {"groups": len(cvs), "group_sizes": weights, "race_ratio_cv": cvs, "epsilon_cv": eps_cv,
-              "rank_correlation_epsilon_vs_total_P": inhibition}
+    report = {
+        "groups": len(cvs),
+        "group_sizes": weights,
+        "race_ratio_cv": cvs,
+        "epsilon_cv": eps_cv,
+        "rank_correlation_epsilon_vs_total_P": inhibition,
+    }
     check = make_check(
-        name, 0.0, cv, cv, settings.race_tolerance,
+        name,
+        0.0,
+        cv,
+        cv,
+        settings.race_tolerance,
         f"within-group coefficient of variation of (d log P_i/dt)/cos δ_i over [{a:.4g}, {b:.4g}] "
         f"({settings.race_window[0]:g}–{settings.race_window[1]:g}·t_drop), median over time, averaged over "
         f"{len(cvs)} groups weighted by size; shared ε_G: median CV of ‖e_i‖ {np.median(eps_cv):.3g}; "
@@ -900,14 +997,25 @@ def phase_order_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[li
     k = _nearest_record(traj, settings.check_fraction * t_drop)
     alive = np.asarray(obs.active[k]) > 0
     groups = neuron_groups(obs.kappa[k], obs.cell_hash[k], active=obs.active[k], min_size=1)
-    phases = group_phases(traj.t, obs, groups, align_threshold=settings.align_threshold,
-                          onset_fraction=settings.onset_fraction)
+    phases = group_phases(
+        traj.t,
+        obs,
+        groups,
+        align_threshold=settings.align_threshold,
+        onset_fraction=settings.onset_fraction,
+    )
     sizes = np.array([len(g.members) for g in phases], np.float64)
-    in_order = np.array([g.alignment_done <= g.unlocking_onset for g in phases])  # NaN compares False
+    in_order = np.array(
+        [g.alignment_done <= g.unlocking_onset for g in phases]
+    )  # NaN compares False
     share = float(np.sum(sizes * in_order) / np.sum(sizes))
     table = [dataclasses.asdict(g) for g in phases]
     check = make_check(
-        "phases.silent_alignment", 1.0, share, 1.0 - share, settings.share_tolerance,
+        "phases.silent_alignment",
+        1.0,
+        share,
+        1.0 - share,
+        settings.share_tolerance,
         f"share of neurons whose group (same κ and cell at t = {float(np.asarray(traj.t)[k]):.4g}) reaches "
         f"median cos δ >= {settings.align_threshold} before Σ_G P reaches {settings.onset_fraction:g} of its "
         f"loss-drop value (unlocking onset); {len(phases)} groups; loss drop at {t_drop:.4g}; "
@@ -916,8 +1024,9 @@ def phase_order_checks(traj, t_drop: float, settings: CheckSettings) -> tuple[li
     return [check], {"groups": table}
 
 
-def validate_trajectory(traj, data: TrainingData, *,
-                        settings: CheckSettings = CheckSettings()) -> tuple[list[Check], dict]:
+def validate_trajectory(
+    traj, data: TrainingData, *, settings: CheckSettings = CheckSettings()
+) -> tuple[list[Check], dict]:
     """Every check of docs/theory.md §2–§5 on one gradient-flow `Trajectory` (with snapshots).
 
     The trajectory should run past the loss drop and carry snapshots dense enough for the rate
@@ -933,19 +1042,40 @@ def validate_trajectory(traj, data: TrainingData, *,
     drift = float(np.max(np.asarray(balance_drift(obs))))
     ident = identity_errors(traj, data)
     checks = [
-        make_check("balance_drift", 0.0, drift, drift, settings.drift_tolerance,
-                   "max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) (docs/theory.md §2; integration error)"),
-        make_check("lemma_3_9", ident["median_ratio_at_init"][1], ident["median_ratio_at_init"][0],
-                   max(ident["speed"], ident["ratio"]), identity_tol,
-                   f"|dŵ/dt| and d‖w‖/dt from the vector field vs (‖v‖/‖w‖)‖e‖ sin δ and ‖v‖‖e‖ cos δ, and "
-                   f"their ratio vs tan δ/‖w‖, at {ident['snapshots']} snapshots; predicted/measured: median "
-                   f"ratio at t = 0"),
-        make_check("dP_identity", 0.0, ident["dP"], ident["dP"], identity_tol,
-                   "dP_i/dt from the vector field vs (‖w‖²+‖v‖²)(e·ŵ) + ‖w‖ b β (docs/theory.md §4), max relative error"),
+        make_check(
+            "balance_drift",
+            0.0,
+            drift,
+            drift,
+            settings.drift_tolerance,
+            "max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) (docs/theory.md §2; integration error)",
+        ),
+        make_check(
+            "lemma_3_9",
+            ident["median_ratio_at_init"][1],
+            ident["median_ratio_at_init"][0],
+            max(ident["speed"], ident["ratio"]),
+            identity_tol,
+            f"|dŵ/dt| and d‖w‖/dt from the vector field vs (‖v‖/‖w‖)‖e‖ sin δ and ‖v‖‖e‖ cos δ, and "
+            f"their ratio vs tan δ/‖w‖, at {ident['snapshots']} snapshots; predicted/measured: median "
+            f"ratio at t = 0",
+        ),
+        make_check(
+            "dP_identity",
+            0.0,
+            ident["dP"],
+            ident["dP"],
+            identity_tol,
+            "dP_i/dt from the vector field vs (‖w‖²+‖v‖²)(e·ŵ) + ‖w‖ b β (docs/theory.md §4), max relative error",
+        ),
     ]
     report: dict = {"t_drop": t_drop, "identities": ident, "balance_drift": drift}
     if not math.isfinite(t_drop):
-        checks.append(_nan_check("loss_drop", 0.0, "the loss never fell by half of its decrease: extend the horizon"))
+        checks.append(
+            _nan_check(
+                "loss_drop", 0.0, "the loss never fell by half of its decrease: extend the horizon"
+            )
+        )
         return checks, report
     for name, (found, part) in {
         "phase1": phase1_checks(traj, data, t_drop, settings),

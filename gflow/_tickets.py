@@ -66,7 +66,9 @@ def _check_pair(x, y) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if x.shape != y.shape:
-        raise ValueError(f"rank correlation needs two arrays of equal length; got {x.size} and {y.size}.")
+        raise ValueError(
+            f"rank correlation needs two arrays of equal length; got {x.size} and {y.size}."
+        )
     if x.size < 3:
         raise ValueError(f"rank correlation needs at least 3 pairs; got {x.size}.")
     return x, y
@@ -172,11 +174,16 @@ def alignment_to_cell_target(params: Params, data: TrainingData, kappa: jax.Arra
 def snip_saliency(params: Params, data: TrainingData) -> jax.Array:
     """SNIP per neuron: Σ_{θ ∈ (w_i, b_i, v_i)} |θ ∂L/∂θ|, ``[d]`` (full-batch gradient)."""
     g = jax.grad(loss)(params, data.x, data.y)
-    return (jnp.sum(jnp.abs(params.W * g.W), axis=1) + jnp.abs(params.b * g.b)
-            + jnp.sum(jnp.abs(params.V * g.V), axis=1))
+    return (
+        jnp.sum(jnp.abs(params.W * g.W), axis=1)
+        + jnp.abs(params.b * g.b)
+        + jnp.sum(jnp.abs(params.V * g.V), axis=1)
+    )
 
 
-def neuron_scores(params0: Params, obs_early: Observables, data: TrainingData) -> dict[str, np.ndarray]:
+def neuron_scores(
+    params0: Params, obs_early: Observables, data: TrainingData
+) -> dict[str, np.ndarray]:
     """Per-neuron predictors of the final P_i (module docstring), each ``[d]`` float64.
 
     Args:
@@ -184,7 +191,9 @@ def neuron_scores(params0: Params, obs_early: Observables, data: TrainingData) -
         obs_early: `Observables` recorded at the chosen early time (no time axis).
         data: `TrainingData`.
     """
-    return {k: np.asarray(v, dtype=np.float64) for k, v in _scores(params0, obs_early, data).items()}
+    return {
+        k: np.asarray(v, dtype=np.float64) for k, v in _scores(params0, obs_early, data).items()
+    }
 
 
 @jax.jit
@@ -224,7 +233,9 @@ def kept_by_imp(mask_W: np.ndarray) -> np.ndarray:
     return m.mean(axis=1) >= m.mean()
 
 
-def score_quality(scores: dict, final_P, *, imp_mask_W=None, permutations: int = 9999, seed: int = 0) -> dict[str, ScoreQuality]:
+def score_quality(
+    scores: dict, final_P, *, imp_mask_W=None, permutations: int = 9999, seed: int = 0
+) -> dict[str, ScoreQuality]:
     """Spearman(score, log P_final) with a permutation p-value, and AUC for IMP-kept neurons.
 
     ``final_P`` must be positive (log); zero entries (dead neurons) are clipped to the

@@ -56,17 +56,37 @@ QUICK_SEEDS = 2
 
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     """Options every experiment script shares."""
-    p = argparse.ArgumentParser(prog=name, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for tests and smoke runs")
-    p.add_argument("--dataset", default="mnist", metavar="SPEC",
-                   help="mnist (embedded digits, default) or cifar:PATH (cifar-10-batches-py folder or npz)")
+    p = argparse.ArgumentParser(
+        prog=name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes (seconds), for tests and smoke runs"
+    )
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        metavar="SPEC",
+        help="mnist (embedded digits, default) or cifar:PATH (cifar-10-batches-py folder or npz)",
+    )
     p.add_argument("--out", default=f"gflow-out/{name}", metavar="DIR", help="output folder")
-    p.add_argument("--learning-rate", type=float, default=LEARNING_RATE, help=f"SGD step η (default {LEARNING_RATE})")
-    p.add_argument("--momentum", type=float, default=MOMENTUM, help=f"momentum β (default {MOMENTUM})")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"mini-batch B (default {BATCH_SIZE})")
-    p.add_argument("--time", type=float, default=None,
-                   help=f"flow time t = kη/(1−β) to train for (default {FLOW_TIME:g}; quick {QUICK_TIME:g})")
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=LEARNING_RATE,
+        help=f"SGD step η (default {LEARNING_RATE})",
+    )
+    p.add_argument(
+        "--momentum", type=float, default=MOMENTUM, help=f"momentum β (default {MOMENTUM})"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=BATCH_SIZE, help=f"mini-batch B (default {BATCH_SIZE})"
+    )
+    p.add_argument(
+        "--time",
+        type=float,
+        default=None,
+        help=f"flow time t = kη/(1−β) to train for (default {FLOW_TIME:g}; quick {QUICK_TIME:g})",
+    )
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset subsample")
     return p
@@ -97,17 +117,28 @@ def load(spec: str, n_samples: int, *, seed: int = 0) -> gflow.Dataset:
     if spec == "mnist":
         return gflow.mnist_default(n_per_class=n_samples // 2, seed=seed)
     if spec.startswith("cifar:"):
-        return gflow.cifar_binary(spec.split(":", 1)[1], n_per_class=n_samples // 2,
-                                  test_per_class=CIFAR_TEST_PER_CLASS, seed=seed)
+        return gflow.cifar_binary(
+            spec.split(":", 1)[1],
+            n_per_class=n_samples // 2,
+            test_per_class=CIFAR_TEST_PER_CLASS,
+            seed=seed,
+        )
     raise SystemExit(f"--dataset must be 'mnist' or 'cifar:PATH'; got {spec!r}")
 
 
-def schedule(flow_time: float, learning_rate: float, momentum: float, records: int,
-             snapshot_every: int | None = None) -> SGDConfig:
+def schedule(
+    flow_time: float,
+    learning_rate: float,
+    momentum: float,
+    records: int,
+    snapshot_every: int | None = None,
+) -> SGDConfig:
     """An `SGDConfig` reaching ``flow_time`` with ``records`` equally spaced records."""
     per_step = learning_rate / (1.0 - momentum)
     record_every = max(1, math.ceil(flow_time / per_step / records))
-    return SGDConfig(steps=record_every * records, record_every=record_every, snapshot_every=snapshot_every)
+    return SGDConfig(
+        steps=record_every * records, record_every=record_every, snapshot_every=snapshot_every
+    )
 
 
 def lane_keys(seeds) -> tuple[jax.Array, jax.Array]:
@@ -131,20 +162,27 @@ def _init_lanes(k_init, sigmas, width: int, dim: int, dtype):
 @jax.jit
 def evaluate(params: gflow.Params, data) -> dict:
     """Final training loss, train and test accuracy of one network (one compilation per shape)."""
-    return {"final_loss": gflow.loss(params, data.x, data.y),
-            "train_accuracy": gflow.accuracy(params, data.x, data.y),
-            "test_accuracy": gflow.accuracy(params, data.x_test, data.y_test)}
+    return {
+        "final_loss": gflow.loss(params, data.x, data.y),
+        "train_accuracy": gflow.accuracy(params, data.x, data.y),
+        "test_accuracy": gflow.accuracy(params, data.x_test, data.y_test),
+    }
 
 
-def train_lanes(data, params0: gflow.Params, seeds, *, learning_rate, momentum, batch_size, config: SGDConfig):
+def train_lanes(
+    data, params0: gflow.Params, seeds, *, learning_rate, momentum, batch_size, config: SGDConfig
+):
     """`train_sgd` vmapped over lanes; returns the `Trajectory` (leading lane axis) and the
     indices of the lanes that finished cleanly (a diverged lane is reported, not raised)."""
     import dataclasses
 
     config = dataclasses.replace(config, batch_size=batch_size)
     _, k_batch = lane_keys(seeds)
-    traj = jax.vmap(lambda p, k: train_sgd(p, k, data, learning_rate=learning_rate, momentum=momentum,
-                                           config=config, throw=False))(params0, k_batch)
+    traj = jax.vmap(
+        lambda p, k: train_sgd(
+            p, k, data, learning_rate=learning_rate, momentum=momentum, config=config, throw=False
+        )
+    )(params0, k_batch)
     traj = jax.block_until_ready(traj)
     status = np.asarray(traj.status)
     if np.any(status != OK):
@@ -152,7 +190,9 @@ def train_lanes(data, params0: gflow.Params, seeds, *, learning_rate, momentum, 
     return traj, np.nonzero(status == OK)[0]
 
 
-def train_final(data, params0: gflow.Params, seeds, *, learning_rate, momentum, batch_size, steps: int):
+def train_final(
+    data, params0: gflow.Params, seeds, *, learning_rate, momentum, batch_size, steps: int
+):
     """Final parameters only, per lane: the same SGD steps and batches as `train_sgd` with the
     same keys (`gflow._imp.train_masked` with a mask that keeps everything), without the
     recording machinery, which dominates compile time in a sweep of shapes. Returns the final
@@ -161,13 +201,32 @@ def train_final(data, params0: gflow.Params, seeds, *, learning_rate, momentum, 
 
     _, k_batch = lane_keys(seeds)
     mask = dense_mask(lane(params0, 0))
-    final = jax.vmap(lambda p, k: train_masked(p, k, data, mask, learning_rate=learning_rate, momentum=momentum,
-                                               steps=steps, batch_size=batch_size))(params0, k_batch)
+    final = jax.vmap(
+        lambda p, k: train_masked(
+            p,
+            k,
+            data,
+            mask,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            steps=steps,
+            batch_size=batch_size,
+        )
+    )(params0, k_batch)
     final = jax.block_until_ready(final)
-    finite = np.all(np.stack([np.all(np.isfinite(np.asarray(a)).reshape(len(seeds), -1), axis=1)
-                              for a in jax.tree.leaves(final)]), axis=0)
+    finite = np.all(
+        np.stack(
+            [
+                np.all(np.isfinite(np.asarray(a)).reshape(len(seeds), -1), axis=1)
+                for a in jax.tree.leaves(final)
+            ]
+        ),
+        axis=0,
+    )
     if not np.all(finite):
-        print(f"warning: {int(np.sum(~finite))} of {len(seeds)} runs diverged (non-finite weights); left out")
+        print(
+            f"warning: {int(np.sum(~finite))} of {len(seeds)} runs diverged (non-finite weights); left out"
+        )
     return final, np.nonzero(finite)[0]
 
 
@@ -245,6 +304,14 @@ class Clock:
 
 def settings(args, **extra) -> dict:
     """The run's settings, for the JSON record."""
-    return {"dataset": args.dataset, "quick": args.quick, "learning_rate": args.learning_rate,
-            "momentum": args.momentum, "batch_size": args.batch_size, "flow_time": flow_time_of(args),
-            "data_seed": args.data_seed, "jax_backend": jax.default_backend(), **extra}
+    return {
+        "dataset": args.dataset,
+        "quick": args.quick,
+        "learning_rate": args.learning_rate,
+        "momentum": args.momentum,
+        "batch_size": args.batch_size,
+        "flow_time": flow_time_of(args),
+        "data_seed": args.data_seed,
+        "jax_backend": jax.default_backend(),
+        **extra,
+    }

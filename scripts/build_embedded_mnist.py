@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     digest = hashlib.sha256(args.csv_gz.read_bytes()).hexdigest()
     if digest != EXPECTED_SHA256:
-        print(f"warning: {args.csv_gz} has sha256 {digest}, expected {EXPECTED_SHA256}", file=sys.stderr)
+        print(
+            f"warning: {args.csv_gz} has sha256 {digest}, expected {EXPECTED_SHA256}",
+            file=sys.stderr,
+        )
     pixels, labels = read_csv_digits(args.csv_gz)
     if pixels.dtype != np.uint8 or pixels.shape != (5000, 784):
         raise SystemExit(f"expected uint8 pixels [5000, 784]; got {pixels.dtype} {pixels.shape}")
@@ -51,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = labels.astype(np.uint8)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, pixels=pixels, labels=labels)
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes); "
-          f"source sha256 {digest}; array content sha256 {content_sha256(pixels, labels)}")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size} bytes); "
+        f"source sha256 {digest}; array content sha256 {content_sha256(pixels, labels)}"
+    )
     return 0
 
 

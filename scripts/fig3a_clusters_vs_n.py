@@ -31,10 +31,18 @@ NAME = "fig3a_clusters_vs_n"
 
 def parse(argv):
     p = _paper.base_parser(NAME, __doc__)
-    p.add_argument("--widths", default=None, help="comma-separated d (default 30,100,300; quick 8,16)")
-    p.add_argument("--sizes", default=None, help="comma-separated N (default 100,200,400,800,1600; quick 32,64)")
+    p.add_argument(
+        "--widths", default=None, help="comma-separated d (default 30,100,300; quick 8,16)"
+    )
+    p.add_argument(
+        "--sizes",
+        default=None,
+        help="comma-separated N (default 100,200,400,800,1600; quick 32,64)",
+    )
     p.add_argument("--sigma", type=float, default=_paper.SIGMA, help="init scale σ (default 1e-5)")
-    p.add_argument("--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)")
+    p.add_argument(
+        "--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)"
+    )
     args = p.parse_args(argv)
     _paper.check_args(args)
     return args
@@ -48,7 +56,9 @@ def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
     widths = _ints(args.widths, (8, 16) if args.quick else (30, 100, 300))
-    sizes = _ints(args.sizes, (32, _paper.QUICK_SAMPLES) if args.quick else (100, 200, 400, 800, 1600))
+    sizes = _ints(
+        args.sizes, (32, _paper.QUICK_SAMPLES) if args.quick else (100, 200, 400, 800, 1600)
+    )
     seeds = list(range(args.seeds or (_paper.QUICK_SEEDS if args.quick else 3)))
     steps = _paper.schedule(_paper.flow_time_of(args), args.learning_rate, args.momentum, 1).steps
     clock = _paper.Clock()
@@ -58,27 +68,52 @@ def main(argv=None) -> int:
         data = training_data(dataset)
         for d in widths:
             params0 = _paper.init_lanes(seeds, args.sigma, d, dataset.dim)
-            finals, ok = _paper.train_final(data, params0, seeds, learning_rate=args.learning_rate,
-                                            momentum=args.momentum, batch_size=args.batch_size, steps=steps)
+            finals, ok = _paper.train_final(
+                data,
+                params0,
+                seeds,
+                learning_rate=args.learning_rate,
+                momentum=args.momentum,
+                batch_size=args.batch_size,
+                steps=steps,
+            )
             clock.lap("training")
             for i in ok:
                 final = _paper.lane(finals, i)
                 clusters = neuron_clusters(final, threshold=args.tau)
                 metrics = {k: float(v) for k, v in _paper.evaluate(final, data).items()}
-                rows.append({"N": n, "d": d, "seed": seeds[i], "clusters": clusters.count, **metrics})
+                rows.append(
+                    {"N": n, "d": d, "seed": seeds[i], "clusters": clusters.count, **metrics}
+                )
             clock.lap("clustering")
-            print(f"N={n:5d} d={d:4d}: clusters " + ", ".join(str(r["clusters"]) for r in rows if r["N"] == n and r["d"] == d))
+            print(
+                f"N={n:5d} d={d:4d}: clusters "
+                + ", ".join(str(r["clusters"]) for r in rows if r["N"] == n and r["d"] == d)
+            )
     summary = []
     for d in widths:
         for n in sizes:
             c = np.array([r["clusters"] for r in rows if r["N"] == n and r["d"] == d], dtype=float)
-            summary.append({"d": d, "N": n, "seeds": c.size, "clusters_mean": c.mean() if c.size else np.nan,
-                            "clusters_std": c.std() if c.size else np.nan})
+            summary.append(
+                {
+                    "d": d,
+                    "N": n,
+                    "seeds": c.size,
+                    "clusters_mean": c.mean() if c.size else np.nan,
+                    "clusters_std": c.std() if c.size else np.nan,
+                }
+            )
     fig, (ax,) = _paper.figure()
     for d in widths:
         s = [r for r in summary if r["d"] == d]
-        line = ax.errorbar([r["N"] for r in s], [r["clusters_mean"] for r in s], yerr=[r["clusters_std"] for r in s],
-                           marker="o", capsize=3, label=f"d = {d}")
+        line = ax.errorbar(
+            [r["N"] for r in s],
+            [r["clusters_mean"] for r in s],
+            yerr=[r["clusters_std"] for r in s],
+            marker="o",
+            capsize=3,
+            label=f"d = {d}",
+        )
         ax.axhline(d, color=line[0].get_color(), ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -86,17 +121,36 @@ def main(argv=None) -> int:
     ax.minorticks_off()
     ax.set_xlabel("training samples N")
     ax.set_ylabel(f"clusters at τ = {args.tau:g} (end of training)")
-    ax.set_title(f"{dataset.name.split('-')[0]}: effective capacity vs N ({len(seeds)} seeds)", fontsize=9)
+    ax.set_title(
+        f"{dataset.name.split('-')[0]}: effective capacity vs N ({len(seeds)} seeds)", fontsize=9
+    )
     ax.legend(fontsize=8)
     _paper.save(fig, out / f"{NAME}.png")
-    checks = {"clusters_at_most_width": all(r["clusters"] <= r["d"] for r in rows),
-              "all_lanes_finished": len(rows) == len(sizes) * len(widths) * len(seeds)}
+    checks = {
+        "clusters_at_most_width": all(r["clusters"] <= r["d"] for r in rows),
+        "all_lanes_finished": len(rows) == len(sizes) * len(widths) * len(seeds),
+    }
     clock.lap("plotting")
     _paper.write_csv(out / f"{NAME}.csv", rows)
-    _paper.write_json(out / f"{NAME}.json", {
-        "figure": "3a", "settings": _paper.settings(args, widths=widths, sizes=sizes, seeds=seeds, sigma=args.sigma,
-                                                      tau=args.tau, steps=steps),
-        "rows": rows, "summary": summary, "checks": checks, "seconds": clock.seconds})
+    _paper.write_json(
+        out / f"{NAME}.json",
+        {
+            "figure": "3a",
+            "settings": _paper.settings(
+                args,
+                widths=widths,
+                sizes=sizes,
+                seeds=seeds,
+                sigma=args.sigma,
+                tau=args.tau,
+                steps=steps,
+            ),
+            "rows": rows,
+            "summary": summary,
+            "checks": checks,
+            "seconds": clock.seconds,
+        },
+    )
     return 0 if all(checks.values()) else 1
 
 

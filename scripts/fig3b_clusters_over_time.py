@@ -33,10 +33,16 @@ DROP_FRACTION = 0.05
 
 def parse(argv):
     p = _paper.base_parser(NAME, __doc__)
-    p.add_argument("--sigmas", default=None, help="comma-separated σ (default 1e-5,1e-4,1e-3,1e-2; quick 1e-5,1e-2)")
+    p.add_argument(
+        "--sigmas",
+        default=None,
+        help="comma-separated σ (default 1e-5,1e-4,1e-3,1e-2; quick 1e-5,1e-2)",
+    )
     p.add_argument("--width", type=int, default=None, help="d (default 300; quick 16)")
     p.add_argument("--samples", type=int, default=None, help="N (default 800; quick 64)")
-    p.add_argument("--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)")
+    p.add_argument(
+        "--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)"
+    )
     args = p.parse_args(argv)
     _paper.check_args(args)
     return args
@@ -53,21 +59,37 @@ def snapshot_before_drop(t_snap: np.ndarray, t_drop: float) -> int:
 def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
-    sigmas = [float(s) for s in args.sigmas.split(",")] if args.sigmas else ([1e-5, 1e-2] if args.quick else [1e-5, 1e-4, 1e-3, 1e-2])
+    sigmas = (
+        [float(s) for s in args.sigmas.split(",")]
+        if args.sigmas
+        else ([1e-5, 1e-2] if args.quick else [1e-5, 1e-4, 1e-3, 1e-2])
+    )
     width = args.width or (_paper.QUICK_WIDTH if args.quick else _paper.WIDTH)
     n = args.samples or (_paper.QUICK_SAMPLES if args.quick else 800)
     n_seeds = args.seeds or (1 if args.quick else 3)
     records = _paper.QUICK_RECORDS if args.quick else 40
-    config = _paper.schedule(_paper.flow_time_of(args), args.learning_rate, args.momentum, records,
-                             1 if args.quick else 2)
+    config = _paper.schedule(
+        _paper.flow_time_of(args),
+        args.learning_rate,
+        args.momentum,
+        records,
+        1 if args.quick else 2,
+    )
     clock = _paper.Clock()
     dataset = _paper.load(args.dataset, n, seed=args.data_seed)
     data = training_data(dataset)
     lanes = [(s, seed) for s in sigmas for seed in range(n_seeds)]
     seeds = [seed for _, seed in lanes]
     params0 = _paper.init_lanes(seeds, [s for s, _ in lanes], width, dataset.dim)
-    traj, ok = _paper.train_lanes(data, params0, seeds, learning_rate=args.learning_rate, momentum=args.momentum,
-                                  batch_size=args.batch_size, config=config)
+    traj, ok = _paper.train_lanes(
+        data,
+        params0,
+        seeds,
+        learning_rate=args.learning_rate,
+        momentum=args.momentum,
+        batch_size=args.batch_size,
+        config=config,
+    )
     clock.lap("training")
     t = np.asarray(traj.t[0])
     t_snap = np.asarray(traj.snapshot_t[0])
@@ -77,53 +99,106 @@ def main(argv=None) -> int:
         loss_curve = np.asarray(traj.observables.loss[i])
         t_drop = loss_drop_time(t, loss_curve, fraction=DROP_FRACTION)
         before = snapshot_before_drop(t_snap, t_drop)
-        counts = [neuron_clusters(_paper.lane(_paper.lane(traj.snapshots, i), k), threshold=args.tau).count
-                  for k in range(len(t_snap))]
+        counts = [
+            neuron_clusters(
+                _paper.lane(_paper.lane(traj.snapshots, i), k), threshold=args.tau
+            ).count
+            for k in range(len(t_snap))
+        ]
         curves[f"{sigma:g}/{seed}"] = counts
-        rows.append({"sigma": sigma, "seed": seed, "clusters_init": counts[0], "t_before_drop": t_snap[before],
-                     "clusters_before_drop": counts[before], "t_end": t_snap[-1], "clusters_end": counts[-1],
-                     "t_loss_drop_5pct": t_drop, "final_loss": loss_curve[-1],
-                     "train_accuracy": float(traj.observables.accuracy[i, -1]),
-                     "test_accuracy": float(traj.observables.test_accuracy[i, -1])})
-        print(f"σ={sigma:g} seed {seed}: clusters init {counts[0]}, before drop (t={t_snap[before]:.0f}) "
-              f"{counts[before]}, end {counts[-1]}")
+        rows.append(
+            {
+                "sigma": sigma,
+                "seed": seed,
+                "clusters_init": counts[0],
+                "t_before_drop": t_snap[before],
+                "clusters_before_drop": counts[before],
+                "t_end": t_snap[-1],
+                "clusters_end": counts[-1],
+                "t_loss_drop_5pct": t_drop,
+                "final_loss": loss_curve[-1],
+                "train_accuracy": float(traj.observables.accuracy[i, -1]),
+                "test_accuracy": float(traj.observables.test_accuracy[i, -1]),
+            }
+        )
+        print(
+            f"σ={sigma:g} seed {seed}: clusters init {counts[0]}, before drop (t={t_snap[before]:.0f}) "
+            f"{counts[before]}, end {counts[-1]}"
+        )
     clock.lap("clustering")
 
     summary = []
     for s in sigmas:
         r = [row for row in rows if row["sigma"] == s]
-        summary.append({"sigma": s, **{f"{k}_mean": float(np.mean([row[k] for row in r])) if r else np.nan
-                                       for k in ("clusters_init", "clusters_before_drop", "clusters_end")}})
+        summary.append(
+            {
+                "sigma": s,
+                **{
+                    f"{k}_mean": float(np.mean([row[k] for row in r])) if r else np.nan
+                    for k in ("clusters_init", "clusters_before_drop", "clusters_end")
+                },
+            }
+        )
     fig, (ax, ax2) = _paper.figure(2)
     x = np.arange(len(sigmas))
-    for j, (key, label) in enumerate((("clusters_init", "initialisation"), ("clusters_before_drop", "before loss drop"),
-                                      ("clusters_end", "end of training"))):
+    for j, (key, label) in enumerate(
+        (
+            ("clusters_init", "initialisation"),
+            ("clusters_before_drop", "before loss drop"),
+            ("clusters_end", "end of training"),
+        )
+    ):
         means = [r[f"{key}_mean"] for r in summary]
         ax.bar(x + (j - 1) * 0.27, means, width=0.27, label=label)
     ax.set_xticks(x, [f"{s:g}" for s in sigmas])
     ax.set_xlabel("init scale σ")
     ax.set_ylabel(f"clusters at τ = {args.tau:g}")
-    ax.set_title(f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, {n_seeds} seed(s)", fontsize=9)
+    ax.set_title(
+        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, {n_seeds} seed(s)", fontsize=9
+    )
     ax.legend(fontsize=7)
     colours = {f"{s:g}": f"C{j}" for j, s in enumerate(sigmas)}
     for key, counts in curves.items():
         sigma_text, seed_text = key.split("/")
-        ax2.plot(t_snap, counts, lw=1, color=colours[sigma_text],
-                 label=f"σ = {sigma_text}" if seed_text == str(min(range(n_seeds))) else None)
+        ax2.plot(
+            t_snap,
+            counts,
+            lw=1,
+            color=colours[sigma_text],
+            label=f"σ = {sigma_text}" if seed_text == str(min(range(n_seeds))) else None,
+        )
     ax2.set_xlabel("flow time t = kη/(1−β)")
     ax2.set_ylabel("clusters")
     ax2.legend(fontsize=7)
     _paper.save(fig, out / f"{NAME}.png")
     clock.lap("plotting")
-    checks = {"init_clusters_at_most_width": all(r["clusters_init"] <= width for r in rows),
-              "all_lanes_finished": len(rows) == len(lanes)}
+    checks = {
+        "init_clusters_at_most_width": all(r["clusters_init"] <= width for r in rows),
+        "all_lanes_finished": len(rows) == len(lanes),
+    }
     _paper.write_csv(out / f"{NAME}.csv", rows)
-    _paper.write_json(out / f"{NAME}.json", {
-        "figure": "3b", "settings": _paper.settings(args, sigmas=sigmas, width=width, samples=n, seeds=n_seeds,
-                                                      tau=args.tau, steps=config.steps,
-                                                      before_drop=f"last snapshot before the loss fell {DROP_FRACTION:.0%}"),
-        "rows": rows, "summary": summary, "snapshot_t": t_snap, "clusters_along_training": curves,
-        "checks": checks, "seconds": clock.seconds})
+    _paper.write_json(
+        out / f"{NAME}.json",
+        {
+            "figure": "3b",
+            "settings": _paper.settings(
+                args,
+                sigmas=sigmas,
+                width=width,
+                samples=n,
+                seeds=n_seeds,
+                tau=args.tau,
+                steps=config.steps,
+                before_drop=f"last snapshot before the loss fell {DROP_FRACTION:.0%}",
+            ),
+            "rows": rows,
+            "summary": summary,
+            "snapshot_t": t_snap,
+            "clusters_along_training": curves,
+            "checks": checks,
+            "seconds": clock.seconds,
+        },
+    )
     return 0 if all(checks.values()) else 1
 
 

@@ -38,10 +38,19 @@ def parse(argv):
     p.add_argument("--width", type=int, default=None, help="d (default 300; quick 16)")
     p.add_argument("--samples", type=int, default=None, help="N (default 800; quick 64)")
     p.add_argument("--sigma", type=float, default=_paper.SIGMA, help="init scale σ (default 1e-5)")
-    p.add_argument("--early-time", type=float, default=None,
-                   help=f"flow time of the early alignment (default {EARLY_TIME:g}: 500 steps at η = 0.01, "
-                        f"a quarter of the loss-drop time or less; quick {QUICK_EARLY_TIME:g})")
-    p.add_argument("--permutations", type=int, default=None, help="permutations of the p-value (default 9999; quick 999)")
+    p.add_argument(
+        "--early-time",
+        type=float,
+        default=None,
+        help=f"flow time of the early alignment (default {EARLY_TIME:g}: 500 steps at η = 0.01, "
+        f"a quarter of the loss-drop time or less; quick {QUICK_EARLY_TIME:g})",
+    )
+    p.add_argument(
+        "--permutations",
+        type=int,
+        default=None,
+        help="permutations of the p-value (default 9999; quick 999)",
+    )
     args = p.parse_args(argv)
     _paper.check_args(args)
     return args
@@ -53,19 +62,33 @@ def main(argv=None) -> int:
     width = args.width or (_paper.QUICK_WIDTH if args.quick else _paper.WIDTH)
     n = args.samples or (_paper.QUICK_SAMPLES if args.quick else 800)
     seeds = list(range(args.seeds or (_paper.QUICK_SEEDS if args.quick else 1)))
-    early = args.early_time if args.early_time is not None else (QUICK_EARLY_TIME if args.quick else EARLY_TIME)
+    early = (
+        args.early_time
+        if args.early_time is not None
+        else (QUICK_EARLY_TIME if args.quick else EARLY_TIME)
+    )
     permutations = args.permutations or (999 if args.quick else 9999)
     flow_time = _paper.flow_time_of(args)
     if not 0 < early < flow_time:
         raise SystemExit(f"--early-time must lie in (0, {flow_time:g}); got {early}")
-    config = (_paper.schedule(flow_time, args.learning_rate, args.momentum, _paper.QUICK_RECORDS, 1) if args.quick
-              else _paper.schedule(flow_time, args.learning_rate, args.momentum, 80))
+    config = (
+        _paper.schedule(flow_time, args.learning_rate, args.momentum, _paper.QUICK_RECORDS, 1)
+        if args.quick
+        else _paper.schedule(flow_time, args.learning_rate, args.momentum, 80)
+    )
     clock = _paper.Clock()
     dataset = _paper.load(args.dataset, n, seed=args.data_seed)
     data = training_data(dataset)
     params0 = _paper.init_lanes(seeds, args.sigma, width, dataset.dim)
-    traj, ok = _paper.train_lanes(data, params0, seeds, learning_rate=args.learning_rate, momentum=args.momentum,
-                                  batch_size=args.batch_size, config=config)
+    traj, ok = _paper.train_lanes(
+        data,
+        params0,
+        seeds,
+        learning_rate=args.learning_rate,
+        momentum=args.momentum,
+        batch_size=args.batch_size,
+        config=config,
+    )
     clock.lap("training")
     t = np.asarray(traj.t[0])
     j_early = int(np.argmin(np.abs(t - early)))
@@ -77,19 +100,33 @@ def main(argv=None) -> int:
         final_P = np.asarray(obs.P[i, -1], dtype=np.float64)
         quality = score_quality(scores, final_P, permutations=permutations, seed=seeds[i])
         t_drop = loss_drop_time(t, np.asarray(obs.loss[i]), fraction=0.5)
-        results.append({
-            "seed": seeds[i], "t_early": t[j_early], "t_loss_drop_50pct": t_drop,
-            "final_loss": float(obs.loss[i, -1]), "train_accuracy": float(obs.accuracy[i, -1]),
-            "test_accuracy": float(obs.test_accuracy[i, -1]),
-            "spearman_log_P": {k: q.spearman_log_P._asdict() for k, q in quality.items()},
-        })
+        results.append(
+            {
+                "seed": seeds[i],
+                "t_early": t[j_early],
+                "t_loss_drop_50pct": t_drop,
+                "final_loss": float(obs.loss[i, -1]),
+                "train_accuracy": float(obs.accuracy[i, -1]),
+                "test_accuracy": float(obs.test_accuracy[i, -1]),
+                "spearman_log_P": {k: q.spearman_log_P._asdict() for k, q in quality.items()},
+            }
+        )
         for neuron in range(width):
-            neuron_rows.append({"seed": seeds[i], "neuron": neuron, "P_final": final_P[neuron],
-                                "P_early": float(obs.P[i, j_early, neuron]), "kappa_final": int(obs.kappa[i, -1, neuron]),
-                                **{k: v[neuron] for k, v in scores.items()}})
+            neuron_rows.append(
+                {
+                    "seed": seeds[i],
+                    "neuron": neuron,
+                    "P_final": final_P[neuron],
+                    "P_early": float(obs.P[i, j_early, neuron]),
+                    "kappa_final": int(obs.kappa[i, -1, neuron]),
+                    **{k: v[neuron] for k, v in scores.items()},
+                }
+            )
         rho = quality["cos_delta_early"].spearman_log_P
-        print(f"seed {seeds[i]}: Spearman(cos δ at t={t[j_early]:g}, log P_end) = {rho.rho:.3f} (p = {rho.p_value:.2g}); "
-              f"at t=0: {quality['cos_delta_t0'].spearman_log_P.rho:.3f}; loss-drop time {t_drop:.0f}")
+        print(
+            f"seed {seeds[i]}: Spearman(cos δ at t={t[j_early]:g}, log P_end) = {rho.rho:.3f} (p = {rho.p_value:.2g}); "
+            f"at t=0: {quality['cos_delta_t0'].spearman_log_P.rho:.3f}; loss-drop time {t_drop:.0f}"
+        )
     clock.lap("scores")
 
     fig, axes = _paper.figure(2)
@@ -97,7 +134,10 @@ def main(argv=None) -> int:
     P = np.array([r["P_final"] for r in first])
     colour = np.log10(np.maximum(P, P[P > 0].min() if np.any(P > 0) else 1.0))
     r0 = results[0]["spearman_log_P"]
-    for ax, key, when in ((axes[0], "cos_delta_t0", "t = 0"), (axes[1], "cos_delta_early", f"t = {t[j_early]:g}")):
+    for ax, key, when in (
+        (axes[0], "cos_delta_t0", "t = 0"),
+        (axes[1], "cos_delta_early", f"t = {t[j_early]:g}"),
+    ):
         x = np.array([r[key] for r in first])
         sc = ax.scatter(x, P, c=colour, cmap="viridis", s=10)
         ax.set_yscale("log")
@@ -105,18 +145,42 @@ def main(argv=None) -> int:
         ax.set_ylabel("final P_i = ‖w_i‖‖v_i‖")
         ax.set_title(f"ρ = {r0[key]['rho']:.2f}, p = {r0[key]['p_value']:.1g}", fontsize=9)
     fig.colorbar(sc, ax=axes[1], label="log10 final P_i")
-    fig.suptitle(f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, σ = {args.sigma:g}, seed {seeds[ok[0]]}", fontsize=9)
+    fig.suptitle(
+        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, σ = {args.sigma:g}, seed {seeds[ok[0]]}",
+        fontsize=9,
+    )
     _paper.save(fig, out / f"{NAME}.png")
     clock.lap("plotting")
-    checks = {"all_lanes_finished": len(results) == len(seeds),
-              "p_values_in_unit_interval": all(0 < q["p_value"] <= 1 for r in results
-                                               for q in r["spearman_log_P"].values() if q["p_value"] is not None)}
+    checks = {
+        "all_lanes_finished": len(results) == len(seeds),
+        "p_values_in_unit_interval": all(
+            0 < q["p_value"] <= 1
+            for r in results
+            for q in r["spearman_log_P"].values()
+            if q["p_value"] is not None
+        ),
+    }
     _paper.write_csv(out / f"{NAME}.csv", neuron_rows)
-    _paper.write_json(out / f"{NAME}.json", {
-        "figure": "4", "settings": _paper.settings(args, width=width, samples=n, seeds=seeds, sigma=args.sigma,
-                                                     early_time=float(t[j_early]), permutations=permutations,
-                                                     steps=config.steps, dataset_name=dataset.describe()),
-        "results": results, "checks": checks, "seconds": clock.seconds})
+    _paper.write_json(
+        out / f"{NAME}.json",
+        {
+            "figure": "4",
+            "settings": _paper.settings(
+                args,
+                width=width,
+                samples=n,
+                seeds=seeds,
+                sigma=args.sigma,
+                early_time=float(t[j_early]),
+                permutations=permutations,
+                steps=config.steps,
+                dataset_name=dataset.describe(),
+            ),
+            "results": results,
+            "checks": checks,
+            "seconds": clock.seconds,
+        },
+    )
     return 0 if all(checks.values()) else 1
 
 

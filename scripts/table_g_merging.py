@@ -32,12 +32,19 @@ NAME = "table_g_merging"
 
 def parse(argv):
     p = _paper.base_parser(NAME, __doc__)
-    p.add_argument("--sizes", default=None, help="comma-separated N (default 200,800,4000; quick 32,64)")
+    p.add_argument(
+        "--sizes", default=None, help="comma-separated N (default 200,800,4000; quick 32,64)"
+    )
     p.add_argument("--width", type=int, default=None, help="d (default 300; quick 16)")
     p.add_argument("--sigma", type=float, default=_paper.SIGMA, help="init scale σ (default 1e-5)")
-    p.add_argument("--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)")
-    p.add_argument("--save-params", action="store_true",
-                   help="also write each final network as params_N<N>_seed<s>.npz (W, b, V; for gflow capacity --params)")
+    p.add_argument(
+        "--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)"
+    )
+    p.add_argument(
+        "--save-params",
+        action="store_true",
+        help="also write each final network as params_N<N>_seed<s>.npz (W, b, V; for gflow capacity --params)",
+    )
     args = p.parse_args(argv)
     _paper.check_args(args)
     return args
@@ -48,24 +55,32 @@ def _pct(v) -> str:
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    lines = [f"### {title}", "",
-             "| N | seed | merge | d | clusters | d / clusters | train acc % (before → merged) "
-             "| test acc % (before → merged) | Δ test (pp) | max ‖Δo‖ | bound | max ‖o‖ |",
-             "|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| N | seed | merge | d | clusters | d / clusters | train acc % (before → merged) "
+        "| test acc % (before → merged) | Δ test (pp) | max ‖Δo‖ | bound | max ‖o‖ |",
+        "|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['N']} | {r['seed']} | {r['weighting']} | {r['width']} | {r['clusters']} | {r['width'] / r['clusters']:.1f} | "
             f"{_pct(r['train_accuracy'])} → {_pct(r['train_accuracy_merged'])} | "
             f"{_pct(r['test_accuracy'])} → {_pct(r['test_accuracy_merged'])} | "
             f"{100 * (r['test_accuracy_merged'] - r['test_accuracy']):+.2f} | {r['max_logit_change']:.3g} | "
-            f"{r['max_bound']:.3g} | {r['logit_scale']:.3g} |")
+            f"{r['max_bound']:.3g} | {r['logit_scale']:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
-    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else ([32, _paper.QUICK_SAMPLES] if args.quick else [200, 800, 4000])
+    sizes = (
+        [int(v) for v in args.sizes.split(",")]
+        if args.sizes
+        else ([32, _paper.QUICK_SAMPLES] if args.quick else [200, 800, 4000])
+    )
     width = args.width or (_paper.QUICK_WIDTH if args.quick else _paper.WIDTH)
     seeds = list(range(args.seeds or (_paper.QUICK_SEEDS if args.quick else 2)))
     steps = _paper.schedule(_paper.flow_time_of(args), args.learning_rate, args.momentum, 1).steps
@@ -75,8 +90,15 @@ def main(argv=None) -> int:
         dataset = _paper.load(args.dataset, n, seed=args.data_seed)
         data = training_data(dataset)
         params0 = _paper.init_lanes(seeds, args.sigma, width, dataset.dim)
-        finals, ok = _paper.train_final(data, params0, seeds, learning_rate=args.learning_rate, momentum=args.momentum,
-                                        batch_size=args.batch_size, steps=steps)
+        finals, ok = _paper.train_final(
+            data,
+            params0,
+            seeds,
+            learning_rate=args.learning_rate,
+            momentum=args.momentum,
+            batch_size=args.batch_size,
+            steps=steps,
+        )
         clock.lap("training")
         for i in ok:
             final = _paper.lane(finals, i)
@@ -86,22 +108,33 @@ def main(argv=None) -> int:
             for weighting in WEIGHTINGS:
                 report = merge_report(final, data, weighting=weighting, clusters=clusters)
                 rows.append({"N": n, "seed": seeds[i], **report._asdict()})
-                print(f"N={n} seed {seeds[i]} ({weighting}): {report.clusters} clusters of {width}; test acc "
-                      f"{report.test_accuracy:.4f} → {report.test_accuracy_merged:.4f}; max |Δo| "
-                      f"{report.max_logit_change:.3g} ≤ {report.max_bound:.3g}")
+                print(
+                    f"N={n} seed {seeds[i]} ({weighting}): {report.clusters} clusters of {width}; test acc "
+                    f"{report.test_accuracy:.4f} → {report.test_accuracy_merged:.4f}; max |Δo| "
+                    f"{report.max_logit_change:.3g} ≤ {report.max_bound:.3g}"
+                )
         clock.lap("merging")
     name = dataset.name.split("-")[0]
-    table = markdown(rows, f"Merging at τ = {args.tau:g}: {name}, d = {width}, σ = {args.sigma:g}, flow time "
-                           f"{_paper.flow_time_of(args):g} ({steps} SGD steps)")
+    table = markdown(
+        rows,
+        f"Merging at τ = {args.tau:g}: {name}, d = {width}, σ = {args.sigma:g}, flow time "
+        f"{_paper.flow_time_of(args):g} ({steps} SGD steps)",
+    )
     (out / f"{NAME}.md").write_text(table)
     fig, (ax, ax2) = _paper.figure(2, width=4.0)
     norm_rows = [r for r in rows if r["weighting"] == "norm"]
     contrib = [r for r in rows if r["weighting"] == "contribution"]
     x = np.arange(len(norm_rows))
     labels = [f"N={r['N']}\ns{r['seed']}" for r in norm_rows]
-    for off, values, label in ((-0.27, [r["test_accuracy"] for r in norm_rows], "before"),
-                               (0.0, [r["test_accuracy_merged"] for r in norm_rows], "merged (norm-weighted, docs/theory.md §6)"),
-                               (0.27, [r["test_accuracy_merged"] for r in contrib], "merged (contribution)")):
+    for off, values, label in (
+        (-0.27, [r["test_accuracy"] for r in norm_rows], "before"),
+        (
+            0.0,
+            [r["test_accuracy_merged"] for r in norm_rows],
+            "merged (norm-weighted, docs/theory.md §6)",
+        ),
+        (0.27, [r["test_accuracy_merged"] for r in contrib], "merged (contribution)"),
+    ):
         ax.bar(x + off, [100 * v for v in values], width=0.27, label=label)
     ax.set_ylim(min(100 * r["test_accuracy"] for r in rows) - 5, 100)
     ax.set_xticks(x, labels, fontsize=7)
@@ -113,14 +146,32 @@ def main(argv=None) -> int:
     ax2.set_ylabel(f"clusters at τ = {args.tau:g} (of d = {width})")
     fig.suptitle(f"{name}: merging aligned neurons", fontsize=9)
     _paper.save(fig, out / f"{NAME}.png")
-    checks = {"bound_holds": all(r["bound_holds"] for r in rows),
-              "gap_within_complete_linkage_radius": all(r["max_angle_gap"] <= np.sqrt(2 * (1 - args.tau)) + 1e-5 for r in rows),
-              "all_lanes_finished": len(rows) == len(sizes) * len(seeds) * len(WEIGHTINGS)}
+    checks = {
+        "bound_holds": all(r["bound_holds"] for r in rows),
+        "gap_within_complete_linkage_radius": all(
+            r["max_angle_gap"] <= np.sqrt(2 * (1 - args.tau)) + 1e-5 for r in rows
+        ),
+        "all_lanes_finished": len(rows) == len(sizes) * len(seeds) * len(WEIGHTINGS),
+    }
     _paper.write_csv(out / f"{NAME}.csv", rows)
-    _paper.write_json(out / f"{NAME}.json", {
-        "table": "Appendix G", "settings": _paper.settings(args, sizes=sizes, width=width, seeds=seeds, sigma=args.sigma,
-                                                             tau=args.tau, steps=steps),
-        "rows": rows, "checks": checks, "seconds": clock.seconds})
+    _paper.write_json(
+        out / f"{NAME}.json",
+        {
+            "table": "Appendix G",
+            "settings": _paper.settings(
+                args,
+                sizes=sizes,
+                width=width,
+                seeds=seeds,
+                sigma=args.sigma,
+                tau=args.tau,
+                steps=steps,
+            ),
+            "rows": rows,
+            "checks": checks,
+            "seconds": clock.seconds,
+        },
+    )
     print(table)
     return 0 if all(checks.values()) else 1
 

@@ -10,16 +10,48 @@ import pytest
 
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
 from gflow._cli import main
-from gflow._cli._bench import (_power_law_eta, gate_chatter, gate_margins, kernel_flops, numpy_sgd_sweep,
-                               perturbed_start, resolved_window, torch_sgd_sweep, workload_flops)
+from gflow._cli._bench import (
+    _power_law_eta,
+    gate_chatter,
+    gate_margins,
+    kernel_flops,
+    numpy_sgd_sweep,
+    perturbed_start,
+    resolved_window,
+    torch_sgd_sweep,
+    workload_flops,
+)
 from gflow._network import Params
 from gflow._observables import TrainingData
 from gflow._sgd import _batch_indices
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-TINY = ["--quick", "--seeds", "2", "--steps", "20", "--record-every", "10", "--chunk", "5", "--repeats", "2",
-        "--width", "8", "--samples", "40", "--dim", "64", "--cells-probes", "256", "--cells-samples", "40",
-        "--memory-seeds", "4", "--quiet"]
+TINY = [
+    "--quick",
+    "--seeds",
+    "2",
+    "--steps",
+    "20",
+    "--record-every",
+    "10",
+    "--chunk",
+    "5",
+    "--repeats",
+    "2",
+    "--width",
+    "8",
+    "--samples",
+    "40",
+    "--dim",
+    "64",
+    "--cells-probes",
+    "256",
+    "--cells-samples",
+    "40",
+    "--memory-seeds",
+    "4",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +67,15 @@ def test_sweep_entries_have_the_schema_and_same_run_ratios(report):
     limit = report["matmul"]["limit_gflops"]
     assert limit > 0
     for e in report["sweep"]:
-        for key in ("S", "mode", "seconds", "steps_per_s", "speedup_vs_numpy", "speedup_vs_torch", "roofline_fraction"):
+        for key in (
+            "S",
+            "mode",
+            "seconds",
+            "steps_per_s",
+            "speedup_vs_numpy",
+            "speedup_vs_torch",
+            "roofline_fraction",
+        ):
             assert key in e
         assert e["S"] == 2 and e["seconds"] > 0
         assert e["steps_per_s"] == pytest.approx(e["S"] * e["steps"] / e["seconds"])
@@ -44,7 +84,9 @@ def test_sweep_entries_have_the_schema_and_same_run_ratios(report):
         assert e["roofline_fraction"] == pytest.approx(flops / e["seconds"] / 1e9 / limit)
         own = kernel_flops(e["basis"], 8, 40, 64, 4, e["S"], e["steps"])
         assert e["kernel_roofline_fraction"] == pytest.approx(own / e["seconds"] / 1e9 / limit)
-        assert e["basis"] == ("weights" if e["mode"] == "shared-weights" else "samples")  # N = 40 < 2D
+        assert e["basis"] == (
+            "weights" if e["mode"] == "shared-weights" else "samples"
+        )  # N = 40 < 2D
         if HAS_TORCH:
             assert e["speedup_vs_torch"] == pytest.approx(e["torch_seconds"] / e["seconds"])
         else:
@@ -70,7 +112,9 @@ def test_memory_and_cells_sections(report):
 
 
 def test_unknown_section_is_a_usage_error(tmp_path, capsys):
-    assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "sweep,odes", "--quiet"]) == 2
+    assert (
+        main(["bench", "--json", str(tmp_path / "x.json"), "--only", "sweep,odes", "--quiet"]) == 2
+    )
     assert "--only" in capsys.readouterr().err
 
 
@@ -81,12 +125,35 @@ def test_ode_section_float64_against_gd(tmp_path, solver):
     the whole run (a small, well-conditioned problem), and the equal-error ratios recomputed from
     the report's own errors and timings."""
     path = tmp_path / "ode.json"
-    assert main(["bench", "--json", str(path), "--only", "ode", "--small-ode", "--ode-dtypes", "float64",
-                 "--ode-solver", solver, "--ode-dt", "0.125", "--no-torch", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--json",
+                str(path),
+                "--only",
+                "ode",
+                "--small-ode",
+                "--ode-dtypes",
+                "float64",
+                "--ode-solver",
+                solver,
+                "--ode-dt",
+                "0.125",
+                "--no-torch",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads(path.read_text())["ode"]
     assert set(report) == {"float64"}
     ode = report["float64"]
-    assert ode["status"] == "ok" and ode["solver"] == solver and ode["t_reached"] == pytest.approx(ode["t_end"])
+    assert (
+        ode["status"] == "ok"
+        and ode["solver"] == solver
+        and ode["t_reached"] == pytest.approx(ode["t_end"])
+    )
     assert ode["balance_projection"] == (solver == "heun")
     if solver == "heun":
         assert 0 < ode["balance_defect_max"] < 1e-2
@@ -97,10 +164,14 @@ def test_ode_section_float64_against_gd(tmp_path, solver):
     assert etas[1] == pytest.approx(etas[0] / 2) and etas[2] == pytest.approx(etas[0] / 4)
     errs = ode["gd_trajectory_errors"]
     # Against the second Richardson level, GD's error halves with η (first order) ...
-    assert errs[1] / errs[0] == pytest.approx(0.5, abs=0.05) and errs[2] / errs[1] == pytest.approx(0.5, abs=0.05)
+    assert errs[1] / errs[0] == pytest.approx(0.5, abs=0.05) and errs[2] / errs[1] == pytest.approx(
+        0.5, abs=0.05
+    )
     assert ode["reference_uncertainty"] < 0.1 * errs[2]
     # ... so the whole run is the resolved window, and the ODE beats GD at η/4.
-    assert ode["resolved_saves"] == 61 and ode["window"]["trajectory_error"] == pytest.approx(ode["trajectory_error"])
+    assert ode["resolved_saves"] == 61 and ode["window"]["trajectory_error"] == pytest.approx(
+        ode["trajectory_error"]
+    )
     assert ode["trajectory_error"] < errs[2]
     slope, log_c = np.polyfit(np.log(etas), np.log(errs), 1)
     eta_eq = float(np.exp((np.log(ode["trajectory_error"]) - log_c) / slope))
@@ -111,7 +182,10 @@ def test_ode_section_float64_against_gd(tmp_path, solver):
     # gate boundary) the run responds linearly: the same amplification for ε = 1e-12 and 1e-8.
     assert [p["epsilon"] for p in ode["perturbations"]] == [1e-12, 1e-8]
     for p in ode["perturbations"]:
-        assert p["gap_params"][0] == pytest.approx(p["epsilon"], rel=0.1) and len(p["gap_params"]) == 61
+        assert (
+            p["gap_params"][0] == pytest.approx(p["epsilon"], rel=0.1)
+            and len(p["gap_params"]) == 61
+        )
     small, large = ode["perturbations"]
     assert large["amplification_end"] == pytest.approx(small["amplification_end"], rel=1e-3)
     assert [m["boundary_pairs"][-1] for m in ode["gate_margins"]] == [0, 0, 0]
@@ -124,7 +198,10 @@ def test_resolved_window_ends_where_halving_eta_stops_shrinking_gd_change():
     """GD(η) = θ(t) + η e(t) converges at first order everywhere; a perturbation that does not
     shrink with η from the 7th save time on ends the window there."""
     t = np.linspace(0.0, 1.0, 11)
-    truth = [np.stack([np.full((3, 2), 1.0 + s) for s in t]), np.stack([np.full(3, 2.0 - s) for s in t])]
+    truth = [
+        np.stack([np.full((3, 2), 1.0 + s) for s in t]),
+        np.stack([np.full(3, 2.0 - s) for s in t]),
+    ]
     drift = [np.stack([np.full((3, 2), s * s) for s in t]), np.stack([np.full(3, s) for s in t])]
     runs = [[x + eta * e for x, e in zip(truth, drift)] for eta in (0.1, 0.05, 0.025)]
     assert resolved_window(runs) == 11
@@ -147,8 +224,12 @@ def test_gate_margins_are_the_sines_of_the_angles_to_the_boundaries():
     w_t = np.hstack([W, b[:, None]])
     sines = np.abs(x_t @ w_t.T) / np.outer(np.linalg.norm(x_t, axis=1), np.linalg.norm(w_t, axis=1))
     assert sines[0, 0] == 0.0 and sines[1, 1] == pytest.approx(1.0)
-    assert out["boundary_pairs"] == [int(np.sum(sines < 1e-3))] == [2]  # neuron 0 on sample 0, neuron 2 on 1
-    assert out["median_closest_margin"] == [pytest.approx(np.median(sines[:, :2].min(axis=0)))]  # grown: 0 and 1
+    assert (
+        out["boundary_pairs"] == [int(np.sum(sines < 1e-3))] == [2]
+    )  # neuron 0 on sample 0, neuron 2 on 1
+    assert out["median_closest_margin"] == [
+        pytest.approx(np.median(sines[:, :2].min(axis=0)))
+    ]  # grown: 0 and 1
 
 
 @pytest.mark.parametrize("eta", [0.05, 0.0125])
@@ -163,7 +244,13 @@ def test_gd_chatters_across_a_boundary_the_flow_slides_on(eta):
     empty = (jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32))
     sliding = TrainingData(x, jnp.array([0, 1]), jnp.array([1.0, -1.0]), *empty)
     out = gate_chatter(params, eta, sliding, steps=40)
-    assert out == {"steps": 40, "pairs_flipping": 1, "pairs_chattering": 1, "grown": 1, "grown_chattering": 1}
+    assert out == {
+        "steps": 40,
+        "pairs_flipping": 1,
+        "pairs_chattering": 1,
+        "grown": 1,
+        "grown_chattering": 1,
+    }
     crossing = TrainingData(x, jnp.array([0, 0]), jnp.array([1.0, 1.0]), *empty)
     assert gate_chatter(params, eta, crossing, steps=40)["pairs_flipping"] == 1
     assert gate_chatter(params, eta, crossing, steps=40)["pairs_chattering"] == 0
@@ -184,13 +271,40 @@ def test_perturbed_start_moves_every_weight_by_the_relative_size():
 
 @pytest.mark.parametrize("value", ["2", "0", "abc"])
 def test_bad_ode_perturbations_are_a_usage_error(tmp_path, capsys, value):
-    assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "ode", "--ode-perturbations", value,
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--json",
+                str(tmp_path / "x.json"),
+                "--only",
+                "ode",
+                "--ode-perturbations",
+                value,
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "perturbation" in capsys.readouterr().err
 
 
 def test_bad_ode_dtypes_is_a_usage_error(tmp_path, capsys):
-    assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "ode", "--ode-dtypes", "float16", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--json",
+                str(tmp_path / "x.json"),
+                "--only",
+                "ode",
+                "--ode-dtypes",
+                "float16",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "float32 and/or float64" in capsys.readouterr().err
 
 
@@ -200,10 +314,18 @@ def _reference_problem():
     keys = jax.random.split(jax.random.key(0), 2)
     params = [init_params(jax.random.key(s), 6, 10, 0.3, dtype=jnp.float64) for s in range(2)]
     steps, record_every, batch = 30, 10, 4
-    orders = np.stack([np.stack([np.asarray(_batch_indices(k, i, 24, batch)) for i in range(steps)]) for k in keys])
+    orders = np.stack(
+        [
+            np.stack([np.asarray(_batch_indices(k, i, 24, batch)) for i in range(steps)])
+            for k in keys
+        ]
+    )
     stacked = [np.stack([np.asarray(getattr(p, f)) for p in params]) for f in ("W", "b", "V")]
     cfg = SGDConfig(steps=steps, record_every=record_every, batch_size=batch)
-    trajs = [train_sgd(p, k, data, learning_rate=0.2, momentum=0.9, config=cfg) for p, k in zip(params, keys)]
+    trajs = [
+        train_sgd(p, k, data, learning_rate=0.2, momentum=0.9, config=cfg)
+        for p, k in zip(params, keys)
+    ]
     return ds, stacked, orders, trajs
 
 
@@ -214,8 +336,17 @@ def test_references_follow_the_same_trajectory(reference):
         pytest.skip("torch is not installed")
     ds, (W0, b0, V0), orders, trajs = _reference_problem()
     fn = numpy_sgd_sweep if reference == "numpy" else torch_sgd_sweep
-    w_norm, v_norm, bias = fn(W0, b0, V0, np.asarray(ds.x, np.float64), np.asarray(ds.y), orders,
-                              learning_rate=0.2, momentum=0.9, record_every=10)
+    w_norm, v_norm, bias = fn(
+        W0,
+        b0,
+        V0,
+        np.asarray(ds.x, np.float64),
+        np.asarray(ds.y),
+        orders,
+        learning_rate=0.2,
+        momentum=0.9,
+        record_every=10,
+    )
     for s, traj in enumerate(trajs):
         np.testing.assert_allclose(w_norm[s], traj.observables.w_norm, rtol=1e-10)
         np.testing.assert_allclose(v_norm[s], traj.observables.v_norm, rtol=1e-10)

@@ -32,7 +32,9 @@ def _data(seed=0, n=40, dim=6):
     y[:2] = [0, 1]
     xt = rng.normal(size=(15, dim))
     yt = (rng.random(15) < 0.5).astype(int)
-    return gflow.training_data(gflow.Dataset(x, y, name="rand", provenance="normal draws", x_test=xt, y_test=yt), F64)
+    return gflow.training_data(
+        gflow.Dataset(x, y, name="rand", provenance="normal draws", x_test=xt, y_test=yt), F64
+    )
 
 
 def _clustered_params(seed=0, groups=5, width=24, dim=6, spread=0.15):
@@ -43,7 +45,9 @@ def _clustered_params(seed=0, groups=5, width=24, dim=6, spread=0.15):
     aug = centres[members] + spread * rng.normal(size=(width, dim + 1))
     aug *= rng.uniform(0.2, 3.0, size=(width, 1))
     V = rng.normal(size=(width, 2))
-    return gflow.Params(W=jnp.asarray(aug[:, :-1], F64), b=jnp.asarray(aug[:, -1], F64), V=jnp.asarray(V, F64))
+    return gflow.Params(
+        W=jnp.asarray(aug[:, :-1], F64), b=jnp.asarray(aug[:, -1], F64), V=jnp.asarray(V, F64)
+    )
 
 
 def _partition(labels):
@@ -64,7 +68,9 @@ def _reference_complete_linkage(params, tau):
     Lance–Williams update), neurons visited in the canonical (value) order."""
     cos = _cosines(params)
     kappa = np.asarray(gflow._observables.outgoing_alignment(params.V))
-    order = np.lexsort(np.concatenate([np.asarray(augmented_weights(params)), np.asarray(params.V)], 1).T[::-1])
+    order = np.lexsort(
+        np.concatenate([np.asarray(augmented_weights(params)), np.asarray(params.V)], 1).T[::-1]
+    )
     clusters = [[int(i)] for i in order]
     while True:
         best, pair = -np.inf, None
@@ -100,10 +106,15 @@ def test_complete_linkage_does_not_chain():
     # Connected components of "cos >= τ" would give one cluster; complete linkage must not.
     ang = np.deg2rad([0.0, 15.0, 30.0])
     W = np.stack([np.cos(ang), np.sin(ang)], 1)
-    params = gflow.Params(W=jnp.asarray(W, F64), b=jnp.zeros(3, F64), V=jnp.asarray([[1.0, 0.0]] * 3, F64))
+    params = gflow.Params(
+        W=jnp.asarray(W, F64), b=jnp.zeros(3, F64), V=jnp.asarray([[1.0, 0.0]] * 3, F64)
+    )
     c = neuron_clusters(params, threshold=0.95)
     assert c.count == 2
-    assert _partition(c.labels) in ({frozenset({0, 1}), frozenset({2})}, {frozenset({0}), frozenset({1, 2})})
+    assert _partition(c.labels) in (
+        {frozenset({0, 1}), frozenset({2})},
+        {frozenset({0}), frozenset({1, 2})},
+    )
 
 
 def test_clustering_is_deterministic_and_invariant_to_neuron_order():
@@ -144,8 +155,11 @@ def test_merging_identical_directions_is_exact():
     dirs = rng.normal(size=(4, 7))
     scales = rng.uniform(0.1, 5.0, size=12)
     aug = dirs[np.arange(12) % 4] * scales[:, None]
-    params = gflow.Params(W=jnp.asarray(aug[:, :-1], F64), b=jnp.asarray(aug[:, -1], F64),
-                          V=jnp.asarray(rng.normal(size=(12, 2)), F64))
+    params = gflow.Params(
+        W=jnp.asarray(aug[:, :-1], F64),
+        b=jnp.asarray(aug[:, -1], F64),
+        V=jnp.asarray(rng.normal(size=(12, 2)), F64),
+    )
     # Keep κ equal within each ray so that each ray is one cluster.
     V = np.array(params.V)
     V[:, 0] = np.where(np.arange(12) % 4 < 2, np.abs(V[:, 1]) + 0.5, -np.abs(V[:, 1]) - 0.5)
@@ -160,13 +174,20 @@ def test_merging_identical_directions_is_exact():
         om = gflow.logits(merged, x)
         assert float(jnp.max(jnp.abs(om - o)) / jnp.max(jnp.abs(o))) <= 1e-6
     rebalanced = merged_network(params, c, rebalance=True)
-    np.testing.assert_allclose(np.linalg.norm(augmented_weights(rebalanced), axis=1),
-                               np.linalg.norm(rebalanced.V, axis=1), rtol=1e-12)
-    assert float(jnp.max(merge_logit_bound(params, jnp.asarray(c.labels), x))) <= 1e-9 * float(jnp.max(jnp.abs(o)))
+    np.testing.assert_allclose(
+        np.linalg.norm(augmented_weights(rebalanced), axis=1),
+        np.linalg.norm(rebalanced.V, axis=1),
+        rtol=1e-12,
+    )
+    assert float(jnp.max(merge_logit_bound(params, jnp.asarray(c.labels), x))) <= 1e-9 * float(
+        jnp.max(jnp.abs(o))
+    )
 
 
-@pytest.mark.parametrize("seed,tau,weighting", [(0, 0.8, "norm"), (1, 0.9, "contribution"), (4, 0.95, "norm"),
-                                                (5, 0.99, "contribution")])
+@pytest.mark.parametrize(
+    "seed,tau,weighting",
+    [(0, 0.8, "norm"), (1, 0.9, "contribution"), (4, 0.95, "norm"), (5, 0.99, "contribution")],
+)
 def test_logit_bound_holds_on_random_networks(seed, tau, weighting):
     params = _clustered_params(seed=seed, width=30, spread=0.3)
     labels = jnp.asarray(neuron_clusters(params, threshold=tau).labels)
@@ -180,8 +201,13 @@ def test_logit_bound_holds_on_random_networks(seed, tau, weighting):
     # Complete linkage keeps every member within √(2(1−τ)) of its merged direction, so the loose
     # bound is at most √(2(1−τ)) ‖x̃‖ Σ ‖w̃_j‖‖v_j‖.
     xt = jnp.concatenate([x, jnp.ones((200, 1), F64)], 1)
-    radius = np.sqrt(2 * (1 - tau)) * jnp.linalg.norm(xt, axis=1) * jnp.sum(
-        jnp.linalg.norm(augmented_weights(params), axis=1) * jnp.linalg.norm(params.V, axis=1))
+    radius = (
+        np.sqrt(2 * (1 - tau))
+        * jnp.linalg.norm(xt, axis=1)
+        * jnp.sum(
+            jnp.linalg.norm(augmented_weights(params), axis=1) * jnp.linalg.norm(params.V, axis=1)
+        )
+    )
     assert bool(jnp.all(loose <= radius + 1e-9))
     assert float(jnp.max(change)) > 0  # the check is not vacuous: merging did change the outputs
 
@@ -200,9 +226,14 @@ def test_contribution_weighting_cancels_the_first_order_error():
 
     def error(eps, weighting):
         aug = (centre[None, :] + eps * offsets) * scales[:, None]
-        p = gflow.Params(W=jnp.asarray(aug[:, :-1], F64), b=jnp.asarray(aug[:, -1], F64), V=jnp.asarray(V, F64))
+        p = gflow.Params(
+            W=jnp.asarray(aug[:, :-1], F64), b=jnp.asarray(aug[:, -1], F64), V=jnp.asarray(V, F64)
+        )
         merged = merge_neurons(p, labels, weighting=weighting)
-        z = np.asarray(augmented_weights(p)) @ np.concatenate([np.asarray(x), np.ones((400, 1))], 1).T
+        z = (
+            np.asarray(augmented_weights(p))
+            @ np.concatenate([np.asarray(x), np.ones((400, 1))], 1).T
+        )
         smooth = np.all(z > 0, axis=0) | np.all(z < 0, axis=0)
         assert smooth.mean() > 0.9
         diff = jnp.linalg.norm(gflow.logits(merged, x) - gflow.logits(p, x), axis=1)
@@ -220,15 +251,19 @@ def test_masked_merge_under_jit_equals_compact_network():
     c = neuron_clusters(params, threshold=0.9)
     masked = jax.jit(merge_neurons)(params, jnp.asarray(c.labels))
     assert masked.W.shape == params.W.shape
-    assert bool(jnp.all(masked.W[c.count:] == 0)) and bool(jnp.all(masked.V[c.count:] == 0))
+    assert bool(jnp.all(masked.W[c.count :] == 0)) and bool(jnp.all(masked.V[c.count :] == 0))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(30, 6)), F64)
-    np.testing.assert_array_equal(gflow.logits(masked, x), gflow.logits(compact(masked, c.count), x))
+    np.testing.assert_array_equal(
+        gflow.logits(masked, x), gflow.logits(compact(masked, c.count), x)
+    )
 
 
 def test_merge_report_on_a_trained_network():
     data = _data()
     p0 = gflow.init_params(jax.random.key(0), 12, 6, 1e-3, dtype=F64)
-    final = train_masked(p0, jax.random.key(1), data, dense_mask(p0), learning_rate=0.5, steps=400, batch_size=None)
+    final = train_masked(
+        p0, jax.random.key(1), data, dense_mask(p0), learning_rate=0.5, steps=400, batch_size=None
+    )
     report = merge_report(final, data, threshold=0.95)
     assert report.bound_holds
     assert report.clusters < report.width  # small init: neurons align and merge
@@ -245,8 +280,26 @@ def test_norm_pruning_removes_the_smallest_P_exactly():
     keep = norm_pruning_mask(P, fraction=0.5)
     assert np.asarray(keep).tolist() == [True, False, True, False, True, False, False, True]
     # Ties: the lower index goes first.
-    assert np.asarray(norm_pruning_mask(P, fraction=0.25)).tolist() == [True, False, True, True, True, False, True, True]
-    assert np.asarray(norm_pruning_mask(P, threshold=2.5)).tolist() == [True, False, True, False, True, False, False, True]
+    assert np.asarray(norm_pruning_mask(P, fraction=0.25)).tolist() == [
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert np.asarray(norm_pruning_mask(P, threshold=2.5)).tolist() == [
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     assert int(jnp.sum(jax.jit(lambda f: norm_pruning_mask(P, fraction=f))(0.75))) == 2
     with pytest.raises(ValueError, match="exactly one"):
         norm_pruning_mask(P)
@@ -261,7 +314,9 @@ def test_pruned_network_equals_the_network_of_kept_neurons():
     keep = norm_pruning_mask(P, fraction=0.4)
     idx = np.nonzero(np.asarray(keep))[0]
     small = jax.tree.map(lambda a: a[idx], params)
-    np.testing.assert_allclose(gflow.logits(prune_neurons(params, keep), data.x), gflow.logits(small, data.x), atol=1e-12)
+    np.testing.assert_allclose(
+        gflow.logits(prune_neurons(params, keep), data.x), gflow.logits(small, data.x), atol=1e-12
+    )
     curve = norm_pruning_curve(params, data, [0.0, 0.4, 1.0])
     assert curve.neurons_kept.tolist() == [16, 10, 0]
     assert curve.train_accuracy[0] == pytest.approx(float(gflow.accuracy(params, data.x, data.y)))
@@ -279,11 +334,29 @@ def test_gflow_capacity_reports_a_loaded_network(tmp_path, capsys):
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 784))
-    W = centres[np.arange(12) % 3] * rng.uniform(0.5, 2.0, size=(12, 1)) + 0.01 * rng.normal(size=(12, 784))
-    V = np.where((np.arange(12) % 3 == 0)[:, None], [[1.0, -1.0]], [[-1.0, 1.0]]) * rng.uniform(0.5, 2, (12, 1))
+    W = centres[np.arange(12) % 3] * rng.uniform(0.5, 2.0, size=(12, 1)) + 0.01 * rng.normal(
+        size=(12, 784)
+    )
+    V = np.where((np.arange(12) % 3 == 0)[:, None], [[1.0, -1.0]], [[-1.0, 1.0]]) * rng.uniform(
+        0.5, 2, (12, 1)
+    )
     path = tmp_path / "net.npz"
     np.savez(path, W=W.astype(np.float32), b=np.zeros(12, np.float32), V=V.astype(np.float32))
-    assert main(["capacity", "--params", str(path), "--n-per-class", "20", "--fractions", "0,0.5", "--json"]) == 0
+    assert (
+        main(
+            [
+                "capacity",
+                "--params",
+                str(path),
+                "--n-per-class",
+                "20",
+                "--fractions",
+                "0,0.5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     merge = report["merge"]
     assert merge["width"] == 12 and merge["clusters"] == 3  # three rays, each with one κ

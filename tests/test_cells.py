@@ -96,7 +96,9 @@ def test_neuron_patterns_pack_the_core_gate():
     data = general_position_data(50, 5)
     params = init_params(jax.random.key(0), 9, 5, 1.0, dtype=jnp.float64)
     packed = neuron_patterns(params, data.x)
-    np.testing.assert_array_equal(np.asarray(unpack_patterns(packed, 50)), np.asarray(gating_pattern(params, data.x)).T)
+    np.testing.assert_array_equal(
+        np.asarray(unpack_patterns(packed, 50)), np.asarray(gating_pattern(params, data.x)).T
+    )
     assert np.all(np.asarray(same_cell(packed, packed)))
 
 
@@ -146,7 +148,9 @@ def test_group_patterns_matches_numpy_unique():
     g = base[rng.integers(0, 37, size=500)]
     words = pack_patterns(jnp.asarray(g))
     groups = jax.jit(group_patterns)(words)
-    uniq, inverse, counts = np.unique(np.asarray(words), axis=0, return_inverse=True, return_counts=True)
+    uniq, inverse, counts = np.unique(
+        np.asarray(words), axis=0, return_inverse=True, return_counts=True
+    )
     k = int(groups.count)
     assert k == uniq.shape[0]
     rep = np.asarray(groups.representative)[:k]
@@ -196,7 +200,9 @@ def test_map_and_stability_match_explicit_loops():
     for _ in range(30):
         cur = np.asarray(map_patterns(jnp.asarray(cur), jnp.asarray(kappa), data))
     stable = np.asarray(is_stable(jnp.asarray(cur), jnp.asarray(kappa), data))
-    by_loop = np.array([np.array_equal(explicit_map(cur[i], kappa[i], x, ytil), cur[i]) for i in range(25)])
+    by_loop = np.array(
+        [np.array_equal(explicit_map(cur[i], kappa[i], x, ytil), cur[i]) for i in range(25)]
+    )
     np.testing.assert_array_equal(stable, by_loop)
     assert stable[0] and by_loop.any()
 
@@ -264,7 +270,9 @@ def test_algorithm_1_single_kappa_matches_joint_run():
     assert only[-1].curve == both[-1].curve and set(only) == {-1}
 
 
-@pytest.mark.parametrize("field, value", [("probes", 0), ("patience", -1), ("chunk", 2.5), ("kappa", (2,))])
+@pytest.mark.parametrize(
+    "field, value", [("probes", 0), ("patience", -1), ("chunk", 2.5), ("kappa", (2,))]
+)
 def test_algorithm_1_rejects_bad_options(field, value):
     data = general_position_data(10, 3)
     with pytest.raises(ValueError, match=field):
@@ -336,7 +344,9 @@ def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense_size):
     sums = _signed_sums(words, geo, chunk=32)
     positive, negative = _gate(sums, words, geo, rank=rank, chunk=32, dense_size=dense_size)
     z = exact_preactivations(x_int, np.asarray(data.signed_labels).astype(np.int64), gates)
-    assert (z == 0).sum() > 100 and (np.abs(z) < 2**fine_bits).sum() > 100  # ties and near-ties are tested
+    assert (z == 0).sum() > 100 and (
+        np.abs(z) < 2**fine_bits
+    ).sum() > 100  # ties and near-ties are tested
     np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
     np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
 
@@ -350,7 +360,9 @@ def test_gate_is_exact_for_float64_data_with_zero_columns():
     rng = np.random.default_rng(9)
     x_int = (rng.integers(-3, 4, size=(n, dim)) << 18) + rng.integers(-1, 2, size=(n, dim))
     x_int[:, [0, 7]] = 0
-    data = training_data(Dataset(x_int / 2.0**21, np.arange(n) % 2, name="zeros", provenance="test"), jnp.float64)
+    data = training_data(
+        Dataset(x_int / 2.0**21, np.arange(n) % 2, name="zeros", provenance="test"), jnp.float64
+    )
     gates = rng.random((50, n)) < rng.random((50, 1))
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
     geo = _geometry(data, (6,))
@@ -372,7 +384,12 @@ def test_signed_sums_are_exact_and_updates_match_them(monkeypatch, digits):
 
     monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
     monkeypatch.setattr(cells, "_DIGIT_MIN_SAMPLES", 0)  # the dense update by digits too
-    ds = Dataset(np.random.default_rng(0).standard_normal((500, 40)), np.arange(500) % 2, name="g", provenance="t")
+    ds = Dataset(
+        np.random.default_rng(0).standard_normal((500, 40)),
+        np.arange(500) % 2,
+        name="g",
+        provenance="t",
+    )
     data = training_data(ds, jnp.float32)
     x64 = np.asarray(data.x, np.float64)
     x_hi, x_lo, _ = _grid_split(x64, np.float32)
@@ -384,8 +401,12 @@ def test_signed_sums_are_exact_and_updates_match_them(monkeypatch, digits):
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
     sums = _signed_sums(words, geo, chunk=64)
     signed = gates * np.asarray(data.signed_labels, np.float64)[None, :]
-    exact = np.array([[math.fsum(col) for col in (signed[i][:, None] * x_hi.astype(np.float64)).T]
-                      for i in range(0, 300, 37)])
+    exact = np.array(
+        [
+            [math.fsum(col) for col in (signed[i][:, None] * x_hi.astype(np.float64)).T]
+            for i in range(0, 300, 37)
+        ]
+    )
     np.testing.assert_array_equal(sums[::37].astype(np.float64), exact)
     # many rows flip samples 0..9 (dense columns), a few rows flip one other sample each (sparse)
     flipped = gates.copy()
@@ -425,18 +446,24 @@ def test_grid_digits_sum_exactly_at_the_edges_of_the_grid():
     assert digits.dtype == np.int8 and digits.shape[1] == 4 * 6
     base = np.int64(cells._DIGIT_BASE) ** np.arange(4)
     recombined = np.einsum("nld,l->nd", digits.reshape(n, 4, 6).astype(np.int64), base)
-    np.testing.assert_array_equal(recombined, q.astype(np.int64) * signed64.astype(np.int64)[:, None])
+    np.testing.assert_array_equal(
+        recombined, q.astype(np.int64) * signed64.astype(np.int64)[:, None]
+    )
     assert cells._grid_digits(x_hi.astype(np.float64), step, signed64 * 0.5) is None
     gates = rng.random((200, n)) < rng.random((200, 1))
     gates[0] = labels == 0  # every positive-label sample: the largest sums of the columns
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
-    exact = (gates * signed64).astype(np.float64) @ x_hi.astype(np.float64)  # integers·step < 2^53: exact
+    exact = (gates * signed64).astype(np.float64) @ x_hi.astype(
+        np.float64
+    )  # integers·step < 2^53: exact
     for speedup in (1e3, 0.0):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(cells, "_integer_gemm_speedup", lambda: speedup)
             geo = cells._geometry(data, (3,))
             assert (geo.device.digits.shape[1] == 24) == (speedup > 0)
-            np.testing.assert_array_equal(cells._signed_sums(words, geo, chunk=64).astype(np.float64), exact)
+            np.testing.assert_array_equal(
+                cells._signed_sums(words, geo, chunk=64).astype(np.float64), exact
+            )
 
 
 def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
@@ -446,7 +473,12 @@ def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
     import gflow._cells as cells
 
     monkeypatch.setattr(cells, "_REFERENCES", 16)
-    ds = Dataset(np.random.default_rng(5).standard_normal((300, 32)), np.arange(300) % 2, name="g", provenance="t")
+    ds = Dataset(
+        np.random.default_rng(5).standard_normal((300, 32)),
+        np.arange(300) % 2,
+        name="g",
+        provenance="t",
+    )
     geo = cells._geometry(training_data(ds, jnp.float32), (8,))
     rng = np.random.default_rng(6)
     centres = rng.random((5, 300)) < 0.5
@@ -456,10 +488,14 @@ def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
     references = cells._references(words, 300)
     assert references.rows.size == 16
-    np.testing.assert_array_equal(cells._sums_by_reference(words, references, geo, chunk=64),
-                                  cells._signed_sums(words, geo, chunk=64))
+    np.testing.assert_array_equal(
+        cells._sums_by_reference(words, references, geo, chunk=64),
+        cells._signed_sums(words, geo, chunk=64),
+    )
     distance = np.bitwise_count(words[:, None, :] ^ words[references.rows][None, :, :]).sum(axis=2)
-    np.testing.assert_array_equal(distance[np.arange(1100), references.nearest], distance.min(axis=1))
+    np.testing.assert_array_equal(
+        distance[np.arange(1100), references.nearest], distance.min(axis=1)
+    )
 
 
 def clustered_integer_patterns(x_int, labels, rng, *, count, flips):
@@ -500,15 +536,20 @@ def test_gate_by_reference_is_the_exact_sign_with_ties(fine_bits, fallback_cost)
     geo = _geometry(data, (6,))
     sums = _signed_sums(words, geo, chunk=64)
     assert not sums[1].any() and gates[1].any()  # a non-empty pattern with S = 0
-    positive, negative = _gate_by_reference(sums, words, geo, rank=6, chunk=64, fallback_cost=fallback_cost)
+    positive, negative = _gate_by_reference(
+        sums, words, geo, rank=6, chunk=64, fallback_cost=fallback_cost
+    )
     z = exact_preactivations(x_int, labels, gates)
-    assert (z == 0).sum() > 100 and (np.abs(z) < 2**fine_bits).sum() > 100  # ties and near-ties are tested
+    assert (z == 0).sum() > 100 and (
+        np.abs(z) < 2**fine_bits
+    ).sum() > 100  # ties and near-ties are tested
     np.testing.assert_array_equal(_unpack_host(positive, n), z > 0)
     np.testing.assert_array_equal(_unpack_host(negative, n), z < 0)
     # no reference to take: every pattern empty
     empty = np.zeros((130, words.shape[1]), np.uint32)
-    positive, negative = _gate_by_reference(np.zeros((130, dim), np.float32), empty, geo, rank=6, chunk=64,
-                                            fallback_cost=fallback_cost)
+    positive, negative = _gate_by_reference(
+        np.zeros((130, dim), np.float32), empty, geo, rank=6, chunk=64, fallback_cost=fallback_cost
+    )
     assert not positive.any() and not negative.any()
 
 
@@ -522,7 +563,9 @@ def test_gate_by_reference_equals_the_gate_on_algorithm_1_patterns():
     geo = cells._geometry(data, (24,))
     start = cells._initial_patterns(jax.random.split(jax.random.key(2), 1500), data, chunk=512)
     words, _, _, _ = cells._distinct(start)
-    positive, _ = cells._gate(cells._signed_sums(words, geo, chunk=512), words, geo, rank=24, chunk=512)
+    positive, _ = cells._gate(
+        cells._signed_sums(words, geo, chunk=512), words, geo, rank=24, chunk=512
+    )
     mapped, _, _, _ = cells._distinct(positive)
     sums = cells._nearby_sums(mapped, geo, chunk=512)
     sent = []
@@ -534,7 +577,9 @@ def test_gate_by_reference_equals_the_gate_on_algorithm_1_patterns():
 
     cells._gate = counting_gate
     try:
-        by_reference = cells._gate_by_reference(sums, mapped, geo, rank=24, chunk=256, fallback_cost=1200)
+        by_reference = cells._gate_by_reference(
+            sums, mapped, geo, rank=24, chunk=256, fallback_cost=1200
+        )
     finally:
         cells._gate = device_gate
     direct = cells._gate(sums, mapped, geo, rank=24, chunk=256)
@@ -567,10 +612,14 @@ def test_host_fingerprints_equal_the_fingerprints_in_any_chunking(monkeypatch, k
     rng = np.random.default_rng(k)
     base = rng.integers(0, 2**32, size=(max(k // 3, 1), 5), dtype=np.uint32)
     words = base[rng.integers(0, base.shape[0], size=k)]
-    np.testing.assert_array_equal(cells._host_fingerprints(words), np.asarray(pattern_fingerprints(jnp.asarray(words))))
+    np.testing.assert_array_equal(
+        cells._host_fingerprints(words), np.asarray(pattern_fingerprints(jnp.asarray(words)))
+    )
     distinct, inverse, first, keys = cells._distinct(words)
     np.testing.assert_array_equal(distinct[inverse], words)
-    assert distinct.shape[0] == np.unique(words, axis=0).shape[0] and np.all(np.diff(keys.astype(np.float64)) >= 0)
+    assert distinct.shape[0] == np.unique(words, axis=0).shape[0] and np.all(
+        np.diff(keys.astype(np.float64)) >= 0
+    )
 
 
 def dense_reference(data, key, *, probes, patience, kappa, max_iterations=200):
@@ -599,7 +648,12 @@ def dense_reference(data, key, *, probes, patience, kappa, max_iterations=200):
     fixed = np.all(mapped == gates, axis=1)
     two_cycle = np.all(twice == gates, axis=1) & ~fixed
     stable, basin = np.unique(gates[fixed], axis=0, return_counts=True)
-    return curve, fixed.mean(), two_cycle.mean(), {row.tobytes(): b for row, b in zip(stable, basin)}
+    return (
+        curve,
+        fixed.mean(),
+        two_cycle.mean(),
+        {row.tobytes(): b for row, b in zip(stable, basin)},
+    )
 
 
 def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
@@ -613,7 +667,9 @@ def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
     monkeypatch.setattr(cells, "_FIRST_RANK", 24)
     monkeypatch.setattr(cells, "_RANK", 24)
     monkeypatch.setattr(cells, "_DENSE_SIZES", (0, 32, 64, 128, 192))
-    monkeypatch.setattr(cells, "_SETTLE_COST", 3)  # dense checks of 128 and 192 samples, and many entries settled
+    monkeypatch.setattr(
+        cells, "_SETTLE_COST", 3
+    )  # dense checks of 128 and 192 samples, and many entries settled
     monkeypatch.setattr(cells, "_PILOT_ROWS", 64)
     monkeypatch.setattr(cells, "_REFERENCES", 8)  # sums by reference from 64 patterns up
     data = training_data(load_dataset("mnist", n_per_class=200), jnp.float32)
@@ -621,7 +677,9 @@ def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
     found = stable_cells(data, key, probes=probes, patience=patience, chunk=256)
     cycles = 0.0
     for kappa in (1, -1):
-        curve, fixed, two_cycle, stable = dense_reference(data, key, probes=probes, patience=patience, kappa=kappa)
+        curve, fixed, two_cycle, stable = dense_reference(
+            data, key, probes=probes, patience=patience, kappa=kappa
+        )
         est = found[kappa]
         assert est.curve == tuple(curve)
         assert est.estimate == min(curve)
@@ -641,7 +699,12 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
     import gflow._cells as cells
 
     monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
-    ds = Dataset(np.random.default_rng(7).standard_normal((200, 16)), np.arange(200) % 2, name="g", provenance="t")
+    ds = Dataset(
+        np.random.default_rng(7).standard_normal((200, 16)),
+        np.arange(200) % 2,
+        name="g",
+        provenance="t",
+    )
     geo = cells._geometry(training_data(ds, jnp.float32), (4,))
     words = np.asarray(pack_patterns(jnp.asarray(np.random.default_rng(8).random((8, 200)) < 0.5)))
     sums = cells._signed_sums(words, geo, chunk=8)
@@ -652,10 +715,17 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
     traced = [
         jax.make_jaxpr(cells._signed_sums_kernel)(jnp.asarray(words), geo.device),
         jax.make_jaxpr(lambda *a: cells._sum_changes_kernel(*a, by_digits=digits))(
-            jnp.asarray(words), jnp.asarray(words), samples, geo.device),
+            jnp.asarray(words), jnp.asarray(words), samples, geo.device
+        ),
         jax.make_jaxpr(lambda *a: cells._gate_kernel(*a, rank=4))(
-            jnp.asarray(sums), jnp.asarray(sizes), geo.device, samples, geo.device.x[samples], jnp.asarray(merge),
-            jnp.asarray(mask)),
+            jnp.asarray(sums),
+            jnp.asarray(sizes),
+            geo.device,
+            samples,
+            geo.device.x[samples],
+            jnp.asarray(merge),
+            jnp.asarray(mask),
+        ),
     ]
 
     def dots(jaxpr):
@@ -668,7 +738,9 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
 
     found = [eqn for closed in traced for eqn in dots(closed.jaxpr)]
     assert len(found) >= 6  # 1 + 1 + (filter 2, dense check, placement)
-    integer = [eqn for eqn in found if all(jnp.issubdtype(v.aval.dtype, jnp.integer) for v in eqn.invars)]
+    integer = [
+        eqn for eqn in found if all(jnp.issubdtype(v.aval.dtype, jnp.integer) for v in eqn.invars)
+    ]
     assert len(integer) == (2 if digits else 0)
     assert all(v.aval.dtype == jnp.int8 for eqn in integer for v in eqn.invars)
     assert all(eqn.params["preferred_element_type"] == jnp.int32 for eqn in integer)
@@ -676,4 +748,8 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
     placement = [eqn for eqn in found if all(v.aval.dtype == jnp.bfloat16 for v in eqn.invars)]
     assert len(placement) == 1 and placement[0].params["preferred_element_type"] == jnp.float32
     highest = jax.lax.Precision.HIGHEST
-    assert all(eqn.params["precision"] == (highest, highest) for eqn in found if eqn not in integer + placement)
+    assert all(
+        eqn.params["precision"] == (highest, highest)
+        for eqn in found
+        if eqn not in integer + placement
+    )

@@ -105,13 +105,19 @@ def test_chunked_equals_per_step_sgd_float64(data64, momentum, chunk, cfg, basis
     whether W is carried as such or as W(0) + C_Wᵀ X."""
     p0, key = _params(1), jax.random.key(5)
     want = train_sgd(p0, key, data64, learning_rate=0.1, momentum=momentum, config=cfg)
-    got = train_sgd_chunked(p0, key, data64, learning_rate=0.1, momentum=momentum, config=cfg, chunk=chunk,
-                            basis=basis)
+    got = train_sgd_chunked(
+        p0, key, data64, learning_rate=0.1, momentum=momentum, config=cfg, chunk=chunk, basis=basis
+    )
     assert _max_relative_error(want.snapshots, got.snapshots) < 1e-10
     np.testing.assert_array_equal(got.t, want.t)
     for name in ("w_norm", "v_norm", "b", "Q", "loss", "cos_delta"):
-        np.testing.assert_allclose(getattr(got.observables, name), getattr(want.observables, name),
-                                   rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(got.observables, name),
+            getattr(want.observables, name),
+            rtol=1e-10,
+            atol=1e-12,
+            err_msg=name,
+        )
     np.testing.assert_array_equal(got.observables.cell_hash, want.observables.cell_hash)
     assert int(got.status) == OK and int(got.num_steps) == cfg.steps
     # The run moved: a test of equality between two frozen trajectories would prove nothing.
@@ -123,7 +129,9 @@ def test_chunked_equals_per_step_sgd_float32(dataset, basis):
     data = training_data(dataset, jnp.float32)
     p0, key = _params(2, jnp.float32), jax.random.key(6)
     want = train_sgd(p0, key, data, learning_rate=0.1, momentum=0.9, config=CFG)
-    got = train_sgd_chunked(p0, key, data, learning_rate=0.1, momentum=0.9, config=CFG, chunk=3, basis=basis)
+    got = train_sgd_chunked(
+        p0, key, data, learning_rate=0.1, momentum=0.9, config=CFG, chunk=3, basis=basis
+    )
     assert got.snapshots.W.dtype == jnp.float32
     assert _max_relative_error(want.snapshots, got.snapshots) < 1e-4
 
@@ -134,11 +142,22 @@ def test_norms_mode_records_what_observe_records(data64, basis):
     cfg = CFG
     p0, key = _params(3), jax.random.key(7)
     full = train_sgd_chunked(p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3)
-    light = train_sgd_chunked(p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3,
-                              observables="norms", basis=basis)
+    light = train_sgd_chunked(
+        p0,
+        key,
+        data64,
+        learning_rate=0.1,
+        momentum=0.9,
+        config=cfg,
+        chunk=3,
+        observables="norms",
+        basis=basis,
+    )
     assert isinstance(light.observables, NeuronNorms)
     for name in ("w_norm", "v_norm", "b"):
-        np.testing.assert_allclose(getattr(light.observables, name), getattr(full.observables, name), rtol=1e-12)
+        np.testing.assert_allclose(
+            getattr(light.observables, name), getattr(full.observables, name), rtol=1e-12
+        )
     assert light.observables.w_norm.shape == (cfg.num_records, WIDTH)
 
 
@@ -148,10 +167,19 @@ def test_shared_order_equals_per_seed_lanes_with_one_key(data64, basis):
     cfg = CFG
     p0 = _stack([_params(s) for s in range(3)])
     key = jax.random.key(9)
-    shared = train_sgd_seeds_shared_order(p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3,
-                                          basis=basis)
-    lanes = train_sgd_chunked_seeds(p0, jnp.stack([key] * 3), data64, learning_rate=0.1, momentum=0.9,
-                                    config=cfg, chunk=3, basis=basis)
+    shared = train_sgd_seeds_shared_order(
+        p0, key, data64, learning_rate=0.1, momentum=0.9, config=cfg, chunk=3, basis=basis
+    )
+    lanes = train_sgd_chunked_seeds(
+        p0,
+        jnp.stack([key] * 3),
+        data64,
+        learning_rate=0.1,
+        momentum=0.9,
+        config=cfg,
+        chunk=3,
+        basis=basis,
+    )
     assert shared.observables.w_norm.shape == (3, cfg.num_records, WIDTH)
     assert _max_relative_error(shared.snapshots, lanes.snapshots) < 1e-12
     assert _max_relative_error(shared.observables, lanes.observables) < 1e-12
@@ -166,11 +194,28 @@ def test_vmapped_seeds_equal_python_loop(data64, basis):
     params = [_params(10 + s) for s in range(3)]
     keys = jax.random.split(jax.random.key(11), 3)
     rates = jnp.array([0.05, 0.1, 0.2])
-    swept = train_sgd_chunked_seeds(_stack(params), keys, data64, learning_rate=rates, momentum=0.9,
-                                    config=cfg, chunk=3, basis=basis)
+    swept = train_sgd_chunked_seeds(
+        _stack(params),
+        keys,
+        data64,
+        learning_rate=rates,
+        momentum=0.9,
+        config=cfg,
+        chunk=3,
+        basis=basis,
+    )
     for s in range(3):
-        one = train_sgd_chunked(params[s], keys[s], data64, learning_rate=float(rates[s]), momentum=0.9,
-                                config=cfg, chunk=3, observables="norms", basis=basis)
+        one = train_sgd_chunked(
+            params[s],
+            keys[s],
+            data64,
+            learning_rate=float(rates[s]),
+            momentum=0.9,
+            config=cfg,
+            chunk=3,
+            observables="norms",
+            basis=basis,
+        )
         lane = jax.tree.map(lambda a: a[s], swept)
         assert _max_relative_error(one.snapshots, lane.snapshots) < 1e-12
         assert _max_relative_error(one.observables, lane.observables) < 1e-12
@@ -180,9 +225,15 @@ def test_vmapped_seeds_equal_python_loop(data64, basis):
 
 
 def test_diverged_seed_is_a_status_not_an_exception(data64):
-    swept = train_sgd_chunked_seeds(_stack([_params(20), _params(21), _params(22)]),
-                                    jax.random.split(jax.random.key(0), 3), data64,
-                                    learning_rate=jnp.array([0.1, 1e200, 0.1]), momentum=0.9, config=CFG, chunk=3)
+    swept = train_sgd_chunked_seeds(
+        _stack([_params(20), _params(21), _params(22)]),
+        jax.random.split(jax.random.key(0), 3),
+        data64,
+        learning_rate=jnp.array([0.1, 1e200, 0.1]),
+        momentum=0.9,
+        config=CFG,
+        chunk=3,
+    )
     np.testing.assert_array_equal(swept.status, [OK, NON_FINITE, OK])
     assert np.all(np.isfinite(swept.snapshots.W[0])) and np.all(np.isfinite(swept.snapshots.W[2]))
 
@@ -195,16 +246,33 @@ def test_no_retrace_for_new_seeds_or_values(data64):
         return _stack([_params(first + s) for s in range(3)])
 
     train_sgd_chunked(_params(0), jax.random.key(0), data64, learning_rate=0.1, momentum=0.9, **kw)
-    train_sgd_seeds_shared_order(three(0), jax.random.key(0), data64, learning_rate=0.1, momentum=0.9, **kw)
-    train_sgd_chunked_seeds(three(0), jax.random.split(jax.random.key(0), 3), data64, learning_rate=0.1,
-                            momentum=0.9, **kw)
+    train_sgd_seeds_shared_order(
+        three(0), jax.random.key(0), data64, learning_rate=0.1, momentum=0.9, **kw
+    )
+    train_sgd_chunked_seeds(
+        three(0),
+        jax.random.split(jax.random.key(0), 3),
+        data64,
+        learning_rate=0.1,
+        momentum=0.9,
+        **kw,
+    )
     sizes = [f._cache_size() for f in (_train_one, _train_stacked, _train_per_seed)]
     for i, (lr, beta) in enumerate([(0.05, 0.0), (0.2, 0.5), (0.01, 0.99)]):
-        train_sgd_chunked(_params(30 + i), jax.random.key(i + 1), data64, learning_rate=lr, momentum=beta, **kw)
-        train_sgd_seeds_shared_order(three(40 + 3 * i), jax.random.key(i), data64, learning_rate=lr,
-                                     momentum=beta, **kw)
-        train_sgd_chunked_seeds(three(50 + 3 * i), jax.random.split(jax.random.key(i), 3), data64,
-                                learning_rate=jnp.array([lr, 2 * lr, 3 * lr]), momentum=beta, **kw)
+        train_sgd_chunked(
+            _params(30 + i), jax.random.key(i + 1), data64, learning_rate=lr, momentum=beta, **kw
+        )
+        train_sgd_seeds_shared_order(
+            three(40 + 3 * i), jax.random.key(i), data64, learning_rate=lr, momentum=beta, **kw
+        )
+        train_sgd_chunked_seeds(
+            three(50 + 3 * i),
+            jax.random.split(jax.random.key(i), 3),
+            data64,
+            learning_rate=jnp.array([lr, 2 * lr, 3 * lr]),
+            momentum=beta,
+            **kw,
+        )
     assert [f._cache_size() for f in (_train_one, _train_stacked, _train_per_seed)] == sizes
 
 
@@ -228,8 +296,15 @@ def test_bad_configuration_is_rejected_with_the_field_name(data64, change, messa
 
 def test_shared_order_needs_shared_hyperparameters(data64):
     with pytest.raises(ValueError, match="learning_rate"):
-        train_sgd_seeds_shared_order(_stack([_params(0), _params(1)]), jax.random.key(0), data64,
-                                     learning_rate=jnp.array([0.1, 0.2]), momentum=0.9, config=CFG, chunk=3)
+        train_sgd_seeds_shared_order(
+            _stack([_params(0), _params(1)]),
+            jax.random.key(0),
+            data64,
+            learning_rate=jnp.array([0.1, 0.2]),
+            momentum=0.9,
+            config=CFG,
+            chunk=3,
+        )
 
 
 def test_auto_basis_takes_the_one_with_fewer_flops():
@@ -247,7 +322,21 @@ def test_sample_basis_float32_on_a_long_run(dataset):
     data = training_data(dataset, jnp.float32)
     cfg = SGDConfig(steps=150, record_every=30, batch_size=4, snapshot_every=1)
     p0, key = _params(4, jnp.float32), jax.random.key(8)
-    runs = {basis: train_sgd_chunked(p0, key, data, learning_rate=0.1, momentum=0.9, config=cfg, chunk=10,
-                                     observables="norms", basis=basis) for basis in BASES}
+    runs = {
+        basis: train_sgd_chunked(
+            p0,
+            key,
+            data,
+            learning_rate=0.1,
+            momentum=0.9,
+            config=cfg,
+            chunk=10,
+            observables="norms",
+            basis=basis,
+        )
+        for basis in BASES
+    }
     assert _max_relative_error(runs["weights"].snapshots, runs["samples"].snapshots) < 1e-4
-    np.testing.assert_allclose(runs["samples"].observables.w_norm, runs["weights"].observables.w_norm, rtol=1e-4)
+    np.testing.assert_allclose(
+        runs["samples"].observables.w_norm, runs["weights"].observables.w_norm, rtol=1e-4
+    )

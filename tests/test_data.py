@@ -38,7 +38,9 @@ EMBEDDED_CONTENT_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b77
 # --------------------------------------------------------------------------- file writers
 
 
-def write_idx(path: Path, array: np.ndarray, magic: int, *, gz: bool, count: int | None = None) -> Path:
+def write_idx(
+    path: Path, array: np.ndarray, magic: int, *, gz: bool, count: int | None = None
+) -> Path:
     dims = list(array.shape)
     if count is not None:
         dims[0] = count
@@ -74,8 +76,11 @@ def fake_cifar_dir(tmp_path: Path, per_batch=40) -> Path:
     rng = np.random.default_rng(1)
     for name in ("data_batch_1", "data_batch_2", "test_batch"):
         labels = np.arange(per_batch) % 10
-        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(),
-                 b"data": coded_cifar_rows(labels, rng)}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": coded_cifar_rows(labels, rng),
+        }
         with open(d / name, "wb") as fh:
             pickle.dump(batch, fh)
     return d
@@ -213,8 +218,13 @@ def test_cifar_luma_hand_made_pixel():
 def test_read_npz_images_and_binary_spec(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "toy.npz"
-    np.savez(path, x_train=rng.normal(size=(20, 5)), y_train=np.arange(20) % 2,
-             x_test=rng.normal(size=(6, 5)), y_test=np.arange(6) % 2)
+    np.savez(
+        path,
+        x_train=rng.normal(size=(20, 5)),
+        y_train=np.arange(20) % 2,
+        x_test=rng.normal(size=(6, 5)),
+        y_test=np.arange(6) % 2,
+    )
     x, y, xt, yt = read_npz_images(path)
     assert x.shape == (20, 5) and yt.tolist() == [0, 1, 0, 1, 0, 1]
     ds = load_dataset(f"npz:{path}", n_per_class=5, preprocess="center")
@@ -227,8 +237,13 @@ def test_npz_cifar_like_goes_to_cifar_preset(tmp_path):
     rng = np.random.default_rng(2)
     labels = np.arange(40) % 4
     path = tmp_path / "four_jpeg.npz"
-    np.savez(path, x_train=coded_cifar_rows(labels, rng), y_train=labels,
-             x_test=coded_cifar_rows(labels, rng), y_test=labels)
+    np.savez(
+        path,
+        x_train=coded_cifar_rows(labels, rng),
+        y_train=labels,
+        x_test=coded_cifar_rows(labels, rng),
+        y_test=labels,
+    )
     ds = load_dataset(f"npz:{path}", n_per_class=8, test_per_class=4, preprocess="none")
     assert ds.dim == 1024 and ds.class_counts() == (8, 8)
     assert set(decode_label(ds.x)[ds.y == 0]) == {0, 3}
@@ -257,12 +272,22 @@ def test_read_npz_images_corrupt_and_bad_layout(tmp_path):
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        (dict(x_train=np.array([[0.0, np.nan], [1.0, 2.0]]), y_train=np.array([0, 1])), "non-finite"),
+        (
+            dict(x_train=np.array([[0.0, np.nan], [1.0, 2.0]]), y_train=np.array([0, 1])),
+            "non-finite",
+        ),
         (dict(x_train=np.ones((4, 3)), y_train=np.zeros(4, int)), "only one class"),
         (dict(x_train=np.ones((5, 3)), y_train=np.array([0, 1, 0, 1])), "5 inputs vs 4 labels"),
         (dict(x_train=np.ones((0, 3)), y_train=np.zeros(0, int)), "empty"),
-        (dict(x_train=np.ones((4, 3)), y_train=np.array([0, 1, 0, 1]), x_test=np.ones((2, 2)),
-              y_test=np.array([0, 1])), "x_test has 2 features"),
+        (
+            dict(
+                x_train=np.ones((4, 3)),
+                y_train=np.array([0, 1, 0, 1]),
+                x_test=np.ones((2, 2)),
+                y_test=np.array([0, 1]),
+            ),
+            "x_test has 2 features",
+        ),
         (dict(x_train=np.ones((4, 3)), y_train=np.array([0.5, 1, 0, 1])), "integer class labels"),
     ],
 )
@@ -331,7 +356,7 @@ def test_preprocess_center_unit(split):
     xc, xtc = preprocess(x, xt, "center-unit")
     assert float((xc.astype(np.float64) ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-5)
     centred = x - x.mean(0)
-    scale = np.sqrt((centred ** 2).sum(1).mean())
+    scale = np.sqrt((centred**2).sum(1).mean())
     np.testing.assert_allclose(xtc, (xt - x.mean(0)) / scale, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="all training inputs are identical"):
         preprocess(np.ones((3, 2)), None, "center-unit")
@@ -394,7 +419,9 @@ def test_mnist_default():
     assert ds.x.dtype == np.float32
     assert float((ds.x.astype(np.float64) ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-5)
     assert "preprocess=center-unit" in ds.provenance and "CC BY-SA 3.0" in ds.provenance
-    small = mnist_default(class1=(3,), class2=(8, 9), n_per_class=31, test_fraction=0.1, preprocess="none")
+    small = mnist_default(
+        class1=(3,), class2=(8, 9), n_per_class=31, test_fraction=0.1, preprocess="none"
+    )
     assert small.class_counts() == (31, 31) and small.name == "mnist5k-3-vs-8+9"
     assert tuple(np.bincount(small.y_test)) == (50, 100)
     assert 0.0 <= small.x.min() and small.x.max() <= 1.0
@@ -433,15 +460,29 @@ def test_mnist_options_are_validated(options, message):
 
 def test_gaussian_clusters_structure():
     ds, means, cluster = gaussian_clusters_with_means(
-        n_samples=60, dim=10, clusters_per_class=3, separation=2.0, noise=0.01, seed=4, test_samples=20)
+        n_samples=60,
+        dim=10,
+        clusters_per_class=3,
+        separation=2.0,
+        noise=0.01,
+        seed=4,
+        test_samples=20,
+    )
     assert means.shape == (6, 10) and ds.class_counts() == (30, 30)
     np.testing.assert_allclose(means @ means.T, 4.0 * np.eye(6), atol=1e-5)  # orthogonal, norm 2
     np.testing.assert_array_equal(ds.y, cluster // 3)
     assert np.bincount(cluster).tolist() == [10] * 6
     assert np.abs(ds.x - means[cluster]).max() < 0.1
     assert ds.x_test.shape == (20, 10) and tuple(np.bincount(ds.y_test)) == (10, 10)
-    again = gaussian_clusters(n_samples=60, dim=10, clusters_per_class=3, separation=2.0,
-                              noise=0.01, seed=4, test_samples=20)
+    again = gaussian_clusters(
+        n_samples=60,
+        dim=10,
+        clusters_per_class=3,
+        separation=2.0,
+        noise=0.01,
+        seed=4,
+        test_samples=20,
+    )
     np.testing.assert_array_equal(again.x, ds.x)
     np.testing.assert_array_equal(again.x_test, ds.x_test)
 
@@ -453,7 +494,9 @@ def test_gaussian_clusters_validation():
         gaussian_clusters(n_samples=11, dim=5)
     with pytest.raises(ValueError, match=r"separation must be finite and > 0"):
         gaussian_clusters(n_samples=10, dim=5, separation=0)
-    with pytest.raises(ValueError, match=r"dataset 'clusters' needs option\(s\) \['n_samples', 'dim'\]"):
+    with pytest.raises(
+        ValueError, match=r"dataset 'clusters' needs option\(s\) \['n_samples', 'dim'\]"
+    ):
         load_dataset("clusters")
 
 
@@ -470,7 +513,9 @@ def test_xor_clusters():
 
 
 def test_load_dataset_unknown_spec():
-    with pytest.raises(ValueError, match=r"unknown dataset spec 'mnst'; allowed: mnist, clusters, xor, cifar:PATH"):
+    with pytest.raises(
+        ValueError, match=r"unknown dataset spec 'mnst'; allowed: mnist, clusters, xor, cifar:PATH"
+    ):
         load_dataset("mnst")
     with pytest.raises(ValueError, match="needs a path"):
         load_dataset("cifar:")
@@ -488,7 +533,9 @@ def test_product_never_reads_the_shared_folder():
 def test_cifar_preset_on_real_npz():
     if not CIFAR_NPZ.is_file():
         pytest.skip(f"{CIFAR_NPZ} not present")
-    ds = load_dataset(f"cifar:{CIFAR_NPZ}", n_per_class=100, test_per_class=60, preprocess="none", seed=5)
+    ds = load_dataset(
+        f"cifar:{CIFAR_NPZ}", n_per_class=100, test_per_class=60, preprocess="none", seed=5
+    )
     assert ds.dim == 1024 and ds.class_counts() == (100, 100)
     assert tuple(np.bincount(ds.y_test)) == (60, 60)
     assert ds.name == "cifar10-airplane+cat-vs-automobile+bird" and "(JPEG copy)" in ds.provenance

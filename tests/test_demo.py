@@ -11,7 +11,9 @@ from gflow._cli import main
 @pytest.mark.slow
 def test_demo_writes_summary_and_figures(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--quick", "--n-per-class", "60", "--width", "12", "--out", str(out), "--quiet"])
+    code = main(
+        ["demo", "--quick", "--n-per-class", "60", "--width", "12", "--out", str(out), "--quiet"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "loss-drop time" in printed and "carry 90% of the total norm" in printed

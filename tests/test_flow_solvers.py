@@ -26,10 +26,17 @@ def _kinked_problem():
 def _gauss_solve(p0, data, dt, *, stages, t1):
     """Final parameters (flat), max |Q(t) − Q(0)| over steps, and the solver state."""
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), GaussLegendre(stages=stages, gated=GATES), 0.0, t1, None, p0, args=data,
+        diffrax.ODETerm(vector_field),
+        GaussLegendre(stages=stages, gated=GATES),
+        0.0,
+        t1,
+        None,
+        p0,
+        args=data,
         stepsize_controller=SaveTimeStepSize(dt=dt, step_ts=jnp.array([0.0, t1])),
         saveat=diffrax.SaveAt(steps=True, fn=lambda t, y, args: balance(y), solver_state=True),
-        max_steps=4096, throw=False,
+        max_steps=4096,
+        throw=False,
     )
     # Unused step slots are filled with inf; the last step's parameters come from one more save.
     q = jnp.where(jnp.isfinite(sol.ys), sol.ys, balance(p0)[None, :])
@@ -39,17 +46,33 @@ def _gauss_solve(p0, data, dt, *, stages, t1):
 @jax.jit(static_argnames=("stages", "t1"))
 def _gauss_final(p0, data, dt, *, stages, t1):
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), GaussLegendre(stages=stages, gated=GATES), 0.0, t1, None, p0, args=data,
+        diffrax.ODETerm(vector_field),
+        GaussLegendre(stages=stages, gated=GATES),
+        0.0,
+        t1,
+        None,
+        p0,
+        args=data,
         stepsize_controller=SaveTimeStepSize(dt=dt, step_ts=jnp.array([0.0, t1])),
-        saveat=diffrax.SaveAt(t1=True, solver_state=True), max_steps=4096,
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+        max_steps=4096,
     )
     return ravel_pytree(jax.tree.map(lambda a: a[-1], sol.ys))[0], sol.solver_state.fractional_gates
 
 
 @jax.jit
 def _tsit5_final(p0, data, t1):
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), diffrax.Tsit5(), 0.0, t1, None, p0, args=data,
-                              stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-13), max_steps=100_000)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        diffrax.Tsit5(),
+        0.0,
+        t1,
+        None,
+        p0,
+        args=data,
+        stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-13),
+        max_steps=100_000,
+    )
     return jax.tree.map(lambda a: a[-1], sol.ys)
 
 
@@ -66,10 +89,21 @@ def test_gated_field_is_the_flow_field_and_conserves_balance_for_any_gates():
         f = gated_field(0.0, p0, data, gates)
         dq = 2 * (jnp.sum(p0.W * f.W, axis=1) + p0.b * f.b - jnp.sum(p0.V * f.V, axis=1))
         dq = dq / (jnp.sum(p0.W**2, axis=1) * jnp.linalg.norm(f.W, axis=1))
-        narrow, inside = GATES.hold(0.0, p0, data, true, 1e-6)  # tiny sub-step: no sample in the band
+        narrow, inside = GATES.hold(
+            0.0, p0, data, true, 1e-6
+        )  # tiny sub-step: no sample in the band
         wide, inside_wide = GATES.hold(0.0, p0, data, true, 10.0)
-        return (own, losses, (gated_field(0.0, p0, data, own), true), dq, ramp_gates(p0, data, narrow), inside,
-                banded_field(0.0, p0, data, narrow), inside_wide, ramp_gates(p0, data, wide))
+        return (
+            own,
+            losses,
+            (gated_field(0.0, p0, data, own), true),
+            dq,
+            ramp_gates(p0, data, narrow),
+            inside,
+            banded_field(0.0, p0, data, narrow),
+            inside_wide,
+            ramp_gates(p0, data, wide),
+        )
 
     gates = jax.random.uniform(jax.random.key(2), (12, 3), jnp.float64)
     own, losses, fields, dq, ramp, inside, banded, inside_wide, wide = check(p0, data, gates)
@@ -89,7 +123,9 @@ def test_gated_field_is_the_flow_field_and_conserves_balance_for_any_gates():
 def test_balance_exact_through_gate_crossings_with_large_steps(stages):
     """Q_i is conserved to rounding at h = 1 (h·λ_max(∇²L) > 2: plain GD would be unstable),
     through dozens of gate changes and the loss drop."""
-    data = gflow.training_data(gflow.gaussian_clusters(n_samples=24, dim=6, seed=0, test_samples=0), jnp.float64)
+    data = gflow.training_data(
+        gflow.gaussian_clusters(n_samples=24, dim=6, seed=0, test_samples=0), jnp.float64
+    )
     p0 = gflow.init_params(jax.random.key(0), 5, 6, 0.1, dtype=jnp.float64)
     if stages == 1:  # through the public entry point
         ts = np.linspace(0.0, 30.0, 31)
@@ -108,7 +144,10 @@ def test_balance_exact_through_gate_crossings_with_large_steps(stages):
         result, dq, state = _gauss_solve(p0, data, 1.0, stages=2, t1=30.0)
         assert result == diffrax.RESULTS.successful
         assert int(state.fractional_gates) > 0
-        assert float(dq) <= 1e-12 * float(jnp.max(jnp.sum(p0.W**2, axis=1) + jnp.sum(p0.V**2, axis=1))) * 1e3
+        assert (
+            float(dq)
+            <= 1e-12 * float(jnp.max(jnp.sum(p0.W**2, axis=1) + jnp.sum(p0.V**2, axis=1))) * 1e3
+        )
 
 
 @pytest.mark.parametrize("stages, order", [(1, 2.0), (2, 4.0)])
@@ -145,14 +184,23 @@ def test_agrees_with_tsit5_through_gate_crossings(stages):
 def test_adaptive_steps_and_unsolved_stages_are_reported():
     data, p0 = _kinked_problem()
     ts = np.linspace(0.0, 1.0, 5)
-    traj, stats = gflow.gradient_flow(p0, data, ts, config=gflow.FlowConfig(solver="gauss1", rtol=1e-6),
-                                      return_stats=True)
+    traj, stats = gflow.gradient_flow(
+        p0, data, ts, config=gflow.FlowConfig(solver="gauss1", rtol=1e-6), return_stats=True
+    )
     assert int(traj.status) == OK and int(stats.num_accepted_steps) > 4
     assert float(np.max(gflow.balance_drift(traj.observables))) <= 1e-12
     # One sweep cannot solve the stage equations: a constant-step solve stops and says so.
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field), GaussLegendre(max_iterations=1, gated=GATES), 0.0, 1.0, None, p0, args=data,
-        stepsize_controller=SaveTimeStepSize(dt=0.1, step_ts=jnp.array([0.0, 1.0])), throw=False)
+        diffrax.ODETerm(vector_field),
+        GaussLegendre(max_iterations=1, gated=GATES),
+        0.0,
+        1.0,
+        None,
+        p0,
+        args=data,
+        stepsize_controller=SaveTimeStepSize(dt=0.1, step_ts=jnp.array([0.0, 1.0])),
+        throw=False,
+    )
     assert sol.result == diffrax.RESULTS.nonlinear_divergence
 
 
@@ -161,10 +209,16 @@ def test_adaptive_steps_and_unsolved_stages_are_reported():
     [
         (dict(solver="gauss3"), "solver must be one of"),
         (dict(solver="tsit5", stage_rtol=1e-10), "stage_rtol only apply"),
-        (dict(solver="dopri5", anderson_memory=3, stage_max_iterations=5), "stage_max_iterations, anderson_memory"),
+        (
+            dict(solver="dopri5", anderson_memory=3, stage_max_iterations=5),
+            "stage_max_iterations, anderson_memory",
+        ),
         (dict(solver="gauss1", stage_rtol=-1.0), "stage_rtol must be a finite number > 0"),
         (dict(solver="gauss1", stage_atol=float("nan")), "stage_atol must be a finite number > 0"),
-        (dict(solver="gauss2", stage_max_iterations=0), "stage_max_iterations must be an integer >= 1"),
+        (
+            dict(solver="gauss2", stage_max_iterations=0),
+            "stage_max_iterations must be an integer >= 1",
+        ),
         (dict(solver="gauss2", anderson_memory=-1), "anderson_memory must be an integer >= 0"),
         (dict(solver="gauss2", anderson_memory=2.5), "anderson_memory must be an integer >= 0"),
         (dict(solver="gauss1", adaptive=False), "needs dt0 > 0"),
@@ -181,8 +235,15 @@ def test_bad_solver_arguments_are_rejected():
     with pytest.raises(ValueError, match="max_iterations must be an integer >= 1"):
         GaussLegendre(max_iterations=0)
     with pytest.raises(ValueError, match="dt0=None"):
-        diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -y), GaussLegendre(), 0.0, 1.0, 0.1, jnp.ones(2),
-                            stepsize_controller=SaveTimeStepSize(dt=0.1, step_ts=jnp.array([0.0, 1.0])))
+        diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, a: -y),
+            GaussLegendre(),
+            0.0,
+            1.0,
+            0.1,
+            jnp.ones(2),
+            stepsize_controller=SaveTimeStepSize(dt=0.1, step_ts=jnp.array([0.0, 1.0])),
+        )
 
 
 def test_constant_steps_are_halved_where_the_stage_solve_fails():
@@ -190,11 +251,19 @@ def test_constant_steps_are_halved_where_the_stage_solve_fails():
     h·λ/2 < 1, so steps of 1 at λ = 10 are retried at half length until they do, every accepted
     step is the implicit midpoint step at its own h, and the steps after a retry start again
     from dt. At λ = 10⁴ even dt/64 fails and the solve says so."""
+
     def solve(lam):
         return diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, a: -lam * y), GaussLegendre(anderson_memory=0, max_iterations=50),
-            0.0, 3.0, None, jnp.array([1.0]), saveat=diffrax.SaveAt(t0=True, steps=True),
-            stepsize_controller=SaveTimeStepSize(dt=1.0, step_ts=jnp.array([0.0, 3.0])), throw=False)
+            diffrax.ODETerm(lambda t, y, a: -lam * y),
+            GaussLegendre(anderson_memory=0, max_iterations=50),
+            0.0,
+            3.0,
+            None,
+            jnp.array([1.0]),
+            saveat=diffrax.SaveAt(t0=True, steps=True),
+            stepsize_controller=SaveTimeStepSize(dt=1.0, step_ts=jnp.array([0.0, 3.0])),
+            throw=False,
+        )
 
     sol = solve(10.0)
     assert sol.result == diffrax.RESULTS.successful

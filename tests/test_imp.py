@@ -43,8 +43,12 @@ def _data(seed=0, n=N, dim=DIM):
     y = np.arange(n) % 2
     x = means[y] + 0.7 * rng.normal(size=(n, dim))
     xt = means[np.arange(10) % 2] + 0.7 * rng.normal(size=(10, dim))
-    return gflow.training_data(gflow.Dataset(x, y, name="two-blobs", provenance="normal draws",
-                                             x_test=xt, y_test=np.arange(10) % 2), F64)
+    return gflow.training_data(
+        gflow.Dataset(
+            x, y, name="two-blobs", provenance="normal draws", x_test=xt, y_test=np.arange(10) % 2
+        ),
+        F64,
+    )
 
 
 def _params(seed=0, sigma=0.1):
@@ -68,8 +72,11 @@ def test_pruned_counts_follow_the_geometric_schedule(s):
 
 def test_magnitude_prune_is_global_exact_and_keeps_pruned_weights_pruned():
     rng = np.random.default_rng(0)
-    p = gflow.Params(W=jnp.asarray(rng.normal(size=(4, 3)), F64), b=jnp.asarray(rng.normal(size=4), F64),
-                     V=jnp.asarray(rng.normal(size=(4, 2)), F64))
+    p = gflow.Params(
+        W=jnp.asarray(rng.normal(size=(4, 3)), F64),
+        b=jnp.asarray(rng.normal(size=4), F64),
+        V=jnp.asarray(rng.normal(size=(4, 2)), F64),
+    )
     mask = dense_mask(p)
     m1 = magnitude_prune(p, mask, 5)
     flat = np.abs(np.concatenate([np.asarray(p.W).ravel(), np.asarray(p.V).ravel()]))
@@ -84,8 +91,11 @@ def test_magnitude_prune_is_global_exact_and_keeps_pruned_weights_pruned():
     assert (~keep2).sum() == 9 and np.all(keep2 <= keep)
     # Ties are broken by position, so the count stays exact.
     tied = gflow.Params(W=jnp.ones((4, 3), F64), b=jnp.zeros(4, F64), V=jnp.ones((4, 2), F64))
-    assert int(jnp.sum(~magnitude_prune(tied, dense_mask(tied), 7).W)) + int(
-        jnp.sum(~magnitude_prune(tied, dense_mask(tied), 7).V)) == 7
+    assert (
+        int(jnp.sum(~magnitude_prune(tied, dense_mask(tied), 7).W))
+        + int(jnp.sum(~magnitude_prune(tied, dense_mask(tied), 7).V))
+        == 7
+    )
 
 
 def test_random_pruning_keeps_each_tensors_count():
@@ -102,8 +112,12 @@ def test_random_pruning_keeps_each_tensors_count():
 def test_pruned_weights_stay_exactly_zero_through_training():
     data, p0 = _data(), _params()
     mask = random_prune_like(jax.random.key(1), magnitude_prune(p0, dense_mask(p0), 15))
-    out = train_masked(p0, jax.random.key(2), data, mask, learning_rate=0.05, momentum=0.9, steps=60, batch_size=4)
-    assert bool(jnp.all(jnp.where(mask.W, 0.0, out.W) == 0.0)) and bool(jnp.all(jnp.where(mask.V, 0.0, out.V) == 0.0))
+    out = train_masked(
+        p0, jax.random.key(2), data, mask, learning_rate=0.05, momentum=0.9, steps=60, batch_size=4
+    )
+    assert bool(jnp.all(jnp.where(mask.W, 0.0, out.W) == 0.0)) and bool(
+        jnp.all(jnp.where(mask.V, 0.0, out.V) == 0.0)
+    )
     assert bool(jnp.any(jnp.where(mask.W, out.W != p0.W, False)))  # survivors did train
 
 
@@ -116,8 +130,18 @@ def imp_run():
     key = jax.random.key(11)
     cfg = IMPConfig(steps=60, batch_size=4, rounds=3, rewind_step=0)
     targets = jnp.asarray([0.2, 0.5, 0.7], F64)
-    res = jax.vmap(lambda s: imp(p0, key, data, target_sparsity=s, learning_rate=0.05, momentum=0.9,
-                                 config=cfg, throw=False))(targets)
+    res = jax.vmap(
+        lambda s: imp(
+            p0,
+            key,
+            data,
+            target_sparsity=s,
+            learning_rate=0.05,
+            momentum=0.9,
+            config=cfg,
+            throw=False,
+        )
+    )(targets)
     return data, p0, key, cfg, targets, res
 
 
@@ -137,12 +161,20 @@ def test_imp_sparsity_is_exact_each_round_and_masks_are_nested(imp_run):
 
 def test_imp_pruned_weights_are_exactly_zero_in_every_round_and_control(imp_run):
     _, _, _, _, _, res = imp_run
-    for m, p in ((res.masks.W, res.final_params.W), (res.masks.V, res.final_params.V),
-                 (res.random_pruning.mask.W, res.random_pruning.final_params.W),
-                 (res.random_reinit.mask.W, res.random_reinit.final_params.W)):
+    for m, p in (
+        (res.masks.W, res.final_params.W),
+        (res.masks.V, res.final_params.V),
+        (res.random_pruning.mask.W, res.random_pruning.final_params.W),
+        (res.random_reinit.mask.W, res.random_reinit.final_params.W),
+    ):
         assert bool(jnp.all(jnp.where(m, 0.0, p) == 0.0))
     assert bool(jnp.all(res.random_reinit.mask.W == res.masks.W[:, -1]))
-    assert bool(jnp.all(jnp.sum(~res.random_pruning.mask.W, axis=(1, 2)) == jnp.sum(~res.masks.W[:, -1], axis=(1, 2))))
+    assert bool(
+        jnp.all(
+            jnp.sum(~res.random_pruning.mask.W, axis=(1, 2))
+            == jnp.sum(~res.masks.W[:, -1], axis=(1, 2))
+        )
+    )
 
 
 def test_imp_rewinds_survivors_to_their_initial_values(imp_run):
@@ -151,14 +183,22 @@ def test_imp_rewinds_survivors_to_their_initial_values(imp_run):
     # `train_sgd` run with the same key: same optax steps, same mini-batches.
     data, p0, key, cfg, targets, res = imp_run
     assert bool(jnp.all(res.rewind_params.W == p0.W))
-    dense = gflow.train_sgd(p0, key, data, learning_rate=0.05, momentum=0.9,
-                            config=gflow.SGDConfig(steps=cfg.steps, record_every=cfg.steps, batch_size=4)).final_params
+    dense = gflow.train_sgd(
+        p0,
+        key,
+        data,
+        learning_rate=0.05,
+        momentum=0.9,
+        config=gflow.SGDConfig(steps=cfg.steps, record_every=cfg.steps, batch_size=4),
+    ).final_params
     np.testing.assert_allclose(res.final_params.W[1, 0], dense.W, rtol=1e-12, atol=1e-14)
     j, r = 1, 2
     mask = jax.tree.map(lambda a: a[j, r], res.masks)
     rewound = apply_mask(p0, mask)
     assert bool(jnp.all(jnp.where(mask.W, rewound.W == p0.W, rewound.W == 0)))
-    again = train_masked(rewound, key, data, mask, learning_rate=0.05, momentum=0.9, steps=cfg.steps, batch_size=4)
+    again = train_masked(
+        rewound, key, data, mask, learning_rate=0.05, momentum=0.9, steps=cfg.steps, batch_size=4
+    )
     np.testing.assert_allclose(again.W, res.final_params.W[j, r], rtol=1e-12, atol=1e-14)
 
 
@@ -166,20 +206,48 @@ def test_imp_rewinding_to_an_early_step():
     data, p0 = _data(), _params()
     key = jax.random.key(11)
     k = 30  # = steps − k, so both halves share one compiled masked trainer (first_step is traced)
-    res = imp(p0, key, data, target_sparsity=0.5, learning_rate=0.05, momentum=0.9,
-              config=IMPConfig(steps=60, batch_size=4, rewind_step=k), controls=False)
-    theta_k = train_masked(p0, key, data, dense_mask(p0), learning_rate=0.05, momentum=0.9, steps=k, batch_size=4)
+    res = imp(
+        p0,
+        key,
+        data,
+        target_sparsity=0.5,
+        learning_rate=0.05,
+        momentum=0.9,
+        config=IMPConfig(steps=60, batch_size=4, rewind_step=k),
+        controls=False,
+    )
+    theta_k = train_masked(
+        p0, key, data, dense_mask(p0), learning_rate=0.05, momentum=0.9, steps=k, batch_size=4
+    )
     np.testing.assert_allclose(res.rewind_params.W, theta_k.W, rtol=1e-12, atol=1e-14)
     assert float(res.rewind_time) == pytest.approx(k * 0.05 / 0.1)
     mask = jax.tree.map(lambda a: a[3], res.masks)
-    again = train_masked(apply_mask(theta_k, mask), key, data, mask, learning_rate=0.05, momentum=0.9,
-                         steps=60 - k, batch_size=4, first_step=k)
+    again = train_masked(
+        apply_mask(theta_k, mask),
+        key,
+        data,
+        mask,
+        learning_rate=0.05,
+        momentum=0.9,
+        steps=60 - k,
+        batch_size=4,
+        first_step=k,
+    )
     np.testing.assert_allclose(again.W, res.final_params.W[3], rtol=1e-12, atol=1e-14)
 
 
 def test_imp_vmapped_equals_a_single_call(imp_run):
     data, p0, key, cfg, targets, res = imp_run
-    single = imp(p0, key, data, target_sparsity=0.5, learning_rate=0.05, momentum=0.9, config=cfg, controls=False)
+    single = imp(
+        p0,
+        key,
+        data,
+        target_sparsity=0.5,
+        learning_rate=0.05,
+        momentum=0.9,
+        config=cfg,
+        controls=False,
+    )
     np.testing.assert_allclose(res.final_params.W[1], single.final_params.W, rtol=1e-10, atol=1e-13)
     assert bool(jnp.all(res.masks.W[1] == single.masks.W))
     assert np.isnan(float(single.random_pruning.test_accuracy))
@@ -191,7 +259,14 @@ def test_imp_rejects_bad_configuration():
     with pytest.raises(ValueError, match="rounds"):
         IMPConfig(steps=10, rounds=0)
     with pytest.raises(ValueError, match="target_sparsity"):
-        imp(_params(), jax.random.key(0), _data(), target_sparsity=1.0, learning_rate=0.1, config=IMPConfig(steps=4))
+        imp(
+            _params(),
+            jax.random.key(0),
+            _data(),
+            target_sparsity=1.0,
+            learning_rate=0.1,
+            config=IMPConfig(steps=4),
+        )
 
 
 def test_pruned_per_neuron_counts_rows():
@@ -230,7 +305,9 @@ def test_permutation_p_value_matches_the_exact_permutation_distribution():
 
 
 def test_auc_is_the_probability_that_a_positive_outranks_a_negative():
-    assert mann_whitney_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert mann_whitney_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(
+        0.75
+    )
     rng = np.random.default_rng(0)
     s = rng.integers(0, 5, size=30).astype(float)  # many ties
     pos = rng.random(30) < 0.4
@@ -249,10 +326,14 @@ def test_scores_agree_with_the_recorded_observables_and_closed_forms():
     scores = neuron_scores(p0, obs, data)
     # With κ from the current v, the t = 0 alignment is the observable cos_target.
     np.testing.assert_allclose(scores["cos_delta_t0_current_kappa"], obs.cos_target, rtol=1e-12)
-    np.testing.assert_allclose(scores["unlocking_rate_early"], np.sqrt(2) * obs.target_strength * obs.cos_target, rtol=1e-12)
+    np.testing.assert_allclose(
+        scores["unlocking_rate_early"],
+        np.sqrt(2) * obs.target_strength * obs.cos_target,
+        rtol=1e-12,
+    )
     # SNIP against the closed-form gradient of docs/theory.md §1.
     g = jax.jit(gflow.closed_form_gradient)(p0, data.x, data.y)
-    snip = (jnp.abs(p0.W * g.W).sum(1) + jnp.abs(p0.b * g.b) + jnp.abs(p0.V * g.V).sum(1))
+    snip = jnp.abs(p0.W * g.W).sum(1) + jnp.abs(p0.b * g.b) + jnp.abs(p0.V * g.V).sum(1)
     np.testing.assert_allclose(jax.jit(snip_saliency)(p0, data), snip, rtol=1e-10)
     # κ̂ = sign Σ_s a_i(s) ỹ_s.
     a = np.maximum(np.asarray(data.x) @ np.asarray(p0.W).T, 0)

@@ -93,7 +93,9 @@ def test_product_growth_identity_with_bias():
     g = gflow.gating_pattern(params, data.x).astype(data.x.dtype)
     r = gflow.residuals(params, data.x, data.y)
     beta = -jnp.sum(g * (r @ v_hat.T), axis=0) / data.x.shape[0]
-    predicted = (obs.w_norm**2 + obs.v_norm**2) * jnp.sum(e * w_hat, axis=1) + obs.w_norm * params.b * beta
+    predicted = (obs.w_norm**2 + obs.v_norm**2) * jnp.sum(
+        e * w_hat, axis=1
+    ) + obs.w_norm * params.b * beta
     np.testing.assert_allclose(dP, predicted, rtol=1e-10, atol=1e-14)
 
 
@@ -109,20 +111,26 @@ def test_targets_and_observables_definitions():
         target = kappa * u / np.linalg.norm(u)
         assert obs.kappa[i] == kappa
         assert obs.active[i] == gate.sum()
-        np.testing.assert_allclose(obs.cos_target[i], W[i] @ target / np.linalg.norm(W[i]), rtol=1e-12)
+        np.testing.assert_allclose(
+            obs.cos_target[i], W[i] @ target / np.linalg.norm(W[i]), rtol=1e-12
+        )
         np.testing.assert_allclose(obs.target_strength[i], np.linalg.norm(u) / len(x), rtol=1e-12)
         np.testing.assert_allclose(obs.phi[i], np.arctan2(V[i, 1], V[i, 0]), rtol=1e-12)
     gates = gflow.gating_pattern(params, data.x)
     T = gflow.target_directions(gates, obs.kappa, data)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(T), axis=1), 1.0, rtol=1e-12)
     # Equal gating patterns share a hash; the hash changes when one sample flips.
-    h = np.asarray(gflow._observables.cell_hash(jnp.stack([gates[:, 0], gates[:, 0], ~gates[:, 0]], axis=1)))
+    h = np.asarray(
+        gflow._observables.cell_hash(jnp.stack([gates[:, 0], gates[:, 0], ~gates[:, 0]], axis=1))
+    )
     assert h[0] == h[1] != h[2]
 
 
 def test_dead_neuron_observables_are_finite():
     params, data = _problem()
-    params = params._replace(W=params.W.at[0].set(0.0), b=params.b.at[0].set(0.0), V=params.V.at[1].set(0.0))
+    params = params._replace(
+        W=params.W.at[0].set(0.0), b=params.b.at[0].set(0.0), V=params.V.at[1].set(0.0)
+    )
     obs = gflow.observe(params, data)
     for name, value in obs._asdict().items():
         if name.startswith("test_"):

@@ -14,7 +14,9 @@ from gflow._projection import balance_defect, rescale_to_balance
 
 
 def _problem(width=5, dim=6, sigma=0.3, seed=0):
-    data = gflow.training_data(gflow.gaussian_clusters(n_samples=24, dim=dim, seed=seed, test_samples=0), jnp.float64)
+    data = gflow.training_data(
+        gflow.gaussian_clusters(n_samples=24, dim=dim, seed=seed, test_samples=0), jnp.float64
+    )
     return data, gflow.init_params(jax.random.key(seed), width, dim, sigma, dtype=jnp.float64)
 
 
@@ -27,7 +29,9 @@ def test_rescaling_sets_the_balance_and_keeps_the_network_function():
         np.testing.assert_allclose(balance(r), target, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(logits(r, data.x), logits(p, data.x), rtol=1e-12, atol=1e-14)
         # Each neuron moved along its own orbit: w_i and v_i keep their directions.
-        cos_w = jnp.sum(r.W * p.W, axis=1) / (jnp.linalg.norm(r.W, axis=1) * jnp.linalg.norm(p.W, axis=1))
+        cos_w = jnp.sum(r.W * p.W, axis=1) / (
+            jnp.linalg.norm(r.W, axis=1) * jnp.linalg.norm(p.W, axis=1)
+        )
         np.testing.assert_allclose(cos_w, 1.0, rtol=1e-13)
     same = rescale_to_balance(p, q_now)
     np.testing.assert_allclose(ravel_pytree(same)[0], ravel_pytree(p)[0], rtol=1e-13, atol=1e-16)
@@ -44,7 +48,9 @@ def test_projected_euler_step_is_the_gd_step_rescaled():
     got = jax.tree.map(lambda a: a[-1], traj.snapshots)
     np.testing.assert_allclose(ravel_pytree(got)[0], ravel_pytree(want)[0], rtol=1e-12, atol=1e-15)
     assert int(stats.num_steps) == 1 and int(stats.evaluations) == 1
-    assert float(stats.balance_defect_max) == pytest.approx(float(balance_defect(p0, gd)), rel=1e-10)
+    assert float(stats.balance_defect_max) == pytest.approx(
+        float(balance_defect(p0, gd)), rel=1e-10
+    )
     assert float(stats.balance_defect_max) > 0
 
 
@@ -53,7 +59,9 @@ def test_projected_heun_conserves_the_balance_through_gate_crossings():
     one only by rounding; the saved states are step end points (steps land on the save times)."""
     data, p0 = _problem(sigma=0.1)
     ts = np.linspace(0.0, 30.0, 7)  # save interval 5: 10 steps each
-    plain = gflow.gradient_flow(p0, data, ts, config=gflow.FlowConfig(solver="heun", adaptive=False, dt0=0.5))
+    plain = gflow.gradient_flow(
+        p0, data, ts, config=gflow.FlowConfig(solver="heun", adaptive=False, dt0=0.5)
+    )
     cfg = gflow.FlowConfig(solver="heun", adaptive=False, dt0=0.5, project_balance=True)
     traj, stats = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True)
     obs = traj.observables
@@ -76,23 +84,30 @@ def test_projected_heun_keeps_order_two_on_a_smooth_segment():
     ts = np.array([0.0, 0.4])
     tight = gflow.FlowConfig(solver="tsit5", rtol=1e-12, atol=1e-13)
     end = jax.tree.map(lambda a: a[-1], gflow.gradient_flow(p0, data, ts, config=tight).snapshots)
-    np.testing.assert_array_equal(gflow.gating_pattern(end, data.x), gflow.gating_pattern(p0, data.x))
+    np.testing.assert_array_equal(
+        gflow.gating_pattern(end, data.x), gflow.gating_pattern(p0, data.x)
+    )
     ref = ravel_pytree(end)[0]
     hs = np.array([0.1, 0.05, 0.025])
     errors = []
     for h in hs:
         cfg = gflow.FlowConfig(solver="heun", adaptive=False, dt0=float(h), project_balance=True)
-        got = ravel_pytree(jax.tree.map(lambda a: a[-1], gflow.gradient_flow(p0, data, ts, config=cfg).snapshots))[0]
+        got = ravel_pytree(
+            jax.tree.map(lambda a: a[-1], gflow.gradient_flow(p0, data, ts, config=cfg).snapshots)
+        )[0]
         errors.append(float(jnp.max(jnp.abs(got - ref))))
     slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
     assert abs(slope - 2.0) < 0.25, (slope, errors)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(solver="tsit5", adaptive=False, dt0=0.1),  # FSAL
-    dict(solver="heun", dt0=0.1),  # adaptive steps
-    dict(solver="gauss1", adaptive=False, dt0=0.1),  # conserves the balance already
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(solver="tsit5", adaptive=False, dt0=0.1),  # FSAL
+        dict(solver="heun", dt0=0.1),  # adaptive steps
+        dict(solver="gauss1", adaptive=False, dt0=0.1),  # conserves the balance already
+    ],
+)
 def test_projection_options_are_checked(kwargs):
     with pytest.raises(ValueError, match="project_balance needs constant steps"):
         gflow.FlowConfig(project_balance=True, **kwargs)

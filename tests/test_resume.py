@@ -20,9 +20,30 @@ from gflow._runs import load_run
 
 # 32 seeds in chunks of 4: 8 chunks, each a fraction of a second, so that a kill after the first
 # chunk reliably lands in the middle of the sweep.
-ARGS = ["sweep", "--dataset", "clusters", "--n-per-class", "32", "--width", "8", "--sigma", "1e-3",
-        "--lr", "0.02", "--batch", "8", "--steps", "1000", "--record-every", "50", "--seeds", "0:32",
-        "--chunk-size", "4", "--quiet"]
+ARGS = [
+    "sweep",
+    "--dataset",
+    "clusters",
+    "--n-per-class",
+    "32",
+    "--width",
+    "8",
+    "--sigma",
+    "1e-3",
+    "--lr",
+    "0.02",
+    "--batch",
+    "8",
+    "--steps",
+    "1000",
+    "--record-every",
+    "50",
+    "--seeds",
+    "0:32",
+    "--chunk-size",
+    "4",
+    "--quiet",
+]
 CHUNKS = 8
 _CLI = "import sys; from gflow._cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -30,13 +51,23 @@ _CLI = "import sys; from gflow._cli import main; sys.exit(main(sys.argv[1:]))"
 def _env(cache: Path) -> dict:
     # A shared persistent compilation cache: the later processes load the program the first one
     # compiled (the same executable, so the comparison below is not weakened by it).
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
 
 
 def _gflow(args, env, **kwargs):
-    return subprocess.Popen([sys.executable, "-c", _CLI, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", _CLI, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +82,11 @@ def workspace(tmp_path_factory):
 
 def _chunk_dirs(folder: Path) -> list[str]:
     chunks = folder / "chunks"
-    return sorted(p.name for p in chunks.iterdir() if p.name.startswith("chunk-")) if chunks.is_dir() else []
+    return (
+        sorted(p.name for p in chunks.iterdir() if p.name.startswith("chunk-"))
+        if chunks.is_dir()
+        else []
+    )
 
 
 def test_kill_minus_nine_then_resume_is_bitwise_identical(workspace):
@@ -104,7 +139,11 @@ def test_resume_with_another_configuration_is_refused(workspace, capsys):
     code = main([*args, "--out", str(whole), "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "cannot resume" in err and "different configuration" in err and "lr: [0.02] there, [0.03] requested" in err
+    assert (
+        "cannot resume" in err
+        and "different configuration" in err
+        and "lr: [0.02] there, [0.03] requested" in err
+    )
     assert (whole / "manifest.json").read_bytes() == before  # the folder is left as it was
 
 
@@ -126,5 +165,8 @@ def test_resume_cleans_partial_chunks_and_recomputes_nothing_when_complete(works
     (folder / ".manifest.json.abc.tmp").write_text("{")
     assert main([*ARGS, "--out", str(folder), "--resume"]) == 0
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["invocations"][-1]["chunks_computed"] == [] and manifest["invocations"][-1]["compile_seconds"] == 0.0
+    assert (
+        manifest["invocations"][-1]["chunks_computed"] == []
+        and manifest["invocations"][-1]["compile_seconds"] == 0.0
+    )
     assert not [p for p in folder.rglob(".*")]

@@ -22,8 +22,20 @@ from gflow._trajectory import MAX_STEPS_REACHED, OK
 
 # Two learning rates × three seeds = 6 runs in chunks of 4: the second chunk is padded and the
 # first one straddles the two points.
-SGD = dict(trainer="sgd", dataset="clusters", width=8, sigma=1e-3, lr=(0.05, 0.1), momentum=0.9, batch=8,
-           steps=300, record_every=30, seeds="0:3", chunk_size=4, dtype="float64")
+SGD = dict(
+    trainer="sgd",
+    dataset="clusters",
+    width=8,
+    sigma=1e-3,
+    lr=(0.05, 0.1),
+    momentum=0.9,
+    batch=8,
+    steps=300,
+    record_every=30,
+    seeds="0:3",
+    chunk_size=4,
+    dtype="float64",
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +61,9 @@ def test_load_run_round_trip(sgd_folder, clusters):
     assert run.final_params.W.shape == (2, 3, 8, 8) and run.final_params.V.shape == (2, 3, 8, 2)
     # Same configuration, same numbers: bitwise, field by field (determinism).
     for field in Observables._fields:
-        np.testing.assert_array_equal(run.observables[field], again.observables[field], err_msg=field)
+        np.testing.assert_array_equal(
+            run.observables[field], again.observables[field], err_msg=field
+        )
     for a, b in zip(run.final_params, again.final_params):
         np.testing.assert_array_equal(a, b)
     # The time axis is the flow time t = k·η/(1−β) of docs/theory.md §1 (k = 0, 30, ..., 300).
@@ -118,27 +132,43 @@ def test_vmapped_sweep_equals_python_loop_over_seeds(clusters):
         for s, seed in enumerate((0, 1, 2)):
             key_init, key_batch = jax.random.split(jax.random.key(seed))
             params0 = gflow.init_params(key_init, 8, 8, 1e-3, dtype=jnp.float64)
-            traj = gflow.train_sgd(params0, key_batch, data, learning_rate=lr, momentum=0.9, config=config)
+            traj = gflow.train_sgd(
+                params0, key_batch, data, learning_rate=lr, momentum=0.9, config=config
+            )
             for field in ("P", "cos_delta", "Q", "loss", "accuracy", "cell_hash"):
                 expected = np.asarray(getattr(traj.observables, field))
                 got = run.observables[field][p, s]
                 # vmapped and single calls may round differently in the last bits (float64).
-                np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15, err_msg=f"{field} lr={lr} seed={seed}")
-            np.testing.assert_allclose(run.final_params.W[p, s], np.asarray(traj.final_params.W), rtol=1e-9, atol=1e-15)
+                np.testing.assert_allclose(
+                    got, expected, rtol=1e-9, atol=1e-15, err_msg=f"{field} lr={lr} seed={seed}"
+                )
+            np.testing.assert_allclose(
+                run.final_params.W[p, s], np.asarray(traj.final_params.W), rtol=1e-9, atol=1e-15
+            )
 
 
 def test_flow_sweep_marks_failed_solves_and_keeps_the_rest(clusters):
     """σ = 1e-3 needs ~1000 solver steps on this problem, σ = 0.3 under 100: with max_steps = 300
     the small-σ runs stop (MAX_STEPS_REACHED) inside the same vmapped batch as the large-σ runs,
     which finish, conserve the balance Q_i (docs/theory.md §2) and equal a sweep of σ = 0.3 alone."""
-    flow = dict(trainer="flow", dataset="clusters", width=8, t_end=40.0, save_points=21, rtol=1e-4,
-                max_steps=300, chunk_size=4)
+    flow = dict(
+        trainer="flow",
+        dataset="clusters",
+        width=8,
+        t_end=40.0,
+        save_points=21,
+        rtol=1e-4,
+        max_steps=300,
+        chunk_size=4,
+    )
     both = sweep(clusters, RunConfig(**flow, sigma=(1e-3, 0.3), seeds="0:2"))
     alone = sweep(clusters, RunConfig(**flow, sigma=0.3, seeds="0:4"))
     assert both.status.tolist() == [[MAX_STEPS_REACHED] * 2, [OK] * 2]
     assert "max_steps" in both.status_messages[0, 0]
     for field in Observables._fields:
-        np.testing.assert_array_equal(both.observables[field][1], alone.observables[field][0, :2], err_msg=field)
+        np.testing.assert_array_equal(
+            both.observables[field][1], alone.observables[field][0, :2], err_msg=field
+        )
     drift = np.asarray(gflow.balance_drift(both.observables_of(1, 0)))
     assert np.max(drift) < 1e-3  # ~rtol: the flow conserves Q_i
     summary = summarize(both)
@@ -153,12 +183,18 @@ def test_config_file_then_flags(tmp_path):
     from gflow._cli._run import resolve_config
 
     path = tmp_path / "sweep.toml"
-    path.write_text('trainer = "gd"\nwidth = 16\nlr = [0.05]\nsteps = 400\nrecord-every = 20\nseeds = "0:8"\n')
-    args = build_parser().parse_args(["sweep", "--config", str(path), "--lr", "0.1,0.2", "--seeds", "3:5"])
+    path.write_text(
+        'trainer = "gd"\nwidth = 16\nlr = [0.05]\nsteps = 400\nrecord-every = 20\nseeds = "0:8"\n'
+    )
+    args = build_parser().parse_args(
+        ["sweep", "--config", str(path), "--lr", "0.1,0.2", "--seeds", "3:5"]
+    )
     config = resolve_config(args, sweep=True)
     assert config.lr == (0.1, 0.2) and config.seeds == (3, 4)  # flags win
     assert config.width == 16 and config.steps == 400 and config.record_every == 20  # from the file
-    assert config.momentum == (0.0,) and config.batch is None and config.sigma == (1e-5,)  # defaults of gd
+    assert (
+        config.momentum == (0.0,) and config.batch is None and config.sigma == (1e-5,)
+    )  # defaults of gd
     # gflow run takes one configuration: a list in the file is refused, pointing to gflow sweep.
     path.write_text("sigma = [1e-5, 1e-4]\n")
     with pytest.raises(ValueError, match="use gflow sweep"):

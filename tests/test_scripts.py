@@ -72,13 +72,19 @@ def test_fig3a_clusters_vs_n(fig3a):
         assert 1 <= int(r["clusters"]) <= int(r["d"])
     # The summary is the mean over seeds of the rows.
     for entry in record["summary"]:
-        c = [int(r["clusters"]) for r in rows if int(r["d"]) == entry["d"] and int(r["N"]) == entry["N"]]
+        c = [
+            int(r["clusters"])
+            for r in rows
+            if int(r["d"]) == entry["d"] and int(r["N"]) == entry["N"]
+        ]
         assert entry["clusters_mean"] == pytest.approx(np.mean(c))
 
 
 def test_table_g_merging_respects_the_bound(table_g):
     out, record, rows = table_g
-    assert (out / "table_g_merging.md").read_text().count("\n| ") == 1 + len(rows)  # header + one line per run
+    assert (out / "table_g_merging.md").read_text().count("\n| ") == 1 + len(
+        rows
+    )  # header + one line per run
     assert all(record["checks"].values())
     tau = record["settings"]["tau"]
     for r in record["rows"]:
@@ -108,7 +114,9 @@ def test_fig4_early_alignment_ranks_final_norms(fig4):
         mine = [r for r in rows if int(r["seed"]) == seed]
         assert len(mine) == record["settings"]["width"]
         # The reported ρ is the Spearman correlation of the CSV columns.
-        rho = spearman([float(r["cos_delta_early"]) for r in mine], [np.log(float(r["P_final"])) for r in mine])
+        rho = spearman(
+            [float(r["cos_delta_early"]) for r in mine], [np.log(float(r["P_final"])) for r in mine]
+        )
         early = result["spearman_log_P"]["cos_delta_early"]
         assert early["rho"] == pytest.approx(rho, abs=1e-9)
         assert early["rho"] > 0.5 and early["p_value"] < 0.05
@@ -119,9 +127,17 @@ def test_fig5_imp_invariants(fig5):
     _, record, rows = fig5
     checks = record["checks"]
     assert all(checks.values()), checks
-    for name in ("sparsity_exact_each_round", "schedule_is_rounded_geometric", "masks_nested", "pruned_weights_exactly_zero",
-                 "control_pruned_weights_exactly_zero", "random_mask_same_count", "biases_never_pruned",
-                 "dense_round_matches_recorded_run", "rewind_to_init"):
+    for name in (
+        "sparsity_exact_each_round",
+        "schedule_is_rounded_geometric",
+        "masks_nested",
+        "pruned_weights_exactly_zero",
+        "control_pruned_weights_exactly_zero",
+        "random_mask_same_count",
+        "biases_never_pruned",
+        "dense_round_matches_recorded_run",
+        "rewind_to_init",
+    ):
         assert checks[name], name
     n = record["settings"]["prunable_weights"]
     for entry in record["per_sparsity"]:

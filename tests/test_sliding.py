@@ -77,8 +77,13 @@ def _two_sample_data():
     ‖x̃_1‖² = 2)."""
     x = jnp.array([[1.0, 0.0], [0.5, 1.0]])
     y = jnp.array([1, 0], jnp.int32)
-    return TrainingData(x=x, y=y, signed_labels=jnp.array([-1.0, 1.0]), x_test=jnp.zeros((0, 2)),
-                        y_test=jnp.zeros((0,), jnp.int32))
+    return TrainingData(
+        x=x,
+        y=y,
+        signed_labels=jnp.array([-1.0, 1.0]),
+        x_test=jnp.zeros((0, 2)),
+        y_test=jnp.zeros((0,), jnp.int32),
+    )
 
 
 def _on_boundary_start():
@@ -88,7 +93,9 @@ def _on_boundary_start():
     x_tilde_1 = np.array([1.0, 0.0, 1.0])
     theta = np.array([0.3, 0.4, 0.0])
     theta = theta - (theta @ x_tilde_1) / (x_tilde_1 @ x_tilde_1) * x_tilde_1  # z_1 = 0
-    return Params(W=jnp.asarray(theta[None, :2]), b=jnp.asarray(theta[2:]), V=jnp.array([[0.3, -0.2]]))
+    return Params(
+        W=jnp.asarray(theta[None, :2]), b=jnp.asarray(theta[2:]), V=jnp.array([[0.3, -0.2]])
+    )
 
 
 def _reduced_sliding_motion(p0, t1):
@@ -108,9 +115,17 @@ def _reduced_sliding_motion(p0, t1):
 
     theta0 = np.concatenate([np.asarray(p0.W[0]), np.asarray(p0.b)])
     y0 = jnp.concatenate([jnp.array([theta0 @ x2]), p0.V[0]])
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Dopri8(), 0.0, t1, 0.01, y0,
-                              stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-13),
-                              saveat=diffrax.SaveAt(t1=True), max_steps=100_000)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        diffrax.Dopri8(),
+        0.0,
+        t1,
+        0.01,
+        y0,
+        stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-13),
+        saveat=diffrax.SaveAt(t1=True),
+        max_steps=100_000,
+    )
     return np.asarray(sol.ys[-1])
 
 
@@ -214,15 +229,30 @@ def _orthogonal_problem():
     """Six orthogonal inputs of unequal norms in R⁶ (three per class), 4 neurons at σ = 0.5."""
     x = 2.0 * jnp.diag(jnp.array([1.0, 1.3, 0.8, 1.1, 0.9, 1.2]))
     y = jnp.array([0, 0, 0, 1, 1, 1], jnp.int32)
-    data = TrainingData(x=x, y=y, signed_labels=jnp.where(y == 0, 1.0, -1.0), x_test=jnp.zeros((0, 6)),
-                        y_test=jnp.zeros((0,), jnp.int32))
+    data = TrainingData(
+        x=x,
+        y=y,
+        signed_labels=jnp.where(y == 0, 1.0, -1.0),
+        x_test=jnp.zeros((0, 6)),
+        y_test=jnp.zeros((0,), jnp.int32),
+    )
     return data, gflow.init_params(jax.random.key(0), 4, 6, 0.5, dtype=jnp.float64)
 
 
 def _dopri8(p0, data, t1, max_steps):
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(gflow.vector_field), diffrax.Dopri8(), 0.0, t1, 0.01, p0, args=data,
-                              stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-12),
-                              saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, throw=False)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(gflow.vector_field),
+        diffrax.Dopri8(),
+        0.0,
+        t1,
+        0.01,
+        p0,
+        args=data,
+        stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-12),
+        saveat=diffrax.SaveAt(t1=True),
+        max_steps=max_steps,
+        throw=False,
+    )
     return sol.result, jax.tree.map(lambda a: a[-1], sol.ys)
 
 
@@ -240,7 +270,9 @@ def test_t3_orthogonal_inputs_no_spurious_capture():
     errors = []
     for h in (0.04, 0.02, 0.01):
         cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h)
-        traj, stats = gflow.gradient_flow(p0, data, np.linspace(0.0, 1.2, 5), config=cfg, return_stats=True)
+        traj, stats = gflow.gradient_flow(
+            p0, data, np.linspace(0.0, 1.2, 5), config=cfg, return_stats=True
+        )
         assert int(np.max(np.asarray(traj.sliding.sliding))) == 0
         assert int(stats.fractional_gates) >= 1  # the window does contain a crossing
         got = np.concatenate([np.ravel(a) for a in traj.final_params])
@@ -252,8 +284,13 @@ def test_t3_orthogonal_inputs_no_spurious_capture():
     result, stalled = _dopri8(p0, data, 4.0, 20_000)
     assert result == diffrax.RESULTS.max_steps_reached
     ts = np.linspace(0.0, 4.0, 161)
-    traj = gflow.gradient_flow(p0, data, ts, snapshot_times=ts, config=gflow.FlowConfig(solver="sliding",
-                               adaptive=False, dt0=0.01))
+    traj = gflow.gradient_flow(
+        p0,
+        data,
+        ts,
+        snapshot_times=ts,
+        config=gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.01),
+    )
     sliding = np.asarray(traj.sliding.snapshots)
     first = int(np.argmax(sliding.any(axis=(1, 2))))
     captured = list(zip(*np.nonzero(sliding[first])))
@@ -294,8 +331,12 @@ def test_vmap_over_seeds_equals_a_loop_in_float32():
     assert batched.sliding.sliding.shape == (3, 7, 8)
     for i in range(3):
         single = gflow.gradient_flow(jax.tree.map(lambda a: a[i], p0), data, ts, config=cfg)
-        np.testing.assert_allclose(np.asarray(batched.observables.P[i]), np.asarray(single.observables.P),
-                                   rtol=2e-5, atol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(batched.observables.P[i]),
+            np.asarray(single.observables.P),
+            rtol=2e-5,
+            atol=1e-12,
+        )
         assert int(batched.status[i]) == OK
 
 
@@ -320,9 +361,18 @@ def test_softplus_flows_approach_the_sliding_motion_as_beta_grows():
     errors, z1 = [], []
     betas = np.array([50.0, 100.0, 200.0, 400.0])
     for beta in betas:
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(field), diffrax.Kvaerno5(), 0.0, t1, 0.01, theta0, args=beta,
-                                  stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
-                                  saveat=diffrax.SaveAt(t1=True), max_steps=100_000)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            diffrax.Kvaerno5(),
+            0.0,
+            t1,
+            0.01,
+            theta0,
+            args=beta,
+            stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+            saveat=diffrax.SaveAt(t1=True),
+            max_steps=100_000,
+        )
         theta = np.asarray(sol.ys[-1])
         z = x @ theta[:2] + theta[2]
         errors.append(np.max(np.abs(np.concatenate([[z[1]], theta[3:]]) - want)))

@@ -69,32 +69,36 @@ LEVELS = 4  # h0, h0/2, h0/4, h0/8: every grid interval is a whole number of ste
 # pair 0 from t ≈ 2.52 and leaves it to the active side through λ = 1 at t ≈ 2.98; neuron 1's
 # pair 1 crosses its boundary at t ≈ 2.56; neuron 2 keeps its gates on [0, 3.5]: its error has
 # a smooth expansion in h.
-X_MAIN = np.array([
-    [-0.39, 0.05, -0.17],
-    [-0.17, 0.06, -0.23],
-    [0.30, -0.05, 0.57],
-    [-0.66, -0.36, -0.86],
-    [-1.67, -2.23, 0.06],
-    [-0.83, -0.76, -0.58],
-    [0.42, 0.57, 0.69],
-    [0.92, 2.98, 0.29],
-])
+X_MAIN = np.array(
+    [
+        [-0.39, 0.05, -0.17],
+        [-0.17, 0.06, -0.23],
+        [0.30, -0.05, 0.57],
+        [-0.66, -0.36, -0.86],
+        [-1.67, -2.23, 0.06],
+        [-0.83, -0.76, -0.58],
+        [0.42, 0.57, 0.69],
+        [0.92, 2.98, 0.29],
+    ]
+)
 W_MAIN = np.array([[0.15, -2.18, -1.68], [2.19, 2.75, 0.45], [-0.08, 0.56, -2.04]])
 V_MAIN = np.array([[-0.53, -0.41], [1.74, -0.99], [0.36, 0.72]])
 
 # A problem with a cascade: neuron 0's pair 5 slides from t ≈ 1.04; at t ≈ 1.63 its pair 1
 # arrives at its boundary and slides, and that pushes λ of pair 5 to 0: pair 5 leaves at that
 # instant, to the inactive side.
-X_CASCADE = np.array([
-    [-0.59, 0.63, 1.04],
-    [1.03, 1.82, -0.39],
-    [0.54, -0.37, -1.42],
-    [-0.70, 0.14, -0.92],
-    [-0.19, 1.12, 0.57],
-    [0.57, 0.35, -0.18],
-    [-1.87, 0.99, -1.51],
-    [0.22, -0.11, 0.14],
-])
+X_CASCADE = np.array(
+    [
+        [-0.59, 0.63, 1.04],
+        [1.03, 1.82, -0.39],
+        [0.54, -0.37, -1.42],
+        [-0.70, 0.14, -0.92],
+        [-0.19, 1.12, 0.57],
+        [0.57, 0.35, -0.18],
+        [-1.87, 0.99, -1.51],
+        [0.22, -0.11, 0.14],
+    ]
+)
 W_CASCADE = np.array([[0.25, -0.33, 0.90], [-1.29, 0.79, -1.69], [1.19, -0.51, 0.37]])
 V_CASCADE = np.array([[1.51, -2.16], [-0.31, 0.57], [0.90, 1.36]])
 
@@ -120,7 +124,9 @@ def box_problem(G, X, c):
             if np.any(lam[free] <= 0) or np.any(lam[free] >= 1):
                 continue
         grad = B @ (G + lam @ B)
-        if all(a == "F" or (a == "0" and g >= 0) or (a == "1" and g <= 0) for a, g in zip(case, grad)):
+        if all(
+            a == "F" or (a == "0" and g >= 0) or (a == "1" and g <= 0) for a, g in zip(case, grad)
+        ):
             found.append(case)
     assert len(found) == 1, found
     return found[0]
@@ -153,9 +159,9 @@ def event_matrix(xt, r, side):
     if sl.any():
         on = side > 0
         xs = xt[sl]
-        g_of_v = xt[on].T @ r[on] / n                              # G = g_of_v @ v
-        mu_of_v = -np.linalg.solve(xs @ xs.T, xs @ g_of_v)       # μ = mu_of_v @ v
-        c_of_v = r[sl] / n                                       # c = c_of_v @ v
+        g_of_v = xt[on].T @ r[on] / n  # G = g_of_v @ v
+        mu_of_v = -np.linalg.solve(xs @ xs.T, xs @ g_of_v)  # μ = mu_of_v @ v
+        c_of_v = r[sl] / n  # c = c_of_v @ v
         for k, s in enumerate(np.flatnonzero(sl)):
             rows.append(np.concatenate([np.zeros(p), mu_of_v[k]]))
             keys.append(("lam0", s))
@@ -221,7 +227,9 @@ def exact_neuron(xt, r, theta0, v0, t_end, scan=1e-3):
         for j in np.flatnonzero(values[k] < 0):
             fun = lambda tau, j=j: f[j] @ scipy.linalg.expm(tau * m) @ y
             assert fun(taus[k - 1]) > 0, (keys[j], t)
-            roots.append((scipy.optimize.brentq(fun, taus[k - 1], taus[k], xtol=1e-15, rtol=1e-15), keys[j]))
+            roots.append(
+                (scipy.optimize.brentq(fun, taus[k - 1], taus[k], xtol=1e-15, rtol=1e-15), keys[j])
+            )
         roots.sort()
         assert len(roots) == 1 or roots[1][0] - roots[0][0] > 1e-9, roots
         tau, (kind, s) = roots[0]
@@ -276,19 +284,36 @@ def _solve(x, W, V, hs):
     """Snapshots ``[levels, K, d, D + 3]`` (rows ``(w_i, b_i, v_i)``) and sliding masks
     ``[levels, K, N, d]`` of `solve_sliding` at every step size."""
     d, dim = W.shape
-    data = TrainingData(x=jnp.asarray(x), y=jnp.asarray(LABELS, jnp.int32),
-                        signed_labels=jnp.asarray(1.0 - 2.0 * LABELS), x_test=jnp.zeros((0, dim)),
-                        y_test=jnp.zeros((0,), jnp.int32))
+    data = TrainingData(
+        x=jnp.asarray(x),
+        y=jnp.asarray(LABELS, jnp.int32),
+        signed_labels=jnp.asarray(1.0 - 2.0 * LABELS),
+        x_test=jnp.zeros((0, dim)),
+        y_test=jnp.zeros((0,), jnp.int32),
+    )
     p0 = Params(W=jnp.asarray(W), b=jnp.zeros(d), V=jnp.asarray(V))
     pos = jnp.arange(GRID.size)
     states, masks = [], []
     for h in hs:
-        sol = solve_sliding(p0, data, jnp.asarray(GRID), pos, pos, h, capacity=8, max_steps=100_000,
-                            output_loss=frozen_residual_loss)
+        sol = solve_sliding(
+            p0,
+            data,
+            jnp.asarray(GRID),
+            pos,
+            pos,
+            h,
+            capacity=8,
+            max_steps=100_000,
+            output_loss=frozen_residual_loss,
+        )
         assert not np.any(sol.record.overflow)
         assert int(sol.steps_needed) == round(T_END / h)
         snap = sol.snapshots
-        states.append(np.concatenate([np.asarray(snap.W), np.asarray(snap.b)[..., None], np.asarray(snap.V)], -1))
+        states.append(
+            np.concatenate(
+                [np.asarray(snap.W), np.asarray(snap.b)[..., None], np.asarray(snap.V)], -1
+            )
+        )
         masks.append(np.asarray(sol.record.snapshots))
     return np.array(states), np.array(masks)
 
@@ -380,7 +405,9 @@ def test_cascade_keeps_second_order():
     rate. The check is the uniform second-order bound of the main test.
     """
     xt, ref = _reference(X_CASCADE, W_CASCADE, V_CASCADE)
-    kinds = [classify(events, np.append(W_CASCADE[i], 0.0), xt) for i, (_, events) in enumerate(ref)]
+    kinds = [
+        classify(events, np.append(W_CASCADE[i], 0.0), xt) for i, (_, events) in enumerate(ref)
+    ]
     assert "cascade" in kinds[0], kinds
     hs = H0 / 2.0 ** np.arange(LEVELS)
     states, _ = _solve(X_CASCADE, W_CASCADE, V_CASCADE, hs)

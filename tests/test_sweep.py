@@ -24,8 +24,19 @@ from gflow._trajectory import NON_FINITE, OK
 
 # The configuration of tests/test_runs.py (one compilation serves both files): SGD in float64,
 # 2 learning rates × 3 seeds = 6 runs in chunks of 4.
-SGD = dict(trainer="sgd", dataset="clusters", width=8, sigma=1e-3, momentum=0.9, batch=8, steps=300,
-           record_every=30, seeds="0:3", chunk_size=4, dtype="float64")
+SGD = dict(
+    trainer="sgd",
+    dataset="clusters",
+    width=8,
+    sigma=1e-3,
+    momentum=0.9,
+    batch=8,
+    steps=300,
+    record_every=30,
+    seeds="0:3",
+    chunk_size=4,
+    dtype="float64",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +58,23 @@ def test_diverging_runs_are_marked_and_the_others_are_unaffected(clusters):
     assert diverged.any()
     # Marked exactly where the recorded loss or norms stopped being finite.
     blown = ~np.all(np.isfinite(mixed.observables["loss"][1]), axis=-1) | ~np.all(
-        np.isfinite(mixed.observables["P"][1]), axis=(-1, -2))
+        np.isfinite(mixed.observables["P"][1]), axis=(-1, -2)
+    )
     np.testing.assert_array_equal(diverged, blown)
     assert all("NaN or inf" in m for m in mixed.status_messages[1][diverged])
     for field in Observables._fields:
-        np.testing.assert_array_equal(mixed.observables[field][0], calm.observables[field][0], err_msg=field)
+        np.testing.assert_array_equal(
+            mixed.observables[field][0], calm.observables[field][0], err_msg=field
+        )
     # Summaries use the successful runs only.
     summary = summarize(mixed)
     assert summary[1]["ok"] == int((~diverged).sum())
     assert summary[1]["final_loss"]["count"] == summary[1]["ok"]
     assert [f["seed"] for f in summary[1]["failed"]] == [s for s, d in zip(range(3), diverged) if d]
-    assert all(np.isfinite(v) for v in (summary[0]["final_loss"]["median"], summary[0]["loss_drop_time"]["median"]))
+    assert all(
+        np.isfinite(v)
+        for v in (summary[0]["final_loss"]["median"], summary[0]["loss_drop_time"]["median"])
+    )
 
 
 _SHARDED = textwrap.dedent("""
@@ -80,10 +97,20 @@ _SHARDED = textwrap.dedent("""
 def test_sharded_over_four_devices_equals_one_device(clusters, tmp_path):
     """The seed axis split over 4 (forced host) devices gives the one-device numbers, up to float64
     rounding (each device vectorises a smaller batch, so the last bits may differ)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
     config = {**SGD, "lr": [0.05, 0.1]}
-    proc = subprocess.run([sys.executable, "-c", _SHARDED, json.dumps(config), str(tmp_path / "sharded.npz")],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED, json.dumps(config), str(tmp_path / "sharded.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info == {"devices": 4, "device_count": 4, "chunk_size": 4}
@@ -92,8 +119,14 @@ def test_sharded_over_four_devices_equals_one_device(clusters, tmp_path):
         np.testing.assert_array_equal(sharded["status"], single.status)
         assert np.all(single.status == OK)
         for field in Observables._fields:
-            np.testing.assert_allclose(sharded[field], single.observables[field], rtol=1e-9, atol=1e-15,
-                                       equal_nan=True, err_msg=field)
+            np.testing.assert_allclose(
+                sharded[field],
+                single.observables[field],
+                rtol=1e-9,
+                atol=1e-15,
+                equal_nan=True,
+                err_msg=field,
+            )
         np.testing.assert_allclose(sharded["W"], single.final_params.W, rtol=1e-9, atol=1e-15)
 
 

@@ -84,8 +84,11 @@ def test_limit_angle_and_kappa_by_loops():
 
 
 def test_wrapped_angle():
-    np.testing.assert_allclose(np.asarray(wrapped_angle(jnp.array([3.1, -3.1, 0.2]), jnp.array([-3.1, 3.1, -0.1]))),
-                               [2 * math.pi - 6.2, 2 * math.pi - 6.2, 0.3], atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(wrapped_angle(jnp.array([3.1, -3.1, 0.2]), jnp.array([-3.1, 3.1, -0.1]))),
+        [2 * math.pi - 6.2, 2 * math.pi - 6.2, 0.3],
+        atol=1e-12,
+    )
 
 
 def aligned_params(data, width=7, seed=3, v_scale=1e-3):
@@ -125,8 +128,11 @@ def test_second_order_target_matches_exact_error_vector_to_third_order():
             return float(jnp.max(jnp.arccos(jnp.clip(jnp.sum(targets * e_hat, axis=1), -1, 1))))
 
         u = logits(params, data.x)
-        return float(jnp.max(jnp.abs(u[:, 0] - u[:, 1]))), worst(jax.jit(current_targets)(params, data)), worst(
-            jax.jit(second_order_targets)(params, data))
+        return (
+            float(jnp.max(jnp.abs(u[:, 0] - u[:, 1]))),
+            worst(jax.jit(current_targets)(params, data)),
+            worst(jax.jit(second_order_targets)(params, data)),
+        )
 
     u_big, first_big, second_big = worst_angles(1e-2)
     u_small, first_small, second_small = worst_angles(1e-3)
@@ -143,7 +149,9 @@ def test_iterate_target_map_reaches_the_closed_form_stable_cells():
     x = np.zeros((n, 4 + n))
     x[np.arange(n), cluster] = 1.0
     x[np.arange(n), 4 + np.arange(n)] = eps
-    data = training_data(Dataset(x, (cluster >= 2).astype(int), name="orth", provenance="test"), jnp.float64)
+    data = training_data(
+        Dataset(x, (cluster >= 2).astype(int), name="orth", provenance="test"), jnp.float64
+    )
     rng = np.random.default_rng(0)
     start = rng.random((12, n)) < 0.5
     kappa = np.where(np.arange(12) < 6, 1, -1)
@@ -165,14 +173,21 @@ def test_lemma_3_9_and_dP_identity_exact_in_float64():
     ident = jax.jit(speed_identities)(params, data)
     scale = np.asarray(ident.speed_scale)
     for measured, predicted in (ident.norm_speed, ident.angular_speed):
-        np.testing.assert_allclose(np.asarray(measured), np.asarray(predicted), rtol=0, atol=1e-13 * scale.max())
+        np.testing.assert_allclose(
+            np.asarray(measured), np.asarray(predicted), rtol=0, atol=1e-13 * scale.max()
+        )
     np.testing.assert_allclose(*(np.asarray(a) for a in ident.ratio), rtol=1e-10)
-    np.testing.assert_allclose(*(np.asarray(a) for a in ident.dP), rtol=0, atol=1e-13 * float(jnp.max(ident.dP_scale)))
+    np.testing.assert_allclose(
+        *(np.asarray(a) for a in ident.dP), rtol=0, atol=1e-13 * float(jnp.max(ident.dP_scale))
+    )
     # the ratio is tan δ / ‖w‖ with δ = ∠(w, e)
     e = jax.jit(error_vectors)(params, data)
     cos = jnp.sum(e * params.W, axis=1) / (safe_norm(e) * safe_norm(params.W))
-    np.testing.assert_allclose(np.asarray(ident.ratio[1]),
-                               np.asarray(jnp.tan(jnp.arccos(cos)) / safe_norm(params.W)), rtol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(ident.ratio[1]),
+        np.asarray(jnp.tan(jnp.arccos(cos)) / safe_norm(params.W)),
+        rtol=1e-7,
+    )
 
 
 def test_augmented_rate_is_the_exact_log_derivative_of_P():
@@ -206,7 +221,9 @@ def test_with_bias_input_turns_bias_into_a_weight():
     aug = with_bias_input(data)
     w_tilde = jnp.concatenate([params.W, params.b[:, None]], axis=1)
     lifted = Params(W=w_tilde, b=jnp.zeros_like(params.b), V=params.V)
-    np.testing.assert_allclose(np.asarray(logits(lifted, aug.x)), np.asarray(logits(params, data.x)), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(logits(lifted, aug.x)), np.asarray(logits(params, data.x)), rtol=1e-12
+    )
 
 
 # --------------------------------------------------------------------------- helpers on records
@@ -218,7 +235,9 @@ def test_log_growth_slope_and_window_mean_are_exact_on_closed_forms():
     P = 1e-8 * np.exp(np.outer(t, rates))
     np.testing.assert_allclose(log_growth_slope(t, P, 2.0, 7.0), rates, rtol=1e-12)
     linear = np.stack([2.0 * t + 1.0, -t], axis=1)
-    np.testing.assert_allclose(window_mean(t, linear, 2.0, 6.0), [2.0 * 4.0 + 1.0, -4.0], rtol=1e-12)
+    np.testing.assert_allclose(
+        window_mean(t, linear, 2.0, 6.0), [2.0 * 4.0 + 1.0, -4.0], rtol=1e-12
+    )
     with pytest.raises(ValueError, match="window"):
         log_growth_slope(t, P, 2.01, 2.05)
 
@@ -271,8 +290,13 @@ def mixture_run():
     data = training_data(dataset, jnp.float64)
     params0 = init_params(jax.random.key(0), 16, 20, 1e-5, dtype=jnp.float64)
     t_end = 1.25 * loss_drop_estimate(data, 1e-5)
-    traj = gradient_flow(params0, data, np.linspace(0.0, t_end, 301), snapshot_times=np.linspace(0.0, t_end, 121),
-                         config=FlowConfig(rtol=1e-4))
+    traj = gradient_flow(
+        params0,
+        data,
+        np.linspace(0.0, t_end, 301),
+        snapshot_times=np.linspace(0.0, t_end, 121),
+        config=FlowConfig(rtol=1e-4),
+    )
     checks, report = validate_trajectory(jax.tree.map(np.asarray, traj), data)
     return {c.name: c for c in checks}, report
 
@@ -296,9 +320,18 @@ def test_identities_and_race_on_the_ode(mixture_run):
     assert checks["lemma_3_9"].measured > 100
     assert checks["phase3.race_ratio"].rel_error < 0.05
     assert all(c < 0 for c in report["phase3"]["rank_correlation_epsilon_vs_total_P"])
-    expected = {"balance_drift", "lemma_3_9", "dP_identity", "phase1.limit_angle", "phase1.stable_cell",
-                "phase1.stable_cell_with_bias", "phase2.unlocking_rate", "phase2.rate_identity",
-                "phase3.race_ratio", "phases.silent_alignment"}
+    expected = {
+        "balance_drift",
+        "lemma_3_9",
+        "dP_identity",
+        "phase1.limit_angle",
+        "phase1.stable_cell",
+        "phase1.stable_cell_with_bias",
+        "phase2.unlocking_rate",
+        "phase2.rate_identity",
+        "phase3.race_ratio",
+        "phases.silent_alignment",
+    }
     assert set(checks) == expected
     for c in checks.values():
         assert c.passed == (math.isfinite(c.rel_error) and c.rel_error <= c.tolerance)

@@ -64,7 +64,9 @@ def test_gradient_descent_converges_to_flow_with_order_one():
     errors = []
     for eta in etas:
         steps = int(round(t_end / eta))
-        traj = gflow.train_gd(p0, data, learning_rate=eta, config=gflow.SGDConfig(steps=steps, record_every=steps))
+        traj = gflow.train_gd(
+            p0, data, learning_rate=eta, config=gflow.SGDConfig(steps=steps, record_every=steps)
+        )
         np.testing.assert_allclose(traj.t[-1], t_end, rtol=1e-12)
         errors.append(float(jnp.max(jnp.abs(_final(traj) - reference))))
     order = np.polyfit(np.log(etas), np.log(errors), 1)[0]
@@ -79,7 +81,13 @@ def test_momentum_gd_follows_flow_at_rescaled_time():
     errors = []
     for eta in (0.002, 0.0005):
         steps = int(round(t_end * (1 - beta) / eta))
-        traj = gflow.train_gd(p0, data, learning_rate=eta, momentum=beta, config=gflow.SGDConfig(steps=steps, record_every=steps))
+        traj = gflow.train_gd(
+            p0,
+            data,
+            learning_rate=eta,
+            momentum=beta,
+            config=gflow.SGDConfig(steps=steps, record_every=steps),
+        )
         np.testing.assert_allclose(traj.t[-1], t_end, rtol=1e-9)
         errors.append(float(jnp.max(jnp.abs(_final(traj) - reference))))
     assert errors[1] < 0.5 * errors[0], errors
@@ -106,7 +114,9 @@ def test_sgd_minibatches_cover_each_epoch_once():
     key = jax.random.key(5)
     n, b = 12, 4
     for epoch in range(3):
-        idx = np.concatenate([np.asarray(_batch_indices(key, jnp.asarray(epoch * 3 + j), n, b)) for j in range(3)])
+        idx = np.concatenate(
+            [np.asarray(_batch_indices(key, jnp.asarray(epoch * 3 + j), n, b)) for j in range(3)]
+        )
         np.testing.assert_array_equal(np.sort(idx), np.arange(n))
 
 
@@ -114,7 +124,9 @@ def test_flow_time_of_sgd_records():
     data = _data()
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-3, dtype=jnp.float64)
     cfg = gflow.SGDConfig(steps=60, record_every=10, batch_size=4, snapshot_every=2)
-    traj = gflow.train_sgd(p0, jax.random.key(1), data, learning_rate=0.01, momentum=0.9, config=cfg)
+    traj = gflow.train_sgd(
+        p0, jax.random.key(1), data, learning_rate=0.01, momentum=0.9, config=cfg
+    )
     np.testing.assert_allclose(traj.t, np.arange(7) * 10 * 0.01 / 0.1, rtol=1e-12)
     np.testing.assert_allclose(traj.snapshot_t, np.asarray(traj.t)[[0, 2, 4, 6]], rtol=1e-12)
     # Snapshots are the parameters whose observables were recorded at the same time.
@@ -132,12 +144,16 @@ def test_vmap_over_seeds_equals_python_loop():
     def one(k):
         ki, ks = jax.random.split(k)
         p0 = gflow.init_params(ki, 5, 6, 1e-2, dtype=jnp.float64)
-        return gflow.train_sgd(p0, ks, data, learning_rate=0.05, momentum=0.9, config=cfg, throw=False)
+        return gflow.train_sgd(
+            p0, ks, data, learning_rate=0.05, momentum=0.9, config=cfg, throw=False
+        )
 
     batched = jax.vmap(one)(keys)
     for s, k in enumerate(keys):
         single = one(k)
-        np.testing.assert_allclose(batched.observables.P[s], single.observables.P, rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(
+            batched.observables.P[s], single.observables.P, rtol=1e-12, atol=1e-300
+        )
         np.testing.assert_allclose(batched.snapshots.W[s], single.snapshots.W, rtol=1e-12)
 
     def one_flow(k):
@@ -146,7 +162,9 @@ def test_vmap_over_seeds_equals_python_loop():
 
     flows = jax.vmap(one_flow)(keys[:2])
     for s in range(2):
-        np.testing.assert_allclose(flows.observables.P[s], one_flow(keys[s]).observables.P, rtol=1e-9)
+        np.testing.assert_allclose(
+            flows.observables.P[s], one_flow(keys[s]).observables.P, rtol=1e-9
+        )
     np.testing.assert_array_equal(flows.status, [OK, OK])
 
 
@@ -195,8 +213,12 @@ def test_float32_and_float64_trajectories_agree():
     p64 = gflow.init_params(jax.random.key(0), 4, 6, 1e-2, dtype=jnp.float64)
     p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
     ts = np.linspace(0.0, 5.0, 6)
-    a = gflow.gradient_flow(p64, gflow.training_data(ds, jnp.float64), ts, config=gflow.FlowConfig(rtol=1e-8))
-    b = gflow.gradient_flow(p32, gflow.training_data(ds, jnp.float32), ts, config=gflow.FlowConfig(rtol=1e-5))
+    a = gflow.gradient_flow(
+        p64, gflow.training_data(ds, jnp.float64), ts, config=gflow.FlowConfig(rtol=1e-8)
+    )
+    b = gflow.gradient_flow(
+        p32, gflow.training_data(ds, jnp.float32), ts, config=gflow.FlowConfig(rtol=1e-5)
+    )
     assert b.observables.P.dtype == jnp.float32
     np.testing.assert_allclose(b.observables.P, a.observables.P, rtol=1e-3)
 
@@ -238,7 +260,13 @@ def test_sgd_rejects_bad_configuration(cfg, hyper, match):
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-2, dtype=jnp.float64)
     with pytest.raises(ValueError, match=match):
         config = gflow.SGDConfig(**cfg)
-        gflow.train_sgd(p0, jax.random.key(0), data, config=config, **{"learning_rate": 0.1, "momentum": 0.0, **hyper})
+        gflow.train_sgd(
+            p0,
+            jax.random.key(0),
+            data,
+            config=config,
+            **{"learning_rate": 0.1, "momentum": 0.0, **hyper},
+        )
 
 
 def test_float64_needs_x64_flag_message():

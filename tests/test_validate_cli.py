@@ -11,8 +11,24 @@ from gflow._cli import main
 from gflow._theory import Check
 
 # The docs/theory.md §4 reference mixture at the sizes tests/test_theory.py simulates (compilations are shared).
-TINY = ["--dataset", "clusters", "--n-per-class", "60", "--width", "16", "--rtol", "1e-4",
-        "--records", "301", "--snapshots", "121", "--horizon-factor", "1.25", "--max-steps", "100000"]
+TINY = [
+    "--dataset",
+    "clusters",
+    "--n-per-class",
+    "60",
+    "--width",
+    "16",
+    "--rtol",
+    "1e-4",
+    "--records",
+    "301",
+    "--snapshots",
+    "121",
+    "--horizon-factor",
+    "1.25",
+    "--max-steps",
+    "100000",
+]
 CHECK_KEYS = {"name", "predicted", "measured", "rel_error", "tolerance", "passed"}
 
 
@@ -32,8 +48,13 @@ def test_validate_writes_the_check_schema_and_exit_status_follows_verdicts(tmp_p
         assert c["passed"] == expected, c
     assert rc == (0 if all(c["passed"] for c in checks) else 1)
     names = {c["name"] for c in checks}
-    assert {"balance_drift", "lemma_3_9", "phase1.limit_angle", "phase2.unlocking_rate",
-            "phase3.race_ratio"} <= names
+    assert {
+        "balance_drift",
+        "lemma_3_9",
+        "phase1.limit_angle",
+        "phase2.unlocking_rate",
+        "phase3.race_ratio",
+    } <= names
     for name in names:
         assert name in printed
     cells = payload["stable_cells"]
@@ -46,7 +67,10 @@ def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
     import gflow._theory
 
     def fake_checks(traj, data, *, settings):
-        return [Check(f"claim{i}", 1.0, 1.0, 0.0 if ok else 2.0, 1.0, ok, "") for i, ok in enumerate(verdicts)], {}
+        return [
+            Check(f"claim{i}", 1.0, 1.0, 0.0 if ok else 2.0, 1.0, ok, "")
+            for i, ok in enumerate(verdicts)
+        ], {}
 
     monkeypatch.setattr(gflow._theory, "validate_trajectory", fake_checks)
     assert main(["validate", *TINY, "--probe-seeds", "0", "--quiet"]) == status
@@ -54,15 +78,18 @@ def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
     assert ("FAIL" in printed) == (status == 1)
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--width", "0"], "--width"),
-    (["--sigma", "-1"], "--sigma"),
-    (["--seeds", "a,b"], "--seeds"),
-    (["--records", "3"], "--records"),
-    (["--json", "/nonexistent-folder/x.json"], "--json"),
-    (["--dataset", "nonsense"], "nonsense"),
-    (["--solver", "rk99"], "solver"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--width", "0"], "--width"),
+        (["--sigma", "-1"], "--sigma"),
+        (["--seeds", "a,b"], "--seeds"),
+        (["--records", "3"], "--records"),
+        (["--json", "/nonexistent-folder/x.json"], "--json"),
+        (["--dataset", "nonsense"], "nonsense"),
+        (["--solver", "rk99"], "solver"),
+    ],
+)
 def test_validate_bad_input_is_one_line_and_status_2(capsys, argv, needle):
     assert main(["validate", "--dataset", "clusters", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -71,13 +98,27 @@ def test_validate_bad_input_is_one_line_and_status_2(capsys, argv, needle):
 
 def test_cells_json_and_bad_input(tmp_path, capsys):
     out = tmp_path / "cells.json"
-    rc = main(["cells", "--dataset", "clusters", "--n-per-class", "60", "--probes", "300", "--probe-seeds", "2",
-               "--json", str(out)])
+    rc = main(
+        [
+            "cells",
+            "--dataset",
+            "clusters",
+            "--n-per-class",
+            "60",
+            "--probes",
+            "300",
+            "--probe-seeds",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     payload = json.loads(out.read_text())
     assert payload["n_samples"] == 120 and payload["dim"] == 20
     assert int(payload["cover_bound"]) > 0 and payload["log10_cover_bound"] == pytest.approx(
-        math.log10(int(payload["cover_bound"])))
+        math.log10(int(payload["cover_bound"]))
+    )
     for row in payload["kappa"]:
         assert row["kappa"] in (1, -1) and len(row["estimates"]) == 2
         assert row["mean"] == pytest.approx(sum(row["estimates"]) / 2)

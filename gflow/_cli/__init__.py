@@ -53,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as err:
+    except (
+        UsageError,
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        PermissionError,
+        IsADirectoryError,
+    ) as err:
         print(f"gflow {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

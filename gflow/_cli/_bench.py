@@ -103,10 +103,28 @@ class BenchSettings:
     memory_steps: int = 1000
 
     def __post_init__(self):
-        for name in ("steps", "repeats", "width", "samples", "dim", "batch_size", "record_every", "chunk",
-                     "matmul_size", "ode_width", "ode_samples", "ode64_width", "ode64_samples", "ode_max_steps",
-                     "ode_stage_iterations",
-                     "cells_probes", "cells_samples", "memory_seeds", "memory_group", "memory_steps"):
+        for name in (
+            "steps",
+            "repeats",
+            "width",
+            "samples",
+            "dim",
+            "batch_size",
+            "record_every",
+            "chunk",
+            "matmul_size",
+            "ode_width",
+            "ode_samples",
+            "ode64_width",
+            "ode64_samples",
+            "ode_max_steps",
+            "ode_stage_iterations",
+            "cells_probes",
+            "cells_samples",
+            "memory_seeds",
+            "memory_group",
+            "memory_steps",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a positive integer; got {value!r}")
@@ -116,10 +134,14 @@ class BenchSettings:
             raise UsageError(f"chunk ({self.chunk}) must divide record_every ({self.record_every})")
         for name in ("steps", "memory_steps"):
             if getattr(self, name) % self.record_every:
-                raise UsageError(f"{name} ({getattr(self, name)}) must be a multiple of record_every "
-                                 f"({self.record_every})")
+                raise UsageError(
+                    f"{name} ({getattr(self, name)}) must be a multiple of record_every "
+                    f"({self.record_every})"
+                )
         if self.batch_size > self.samples:
-            raise UsageError(f"batch_size ({self.batch_size}) must not exceed samples ({self.samples})")
+            raise UsageError(
+                f"batch_size ({self.batch_size}) must not exceed samples ({self.samples})"
+            )
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1); got {self.momentum}")
         if not self.learning_rate > 0:
@@ -128,19 +150,37 @@ class BenchSettings:
             raise UsageError(f"ode dtypes must be float32 and/or float64; got {self.ode_dtypes!r}")
         if self.ode_gd_levels not in (2, 3):
             raise UsageError(f"ode_gd_levels must be 2 or 3; got {self.ode_gd_levels!r}")
-        if any(isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e < 1
-               for e in self.ode_perturbations):
-            raise UsageError(f"ode perturbations must be relative sizes in (0, 1); got {self.ode_perturbations!r}")
+        if any(
+            isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e < 1
+            for e in self.ode_perturbations
+        ):
+            raise UsageError(
+                f"ode perturbations must be relative sizes in (0, 1); got {self.ode_perturbations!r}"
+            )
         for name in ("ode_dt", "ode_gd_lr", "ode_rtol", "ode64_rtol"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise UsageError(f"{name} must be > 0; got {getattr(self, name)!r}")
 
 
 QUICK = BenchSettings(
-    seeds=(1, 8), steps=100, repeats=3, matmul_size=1024, plain_max_seeds=0,
-    ode_width=16, ode_samples=100, ode_rtol=1e-3, ode64_width=16, ode64_samples=100, ode64_rtol=1e-3,
-    ode_dt=0.5, ode_gd_lr=0.1,
-    ode_max_steps=4000, cells_probes=4000, cells_samples=400, memory_seeds=64, memory_group=32,
+    seeds=(1, 8),
+    steps=100,
+    repeats=3,
+    matmul_size=1024,
+    plain_max_seeds=0,
+    ode_width=16,
+    ode_samples=100,
+    ode_rtol=1e-3,
+    ode64_width=16,
+    ode64_samples=100,
+    ode64_rtol=1e-3,
+    ode_dt=0.5,
+    ode_gd_lr=0.1,
+    ode_max_steps=4000,
+    cells_probes=4000,
+    cells_samples=400,
+    memory_seeds=64,
+    memory_group=32,
     memory_steps=50,
 )
 
@@ -219,7 +259,9 @@ def workload_flops(width: int, dim: int, batch_size: int, seeds: int, steps: int
     return 4.0 * width * dim * (batch_size + 1) * seeds * steps
 
 
-def kernel_flops(basis: str, width: int, samples: int, dim: int, batch_size: int, seeds: int, steps: int) -> float:
+def kernel_flops(
+    basis: str, width: int, samples: int, dim: int, batch_size: int, seeds: int, steps: int
+) -> float:
     """GEMM FLOPs gflow's chunked kernel itself does (see `gflow._chunked.resolve_basis`):
     ``8·B·D`` per neuron-step in the weight basis; ``4·B·N`` per neuron-step plus ``4·N·D`` per
     neuron per run (``X W(0)ᵀ`` and the final ``W``) in the sample basis."""
@@ -231,7 +273,9 @@ def kernel_flops(basis: str, width: int, samples: int, dim: int, batch_size: int
 # --------------------------------------------------------------------------- references
 
 
-def numpy_batch_orders(seeds: int, steps: int, n: int, batch_size: int, seed: int = 0) -> np.ndarray:
+def numpy_batch_orders(
+    seeds: int, steps: int, n: int, batch_size: int, seed: int = 0
+) -> np.ndarray:
     """Per-seed mini-batch indices ``[S, steps, B]``: a fresh permutation per epoch (as gflow)."""
     per_epoch = n // batch_size
     epochs = -(-steps // per_epoch)
@@ -240,7 +284,7 @@ def numpy_batch_orders(seeds: int, steps: int, n: int, batch_size: int, seed: in
         rng = np.random.default_rng([seed, s])
         for e in range(epochs):
             perm = rng.permutation(n)[: per_epoch * batch_size]
-            orders[s, e * per_epoch:(e + 1) * per_epoch] = perm.reshape(per_epoch, batch_size)
+            orders[s, e * per_epoch : (e + 1) * per_epoch] = perm.reshape(per_epoch, batch_size)
     return orders[:, :steps]
 
 
@@ -354,7 +398,9 @@ def _sweep_data(settings: BenchSettings, dataset: str | None):
 
     if dataset:
         return load_dataset(dataset, n_per_class=settings.samples // 2)
-    return load_dataset("clusters", n_samples=settings.samples, dim=settings.dim, seed=0, test_samples=0)
+    return load_dataset(
+        "clusters", n_samples=settings.samples, dim=settings.dim, seed=0, test_samples=0
+    )
 
 
 def _stacked_init(seeds: int, width: int, dim: int, sigma: float, dtype):
@@ -370,10 +416,11 @@ def _gflow_contenders(params0, data, settings: BenchSettings, seeds: int):
     """``mode -> (run(value_index), jitted function whose cache must not grow)``."""
     import jax
 
-    from gflow import SGDConfig, train_sgd
-    from gflow import _chunked
+    from gflow import SGDConfig, _chunked, train_sgd
 
-    config = SGDConfig(steps=settings.steps, record_every=settings.record_every, batch_size=settings.batch_size)
+    config = SGDConfig(
+        steps=settings.steps, record_every=settings.record_every, batch_size=settings.batch_size
+    )
     key = jax.random.key(7)
     keys = jax.random.split(key, seeds)
     beta = settings.momentum
@@ -383,17 +430,34 @@ def _gflow_contenders(params0, data, settings: BenchSettings, seeds: int):
 
     common = dict(config=config, chunk=settings.chunk, observables="norms")
     contenders = {  # basis "auto": the sample basis at the paper's N = 800 < 2D
-        "shared": (lambda i: _chunked.train_sgd_seeds_shared_order(
-            params0, key, data, learning_rate=lr(i), momentum=beta, **common), _chunked._train_stacked),
-        "shared-weights": (lambda i: _chunked.train_sgd_seeds_shared_order(
-            params0, key, data, learning_rate=lr(i), momentum=beta, basis="weights", **common),
-            _chunked._train_stacked),
-        "per-seed": (lambda i: _chunked.train_sgd_chunked_seeds(
-            params0, keys, data, learning_rate=lr(i), momentum=beta, **common), _chunked._train_per_seed),
+        "shared": (
+            lambda i: _chunked.train_sgd_seeds_shared_order(
+                params0, key, data, learning_rate=lr(i), momentum=beta, **common
+            ),
+            _chunked._train_stacked,
+        ),
+        "shared-weights": (
+            lambda i: _chunked.train_sgd_seeds_shared_order(
+                params0, key, data, learning_rate=lr(i), momentum=beta, basis="weights", **common
+            ),
+            _chunked._train_stacked,
+        ),
+        "per-seed": (
+            lambda i: _chunked.train_sgd_chunked_seeds(
+                params0, keys, data, learning_rate=lr(i), momentum=beta, **common
+            ),
+            _chunked._train_per_seed,
+        ),
     }
     if seeds <= settings.plain_max_seeds:
-        plain = jax.jit(jax.vmap(lambda p, k, eta: train_sgd(p, k, data, learning_rate=eta, momentum=beta,
-                                                             config=config, throw=False), in_axes=(0, 0, None)))
+        plain = jax.jit(
+            jax.vmap(
+                lambda p, k, eta: train_sgd(
+                    p, k, data, learning_rate=eta, momentum=beta, config=config, throw=False
+                ),
+                in_axes=(0, 0, None),
+            )
+        )
         contenders["plain-vmap"] = (lambda i: plain(params0, keys, lr(i)), plain)
     return contenders
 
@@ -404,12 +468,18 @@ def _mode_basis(mode: str, n: int, dim: int, settings: BenchSettings) -> str | N
 
     if mode == "plain-vmap":
         return None
-    return resolve_basis("weights" if mode == "shared-weights" else "auto", n, dim, settings.batch_size,
-                         settings.steps)
+    return resolve_basis(
+        "weights" if mode == "shared-weights" else "auto",
+        n,
+        dim,
+        settings.batch_size,
+        settings.steps,
+    )
 
 
-def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: float, use_torch: bool,
-                log=print) -> list[dict]:
+def bench_sweep(
+    settings: BenchSettings, *, dataset: str | None, limit_gflops: float, use_torch: bool, log=print
+) -> list[dict]:
     """Time gflow's sweep modes against the NumPy (and PyTorch) loops for every S."""
     import jax.numpy as jnp
 
@@ -425,8 +495,11 @@ def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: f
         params0 = _stacked_init(seeds, settings.width, dim, settings.sigma, jnp.float32)
         W0, b0, V0 = (np.asarray(p) for p in params0)
         orders = numpy_batch_orders(seeds, settings.steps, n, settings.batch_size)
-        ref_kw = dict(learning_rate=settings.learning_rate, momentum=settings.momentum,
-                      record_every=settings.record_every)
+        ref_kw = dict(
+            learning_rate=settings.learning_rate,
+            momentum=settings.momentum,
+            record_every=settings.record_every,
+        )
         references = {"numpy": lambda: numpy_sgd_sweep(W0, b0, V0, x, y, orders, **ref_kw)}
         if torch_mod is not None:
             references["torch"] = lambda: torch_sgd_sweep(W0, b0, V0, x, y, orders, **ref_kw)
@@ -447,8 +520,13 @@ def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: f
         flops = workload_flops(settings.width, dim, settings.batch_size, seeds, settings.steps)
         for mode, (_, jitted) in contenders.items():
             basis = _mode_basis(mode, n, dim, settings)
-            own = kernel_flops(basis, settings.width, n, dim, settings.batch_size, seeds, settings.steps) \
-                if basis else flops
+            own = (
+                kernel_flops(
+                    basis, settings.width, n, dim, settings.batch_size, seeds, settings.steps
+                )
+                if basis
+                else flops
+            )
             entry = {
                 "S": seeds,
                 "mode": mode,
@@ -461,17 +539,23 @@ def bench_sweep(settings: BenchSettings, *, dataset: str | None, limit_gflops: f
                 "gflops": flops / med[mode] / 1e9,
                 "kernel_roofline_fraction": own / med[mode] / 1e9 / limit_gflops,
                 "compile_seconds": max(first[mode] - med[mode], 0.0),
-                "traces": compiled[mode] + jitted._cache_size() - warm[mode],  # timed calls add none
+                "traces": compiled[mode]
+                + jitted._cache_size()
+                - warm[mode],  # timed calls add none
                 "numpy_seconds": med["numpy"],
                 "torch_seconds": med.get("torch"),
                 "repeats": settings.repeats,
                 "steps": settings.steps,
             }
             results.append(entry)
-            torch_note = f"{entry['speedup_vs_torch']:.1f}x torch, " if entry["speedup_vs_torch"] else ""
-            log(f"  sweep S={seeds:<4d} {mode:<14s} {entry['seconds']:8.3f} s  {entry['steps_per_s']:9.0f} "
+            torch_note = (
+                f"{entry['speedup_vs_torch']:.1f}x torch, " if entry["speedup_vs_torch"] else ""
+            )
+            log(
+                f"  sweep S={seeds:<4d} {mode:<14s} {entry['seconds']:8.3f} s  {entry['steps_per_s']:9.0f} "
                 f"seed-steps/s  {entry['speedup_vs_numpy']:5.1f}x numpy, {torch_note}"
-                f"{100 * entry['roofline_fraction']:4.1f}% of matmul limit, compile {entry['compile_seconds']:.1f} s")
+                f"{100 * entry['roofline_fraction']:4.1f}% of matmul limit, compile {entry['compile_seconds']:.1f} s"
+            )
     return results
 
 
@@ -496,14 +580,29 @@ def _ode_config(settings: BenchSettings, dtype):
 
     try:
         if settings.ode_solver == "sliding":
-            return FlowConfig(solver="sliding", adaptive=False, dt0=settings.ode_dt, max_steps=settings.ode_max_steps,
-                              sliding_capacity=32)
+            return FlowConfig(
+                solver="sliding",
+                adaptive=False,
+                dt0=settings.ode_dt,
+                max_steps=settings.ode_max_steps,
+                sliding_capacity=32,
+            )
         if settings.ode_solver.startswith("gauss"):
-            return FlowConfig(solver=settings.ode_solver, adaptive=False, dt0=settings.ode_dt,
-                              max_steps=settings.ode_max_steps, stage_max_iterations=settings.ode_stage_iterations)
+            return FlowConfig(
+                solver=settings.ode_solver,
+                adaptive=False,
+                dt0=settings.ode_dt,
+                max_steps=settings.ode_max_steps,
+                stage_max_iterations=settings.ode_stage_iterations,
+            )
         if settings.ode_solver in PROJECTABLE_SOLVERS:
-            return FlowConfig(solver=settings.ode_solver, adaptive=False, dt0=settings.ode_dt,
-                              max_steps=settings.ode_max_steps, project_balance=True)
+            return FlowConfig(
+                solver=settings.ode_solver,
+                adaptive=False,
+                dt0=settings.ode_dt,
+                max_steps=settings.ode_max_steps,
+                project_balance=True,
+            )
         rtol = settings.ode64_rtol if jnp.dtype(dtype) == jnp.float64 else settings.ode_rtol
         return FlowConfig(solver=settings.ode_solver, rtol=rtol, max_steps=settings.ode_max_steps)
     except ValueError as err:
@@ -527,7 +626,9 @@ def trajectory_errors(P, params, P_ref, params_ref) -> dict:
 
 def _relative_gaps(a, b) -> np.ndarray:
     """``‖θ_a(t) − θ_b(t)‖ / ‖θ_b(t)‖`` per save time (rows), all weights of the network."""
-    flat = lambda tree: np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0], -1) for x in tree], axis=1)
+    flat = lambda tree: np.concatenate(
+        [np.asarray(x, np.float64).reshape(x.shape[0], -1) for x in tree], axis=1
+    )
     theta_a, theta_b = flat(a), flat(b)
     norm = np.linalg.norm(theta_b, axis=1)
     return np.linalg.norm(theta_a - theta_b, axis=1) / np.where(norm > 0, norm, 1.0)
@@ -539,13 +640,18 @@ def resolved_window(gd_snapshots: list, ratio: float = 0.75) -> int:
     wherever the first gap is above rounding. Past it, halving η does not shrink GD's change:
     the trajectory is not resolved at these steps and no error against it means anything.
     Returns the number of save times in the window (≥ 1: t = 0)."""
-    first, second = _relative_gaps(gd_snapshots[0], gd_snapshots[1]), _relative_gaps(gd_snapshots[1], gd_snapshots[2])
+    first, second = (
+        _relative_gaps(gd_snapshots[0], gd_snapshots[1]),
+        _relative_gaps(gd_snapshots[1], gd_snapshots[2]),
+    )
     above_rounding = first > 1e-12
     bad = above_rounding & (second > ratio * first)
     return int(np.argmax(bad)) if np.any(bad) else len(first)
 
 
-def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settings: BenchSettings, log) -> dict:
+def _gd_at_equal_error(
+    data, params0, ts, ode_P, ode_params, ode_seconds, settings: BenchSettings, log
+) -> dict:
     """Full-batch GD (the flow's Euler scheme) at η, η/2 (and η/4 with ``ode_gd_levels = 3``) on
     the ODE's save grid, against the Richardson reference.
 
@@ -569,12 +675,18 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     t_end = float(ts[-1])
     interval = t_end / (len(ts) - 1)
     per_record = max(1, round(interval / settings.ode_gd_lr))
-    levels = [per_record * 2**j for j in range(settings.ode_gd_levels)]  # η, η/2[, η/4], on the save grid
+    levels = [
+        per_record * 2**j for j in range(settings.ode_gd_levels)
+    ]  # η, η/2[, η/4], on the save grid
     runs, solvers = [], []
     for k in levels:
         eta = interval / k
         cfg = SGDConfig(steps=k * (len(ts) - 1), record_every=k, snapshot_every=1)
-        gd = jax.jit(lambda p, lr, data, cfg=cfg: train_gd(p, data, learning_rate=lr, config=cfg, throw=False))
+        gd = jax.jit(
+            lambda p, lr, data, cfg=cfg: train_gd(
+                p, data, learning_rate=lr, config=cfg, throw=False
+            )
+        )
         compiled = gd.lower(params0, eta, data).compile()
         start = time.perf_counter()
         traj = _block(compiled(params0, eta, data))
@@ -599,26 +711,40 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
     else:
         out["reference"] = "Richardson 2*GD(eta/2) - GD(eta)"
     per_step = runs[-1][2] / runs[-1][1]
-    out.update(gd_seconds_per_step=per_step, gd_seconds=[r[2] for r in runs],
-               gd_loss_end=[float(np.asarray(r[3].observables.loss)[-1]) for r in runs])
+    out.update(
+        gd_seconds_per_step=per_step,
+        gd_seconds=[r[2] for r in runs],
+        gd_loss_end=[float(np.asarray(r[3].observables.loss)[-1]) for r in runs],
+    )
     x = np.asarray(data.x, np.float64)
     out["gate_margins"] = [gate_margins(th, x) for th in theta_gd]
     for eta, m in zip(etas, out["gate_margins"]):
-        log(f"    GD eta={eta:.4g} at t_end: {m['boundary_pairs'][-1]} (neuron, sample) pairs within "
+        log(
+            f"    GD eta={eta:.4g} at t_end: {m['boundary_pairs'][-1]} (neuron, sample) pairs within "
             f"{m['within']:.0e} of a gate boundary; median closest margin of the grown neurons "
-            f"{m['median_closest_margin'][-1]:.1e}")
-    out["gate_chatter"] = [gate_chatter([a[-1] for a in th], eta, data) for th, eta in zip(theta_gd, etas)]
+            f"{m['median_closest_margin'][-1]:.1e}"
+        )
+    out["gate_chatter"] = [
+        gate_chatter([a[-1] for a in th], eta, data) for th, eta in zip(theta_gd, etas)
+    ]
     for eta, c in zip(etas, out["gate_chatter"]):
-        log(f"    GD eta={eta:.4g}, {c['steps']} more steps from t_end: {c['pairs_chattering']} (neuron, sample) "
+        log(
+            f"    GD eta={eta:.4g}, {c['steps']} more steps from t_end: {c['pairs_chattering']} (neuron, sample) "
             f"gates flip at >= 1/4 of the steps ({c['pairs_flipping']} at least once); {c['grown_chattering']} of "
-            f"{c['grown']} grown neurons have one")
-    out["perturbations"] = [_perturbed_gd(solvers[0], params0, etas[0], data, eps, theta_gd[0], P_gd[0], log)
-                            for eps in settings.ode_perturbations]
+            f"{c['grown']} grown neurons have one"
+        )
+    out["perturbations"] = [
+        _perturbed_gd(solvers[0], params0, etas[0], data, eps, theta_gd[0], P_gd[0], log)
+        for eps in settings.ode_perturbations
+    ]
     errors = {"ode": trajectory_errors(ode_P, ode_params, P_ref, params_ref)}
     gd_errors = [trajectory_errors(P, th, P_ref, params_ref) for P, th in zip(P_gd, theta_gd)]
-    out.update(trajectory_error=errors["ode"]["params"], trajectory_error_P=errors["ode"]["P"],
-               gd_trajectory_error={"eta": gd_errors[0], "eta_half": gd_errors[1]},
-               gd_trajectory_errors=[e["params"] for e in gd_errors])
+    out.update(
+        trajectory_error=errors["ode"]["params"],
+        trajectory_error_P=errors["ode"]["P"],
+        gd_trajectory_error={"eta": gd_errors[0], "eta_half": gd_errors[1]},
+        gd_trajectory_errors=[e["params"] for e in gd_errors],
+    )
     if len(runs) == 2:
         for metric, suffix in (("params", ""), ("P", "_P")):
             eta_eq = etas[1] * errors["ode"][metric] / gd_errors[1][metric]
@@ -626,19 +752,36 @@ def _gd_at_equal_error(data, params0, ts, ode_P, ode_params, ode_seconds, settin
         return out
     # Three levels: the full grid as above (power law through GD's errors), then the window.
     n = resolved_window(theta_gd)
-    out.update(resolved_saves=n, resolved_until_t=float(ts[n - 1]),
-               resolved_fraction=float(ts[n - 1]) / t_end)
+    out.update(
+        resolved_saves=n,
+        resolved_until_t=float(ts[n - 1]),
+        resolved_fraction=float(ts[n - 1]) / t_end,
+    )
     window = lambda tree: [np.asarray(a)[:n] for a in tree]
-    w_err = trajectory_errors(np.asarray(ode_P)[:n], window(ode_params), P_ref[:n], window(params_ref))
-    w_gd = [trajectory_errors(P[:n], window(th), P_ref[:n], window(params_ref)) for P, th in zip(P_gd, theta_gd)]
-    out["window"] = {"trajectory_error": w_err["params"], "trajectory_error_P": w_err["P"],
-                     "gd_trajectory_errors": [e["params"] for e in w_gd],
-                     "gd_trajectory_errors_P": [e["P"] for e in w_gd],
-                     "reference_uncertainty": float(np.max(reference_gaps[:n]))}
+    w_err = trajectory_errors(
+        np.asarray(ode_P)[:n], window(ode_params), P_ref[:n], window(params_ref)
+    )
+    w_gd = [
+        trajectory_errors(P[:n], window(th), P_ref[:n], window(params_ref))
+        for P, th in zip(P_gd, theta_gd)
+    ]
+    out["window"] = {
+        "trajectory_error": w_err["params"],
+        "trajectory_error_P": w_err["P"],
+        "gd_trajectory_errors": [e["params"] for e in w_gd],
+        "gd_trajectory_errors_P": [e["P"] for e in w_gd],
+        "reference_uncertainty": float(np.max(reference_gaps[:n])),
+    }
     for target, ode_err, gd_errs in ((out, errors["ode"], gd_errors), (out["window"], w_err, w_gd)):
         for metric, suffix in (("params", ""), ("P", "_P")):
-            _equal_error(target, suffix, _power_law_eta(etas, [e[metric] for e in gd_errs], ode_err[metric]),
-                         per_step, t_end, ode_seconds)
+            _equal_error(
+                target,
+                suffix,
+                _power_law_eta(etas, [e[metric] for e in gd_errs], ode_err[metric]),
+                per_step,
+                t_end,
+                ode_seconds,
+            )
     return out
 
 
@@ -660,8 +803,13 @@ def gate_margins(snapshots, x, *, within: float = 1e-4, grown: float = 0.01) -> 
     pairs, closest = [], []
     for t in range(W.shape[0]):
         w_norm = np.sqrt(np.sum(W[t] ** 2, axis=1) + b[t] ** 2)
-        margin = np.abs(x @ W[t].T + b[t]) / (x_norm[:, None] * np.where(w_norm > 0, w_norm, 1.0))  # [N, d]
-        big = _grown(np.linalg.norm(W[t], axis=1) * np.linalg.norm(V[t].reshape(V.shape[1], -1), axis=1), grown)
+        margin = np.abs(x @ W[t].T + b[t]) / (
+            x_norm[:, None] * np.where(w_norm > 0, w_norm, 1.0)
+        )  # [N, d]
+        big = _grown(
+            np.linalg.norm(W[t], axis=1) * np.linalg.norm(V[t].reshape(V.shape[1], -1), axis=1),
+            grown,
+        )
         pairs.append(int(np.sum(margin < within)))
         closest.append(float(np.median(margin.min(axis=0)[big])))
     return {"within": within, "boundary_pairs": pairs, "median_closest_margin": closest}
@@ -672,7 +820,9 @@ def _grown(P, share: float) -> np.ndarray:
     return P >= share * P.max() if P.max() > 0 else np.ones_like(P, bool)
 
 
-def gate_chatter(params, eta: float, data, *, steps: int = 40, every: float = 0.25, grown: float = 0.01) -> dict:
+def gate_chatter(
+    params, eta: float, data, *, steps: int = 40, every: float = 0.25, grown: float = 0.01
+) -> dict:
     """GD at η for ``steps`` more steps from ``params``: how often each gate ``g_i(n)`` flips.
 
     A neuron that the flow holds on a gate boundary is flipped back and forth across it by the
@@ -686,14 +836,24 @@ def gate_chatter(params, eta: float, data, *, steps: int = 40, every: float = 0.
     from gflow._network import Params, gating_pattern
 
     p = Params(*(jax.numpy.asarray(a) for a in params))
-    traj = train_gd(p, data, learning_rate=eta, throw=False,
-                    config=SGDConfig(steps=steps, record_every=1, snapshot_every=1))
+    traj = train_gd(
+        p,
+        data,
+        learning_rate=eta,
+        throw=False,
+        config=SGDConfig(steps=steps, record_every=1, snapshot_every=1),
+    )
     gates = jax.vmap(lambda q: gating_pattern(q, data.x))(traj.snapshots)  # [steps + 1, N, d]
     flips = np.asarray(jax.numpy.sum(gates[1:] != gates[:-1], axis=0))  # [N, d]
     big = _grown(np.asarray(traj.observables.P, np.float64)[0], grown)
     chattering = flips >= every * steps
-    return {"steps": steps, "pairs_flipping": int(np.sum(flips > 0)), "pairs_chattering": int(np.sum(chattering)),
-            "grown": int(big.sum()), "grown_chattering": int(np.sum(np.any(chattering[:, big], axis=0)))}
+    return {
+        "steps": steps,
+        "pairs_flipping": int(np.sum(flips > 0)),
+        "pairs_chattering": int(np.sum(chattering)),
+        "grown": int(big.sum()),
+        "grown_chattering": int(np.sum(np.any(chattering[:, big], axis=0))),
+    }
 
 
 def perturbed_start(params0, epsilon: float, key):
@@ -701,7 +861,9 @@ def perturbed_start(params0, epsilon: float, key):
     import jax
 
     keys = jax.random.split(key, len(params0))
-    return type(params0)(*(a * (1 + epsilon * jax.random.normal(k, a.shape, a.dtype)) for a, k in zip(params0, keys)))
+    return type(params0)(
+        *(a * (1 + epsilon * jax.random.normal(k, a.shape, a.dtype)) for a, k in zip(params0, keys))
+    )
 
 
 def _perturbed_gd(compiled, params0, eta, data, epsilon, theta, P, log) -> dict:
@@ -715,10 +877,17 @@ def _perturbed_gd(compiled, params0, eta, data, epsilon, theta, P, log) -> dict:
     gaps = _relative_gaps([np.asarray(a, np.float64) for a in traj.snapshots], theta)
     P_new = np.asarray(traj.observables.P, np.float64)
     gaps_P = np.max(np.abs(P_new - P), axis=1) / np.max(P, axis=1)
-    log(f"    GD eta={eta:.4g} from a start perturbed by {epsilon:.0e}: gap {gaps[0]:.1e} at t=0, "
-        f"{gaps[-1]:.1e} at t_end (x{gaps[-1] / epsilon:.2g}), {seconds:.1f} s")
-    return {"epsilon": epsilon, "gap_params": [float(g) for g in gaps], "gap_P": [float(g) for g in gaps_P],
-            "amplification_end": float(gaps[-1] / epsilon), "seconds": seconds}
+    log(
+        f"    GD eta={eta:.4g} from a start perturbed by {epsilon:.0e}: gap {gaps[0]:.1e} at t=0, "
+        f"{gaps[-1]:.1e} at t_end (x{gaps[-1] / epsilon:.2g}), {seconds:.1f} s"
+    )
+    return {
+        "epsilon": epsilon,
+        "gap_params": [float(g) for g in gaps],
+        "gap_P": [float(g) for g in gaps_P],
+        "amplification_end": float(gaps[-1] / epsilon),
+        "seconds": seconds,
+    }
 
 
 def _power_law_eta(etas, errors, target) -> float | None:
@@ -731,7 +900,9 @@ def _power_law_eta(etas, errors, target) -> float | None:
     return float(np.exp((math.log(target) - log_c) / p)) if p > 0 else None
 
 
-def _equal_error(out: dict, suffix: str, eta_eq, per_step: float, t_end: float, ode_seconds: float) -> None:
+def _equal_error(
+    out: dict, suffix: str, eta_eq, per_step: float, t_end: float, ode_seconds: float
+) -> None:
     """GD's time at η_eq and the ODE/GD ratio (None where η_eq is undefined)."""
     gd_seconds = per_step * t_end / eta_eq if eta_eq else None
     out[f"gd_eta_equal_error{suffix}"] = eta_eq
@@ -739,7 +910,9 @@ def _equal_error(out: dict, suffix: str, eta_eq, per_step: float, t_end: float, 
     out[f"ode_over_gd_equal_error{suffix}"] = ode_seconds / gd_seconds if gd_seconds else None
 
 
-def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, compare_gd: bool) -> dict:
+def _flow_through_drop(
+    ds, width: int, dtype, settings: BenchSettings, log, *, compare_gd: bool
+) -> dict:
     """Loss-drop time from a cheap SGD run, then the ODE over 1.5× that time, SGD over the same
     flow time and (``compare_gd``) full-batch GD at the ODE's trajectory error (`_gd_at_equal_error`)."""
     import jax
@@ -758,9 +931,19 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
     horizon = 400.0
     while True:
         steps = _round_up(horizon * per_unit_time, settings.record_every)
-        cfg = SGDConfig(steps=steps, record_every=settings.record_every, batch_size=settings.batch_size)
-        probe = train_sgd_chunked(params0, jax.random.key(4), data, learning_rate=lr, momentum=beta, config=cfg,
-                                  chunk=chunk, throw=False)
+        cfg = SGDConfig(
+            steps=steps, record_every=settings.record_every, batch_size=settings.batch_size
+        )
+        probe = train_sgd_chunked(
+            params0,
+            jax.random.key(4),
+            data,
+            learning_rate=lr,
+            momentum=beta,
+            config=cfg,
+            chunk=chunk,
+            throw=False,
+        )
         loss = np.asarray(probe.observables.loss)
         t_drop = loss_drop_time(np.asarray(probe.t), loss)
         if (np.isfinite(t_drop) and loss[-1] < 0.5 * loss[0]) or horizon >= 3200:
@@ -769,8 +952,17 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
     t_end = 1.5 * t_drop if np.isfinite(t_drop) else horizon
     ts = jnp.linspace(0.0, t_end, 61, dtype=dtype)
     # Full parameters at every save time only when they are compared with GD's.
-    solve = jax.jit(lambda p, grid, data: gradient_flow(p, data, grid, snapshot_times=grid if compare_gd else None,
-                                                        config=config, throw=False, return_stats=True))
+    solve = jax.jit(
+        lambda p, grid, data: gradient_flow(
+            p,
+            data,
+            grid,
+            snapshot_times=grid if compare_gd else None,
+            config=config,
+            throw=False,
+            return_stats=True,
+        )
+    )
     start = time.perf_counter()
     compiled = solve.lower(params0, ts, data).compile()
     compile_s = time.perf_counter() - start
@@ -779,13 +971,27 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
     ode_s = time.perf_counter() - start
 
     sgd_steps = _round_up(t_end * per_unit_time, settings.record_every)
-    sgd_cfg = SGDConfig(steps=sgd_steps, record_every=settings.record_every, batch_size=settings.batch_size)
+    sgd_cfg = SGDConfig(
+        steps=sgd_steps, record_every=settings.record_every, batch_size=settings.batch_size
+    )
     # Data are arguments, not closed-over constants: XLA would constant-fold G = X Xᵀ at compile time.
-    sgd = jax.jit(lambda p, key, eta, data: train_sgd_chunked(p, key, data, learning_rate=eta, momentum=beta,
-                                                               config=sgd_cfg, chunk=chunk, observables="norms",
-                                                               throw=False))
+    sgd = jax.jit(
+        lambda p, key, eta, data: train_sgd_chunked(
+            p,
+            key,
+            data,
+            learning_rate=eta,
+            momentum=beta,
+            config=sgd_cfg,
+            chunk=chunk,
+            observables="norms",
+            throw=False,
+        )
+    )
     sgd_compiled = sgd.lower(params0, jax.random.key(4), lr, data).compile()
-    sgd_s = statistics.median(_seconds(lambda: sgd_compiled(params0, jax.random.key(4), lr, data)) for _ in range(3))
+    sgd_s = statistics.median(
+        _seconds(lambda: sgd_compiled(params0, jax.random.key(4), lr, data)) for _ in range(3)
+    )
     sgd_norms = sgd_compiled(params0, jax.random.key(4), lr, data).observables
     ode_loss = np.asarray(traj.observables.loss)
     # A solve stopped by max_steps leaves the later records unfilled: report what it reached.
@@ -818,7 +1024,9 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
         "ms_per_solver_step": 1e3 * ode_s / max(int(stats.num_steps), 1),
         "ms_per_gradient_evaluation": 1e3 * ode_s / max(int(stats.evaluations), 1),
         "t_reached": t_reached,
-        "balance_drift": float(np.max(np.asarray(balance_drift(jax.tree.map(lambda a: a[valid], traj.observables))))),
+        "balance_drift": float(
+            np.max(np.asarray(balance_drift(jax.tree.map(lambda a: a[valid], traj.observables))))
+        ),
         "loss_start": float(ode_loss[0]),
         "loss_end": float(ode_loss[valid][-1]),
         # The flow never raises the loss: a rise between saves means the steps do not track it.
@@ -830,43 +1038,59 @@ def _flow_through_drop(ds, width: int, dtype, settings: BenchSettings, log, *, c
         # SGD's cost is linear in flow time: compare over the flow time the ODE covered.
         "ode_over_sgd": ode_s / (sgd_s * t_reached / t_end) if t_reached > 0 else None,
     }
-    projected = (f" (balance projected; largest step defect removed {result['balance_defect_max']:.1e})"
-                 if config.project_balance else "")
-    log(f"  ode {result['dtype']} N={result['N']} D={result['D']} d={width} {config.solver}: "
+    projected = (
+        f" (balance projected; largest step defect removed {result['balance_defect_max']:.1e})"
+        if config.project_balance
+        else ""
+    )
+    log(
+        f"  ode {result['dtype']} N={result['N']} D={result['D']} d={width} {config.solver}: "
         f"{result['solver_steps']} steps, {result['gradient_evaluations']} gradients "
         f"({result['status']}; reached t={result['t_reached']:.0f} of {t_end:.0f}, loss {result['loss_start']:.3f} -> "
         f"{result['loss_end']:.3f}, {result['loss_rises']} rises) in {ode_s:.1f} s (compile {compile_s:.1f} s), "
         f"drift {result['balance_drift']:.1e}{projected}; "
         f"SGD over the same flow time: {sgd_steps} steps in {sgd_s:.2f} s -> ODE/SGD = "
-        f"{result['ode_over_sgd'] or float('nan'):.0f}x")
+        f"{result['ode_over_sgd'] or float('nan'):.0f}x"
+    )
     if compare_gd:
         if int(traj.status) != 0:
             result["gd_comparison"] = None
             log("    no GD comparison: the ODE did not reach t_end")
         else:
-            snaps = jax.tree.map(lambda a: a[1:-1], traj.snapshots)  # the save grid, without the ends added
+            snaps = jax.tree.map(
+                lambda a: a[1:-1], traj.snapshots
+            )  # the save grid, without the ends added
             result["ode_gate_margins"] = m = gate_margins(snaps, np.asarray(data.x, np.float64))
-            log(f"    ODE at t_end: {m['boundary_pairs'][-1]} (neuron, sample) pairs within {m['within']:.0e} of a "
-                f"gate boundary; median closest margin of the grown neurons {m['median_closest_margin'][-1]:.1e}")
-            result.update(_gd_at_equal_error(data, params0, np.asarray(ts), traj.observables.P, snaps, ode_s,
-                                             settings, log))
+            log(
+                f"    ODE at t_end: {m['boundary_pairs'][-1]} (neuron, sample) pairs within {m['within']:.0e} of a "
+                f"gate boundary; median closest margin of the grown neurons {m['median_closest_margin'][-1]:.1e}"
+            )
+            result.update(
+                _gd_at_equal_error(
+                    data, params0, np.asarray(ts), traj.observables.P, snaps, ode_s, settings, log
+                )
+            )
             log("    " + _equal_error_line("whole run", result, result["gd_trajectory_errors"]))
             if "window" in result:
                 w = result["window"]
-                log(f"    GD converges at first order up to t={result['resolved_until_t']:.0f} of {t_end:.0f} "
+                log(
+                    f"    GD converges at first order up to t={result['resolved_until_t']:.0f} of {t_end:.0f} "
                     f"(reference uncertainty there {w['reference_uncertainty']:.1e}, whole run "
-                    f"{result['reference_uncertainty']:.1e})")
+                    f"{result['reference_uncertainty']:.1e})"
+                )
                 log("    " + _equal_error_line("resolved window", w, w["gd_trajectory_errors"]))
     return result
 
 
 def _equal_error_line(label: str, r: dict, gd_errors) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)
-    return (f"{label}: trajectory error (params) ODE {r['trajectory_error']:.2e}, GD "
-            + ", ".join(f"{e:.2e}" for e in gd_errors)
-            + f"; GD reaches the ODE's error at eta={fmt(r['gd_eta_equal_error'], '.3g')} -> ODE/GD = "
-            f"{fmt(r['ode_over_gd_equal_error'], '.2f')} (P: ODE {r['trajectory_error_P']:.2e}, ODE/GD = "
-            f"{fmt(r['ode_over_gd_equal_error_P'], '.2f')})")
+    return (
+        f"{label}: trajectory error (params) ODE {r['trajectory_error']:.2e}, GD "
+        + ", ".join(f"{e:.2e}" for e in gd_errors)
+        + f"; GD reaches the ODE's error at eta={fmt(r['gd_eta_equal_error'], '.3g')} -> ODE/GD = "
+        f"{fmt(r['ode_over_gd_equal_error'], '.2f')} (P: ODE {r['trajectory_error_P']:.2e}, ODE/GD = "
+        f"{fmt(r['ode_over_gd_equal_error_P'], '.2f')})"
+    )
 
 
 def _norms_drift(norms) -> np.ndarray:
@@ -895,15 +1119,22 @@ def bench_ode(settings: BenchSettings, *, dataset: str | None, log=print) -> dic
         return loaded[samples]
 
     if "float32" in settings.ode_dtypes:
-        out["float32"] = _flow_through_drop(task(settings.ode_samples), settings.ode_width, jnp.float32, settings,
-                                            log, compare_gd=False)
+        out["float32"] = _flow_through_drop(
+            task(settings.ode_samples),
+            settings.ode_width,
+            jnp.float32,
+            settings,
+            log,
+            compare_gd=False,
+        )
     if "float64" in settings.ode_dtypes:
         was_x64 = jax.config.jax_enable_x64
         jax.config.update("jax_enable_x64", True)
         try:
             ds64 = task(settings.ode64_samples)
-            out["float64"] = _flow_through_drop(ds64, settings.ode64_width, jnp.float64, settings, log,
-                                                compare_gd=True)
+            out["float64"] = _flow_through_drop(
+                ds64, settings.ode64_width, jnp.float64, settings, log, compare_gd=True
+            )
         finally:
             jax.config.update("jax_enable_x64", was_x64)
     return out
@@ -947,7 +1178,11 @@ def bench_cells(settings: BenchSettings, *, dataset: str | None, log=print) -> d
         times.append(time.perf_counter() - start)
     second_s = float(np.median(times))
     per_kappa = {
-        str(k): {"estimate": int(e.estimate), "iterations": len(e.curve), "converged": bool(e.converged)}
+        str(k): {
+            "estimate": int(e.estimate),
+            "iterations": len(e.curve),
+            "converged": bool(e.converged),
+        }
         for k, e in est.items()
     }
     del first
@@ -964,9 +1199,11 @@ def bench_cells(settings: BenchSettings, *, dataset: str | None, log=print) -> d
         "compile_seconds": max(first_s - second_s, 0.0),
         "kappa": per_kappa,
     }
-    log(f"  cells M={settings.cells_probes} N={ds.n_samples} D={ds.dim}: {second_s:.1f} s, median of "
+    log(
+        f"  cells M={settings.cells_probes} N={ds.n_samples} D={ds.dim}: {second_s:.1f} s, median of "
         f"{len(times)} ({min(times):.1f}–{max(times):.1f} s; first call {first_s:.1f} s); estimates "
-        + ", ".join(f"κ={k}: {v['estimate']}" for k, v in per_kappa.items()))
+        + ", ".join(f"κ={k}: {v['estimate']}" for k, v in per_kappa.items())
+    )
     return result
 
 
@@ -985,33 +1222,56 @@ def memory_child(spec: str) -> None:
     from gflow._chunked import train_sgd_seeds_shared_order
 
     opts = json.loads(spec)
-    ds = load_dataset("clusters", n_samples=opts["samples"], dim=opts["dim"], seed=0, test_samples=0)
+    ds = load_dataset(
+        "clusters", n_samples=opts["samples"], dim=opts["dim"], seed=0, test_samples=0
+    )
     data = training_data(ds, jnp.float32)
-    config = SGDConfig(steps=opts["steps"], record_every=opts["record_every"], batch_size=opts["batch_size"])
+    config = SGDConfig(
+        steps=opts["steps"], record_every=opts["record_every"], batch_size=opts["batch_size"]
+    )
     seeds, group, width = opts["seeds"], opts["group"], opts["width"]
     baseline = _peak_rss_bytes()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         shape = (seeds, config.num_records, width)
-        files = {name: np.lib.format.open_memmap(Path(tmp) / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
-                 for name in ("w_norm", "v_norm", "b")}
+        files = {
+            name: np.lib.format.open_memmap(
+                Path(tmp) / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape
+            )
+            for name in ("w_norm", "v_norm", "b")
+        }
         for first in range(0, seeds, group):
             count = min(group, seeds - first)
             keys = jax.random.split(jax.random.fold_in(jax.random.key(11), first // group), group)
             params0 = jax.vmap(lambda k: _init_one(k, width, opts["dim"], opts["sigma"]))(keys)
-            traj = train_sgd_seeds_shared_order(params0, jax.random.key(5), data,
-                                                learning_rate=opts["learning_rate"], momentum=opts["momentum"],
-                                                config=config, chunk=opts["chunk"], observables="norms")
+            traj = train_sgd_seeds_shared_order(
+                params0,
+                jax.random.key(5),
+                data,
+                learning_rate=opts["learning_rate"],
+                momentum=opts["momentum"],
+                config=config,
+                chunk=opts["chunk"],
+                observables="norms",
+            )
             for name, array in files.items():
-                array[first:first + count] = np.asarray(getattr(traj.observables, name))[:count]
+                array[first : first + count] = np.asarray(getattr(traj.observables, name))[:count]
             del traj, params0
         for array in files.values():
             array.flush()
         stored = sum(a.nbytes for a in files.values())
         del files
     seconds = time.perf_counter() - start
-    print(json.dumps({"baseline_rss_bytes": baseline, "peak_rss_bytes": _peak_rss_bytes(), "seconds": seconds,
-                      "norms_bytes_streamed": stored}))
+    print(
+        json.dumps(
+            {
+                "baseline_rss_bytes": baseline,
+                "peak_rss_bytes": _peak_rss_bytes(),
+                "seconds": seconds,
+                "norms_bytes_streamed": stored,
+            }
+        )
+    )
 
 
 def _init_one(key, width, dim, sigma):
@@ -1039,16 +1299,27 @@ def _peak_rss_bytes() -> int:
 def bench_memory(settings: BenchSettings, *, log=print) -> dict:
     """Peak RSS of a ``memory_seeds`` sweep (groups of ``memory_group``), in a subprocess."""
     opts = {
-        "seeds": settings.memory_seeds, "group": settings.memory_group, "steps": settings.memory_steps,
-        "width": settings.width, "dim": settings.dim, "samples": settings.samples,
-        "batch_size": settings.batch_size, "record_every": settings.record_every, "chunk": settings.chunk,
-        "learning_rate": settings.learning_rate, "momentum": settings.momentum, "sigma": settings.sigma,
+        "seeds": settings.memory_seeds,
+        "group": settings.memory_group,
+        "steps": settings.memory_steps,
+        "width": settings.width,
+        "dim": settings.dim,
+        "samples": settings.samples,
+        "batch_size": settings.batch_size,
+        "record_every": settings.record_every,
+        "chunk": settings.chunk,
+        "learning_rate": settings.learning_rate,
+        "momentum": settings.momentum,
+        "sigma": settings.sigma,
     }
     code = "import sys; from gflow._cli._bench import memory_child; memory_child(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(opts)], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(opts)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"memory benchmark subprocess failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"memory benchmark subprocess failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        )
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     gib = 2.0**30
     result = {
@@ -1064,9 +1335,11 @@ def bench_memory(settings: BenchSettings, *, log=print) -> dict:
         "seed_steps_per_s": settings.memory_seeds * settings.memory_steps / child["seconds"],
         "norms_streamed_mib": child["norms_bytes_streamed"] / 2.0**20,
     }
-    log(f"  memory: {settings.memory_seeds} seeds in groups of {settings.memory_group}, peak RSS "
+    log(
+        f"  memory: {settings.memory_seeds} seeds in groups of {settings.memory_group}, peak RSS "
         f"{result['peak_rss_gib']:.2f} GiB (after imports and data: {result['baseline_rss_gib']:.2f} GiB), "
-        f"{child['seconds']:.1f} s")
+        f"{child['seconds']:.1f} s"
+    )
     return result
 
 
@@ -1088,31 +1361,57 @@ def versions() -> dict:
     return out
 
 
-def run_bench(settings: BenchSettings, *, sections=SECTIONS, dataset: str | None = None, use_torch: bool = True,
-              log=print) -> dict:
+def run_bench(
+    settings: BenchSettings,
+    *,
+    sections=SECTIONS,
+    dataset: str | None = None,
+    use_torch: bool = True,
+    log=print,
+) -> dict:
     """Run the requested sections; returns the JSON-ready report."""
     torch = _torch() if use_torch else None
     threads = thread_counts()
     if torch is not None:
-        torch.set_num_threads(threads["cores"] if "GFLOW_BENCH_THREADS" not in os.environ
-                              else int(os.environ["GFLOW_BENCH_THREADS"]))
+        torch.set_num_threads(
+            threads["cores"]
+            if "GFLOW_BENCH_THREADS" not in os.environ
+            else int(os.environ["GFLOW_BENCH_THREADS"])
+        )
         threads = thread_counts()
     report = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "threads": threads, "load_average_start": list(os.getloadavg())},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "threads": threads,
+            "load_average_start": list(os.getloadavg()),
+        },
         "versions": versions(),
         "settings": dataclasses.asdict(settings),
         "sections": list(sections),
     }
-    log(f"gflow bench: {threads['cores']} cores; threads numpy {threads['numpy_blas']}, xla {threads['xla']}"
-        + (f", torch {threads['torch']}" if "torch" in threads else ", torch not importable (reference skipped)"))
+    log(
+        f"gflow bench: {threads['cores']} cores; threads numpy {threads['numpy_blas']}, xla {threads['xla']}"
+        + (
+            f", torch {threads['torch']}"
+            if "torch" in threads
+            else ", torch not importable (reference skipped)"
+        )
+    )
     limit = matmul_limit(settings.matmul_size, settings.repeats)
     report["matmul"] = limit
-    log(f"  matmul limit {limit['limit_gflops']:.1f} GFLOP/s (numpy {limit['numpy_gflops']:.1f}, "
-        f"xla {limit['xla_gflops']:.1f}; float32 {limit['size']}^3)")
+    log(
+        f"  matmul limit {limit['limit_gflops']:.1f} GFLOP/s (numpy {limit['numpy_gflops']:.1f}, "
+        f"xla {limit['xla_gflops']:.1f}; float32 {limit['size']}^3)"
+    )
     if "sweep" in sections:
-        report["sweep"] = bench_sweep(settings, dataset=dataset, limit_gflops=limit["limit_gflops"],
-                                      use_torch=torch is not None, log=log)
+        report["sweep"] = bench_sweep(
+            settings,
+            dataset=dataset,
+            limit_gflops=limit["limit_gflops"],
+            use_torch=torch is not None,
+            log=log,
+        )
     if "memory" in sections:
         report["memory"] = bench_memory(settings, log=log)
     if "cells" in sections:
@@ -1138,7 +1437,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise UsageError(f"--seeds must be comma-separated positive integers; got {text!r}") from None
+        raise UsageError(
+            f"--seeds must be comma-separated positive integers; got {text!r}"
+        ) from None
     return values
 
 
@@ -1149,7 +1450,9 @@ def _float_list(flag: str, text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise UsageError(f"{flag} must be comma-separated numbers or 'none'; got {text!r}") from None
+        raise UsageError(
+            f"{flag} must be comma-separated numbers or 'none'; got {text!r}"
+        ) from None
 
 
 def _settings_from_args(args) -> BenchSettings:
@@ -1162,7 +1465,9 @@ def _settings_from_args(args) -> BenchSettings:
         if value is not None:
             overrides[name] = value
     if args.small_ode:
-        overrides.update(ode_width=16, ode_samples=60, ode64_width=16, ode64_samples=60, ode_max_steps=4000)
+        overrides.update(
+            ode_width=16, ode_samples=60, ode64_width=16, ode64_samples=60, ode_max_steps=4000
+        )
     if args.ode_width is not None:
         overrides.update(ode_width=args.ode_width, ode64_width=args.ode_width)
     if args.ode_max_steps is not None:
@@ -1193,7 +1498,9 @@ def _sections(text: str | None) -> tuple[str, ...]:
     chosen = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [s for s in chosen if s not in SECTIONS]
     if bad or not chosen:
-        raise UsageError(f"--only takes a comma-separated subset of {', '.join(SECTIONS)}; got {text!r}")
+        raise UsageError(
+            f"--only takes a comma-separated subset of {', '.join(SECTIONS)}; got {text!r}"
+        )
     return chosen
 
 
@@ -1204,13 +1511,19 @@ def _reexec_with_threads(args, threads: int) -> int:
         env[var] = str(threads)
     env["GFLOW_BENCH_THREADS"] = str(threads)
     if threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
     cores = sorted(os.sched_getaffinity(0))[:threads]
     if sys.argv[1:2] != ["bench"]:
         raise UsageError("--threads re-runs the command line; use it from the gflow command")
     code = "import sys; from gflow._cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, *sys.argv[1:]], env=env,
-                          preexec_fn=lambda: os.sched_setaffinity(0, cores), check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *sys.argv[1:]],
+        env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+        check=False,
+    )
     return proc.returncode
 
 
@@ -1220,7 +1533,9 @@ def _handler(args) -> int:
     cores = len(os.sched_getaffinity(0))
     if args.threads is not None:
         if not 1 <= args.threads <= cores:
-            raise UsageError(f"--threads must be between 1 and the {cores} available cores; got {args.threads}")
+            raise UsageError(
+                f"--threads must be between 1 and the {cores} available cores; got {args.threads}"
+            )
         if os.environ.get("GFLOW_BENCH_THREADS") != str(args.threads) and args.threads != cores:
             return _reexec_with_threads(args, args.threads)
     out = Path(args.json)
@@ -1228,7 +1543,9 @@ def _handler(args) -> int:
         raise UsageError(f"--json {args.json} is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    report = run_bench(settings, sections=sections, dataset=args.dataset, use_torch=not args.no_torch, log=log)
+    report = run_bench(
+        settings, sections=sections, dataset=args.dataset, use_torch=not args.no_torch, log=log
+    )
     report["quick"] = bool(args.quick)
     if sys.argv[1:2] == ["bench"]:
         report["command"] = "gflow " + " ".join(sys.argv[1:])
@@ -1242,48 +1559,101 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="time seed sweeps, the ODE, stable cells and sweep memory against NumPy/PyTorch loops",
-        description=__doc__.split("\n\n")[0] + " Same-run ratios, medians of repeats, compile time apart.",
+        description=__doc__.split("\n\n")[0]
+        + " Same-run ratios, medians of repeats, compile time apart.",
         epilog="examples:\n  gflow bench --quick --json bench.json\n"
-               "  gflow bench --json full.json --dataset cifar:/path/to/cifar-10-batches-py\n"
-               "  gflow bench --only sweep --seeds 1,32 --json sweep.json\n",
+        "  gflow bench --json full.json --dataset cifar:/path/to/cifar-10-batches-py\n"
+        "  gflow bench --only sweep --seeds 1,32 --json sweep.json\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--json", required=True, metavar="FILE", help="where to write the JSON report")
-    parser.add_argument("--quick", action="store_true", help="small sizes: about two minutes on two cores")
-    parser.add_argument("--only", default=None, metavar="LIST", help=f"subset of {','.join(SECTIONS)}")
-    parser.add_argument("--dataset", default=None, metavar="SPEC",
-                        help="data for every section (e.g. cifar:PATH); default: synthetic inputs of the "
-                             "workload's shape for the sweep and memory, embedded MNIST for the ODE and cells")
-    parser.add_argument("--seeds", default=None, metavar="LIST", help="values of S, e.g. 1,8,32,128")
+    parser.add_argument(
+        "--json", required=True, metavar="FILE", help="where to write the JSON report"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: about two minutes on two cores"
+    )
+    parser.add_argument(
+        "--only", default=None, metavar="LIST", help=f"subset of {','.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="SPEC",
+        help="data for every section (e.g. cifar:PATH); default: synthetic inputs of the "
+        "workload's shape for the sweep and memory, embedded MNIST for the ODE and cells",
+    )
+    parser.add_argument(
+        "--seeds", default=None, metavar="LIST", help="values of S, e.g. 1,8,32,128"
+    )
     parser.add_argument("--steps", type=int, default=None, help="SGD steps per sweep run")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
     parser.add_argument("--width", type=int, default=None, help="hidden neurons d")
     parser.add_argument("--samples", type=int, default=None, help="training samples N of the sweep")
-    parser.add_argument("--dim", type=int, default=None, help="input dimension D of synthetic sweep data")
-    parser.add_argument("--chunk", type=int, default=None, help="SGD steps per chunk K (divides --record-every)")
-    parser.add_argument("--record-every", dest="record_every", type=int, default=None,
-                        help="record norms every this many steps")
+    parser.add_argument(
+        "--dim", type=int, default=None, help="input dimension D of synthetic sweep data"
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="SGD steps per chunk K (divides --record-every)"
+    )
+    parser.add_argument(
+        "--record-every",
+        dest="record_every",
+        type=int,
+        default=None,
+        help="record norms every this many steps",
+    )
     parser.add_argument("--small-ode", action="store_true", help="tiny ODE problems (N=60, d=16)")
-    parser.add_argument("--ode-width", type=int, default=None, help="hidden neurons d of both ODE solves")
-    parser.add_argument("--ode-max-steps", type=int, default=None, help="solver steps allowed per ODE solve")
-    parser.add_argument("--ode-dtypes", default=None, metavar="LIST",
-                        help="which ODE solves to run: float32,float64 (default both)")
-    parser.add_argument("--ode-solver", default=None, metavar="NAME",
-                        help="ODE solver (default gauss1: implicit midpoint, exact balance; sliding: the sliding-mode "
-                             "integrator of the nonsmooth flow; heun, euler, midpoint, "
-                             "ralston: explicit with the balance projection; tsit5, ...: adaptive)")
-    parser.add_argument("--ode-dt", dest="ode_dt", type=float, default=None,
-                        help="constant step of the gauss and projected solvers (default 0.25)")
-    parser.add_argument("--ode-gd-levels", dest="ode_gd_levels", type=int, default=None, choices=(2, 3),
-                        help="GD runs behind the float64 reference: eta, eta/2 (2) or also eta/4 (3, default)")
-    parser.add_argument("--ode-perturbations", default=None, metavar="LIST",
-                        help="relative sizes of the perturbed starts GD(eta) is rerun from, e.g. 1e-12,1e-8 "
-                             "(default); 'none' for no rerun")
+    parser.add_argument(
+        "--ode-width", type=int, default=None, help="hidden neurons d of both ODE solves"
+    )
+    parser.add_argument(
+        "--ode-max-steps", type=int, default=None, help="solver steps allowed per ODE solve"
+    )
+    parser.add_argument(
+        "--ode-dtypes",
+        default=None,
+        metavar="LIST",
+        help="which ODE solves to run: float32,float64 (default both)",
+    )
+    parser.add_argument(
+        "--ode-solver",
+        default=None,
+        metavar="NAME",
+        help="ODE solver (default gauss1: implicit midpoint, exact balance; sliding: the sliding-mode "
+        "integrator of the nonsmooth flow; heun, euler, midpoint, "
+        "ralston: explicit with the balance projection; tsit5, ...: adaptive)",
+    )
+    parser.add_argument(
+        "--ode-dt",
+        dest="ode_dt",
+        type=float,
+        default=None,
+        help="constant step of the gauss and projected solvers (default 0.25)",
+    )
+    parser.add_argument(
+        "--ode-gd-levels",
+        dest="ode_gd_levels",
+        type=int,
+        default=None,
+        choices=(2, 3),
+        help="GD runs behind the float64 reference: eta, eta/2 (2) or also eta/4 (3, default)",
+    )
+    parser.add_argument(
+        "--ode-perturbations",
+        default=None,
+        metavar="LIST",
+        help="relative sizes of the perturbed starts GD(eta) is rerun from, e.g. 1e-12,1e-8 "
+        "(default); 'none' for no rerun",
+    )
     parser.add_argument("--cells-probes", type=int, default=None, help="probes M of Algorithm 1")
     parser.add_argument("--cells-samples", type=int, default=None, help="samples N of Algorithm 1")
     parser.add_argument("--memory-seeds", type=int, default=None, help="seeds of the memory sweep")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="limit NumPy, XLA and torch to this many threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit NumPy, XLA and torch to this many threads (default: all cores)",
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     parser.set_defaults(handler=_handler)

@@ -31,16 +31,41 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_options(p)
-    p.add_argument("--probes", type=int, default=2000, metavar="M",
-                   help="probes per seed (default 2000, ~1 min per seed on the 4000 MNIST digits; more probes "
-                   "reach more of the small basins, so the estimate grows with M)")
-    p.add_argument("--patience", type=int, default=3, metavar="P", help="iterations without decrease (default 3)")
-    p.add_argument("--chunk", type=int, default=4096, help="probes processed at once (memory ~ chunk × N floats)")
+    p.add_argument(
+        "--probes",
+        type=int,
+        default=2000,
+        metavar="M",
+        help="probes per seed (default 2000, ~1 min per seed on the 4000 MNIST digits; more probes "
+        "reach more of the small basins, so the estimate grows with M)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        metavar="P",
+        help="iterations without decrease (default 3)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=4096,
+        help="probes processed at once (memory ~ chunk × N floats)",
+    )
     p.add_argument("--max-iterations", type=int, default=200, help="iteration cap (default 200)")
     p.add_argument("--probe-seeds", type=int, default=3, help="independent probe sets (default 3)")
-    p.add_argument("--kappa", choices=("both", "+1", "-1"), default="both", help="alignments to run (default both)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="precision of the target map (default float32)")
+    p.add_argument(
+        "--kappa",
+        choices=("both", "+1", "-1"),
+        default="both",
+        help="alignments to run (default both)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="precision of the target map (default float32)",
+    )
     p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON")
     p.set_defaults(handler=run)
 
@@ -68,14 +93,25 @@ def run(args) -> int:
     dataset = dataset_from_args(args)
     data = training_data(dataset, jnp.float64 if args.dtype == "float64" else jnp.float32)
     kappas = {"both": (1, -1), "+1": (1,), "-1": (-1,)}[args.kappa]
-    print(f"gflow cells: {dataset.describe()}; M={args.probes}, P={args.patience}, "
-          f"{args.probe_seeds} probe seed(s)", file=sys.stderr, flush=True)
+    print(
+        f"gflow cells: {dataset.describe()}; M={args.probes}, P={args.patience}, "
+        f"{args.probe_seeds} probe seed(s)",
+        file=sys.stderr,
+        flush=True,
+    )
     runs: dict[int, list] = {k: [] for k in kappas}
     seconds = []
     for seed in range(args.probe_seeds):
         start = time.perf_counter()
-        found = stable_cells(data, jax.random.key(seed), probes=args.probes, patience=args.patience,
-                             kappa=kappas, chunk=args.chunk, max_iterations=args.max_iterations)
+        found = stable_cells(
+            data,
+            jax.random.key(seed),
+            probes=args.probes,
+            patience=args.patience,
+            kappa=kappas,
+            chunk=args.chunk,
+            max_iterations=args.max_iterations,
+        )
         seconds.append(time.perf_counter() - start)
         for k, est in found.items():
             runs[k].append(est)
@@ -84,23 +120,42 @@ def run(args) -> int:
     rows = []
     for k in kappas:
         est = np.array([r.estimate for r in runs[k]], np.float64)
-        rows.append({
-            "kappa": k,
-            "estimates": [int(v) for v in est],
-            "mean": float(est.mean()),
-            "spread": float(est.std()),
-            "iterations": [len(r.curve) for r in runs[k]],
-            "converged": [bool(r.converged) for r in runs[k]],
-            "fixed_fraction": [r.fixed_fraction for r in runs[k]],
-            "two_cycle_fraction": [r.two_cycle_fraction for r in runs[k]],
-            "distinct_stable_cells": [r.n_stable for r in runs[k]],
-            "empty_cell_stable": [r.empty_is_stable for r in runs[k]],
-            "curves": [list(r.curve) for r in runs[k]],
-        })
-    head = ["κ", "estimate (mean ± sd)", "per seed", "iterations", "fixed", "2-cycle", "stable cells found"]
-    body = [[f"{r['kappa']:+d}", f"{r['mean']:.4g} ± {r['spread']:.2g}", str(r["estimates"]), str(r["iterations"]),
-             f"{np.mean(r['fixed_fraction']):.3f}", f"{np.mean(r['two_cycle_fraction']):.3f}",
-             str(r["distinct_stable_cells"])] for r in rows]
+        rows.append(
+            {
+                "kappa": k,
+                "estimates": [int(v) for v in est],
+                "mean": float(est.mean()),
+                "spread": float(est.std()),
+                "iterations": [len(r.curve) for r in runs[k]],
+                "converged": [bool(r.converged) for r in runs[k]],
+                "fixed_fraction": [r.fixed_fraction for r in runs[k]],
+                "two_cycle_fraction": [r.two_cycle_fraction for r in runs[k]],
+                "distinct_stable_cells": [r.n_stable for r in runs[k]],
+                "empty_cell_stable": [r.empty_is_stable for r in runs[k]],
+                "curves": [list(r.curve) for r in runs[k]],
+            }
+        )
+    head = [
+        "κ",
+        "estimate (mean ± sd)",
+        "per seed",
+        "iterations",
+        "fixed",
+        "2-cycle",
+        "stable cells found",
+    ]
+    body = [
+        [
+            f"{r['kappa']:+d}",
+            f"{r['mean']:.4g} ± {r['spread']:.2g}",
+            str(r["estimates"]),
+            str(r["iterations"]),
+            f"{np.mean(r['fixed_fraction']):.3f}",
+            f"{np.mean(r['two_cycle_fraction']):.3f}",
+            str(r["distinct_stable_cells"]),
+        ]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     print("  ".join("-" * w for w in widths))
@@ -108,8 +163,10 @@ def run(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(b, widths)))
     log_bound = log10_cover_bound(n, dim)
     bound_text = str(bound) if bound < 10**15 else f"10^{log_bound:.4f}"
-    print(f"Cover bound on cells C(N={n}, D={dim}) = {bound_text}; "
-          f"{args.probe_seeds} probe seed(s) took {sum(seconds):.1f} s")
+    print(
+        f"Cover bound on cells C(N={n}, D={dim}) = {bound_text}; "
+        f"{args.probe_seeds} probe seed(s) took {sum(seconds):.1f} s"
+    )
     if args.json:
         payload = {
             "dataset": dataset.describe(),

@@ -39,19 +39,34 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, default: str = "mnis
         help="mnist (embedded 5000 digits, default), clusters, xor, cifar:PATH (cifar-10-batches-py "
         "directory or .npz), mnist-idx:DIR, csv:PATH, npz:PATH",
     )
-    group.add_argument("--classes", default=None, metavar="A/B",
-                       help="digit grouping for MNIST sources, e.g. 0,1,2,3,4/5,6,7,8,9 (default) or 3/8")
-    group.add_argument("--n-per-class", type=int, default=None, metavar="N",
-                       help="balanced subsample: N training samples per class")
-    group.add_argument("--preprocess", default="center-unit",
-                       help="none | center | center-unit (default) | standardize")
+    group.add_argument(
+        "--classes",
+        default=None,
+        metavar="A/B",
+        help="digit grouping for MNIST sources, e.g. 0,1,2,3,4/5,6,7,8,9 (default) or 3/8",
+    )
+    group.add_argument(
+        "--n-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="balanced subsample: N training samples per class",
+    )
+    group.add_argument(
+        "--preprocess",
+        default="center-unit",
+        help="none | center | center-unit (default) | standardize",
+    )
     group.add_argument("--data-seed", type=int, default=0, help="seed of subsampling and splits")
 
 
 def _parse_classes(text: str) -> dict:
     try:
         a, b = text.split("/")
-        return {"class1": tuple(int(c) for c in a.split(",")), "class2": tuple(int(c) for c in b.split(","))}
+        return {
+            "class1": tuple(int(c) for c in a.split(",")),
+            "class2": tuple(int(c) for c in b.split(",")),
+        }
     except ValueError:
         raise UsageError(f"--classes must look like 0,1,2,3,4/5,6,7,8,9; got {text!r}") from None
 
@@ -77,8 +92,12 @@ def dataset_from_args(args: argparse.Namespace):
 
 
 def add_numerics_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="floating-point precision of the simulation (default float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="floating-point precision of the simulation (default float32)",
+    )
 
 
 def apply_dtype(args: argparse.Namespace):
@@ -93,7 +112,9 @@ def apply_dtype(args: argparse.Namespace):
 
 
 def add_output_options(parser: argparse.ArgumentParser, *, default: str) -> None:
-    parser.add_argument("--out", default=default, metavar="DIR", help=f"output folder (default {default})")
+    parser.add_argument(
+        "--out", default=default, metavar="DIR", help=f"output folder (default {default})"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
 
 

@@ -34,17 +34,32 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="smaller problem (under a minute)")
-    p.add_argument("--width", type=int, default=None, help="hidden neurons d (default 50; quick 30)")
+    p.add_argument(
+        "--width", type=int, default=None, help="hidden neurons d (default 50; quick 30)"
+    )
     p.add_argument("--sigma", type=float, default=1e-5, help="init scale σ (default 1e-5)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate η (default 0.01)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum β (default 0.9)")
     p.add_argument("--batch", type=int, default=4, help="SGD batch size B (default 4)")
-    p.add_argument("--t-end", type=float, default=None, help="flow time to simulate (default: 1.75 × the estimated loss-drop time)")
-    p.add_argument("--ode-solver", choices=("sliding", "tsit5"), default="sliding",
-                   help="ODE solver: the sliding-mode integrator of the nonsmooth flow (default; constant "
-                        "steps --ode-step) or adaptive Tsit5 (--rtol)")
-    p.add_argument("--ode-step", type=float, default=0.25, help="step h of the sliding solver (default 0.25)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="Tsit5's relative tolerance (default 1e-4)")
+    p.add_argument(
+        "--t-end",
+        type=float,
+        default=None,
+        help="flow time to simulate (default: 1.75 × the estimated loss-drop time)",
+    )
+    p.add_argument(
+        "--ode-solver",
+        choices=("sliding", "tsit5"),
+        default="sliding",
+        help="ODE solver: the sliding-mode integrator of the nonsmooth flow (default; constant "
+        "steps --ode-step) or adaptive Tsit5 (--rtol)",
+    )
+    p.add_argument(
+        "--ode-step", type=float, default=0.25, help="step h of the sliding solver (default 0.25)"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=1e-4, help="Tsit5's relative tolerance (default 1e-4)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch order")
     add_dataset_options(p)
     add_numerics_options(p)

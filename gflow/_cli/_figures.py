@@ -26,7 +26,9 @@ def _handle(args: argparse.Namespace) -> int:
             for path in figs.values():
                 print(path)
     done = int((run.status >= 0).sum())
-    print(f"{count} figure(s), {done} of {run.status.size} run(s) on disk ({int(run.ok.sum())} ok); report: {paths['report']}")
+    print(
+        f"{count} figure(s), {done} of {run.status.size} run(s) on disk ({int(run.ok.sum())} ok); report: {paths['report']}"
+    )
     return EXIT_OK
 
 
@@ -39,6 +41,8 @@ def register(subparsers) -> None:
         epilog=FIGURES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("folder", metavar="DIR", help="run folder (holds config.json, axes.json, chunks/)")
+    parser.add_argument(
+        "folder", metavar="DIR", help="run folder (holds config.json, axes.json, chunks/)"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the final line")
     parser.set_defaults(handler=_handle)

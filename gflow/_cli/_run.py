@@ -63,7 +63,9 @@ def real_list(text: str) -> tuple[float, ...]:
     """``"1e-5,1e-4"`` → (1e-5, 1e-4)."""
     parts = [p.strip() for p in text.split(",")]
     if not all(parts):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1e-5,1e-4; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1e-5,1e-4; got {text!r}"
+        )
     return tuple(_real(p) for p in parts)
 
 
@@ -84,52 +86,137 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
     sgd, gd, flow = TRAINER_DEFAULTS["sgd"], TRAINER_DEFAULTS["gd"], TRAINER_DEFAULTS["flow"]
     number = real_list if sweep else _real
     many = " (comma-separated list to sweep)" if sweep else ""
-    parser.add_argument("--config", metavar="FILE", help="TOML file of configuration keys (flags override it)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file of configuration keys (flags override it)"
+    )
     model = parser.add_argument_group("model and trainer")
-    model.add_argument("--trainer", metavar="{sgd,gd,flow}",
-                       help="sgd: mini-batch SGD with momentum (default); gd: full-batch gradient descent; "
-                            "flow: the gradient-flow ODE solved with diffrax")
-    model.add_argument("--width", "-d", type=_integer, metavar="D", help=f"hidden width d (default {COMMON_DEFAULTS['width']})")
-    model.add_argument("--sigma", type=number, metavar="S",
-                       help=f"init scale σ: W, V ~ N(0, σ²), b = 0 (default {COMMON_DEFAULTS['sigma'][0]:g}){many}")
-    model.add_argument("--orthogonal-init", action="store_true", default=None,
-                       help="mutually orthogonal initial directions of the rows of W")
+    model.add_argument(
+        "--trainer",
+        metavar="{sgd,gd,flow}",
+        help="sgd: mini-batch SGD with momentum (default); gd: full-batch gradient descent; "
+        "flow: the gradient-flow ODE solved with diffrax",
+    )
+    model.add_argument(
+        "--width",
+        "-d",
+        type=_integer,
+        metavar="D",
+        help=f"hidden width d (default {COMMON_DEFAULTS['width']})",
+    )
+    model.add_argument(
+        "--sigma",
+        type=number,
+        metavar="S",
+        help=f"init scale σ: W, V ~ N(0, σ²), b = 0 (default {COMMON_DEFAULTS['sigma'][0]:g}){many}",
+    )
+    model.add_argument(
+        "--orthogonal-init",
+        action="store_true",
+        default=None,
+        help="mutually orthogonal initial directions of the rows of W",
+    )
     disc = parser.add_argument_group("sgd and gd")
-    disc.add_argument("--lr", type=number, metavar="ETA",
-                      help=f"learning rate η (default {sgd['lr'][0]:g} sgd, {gd['lr'][0]:g} gd){many}")
-    disc.add_argument("--momentum", type=number, metavar="BETA",
-                      help=f"momentum β in [0, 1) (default {sgd['momentum'][0]:g} sgd, {gd['momentum'][0]:g} gd){many}")
-    disc.add_argument("--batch", type=_integer, metavar="B", help=f"mini-batch size, sgd only (default {sgd['batch']})")
-    disc.add_argument("--steps", type=_integer, metavar="K",
-                      help=f"optimiser steps (default {sgd['steps']}: flow time t = Kη/(1−β) = 300 with the defaults)")
-    disc.add_argument("--epochs", type=_integer, metavar="E", help="run length in epochs instead of --steps")
-    disc.add_argument("--record-every", type=_integer, metavar="R",
-                      help=f"record observables every R steps; R must divide the steps (default {sgd['record_every']})")
+    disc.add_argument(
+        "--lr",
+        type=number,
+        metavar="ETA",
+        help=f"learning rate η (default {sgd['lr'][0]:g} sgd, {gd['lr'][0]:g} gd){many}",
+    )
+    disc.add_argument(
+        "--momentum",
+        type=number,
+        metavar="BETA",
+        help=f"momentum β in [0, 1) (default {sgd['momentum'][0]:g} sgd, {gd['momentum'][0]:g} gd){many}",
+    )
+    disc.add_argument(
+        "--batch",
+        type=_integer,
+        metavar="B",
+        help=f"mini-batch size, sgd only (default {sgd['batch']})",
+    )
+    disc.add_argument(
+        "--steps",
+        type=_integer,
+        metavar="K",
+        help=f"optimiser steps (default {sgd['steps']}: flow time t = Kη/(1−β) = 300 with the defaults)",
+    )
+    disc.add_argument(
+        "--epochs", type=_integer, metavar="E", help="run length in epochs instead of --steps"
+    )
+    disc.add_argument(
+        "--record-every",
+        type=_integer,
+        metavar="R",
+        help=f"record observables every R steps; R must divide the steps (default {sgd['record_every']})",
+    )
     ode = parser.add_argument_group("flow")
-    ode.add_argument("--t-end", type=_real, metavar="T", help=f"final flow time (default {flow['t_end']:g})")
-    ode.add_argument("--save-points", type=_integer, metavar="N",
-                     help=f"records on linspace(0, T, N) (default {flow['save_points']})")
-    ode.add_argument("--t-grid", type=real_list, metavar="T0,T1,...", help="explicit increasing save times instead of --t-end/--save-points")
-    ode.add_argument("--solver", metavar="NAME", help="tsit5 (default), dopri5, dopri8, bosh3, heun, ralston, midpoint, euler; or the implicit "
-                     "gauss1 (midpoint) / gauss2, which conserve the balance Q_i for any step; or sliding, the "
-                     "sliding-mode integrator of the nonsmooth flow (constant steps --dt0; docs/theory.md §8)")
-    ode.add_argument("--rtol", type=_real, metavar="TOL", help=f"relative tolerance (default {flow['rtol']:g})")
-    ode.add_argument("--atol", type=_real, metavar="TOL", help="absolute tolerance (default: rtol × RMS of the initial weights)")
-    ode.add_argument("--dt0", type=_real, metavar="DT", help="initial step; the step of fixed-step solvers")
-    ode.add_argument("--max-steps", type=_integer, metavar="N", help=f"solver step limit (default {flow['max_steps']})")
+    ode.add_argument(
+        "--t-end", type=_real, metavar="T", help=f"final flow time (default {flow['t_end']:g})"
+    )
+    ode.add_argument(
+        "--save-points",
+        type=_integer,
+        metavar="N",
+        help=f"records on linspace(0, T, N) (default {flow['save_points']})",
+    )
+    ode.add_argument(
+        "--t-grid",
+        type=real_list,
+        metavar="T0,T1,...",
+        help="explicit increasing save times instead of --t-end/--save-points",
+    )
+    ode.add_argument(
+        "--solver",
+        metavar="NAME",
+        help="tsit5 (default), dopri5, dopri8, bosh3, heun, ralston, midpoint, euler; or the implicit "
+        "gauss1 (midpoint) / gauss2, which conserve the balance Q_i for any step; or sliding, the "
+        "sliding-mode integrator of the nonsmooth flow (constant steps --dt0; docs/theory.md §8)",
+    )
+    ode.add_argument(
+        "--rtol", type=_real, metavar="TOL", help=f"relative tolerance (default {flow['rtol']:g})"
+    )
+    ode.add_argument(
+        "--atol",
+        type=_real,
+        metavar="TOL",
+        help="absolute tolerance (default: rtol × RMS of the initial weights)",
+    )
+    ode.add_argument(
+        "--dt0", type=_real, metavar="DT", help="initial step; the step of fixed-step solvers"
+    )
+    ode.add_argument(
+        "--max-steps",
+        type=_integer,
+        metavar="N",
+        help=f"solver step limit (default {flow['max_steps']})",
+    )
     add_dataset_options(parser)
     add_numerics_options(parser)
     runs = parser.add_argument_group("seeds")
     if sweep:
-        runs.add_argument("--seeds", metavar="A:B", help="seeds A..B-1, or a list 0,3,7 (default 0:1)")
-        runs.add_argument("--chunk-size", type=_integer, metavar="C",
-                          help=f"runs per compiled batch; bounds memory (default {COMMON_DEFAULTS['chunk_size']}, "
-                               "rounded up to a multiple of the device count)")
+        runs.add_argument(
+            "--seeds", metavar="A:B", help="seeds A..B-1, or a list 0,3,7 (default 0:1)"
+        )
+        runs.add_argument(
+            "--chunk-size",
+            type=_integer,
+            metavar="C",
+            help=f"runs per compiled batch; bounds memory (default {COMMON_DEFAULTS['chunk_size']}, "
+            "rounded up to a multiple of the device count)",
+        )
     else:
-        runs.add_argument("--seed", type=_integer, metavar="S", help="seed of the initial weights and batch order (default 0)")
+        runs.add_argument(
+            "--seed",
+            type=_integer,
+            metavar="S",
+            help="seed of the initial weights and batch order (default 0)",
+        )
     add_output_options(parser, default=f"gflow-out/{'sweep' if sweep else 'run'}[-N]")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last finished chunk (refused if the configuration differs)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last finished chunk (refused if the configuration differs)",
+    )
 
 
 def suppress_defaults(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +265,7 @@ def _summary_lines(run, folder: Path, summary: list[dict]) -> list[str]:
     total, ok = run.status.size, int(run.ok.sum())
     lines = [f"{total} run(s), {ok} ok  →  {folder}"]
     for s in summary:
+
         def med(key, spec=".3g"):
             value = s[key]["median"]
             return "–" if value is None else format(value, spec)
@@ -205,7 +293,11 @@ def execute(args: argparse.Namespace, *, sweep: bool) -> int:
     quiet = getattr(args, "quiet", False)
     resume = getattr(args, "resume", False)
     out = args.out if "out" in vars(args) else None
-    folder = Path(out) if out is not None else _fresh_folder(f"gflow-out/{'sweep' if sweep else 'run'}", resume)
+    folder = (
+        Path(out)
+        if out is not None
+        else _fresh_folder(f"gflow-out/{'sweep' if sweep else 'run'}", resume)
+    )
     dataset = dataset_from_args(argparse.Namespace(**config.data_options()))
     run = run_sweep(dataset, config, out=folder, resume=resume, progress=not quiet)
     print("\n".join(_summary_lines(run, folder, summarize(run))))

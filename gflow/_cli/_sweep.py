@@ -41,8 +41,10 @@ def _distributed(args: argparse.Namespace) -> None:
     if not explicit and not getattr(args, "distributed", False):
         return
     if explicit and len(explicit) != 3:
-        raise UsageError("--coordinator, --num-processes and --process-id must be given together "
-                         "(or use --distributed to detect them under SLURM / Open MPI).")
+        raise UsageError(
+            "--coordinator, --num-processes and --process-id must be given together "
+            "(or use --distributed to detect them under SLURM / Open MPI)."
+        )
     import jax
 
     if explicit:
@@ -68,7 +70,11 @@ def register(subparsers) -> None:
     )
     add_config_options(parser, sweep=True)
     multi = parser.add_argument_group("multi-host (jax.distributed)")
-    multi.add_argument("--distributed", action="store_true", help="initialise jax.distributed from SLURM / Open MPI")
+    multi.add_argument(
+        "--distributed",
+        action="store_true",
+        help="initialise jax.distributed from SLURM / Open MPI",
+    )
     multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     multi.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
     multi.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")

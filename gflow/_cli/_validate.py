@@ -51,33 +51,67 @@ def register(subparsers) -> None:
     add_dataset_options(p)
     p.set_defaults(n_per_class=25)
     g = p.add_argument_group("network and flow")
-    g.add_argument("--width", type=int, default=50, metavar="D", help="hidden neurons d (default 50)")
+    g.add_argument(
+        "--width", type=int, default=50, metavar="D", help="hidden neurons d (default 50)"
+    )
     g.add_argument("--sigma", type=float, default=1e-5, help="init scale σ (default 1e-5)")
     g.add_argument("--seeds", default="0", help="init seeds: 0,1,2 or a range 0:3 (default 0)")
-    g.add_argument("--t-end", type=float, default=None,
-                   help="flow horizon (default: --horizon-factor × ln(1/σ²)/γ_full)")
-    g.add_argument("--horizon-factor", type=float, default=1.3,
-                   help="margin on the estimated loss-drop time for the automatic horizon (default 1.3; "
-                   "the simulated drop comes 1.1–1.2 times after the estimate)")
-    g.add_argument("--rtol", type=float, default=1e-4,
-                   help="ODE relative tolerance (default 1e-4: a minute or two on the default set; the "
-                   "balance drift check at 1e-8 needs much less, e.g. --solver heun --rtol 3e-6 on the "
-                   "120-sample clusters with d=50)")
-    g.add_argument("--solver", default="sliding", help="ODE solver: sliding (default: the sliding-mode "
-                   "integrator of the nonsmooth flow, constant steps --dt0, balance to rounding; docs/theory.md "
-                   "§8.1), or a diffrax solver at --rtol (tsit5, heun, ...), or gauss1/gauss2")
-    g.add_argument("--dt0", type=float, default=0.25, help="step of the sliding solver (default 0.25)")
+    g.add_argument(
+        "--t-end",
+        type=float,
+        default=None,
+        help="flow horizon (default: --horizon-factor × ln(1/σ²)/γ_full)",
+    )
+    g.add_argument(
+        "--horizon-factor",
+        type=float,
+        default=1.3,
+        help="margin on the estimated loss-drop time for the automatic horizon (default 1.3; "
+        "the simulated drop comes 1.1–1.2 times after the estimate)",
+    )
+    g.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-4,
+        help="ODE relative tolerance (default 1e-4: a minute or two on the default set; the "
+        "balance drift check at 1e-8 needs much less, e.g. --solver heun --rtol 3e-6 on the "
+        "120-sample clusters with d=50)",
+    )
+    g.add_argument(
+        "--solver",
+        default="sliding",
+        help="ODE solver: sliding (default: the sliding-mode "
+        "integrator of the nonsmooth flow, constant steps --dt0, balance to rounding; docs/theory.md "
+        "§8.1), or a diffrax solver at --rtol (tsit5, heun, ...), or gauss1/gauss2",
+    )
+    g.add_argument(
+        "--dt0", type=float, default=0.25, help="step of the sliding solver (default 0.25)"
+    )
     g.add_argument("--max-steps", type=int, default=2_000_000, help="ODE step budget (default 2e6)")
-    g.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                   help="precision of the simulation (default float64)")
-    g.add_argument("--records", type=int, default=401, help="observable records over the horizon (default 401)")
-    g.add_argument("--snapshots", type=int, default=201, help="full-parameter snapshots (default 201)")
+    g.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of the simulation (default float64)",
+    )
+    g.add_argument(
+        "--records", type=int, default=401, help="observable records over the horizon (default 401)"
+    )
+    g.add_argument(
+        "--snapshots", type=int, default=201, help="full-parameter snapshots (default 201)"
+    )
     c = p.add_argument_group("stable cells (Algorithm 1)")
-    c.add_argument("--probes", type=int, default=4000, help="probes M per probe seed (default 4000)")
+    c.add_argument(
+        "--probes", type=int, default=4000, help="probes M per probe seed (default 4000)"
+    )
     c.add_argument("--patience", type=int, default=3, help="patience P (default 3)")
-    c.add_argument("--probe-seeds", type=int, default=3, help="probe seeds for the spread; 0 skips (default 3)")
+    c.add_argument(
+        "--probe-seeds", type=int, default=3, help="probe seeds for the spread; 0 skips (default 3)"
+    )
     o = p.add_argument_group("output")
-    o.add_argument("--json", metavar="FILE", default=None, help="write the checks and the report as JSON")
+    o.add_argument(
+        "--json", metavar="FILE", default=None, help="write the checks and the report as JSON"
+    )
     o.add_argument("--quiet", action="store_true", help="print only the table")
     p.set_defaults(handler=run)
 
@@ -141,15 +175,31 @@ def _fmt(value) -> str:
 
 def format_table(rows: list[dict], *, show_seed: bool) -> str:
     """The checks as an aligned text table."""
-    head = (["seed"] if show_seed else []) + ["claim", "predicted", "measured", "rel. error", "tolerance", "result"]
+    head = (["seed"] if show_seed else []) + [
+        "claim",
+        "predicted",
+        "measured",
+        "rel. error",
+        "tolerance",
+        "result",
+    ]
     body = []
     for r in rows:
         cells = [str(r["seed"])] if show_seed else []
-        cells += [r["name"], _fmt(r["predicted"]), _fmt(r["measured"]), _fmt(r["rel_error"]), _fmt(r["tolerance"]),
-                  "pass" if r["passed"] else "FAIL"]
+        cells += [
+            r["name"],
+            _fmt(r["predicted"]),
+            _fmt(r["measured"]),
+            _fmt(r["rel_error"]),
+            _fmt(r["tolerance"]),
+            "pass" if r["passed"] else "FAIL",
+        ]
         body.append(cells)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(head, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
     return "\n".join(lines)
 
@@ -178,24 +228,37 @@ def _stable_cell_summary(data, args) -> dict:
     per_kappa: dict[int, list[int]] = {1: [], -1: []}
     fixed: dict[int, list[float]] = {1: [], -1: []}
     for seed in range(args.probe_seeds):
-        found = stable_cells(data, jax.random.key(10_000 + seed), probes=args.probes, patience=args.patience)
+        found = stable_cells(
+            data, jax.random.key(10_000 + seed), probes=args.probes, patience=args.patience
+        )
         for k, est in found.items():
             per_kappa[k].append(est.estimate)
             fixed[k].append(est.fixed_fraction)
     n, dim = (int(v) for v in data.x.shape)
-    out = {"probes": args.probes, "patience": args.patience, "probe_seeds": args.probe_seeds,
-           "log10_cover_bound": log10_cover_bound(n, dim)}
+    out = {
+        "probes": args.probes,
+        "patience": args.patience,
+        "probe_seeds": args.probe_seeds,
+        "log10_cover_bound": log10_cover_bound(n, dim),
+    }
     for k, values in per_kappa.items():
         v = np.asarray(values, np.float64)
-        out[f"kappa{k:+d}"] = {"estimates": values, "mean": float(v.mean()), "spread": float(v.std()),
-                               "min": int(v.min()), "max": int(v.max()),
-                               "fixed_fraction_mean": float(np.mean(fixed[k]))}
+        out[f"kappa{k:+d}"] = {
+            "estimates": values,
+            "mean": float(v.mean()),
+            "spread": float(v.std()),
+            "min": int(v.min()),
+            "max": int(v.max()),
+            "fixed_fraction_mean": float(np.mean(fixed[k])),
+        }
     return out
 
 
 def summarise(seed, report: dict) -> str:
     """The measurements behind the table that are not pass/fail claims, in a few lines."""
-    lines = [f"seed {seed}: loss drop at t = {_fmt(report.get('t_drop'))}, {report.get('ode_steps', '?')} ODE steps"]
+    lines = [
+        f"seed {seed}: loss drop at t = {_fmt(report.get('t_drop'))}, {report.get('ode_steps', '?')} ODE steps"
+    ]
     p1, p2 = report.get("phase1"), report.get("phase2")
     if p1:
         late = p1["second_order_at_t_drop"]
@@ -205,17 +268,21 @@ def summarise(seed, report: dict) -> str:
             f"second-order target ({_fmt(late['angle_to_current_target_rad']['median'])} vs "
             f"{_fmt(late['angle_to_second_order_target_rad']['median'])} at t_drop), "
             f"{_fmt(p1['angle_to_stable_target_from_init_rad']['median'])} to the stable target iterated from the "
-            f"initial cell")
-        lines.append(f"  κ predicted at t = 0 right for {_fmt(p1['kappa_predicted_at_init_matches'])} of neurons; "
-                     f"dead neurons {p1['dead_neurons']}; on a 2-cycle of the target map "
-                     f"{_fmt(p1['two_cycle_share'])}")
+            f"initial cell"
+        )
+        lines.append(
+            f"  κ predicted at t = 0 right for {_fmt(p1['kappa_predicted_at_init_matches'])} of neurons; "
+            f"dead neurons {p1['dead_neurons']}; on a 2-cycle of the target map "
+            f"{_fmt(p1['two_cycle_share'])}"
+        )
     if p2 and "median_rel_error_small_init" in p2:
         lines.append(
             f"  unlocking rate, median relative error over {p2['aligned_neurons']} aligned neurons: small-init "
             f"{_fmt(p2['median_rel_error_small_init'])}, √(4P²+Q²) form {_fmt(p2['median_rel_error_q_form'])}, "
             f"bias as a weight {_fmt(p2['median_rel_error_augmented_small_init'])}; small-init over all "
             f"{p2['growing_neurons']} growing neurons {_fmt(p2['median_rel_error_small_init_all_growing'])}; "
-            f"pair-ratio law error / γ_G {_fmt(p2['pair_ratio']['median_abs_error_over_group_rate'])}")
+            f"pair-ratio law error / γ_G {_fmt(p2['pair_ratio']['median_abs_error_over_group_rate'])}"
+        )
     return "\n".join(lines)
 
 
@@ -233,7 +300,9 @@ def run(args) -> int:
 
     dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
     if args.solver == "sliding":
-        config = FlowConfig(solver="sliding", adaptive=False, dt0=args.dt0, max_steps=args.max_steps)
+        config = FlowConfig(
+            solver="sliding", adaptive=False, dt0=args.dt0, max_steps=args.max_steps
+        )
     else:
         config = FlowConfig(solver=args.solver, rtol=args.rtol, max_steps=args.max_steps)
     dataset = dataset_from_args(args)
@@ -242,20 +311,26 @@ def run(args) -> int:
     t_end = args.t_end if args.t_end is not None else args.horizon_factor * estimate
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     step = f"h={args.dt0:g}" if args.solver == "sliding" else f"rtol={args.rtol:g}"
-    say(f"gflow validate: {dataset.describe()}; d={args.width}, σ={args.sigma:g}, {args.dtype}, {args.solver} "
+    say(
+        f"gflow validate: {dataset.describe()}; d={args.width}, σ={args.sigma:g}, {args.dtype}, {args.solver} "
         f"{step}; "
-        f"horizon t_end={t_end:.4g} (estimated loss drop {estimate:.4g})")
+        f"horizon t_end={t_end:.4g} (estimated loss drop {estimate:.4g})"
+    )
     ts = np.linspace(0.0, t_end, args.records)
     snaps = np.linspace(0.0, t_end, args.snapshots)
     settings = CheckSettings()
     rows, reports = [], {}
     for seed in seeds:
         start = time.perf_counter()
-        params0 = init_params(jax.random.key(seed), args.width, dataset.dim, args.sigma, dtype=dtype)
+        params0 = init_params(
+            jax.random.key(seed), args.width, dataset.dim, args.sigma, dtype=dtype
+        )
         traj = gradient_flow(params0, data, ts, snapshot_times=snaps, config=config, throw=False)
         traj = jax.tree.map(np.asarray, traj)
         status = int(traj.status)
-        say(f"  seed {seed}: {int(traj.num_steps)} ODE steps in {time.perf_counter() - start:.1f} s")
+        say(
+            f"  seed {seed}: {int(traj.num_steps)} ODE steps in {time.perf_counter() - start:.1f} s"
+        )
         if status != 0:
             from gflow import status_message
 
@@ -269,9 +344,11 @@ def run(args) -> int:
     if cells is not None:
         for k in ("kappa+1", "kappa-1"):
             c = cells[k]
-            print(f"stable cells {k}: {c['mean']:.4g} ± {c['spread']:.2g} over {args.probe_seeds} probe seeds "
-                  f"(M={args.probes}, P={args.patience}; estimates {c['estimates']}); "
-                  f"log10 Cover bound {cells['log10_cover_bound']:.4g}")
+            print(
+                f"stable cells {k}: {c['mean']:.4g} ± {c['spread']:.2g} over {args.probe_seeds} probe seeds "
+                f"(M={args.probes}, P={args.patience}; estimates {c['estimates']}); "
+                f"log10 Cover bound {cells['log10_cover_bound']:.4g}"
+            )
     if not args.quiet:
         for row in rows:
             print(f"  {row['name']}: {row['detail']}")
@@ -282,9 +359,18 @@ def run(args) -> int:
         payload = {
             "checks": rows,
             "dataset": dataset.describe(),
-            "settings": {"width": args.width, "sigma": args.sigma, "seeds": seeds, "t_end": t_end,
-                         "rtol": args.rtol, "dt0": args.dt0, "solver": args.solver, "dtype": args.dtype, "records": args.records,
-                         "snapshots": args.snapshots},
+            "settings": {
+                "width": args.width,
+                "sigma": args.sigma,
+                "seeds": seeds,
+                "t_end": t_end,
+                "rtol": args.rtol,
+                "dt0": args.dt0,
+                "solver": args.solver,
+                "dtype": args.dtype,
+                "records": args.records,
+                "snapshots": args.snapshots,
+            },
             "stable_cells": cells,
             "report": reports,
         }
@@ -293,6 +379,8 @@ def run(args) -> int:
                 json.dump(_jsonable(payload), fh, indent=2, allow_nan=False)
         except OSError as err:
             raise UsageError(f"cannot write --json {args.json}: {err.strerror}") from None
-    print(f"{len(rows) - len(failed)} of {len(rows)} checks pass" + (
-        "; failing: " + ", ".join(sorted({r['name'] for r in failed})) if failed else ""))
+    print(
+        f"{len(rows) - len(failed)} of {len(rows)} checks pass"
+        + ("; failing: " + ", ".join(sorted({r["name"] for r in failed})) if failed else "")
+    )
     return EXIT_CHECK_FAILED if failed else EXIT_OK
