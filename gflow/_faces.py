@@ -1,0 +1,301 @@
+"""Faces of the gate arrangement and the stable faces of the projected target map
+(docs/theory.md §3, §8).
+
+Through the loss drop a neuron reaches the boundary ``z_is = 0`` of a sample and slides along it
+(docs/theory.md §8), so it need not sit in an open cell. A **face** is a pair ``(g, S)`` of
+disjoint sets of samples, the active ones and the ones on their boundary:
+
+    F(g, S) = {w : w·x_s > 0 (s ∈ g),  w·x_s = 0 (s ∈ S),  w·x_s < 0 (all other s)};
+
+``S = ∅`` gives the open cells of §3. With a trained bias the same holds for θ = (w, b) and the
+inputs x̃_s = (x_s, 1) (`face_inputs`).
+
+**The projected target.** Under the phase-1 dynamics of §3 (p ≈ ½, r_s ≈ (ỹ_s/2)(−1, 1)) the
+jump coefficients of §8 are ``c_is = (v_i·r_s)/N = −κ ỹ_s (v_i1 − v_i2)/(2N)`` with
+``κ = sign(v_i1 − v_i2)``: one positive factor times ``−κ ỹ_s``, before v̂_i has even aligned.
+Problem (8.1) at a point of F(g, S) is then, up to that factor,
+
+    λ* = argmin_{λ ∈ [0,1]^S} ‖S(g) + Σ_{s∈S} λ_s ỹ_s x_s‖²,                          (F.1)
+    P_κ(g, S) = κ (S(g) + Σ_{s∈S} λ*_s ỹ_s x_s),         S(g) = Σ_{s∈g} ỹ_s x_s,
+
+and the incoming weights move along ``+P``: the minimal-norm velocity, the same at every point
+of the face. (F.1) is the box QP ``M_kl = ỹ_k ỹ_l x_k·x_l``, ``q_k = ỹ_k x_k·S(g)`` solved by
+`gflow._sliding.box_qp`, the sliding solver's per-neuron problem. λ* does not depend on κ, so
+``P_{−κ} = −P_κ``; for ``S = ∅``, ``P/‖P‖`` is the cell's target T_κ(g) (Lemma 3.4).
+
+**Stable face.** ``(g, S)`` is stable for κ iff
+
+(a) every s ∈ S attracts: ``κ ỹ_s = −1``, i.e. ``c_is > 0`` (only such pairs slide, §8);
+(b) every ``λ*_s`` lies strictly inside (0, 1): the velocity is orthogonal to x_s, the pair slides;
+(c) P lies in the face's closed cone: ``P·x_s ≥ 0`` on g and ``≤ 0`` off g ∪ S (on S it is 0).
+
+Then a neuron at ``w_0 ∈ F(g, S)`` moves along ``w(t) = w_0 + k(t) P`` with k increasing (the
+velocity is P wherever it is in the face), which stays in F(g, S) (a relatively open convex cone
+plus a point of its closure), and ``ŵ → P/‖P‖``: the face's target. For ``S = ∅`` this is the
+stable cell of Definition 3.5. Signs are judged against ``τ_s = γ·‖P‖·‖x_s‖`` with γ the
+rounding of a dot product of D + K terms (`boundary_tolerance`): within τ_s a sample counts as
+on its boundary.
+
+**The face map** Φ_κ (Algorithm 1 on faces). The open-cell map ``g ↦ gate(T_κ(g))`` jumps to the
+target; Φ_κ(g, S) jumps to P. A sample whose side P changes (by more than τ_s) flips, unless it
+attracts: the attracting samples that flip and the samples of S become *candidates*, put on
+their boundary; (F.1) over the candidates, with the flipped gates elsewhere, decides each one
+(λ* = 1 active, 0 inactive, strictly between: sliding, the new S), as the sliding solver's step
+decides its candidates. Repelling samples in S (``κ ỹ_s = +1``) are released first, inactive
+(the closed kink ``relu'(0) = 0``). Φ_κ(g, S) = (g, S) iff (g, S) is stable: with (a)–(c) no
+sample flips and (F.1) returns the same interior λ*; conversely a flip of a non-attracting sample
+changes g, and an attracting sample s that P pushes across would get the multiplier
+``ỹ_s x_s·P_κ`` of the wrong sign at its old bound, so nothing flips and (b) must hold.
+
+At most ``capacity`` (K) candidates per face: with more, S and the flips nearest their boundary
+(smallest ``|P·x_s|/‖x_s‖``) are kept and the others flip as in the open-cell map; the face's
+``overflow`` flag says so, and an overflowing face is never reported stable.
+
+All functions are pure and jittable (``capacity`` static); rows are faces: ``active`` and
+``sliding`` are ``bool [M, N]``, ``kappa`` is ±1 per row or one scalar.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from ._observables import TrainingData
+from ._sliding import box_qp
+
+DEFAULT_CAPACITY = 32
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def face_inputs(data: TrainingData, *, bias: bool = False) -> jax.Array:
+    """The inputs the faces live in: x_s ``[N, D]``, or x̃_s = (x_s, 1) ``[N, D+1]`` with ``bias``
+    (docs/theory.md §1, §3: with a trained bias the cones are those of θ = (w, b))."""
+    x = data.x
+    if not bias:
+        return x
+    return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+
+
+def attracting(kappa: ArrayLike, signed_labels: ArrayLike) -> jax.Array:
+    """``κ ỹ_s = −1``: sample s's boundary attracts a neuron of alignment κ (c_is > 0,
+    docs/theory.md §8), ``bool [M, N]`` for ``kappa [M]`` (or a scalar: ``[1, N]``)."""
+    kappa = jnp.atleast_1d(jnp.asarray(kappa))
+    return kappa[:, None] * jnp.asarray(signed_labels)[None, :] < 0
+
+
+def boundary_tolerance(target: jax.Array, x: jax.Array, capacity: int) -> jax.Array:
+    """``τ_s = (D + K + 2) ε ‖P‖ ‖x_s‖`` ``[M, N]``: the rounding bound γ_{D+K} of ``P·x_s``
+    (D products, and the K sliding terms that cancel on the boundary); within it a sample counts
+    as on its boundary (module doc)."""
+    n_terms = x.shape[1] + capacity + 2
+    eps = jnp.finfo(x.dtype).eps
+    norm_p = jnp.sqrt(jnp.sum(target * target, axis=1))
+    norm_x = jnp.sqrt(jnp.sum(x * x, axis=1))
+    return n_terms * eps * norm_p[:, None] * norm_x[None, :]
+
+
+class FaceProjection(NamedTuple):
+    """Problem (F.1) of each face (module doc).
+
+    Attributes:
+        target: ``[M, D]`` the projected target P_κ(g, S) (not normalised: the velocity up to one
+            positive factor).
+        multipliers: ``[M, K]`` λ* of the sliding samples ``index`` (0 in unused slots).
+        index: ``int [M, K]`` the samples of S, valid slots first.
+        valid: ``bool [M, K]`` which slots hold a sample of S.
+        interior: ``bool [M, K]`` λ* strictly inside (0, 1) (a valid slot that slides).
+        overflow: ``bool [M]`` S had more than K samples (the rest were left out).
+        violation: ``[M]`` the QP's largest scaled KKT violation (~ε when solved).
+    """
+
+    target: jax.Array
+    multipliers: jax.Array
+    index: jax.Array
+    valid: jax.Array
+    interior: jax.Array
+    overflow: jax.Array
+    violation: jax.Array
+
+
+def _rows(kappa: ArrayLike, m: int, dtype) -> jax.Array:
+    return jnp.broadcast_to(jnp.asarray(kappa), (m,)).astype(dtype)
+
+
+def _solve_faces(base, index, valid, kappa, x, signed_labels) -> FaceProjection:
+    """(F.1) for active samples ``base`` and the samples ``index`` (``valid`` slots) on their
+    boundary."""
+    dtype = x.dtype
+    m, k = index.shape
+    ytil = jnp.asarray(signed_labels, dtype)
+    total = jnp.matmul(base.astype(dtype) * ytil[None, :], x, precision=_HIGHEST)  # S(g) [M, D]
+    xk = x[index]  # [M, K, D]
+    yk = jnp.where(valid, ytil[index], 0.0)
+    gram = jnp.einsum("mkd,mld->mkl", xk, xk, precision=_HIGHEST)
+    both = valid[:, :, None] & valid[:, None, :]
+    qp_m = jnp.where(both, yk[:, :, None] * yk[:, None, :] * gram, jnp.eye(k, dtype=dtype))
+    qp_q = jnp.where(valid, yk * jnp.einsum("mkd,md->mk", xk, total, precision=_HIGHEST), 1.0)
+    lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q, valid)
+    lam = jnp.where(valid, lam, 0.0)
+    velocity = total + jnp.einsum("mk,mkd->md", lam * yk, xk, precision=_HIGHEST)
+    target = _rows(kappa, m, dtype)[:, None] * velocity
+    return FaceProjection(
+        target=target,
+        multipliers=lam,
+        index=index,
+        valid=valid,
+        interior=free & valid,
+        overflow=jnp.zeros((m,), bool),
+        violation=jnp.where(jnp.any(valid, axis=1), violation, 0.0),
+    )
+
+
+def _slots(score: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
+    """The ``capacity`` samples of highest finite ``score`` per row: ``(index, valid)``."""
+    k = min(capacity, score.shape[1])
+    best, index = jax.lax.top_k(score, k)
+    return index, jnp.isfinite(best)
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def project_targets(
+    active: ArrayLike,
+    sliding: ArrayLike,
+    kappa: ArrayLike,
+    x: jax.Array,
+    signed_labels: ArrayLike,
+    *,
+    capacity: int = DEFAULT_CAPACITY,
+) -> FaceProjection:
+    """The projected target ``P_κ(g, S)`` of each face, eq. (F.1) (module doc, docs/theory.md §8).
+
+    Args:
+        active, sliding: ``bool [M, N]`` g and S (a sample in both counts as sliding).
+        kappa: ±1, ``[M]`` or a scalar.
+        x: ``[N, D]`` inputs (`face_inputs`). signed_labels: ``[N]`` ỹ_s = ±1.
+        capacity: K, the most sliding samples per face.
+
+    Example:
+        >>> x = jnp.array([[1.0, 0.0], [0.5, 1.0]]); y = jnp.array([1.0, -1.0])
+        >>> p = project_targets(jnp.array([[True, False]]), jnp.array([[False, True]]), 1, x, y)
+        >>> [round(float(v), 6) for v in p.target[0]], round(float(p.multipliers[0, 0]), 6)
+        ([0.8, -0.4], 0.4)
+    """
+    active = jnp.asarray(active, bool)
+    sliding = jnp.asarray(sliding, bool)
+    dtype = x.dtype
+    index, valid = _slots(jnp.where(sliding, jnp.ones((), dtype), -jnp.inf), capacity)
+    proj = _solve_faces(active & ~sliding, index, valid, kappa, x, signed_labels)
+    return proj._replace(overflow=jnp.sum(sliding, axis=1) > index.shape[1])
+
+
+class FaceTest(NamedTuple):
+    """The stable-face criterion (a)–(c) of the module doc, per face.
+
+    Attributes:
+        stable: ``bool [M]`` (a), (b) and (c) hold and S fits the capacity.
+        attracting: ``bool [M]`` (a): every sliding sample attracts (κ ỹ_s = −1).
+        interior: ``bool [M]`` (b): every λ*_s is strictly inside (0, 1).
+        in_cone: ``bool [M]`` (c): P lies in the face's closed cone (within τ_s).
+        projection: the `FaceProjection` of the faces.
+    """
+
+    stable: jax.Array
+    attracting: jax.Array
+    interior: jax.Array
+    in_cone: jax.Array
+    projection: FaceProjection
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def stable_face_test(
+    active: ArrayLike,
+    sliding: ArrayLike,
+    kappa: ArrayLike,
+    x: jax.Array,
+    signed_labels: ArrayLike,
+    *,
+    capacity: int = DEFAULT_CAPACITY,
+) -> FaceTest:
+    """Whether each face ``(g, S)`` is stable for κ: conditions (a)–(c) of the module doc
+    (docs/theory.md §3, §8). Arguments as `project_targets`."""
+    active = jnp.asarray(active, bool)
+    sliding = jnp.asarray(sliding, bool)
+    m = active.shape[0]
+    kap = _rows(kappa, m, x.dtype)
+    proj = project_targets(active, sliding, kap, x, signed_labels, capacity=capacity)
+    attract = jnp.all(~sliding | attracting(kap, signed_labels), axis=1)
+    interior = jnp.all(proj.interior | ~proj.valid, axis=1)
+    z = jnp.matmul(proj.target, x.T, precision=_HIGHEST)
+    tol = boundary_tolerance(proj.target, x, capacity)
+    base = active & ~sliding
+    in_cone = jnp.all(jnp.where(base, z >= -tol, jnp.where(sliding, True, z <= tol)), axis=1)
+    stable = attract & interior & in_cone & ~proj.overflow
+    return FaceTest(
+        stable=stable, attracting=attract, interior=interior, in_cone=in_cone, projection=proj
+    )
+
+
+class FaceStep(NamedTuple):
+    """One step of the face map Φ_κ (module doc).
+
+    Attributes:
+        active, sliding: ``bool [M, N]`` the image face (g', S').
+        overflow: ``bool [M]`` more than K candidates (the nearest K were kept).
+        candidates: ``int [M]`` how many candidates the step had.
+    """
+
+    active: jax.Array
+    sliding: jax.Array
+    overflow: jax.Array
+    candidates: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("capacity",))
+def map_faces(
+    active: ArrayLike,
+    sliding: ArrayLike,
+    kappa: ArrayLike,
+    x: jax.Array,
+    signed_labels: ArrayLike,
+    *,
+    capacity: int = DEFAULT_CAPACITY,
+) -> FaceStep:
+    """One step of the face map ``Φ_κ(g, S) = (g', S')`` (module doc, docs/theory.md §3, §8):
+    jump to ``P_κ(g, S)``; the samples it moves across flip, the attracting ones and S are decided
+    by (F.1). Its fixed points are the stable faces. Arguments as `project_targets`."""
+    active = jnp.asarray(active, bool)
+    sliding = jnp.asarray(sliding, bool)
+    dtype = x.dtype
+    m = active.shape[0]
+    kap = _rows(kappa, m, dtype)
+    pull = attracting(kap, signed_labels)
+    held = sliding & pull  # repelling samples leave S, inactive
+    base = active & ~sliding
+    proj = project_targets(base, held, kap, x, signed_labels, capacity=capacity)
+    z = jnp.matmul(proj.target, x.T, precision=_HIGHEST)
+    tol = boundary_tolerance(proj.target, x, capacity)
+    flips = ~held & jnp.where(base, z < -tol, z > tol)
+    wanted = held | (flips & pull)
+    closeness = jnp.abs(z) / jnp.sqrt(jnp.sum(x * x, axis=1))[None, :]
+    # S first, then the flips nearest their boundary; the score's −inf marks no candidate.
+    score = jnp.where(held, jnp.finfo(dtype).max, jnp.where(wanted, -closeness, -jnp.inf))
+    index, _ = _slots(score, capacity)
+    valid = jnp.take_along_axis(wanted, index, axis=1)
+    rows = jnp.arange(m)[:, None]
+    chosen = jnp.zeros_like(wanted).at[rows, index].max(valid)
+    gates = (base ^ flips) & ~chosen
+    step = _solve_faces(gates, index, valid, kap, x, signed_labels)
+    on = valid & ~step.interior & (step.multipliers > 0.5)
+    new_active = gates | jnp.zeros_like(gates).at[rows, index].max(on)
+    new_sliding = jnp.zeros_like(gates).at[rows, index].max(step.interior)
+    count = jnp.sum(wanted, axis=1)
+    return FaceStep(
+        active=new_active,
+        sliding=new_sliding,
+        overflow=(count > index.shape[1]) | proj.overflow,
+        candidates=count.astype(jnp.int32),
+    )
