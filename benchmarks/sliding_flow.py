@@ -4,7 +4,8 @@ Float64, N = 800, d = 300 (the paper's width), σ = 1e-5, t ∈ [0, 743] (1.5× 
 time), constant steps h, h/2, h/4 of ``FlowConfig(solver="sliding")``; records each run's wall
 time, gradient evaluations, balance drift, sliding pairs and crossings, the self-convergence
 errors of P_i at t_end and over the trajectory, and perturbed starts (1e-12, 1e-8 relative)
-integrated at the finest step (or ``--perturb-step``). Writes ``results/sliding-cifar.json`` (or ``--json``).
+integrated at the finest step (or ``--perturb-step``). Writes ``results/sliding-cifar.json`` (or
+``--json``).
 
     python benchmarks/sliding_flow.py --dataset cifar:/path/to/cifar10.npz [--steps 0.5,0.25,0.125]
 """
@@ -88,7 +89,8 @@ def run(
             "P_end": P[h][-1].tolist(),
         }
         print(
-            f"h={h}: {gflow.status_message(traj.status)}; {seconds:.1f} s, {int(stats.num_steps)} steps, drift "
+            f"h={h}: {gflow.status_message(traj.status)}; {seconds:.1f} s, {int(stats.num_steps)} "
+            "steps, drift "
             f"{result['runs'][str(h)]['balance_drift']:.2e}, loss {float(obs.loss[-1]):.4f}, "
             f"max sliding {max(result['runs'][str(h)]['sliding_pairs'])}",
             flush=True,

@@ -1,4 +1,5 @@
-"""Mini-batch momentum SGD, K steps at a time: an exact reformulation for seed sweeps (docs/theory.md §1).
+"""Mini-batch momentum SGD, K steps at a time: an exact reformulation for seed sweeps
+(docs/theory.md §1).
 
 `gflow._sgd.train_sgd` takes one optax step at a time: every step reads the first-layer weights
 ``W [d, D]`` to form the pre-activations of a batch of B samples, and reads and writes ``W``
@@ -25,7 +26,8 @@ the ``K·B × K·B`` Gram matrix of the chunk's inputs carries the interaction o
 step then only works on ``B × d`` arrays; one GEMM ``[2d, K·B] × [K·B, D]`` closes the chunk
 with ``W_K`` and ``M_K``. The sum over j < k is taken in two levels (blocks of L ≈ √K steps:
 one product per block for the earlier blocks, then step by step inside the block) so that no
-step has to read the errors of the whole chunk. The bias b and the outgoing weights V are small and are updated step
+step has to read the errors of the whole chunk. The bias b and the outgoing weights V are small and
+are updated step
 by step exactly as optax does. The result equals the per-step trajectory up to float rounding
 (the sums are only associated differently); a ReLU gate that sits within rounding of zero may
 of course flip either way in either implementation.
@@ -51,18 +53,25 @@ Recording happens at chunk boundaries, so ``chunk`` must divide ``config.record_
 pass over ``W`` per record instead of `observe`'s pass over the whole dataset.
 
 Example:
-    >>> cfg = SGDConfig(steps=200, record_every=50, batch_size=4)        # doctest: +SKIP
-    >>> traj = train_sgd_chunked(params0, key, data, learning_rate=0.01,  # doctest: +SKIP
+    >>> from gflow import gaussian_clusters, init_params, training_data
+    >>> data = training_data(gaussian_clusters(n_samples=40, dim=5, test_samples=0))
+    >>> params0 = init_params(jax.random.key(0), 8, 5, 1e-3)
+    >>> cfg = SGDConfig(steps=200, record_every=50, batch_size=4)
+    >>> traj = train_sgd_chunked(params0, jax.random.key(1), data, learning_rate=0.01,
     ...                          momentum=0.9, config=cfg, chunk=25, observables="norms")
+    >>> traj.observables.w_norm.shape  # [records, d]: k = 0, 50, ..., 200
+    (5, 8)
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -183,7 +192,8 @@ def epoch_permutations(key: jax.Array, num_epochs: int, n: int) -> jax.Array:
 
 
 def chunk_batch_indices(perms: jax.Array, first_step, chunk: int, batch_size: int) -> jax.Array:
-    """Mini-batch indices ``[K, B]`` of steps ``first_step .. first_step+K−1`` from `epoch_permutations`.
+    """Mini-batch indices ``[K, B]`` of steps ``first_step .. first_step+K−1`` from
+    `epoch_permutations`.
 
     Step k uses positions ``(k mod per_epoch)·B ..`` of epoch ``k // per_epoch``'s permutation,
     exactly as ``_batch_indices`` (the last N mod B samples of an epoch are skipped).
@@ -452,10 +462,10 @@ def _sample_coefficients_of_w(state: _SampleState, coeffs: _ChunkCoefficients, l
 class _Basis(NamedTuple):
     """How a training state is stored: the chunk update and what records read from it."""
 
-    state0: object
-    run_chunk: object  # (state, idx [K, B]) -> state
-    params: object  # state -> Params (W formed)
-    norms: object  # state -> NeuronNorms
+    state0: Any
+    run_chunk: Callable[[Any, jax.Array], Any]  # (state, idx [K, B]) -> state
+    params: Callable[[Any], Params]  # state -> Params (W formed)
+    norms: Callable[[Any], Any]  # state -> NeuronNorms
 
 
 def _weight_basis(
@@ -536,6 +546,7 @@ def _train_stacked_impl(
     beta = jnp.asarray(momentum, dtype)
     coeffs = chunk_coefficients(beta, chunk, dtype)
     batch = config.batch_size
+    assert batch is not None  # check_chunked_config rejects None
     chunks_per_record = config.record_every // chunk
     seeds = params0.W.shape[0]
     make = _sample_basis if basis == "samples" else _weight_basis
@@ -622,37 +633,61 @@ def _train_one_impl(
 _STATIC = ("config", "chunk", "observables", "basis")
 _train_stacked = jax.jit(_train_stacked_impl, static_argnames=_STATIC)
 _train_one = jax.jit(_train_one_impl, static_argnames=_STATIC)
-_train_per_seed = jax.jit(
-    jax.vmap(_train_one_impl, in_axes=(0, 0, None, 0, 0, None, None, None, None)),
-    static_argnums=(5, 6, 7, 8),
-)
+
+
+def _train_per_seed_impl(
+    params0: Params,
+    perms,
+    data,
+    learning_rate,
+    momentum,
+    config,
+    chunk,
+    observables,
+    basis="weights",
+) -> Trajectory:
+    """S seeds, each with its own data order and hyper-parameters: `_train_one_impl` vmapped."""
+    one = functools.partial(
+        _train_one_impl, config=config, chunk=chunk, observables=observables, basis=basis
+    )
+    return jax.vmap(one, in_axes=(0, 0, None, 0, 0))(params0, perms, data, learning_rate, momentum)
+
+
+_train_per_seed = jax.jit(_train_per_seed_impl, static_argnames=_STATIC)
 
 
 def check_chunked_config(
     config: SGDConfig, chunk: int, observables: str, n_samples: int, basis: str = "auto"
-) -> None:
-    """Reject configurations the chunked kernel cannot run, naming the field and what is allowed."""
+) -> int:
+    """Reject configurations the chunked kernel cannot run, naming the field and what is allowed.
+
+    Returns the mini-batch size B (never None here).
+    """
     if not isinstance(config, SGDConfig):
         raise ValueError(f"config must be a gflow.SGDConfig; got {type(config).__name__}.")
     if config.batch_size is None:
         raise ValueError(
-            "config.batch_size must be a positive integer for chunked SGD; got None (full-batch GD: use train_gd)."
+            "config.batch_size must be a positive integer for chunked SGD; got None (full-batch "
+            "GD: use train_gd)."
         )
     if config.batch_size > n_samples:
         raise ValueError(
-            f"batch_size ({config.batch_size}) must not exceed the number of samples N ({n_samples})."
+            f"batch_size ({config.batch_size}) must not exceed the number of samples N "
+            f"({n_samples})."
         )
     if not (isinstance(chunk, (int, np.integer)) and chunk > 0):
         raise ValueError(f"chunk must be a positive integer (steps per chunk); got {chunk!r}.")
     if config.record_every % chunk:
         raise ValueError(
-            f"chunk ({chunk}) must divide config.record_every ({config.record_every}): records are taken at "
+            f"chunk ({chunk}) must divide config.record_every ({config.record_every}): records are "
+            "taken at "
             "chunk boundaries."
         )
     if observables not in OBSERVATION_MODES:
         raise ValueError(f"observables must be one of {OBSERVATION_MODES}; got {observables!r}.")
     if basis not in BASES:
         raise ValueError(f"basis must be one of {BASES}; got {basis!r}.")
+    return config.batch_size
 
 
 def _check_params(params0: Params, seed_axis: bool) -> int:
@@ -704,11 +739,11 @@ def train_sgd_chunked(
         A `Trajectory` (observables `Observables` or `NeuronNorms` with a leading time axis).
     """
     check_hyperparameters(learning_rate, momentum)
-    check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
-    basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
+    batch = check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
+    basis = resolve_basis(basis, data.x.shape[0], data.x.shape[1], batch, config.steps)
     _check_params(params0, seed_axis=False)
     perms = epoch_permutations(
-        key, _epochs_needed(config.steps, data.x.shape[0], config.batch_size), data.x.shape[0]
+        key, _epochs_needed(config.steps, data.x.shape[0], batch), data.x.shape[0]
     )
     traj = _train_one(
         params0,
@@ -730,7 +765,8 @@ def _per_seed_values(name: str, value, seeds: int, dtype) -> jax.Array:
         return jnp.broadcast_to(arr, (seeds,))
     if arr.shape != (seeds,):
         raise ValueError(
-            f"{name} must be a scalar or have shape ({seeds},) (one per seed); got shape {arr.shape}."
+            f"{name} must be a scalar or have shape ({seeds},) (one per seed); got shape "
+            f"{arr.shape}."
         )
     return arr
 
@@ -762,8 +798,8 @@ def train_sgd_chunked_seeds(
         `NON_FINITE` and does not stop the others.
     """
     check_hyperparameters(learning_rate, momentum)
-    check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
-    basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
+    batch = check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
+    basis = resolve_basis(basis, data.x.shape[0], data.x.shape[1], batch, config.steps)
     seeds = _check_params(params0, seed_axis=True)
     if np.shape(keys)[:1] != (seeds,):
         raise ValueError(
@@ -773,7 +809,7 @@ def train_sgd_chunked_seeds(
     lr = _per_seed_values("learning_rate", learning_rate, seeds, dtype)
     beta = _per_seed_values("momentum", momentum, seeds, dtype)
     n = data.x.shape[0]
-    epochs = _epochs_needed(config.steps, n, config.batch_size)
+    epochs = _epochs_needed(config.steps, n, batch)
     perms = epoch_permutations(keys, epochs, n)
     return _train_per_seed(params0, perms, data, lr, beta, config, chunk, observables, basis)
 
@@ -810,8 +846,8 @@ def train_sgd_seeds_shared_order(
         A `Trajectory` whose every field has a leading ``[S]`` axis.
     """
     check_hyperparameters(learning_rate, momentum)
-    check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
-    basis = resolve_basis(basis, *data.x.shape, config.batch_size, config.steps)
+    batch = check_chunked_config(config, chunk, observables, data.x.shape[0], basis)
+    basis = resolve_basis(basis, data.x.shape[0], data.x.shape[1], batch, config.steps)
     _check_params(params0, seed_axis=True)
     for name, value in (("learning_rate", learning_rate), ("momentum", momentum)):
         if np.ndim(value) != 0:
@@ -820,7 +856,7 @@ def train_sgd_seeds_shared_order(
                 "(per-seed values: train_sgd_chunked_seeds)."
             )
     n = data.x.shape[0]
-    perms = epoch_permutations(key, _epochs_needed(config.steps, n, config.batch_size), n)
+    perms = epoch_permutations(key, _epochs_needed(config.steps, n, batch), n)
     return _train_stacked(
         params0,
         perms,

@@ -272,14 +272,16 @@ class RunConfig:
         if self.trainer in ("sgd", "gd") and values["epochs"] is not None:
             if values["steps"] is not None:
                 raise ValueError(
-                    f"give steps or epochs, not both; got steps={values['steps']}, epochs={values['epochs']}."
+                    f"give steps or epochs, not both; got steps={values['steps']}, "
+                    f"epochs={values['epochs']}."
                 )
             own = {**own, "steps": None}
         if self.trainer == "flow" and values["t_grid"] is not None:
             given = [k for k in ("t_end", "save_points") if values[k] is not None]
             if given:
                 raise ValueError(
-                    f"t_grid replaces t_end and save_points; got both t_grid and {', '.join(given)}."
+                    "t_grid replaces t_end and save_points; got both t_grid and "
+                    f"{', '.join(given)}."
                 )
             own = {**own, "t_end": None, "save_points": None}
         for k, default in {**COMMON_DEFAULTS, **own}.items():
@@ -298,7 +300,8 @@ class RunConfig:
         unknown = sorted(set(data) - set(keys()))
         if unknown:
             raise ValueError(
-                f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {source}; "
+                f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+                f"{source}; "
                 f"allowed keys: {', '.join(keys())}."
             )
         nested = [k for k, v in data.items() if isinstance(v, Mapping)]
@@ -320,9 +323,11 @@ class RunConfig:
         """
         lrs = self.lr if self.lr is not None else (None,)
         moms = self.momentum if self.momentum is not None else (None,)
+        sigmas = self.sigma
+        assert sigmas is not None  # set by __post_init__
         return [
             {"sigma": s, "lr": lr, "momentum": m}
-            for s, lr, m in itertools.product(self.sigma, lrs, moms)
+            for s, lr, m in itertools.product(sigmas, lrs, moms)
         ]
 
     def data_options(self) -> dict:
@@ -338,21 +343,26 @@ class RunConfig:
             raise ValueError("num_steps applies to trainers 'sgd' and 'gd', not 'flow'.")
         if self.batch is not None and self.batch > n_samples:
             raise ValueError(
-                f"batch ({self.batch}) must not exceed the number of training samples N ({n_samples})."
+                f"batch ({self.batch}) must not exceed the number of training samples N "
+                f"({n_samples})."
             )
         if self.steps is not None:
             return self.steps
-        per_epoch = n_samples // self.batch if self.trainer == "sgd" else 1
-        steps = self.epochs * per_epoch
-        if steps % self.record_every:
+        epochs, every = self.epochs, self.record_every
+        assert epochs is not None and every is not None  # set by __post_init__
+        per_epoch = n_samples // self.batch if self.trainer == "sgd" and self.batch else 1
+        steps = epochs * per_epoch
+        if steps % every:
             raise ValueError(
-                f"epochs={self.epochs} make {steps} steps ({per_epoch} per epoch), not a multiple of "
+                f"epochs={self.epochs} make {steps} steps ({per_epoch} per epoch), not a multiple "
+                "of "
                 f"record_every={self.record_every}; choose record_every dividing {steps}."
             )
         return steps
 
     def sgd_config(self, n_samples: int) -> SGDConfig:
         """The static `SGDConfig` of this run on N samples."""
+        assert self.record_every is not None  # set by __post_init__
         return SGDConfig(
             steps=self.num_steps(n_samples),
             record_every=self.record_every,
@@ -361,6 +371,7 @@ class RunConfig:
 
     def flow_config(self) -> FlowConfig:
         """The static `FlowConfig` of this run."""
+        assert self.solver is not None and self.rtol is not None and self.max_steps is not None
         return FlowConfig(
             solver=self.solver,
             rtol=self.rtol,
@@ -374,6 +385,7 @@ class RunConfig:
         """The flow's save grid ``[T]`` (float64)."""
         if self.t_grid is not None:
             return np.asarray(self.t_grid, dtype=np.float64)
+        assert self.t_end is not None and self.save_points is not None  # set by __post_init__
         return np.linspace(0.0, self.t_end, self.save_points)
 
 
@@ -392,13 +404,15 @@ def _normalise(v: dict) -> dict:
     out = dict(v)
     if not isinstance(v["dataset"], str) or not v["dataset"].strip():
         raise ValueError(
-            f"dataset must be a spec string such as 'mnist', 'clusters' or 'npz:PATH'; got {v['dataset']!r}."
+            "dataset must be a spec string such as 'mnist', 'clusters' or 'npz:PATH'; got "
+            f"{v['dataset']!r}."
         )
     if v["classes"] is not None and not (
         isinstance(v["classes"], str) and v["classes"].count("/") == 1
     ):
         raise ValueError(
-            f"classes must look like '0,1,2,3,4/5,6,7,8,9' (class 1 / class 2); got {v['classes']!r}."
+            "classes must look like '0,1,2,3,4/5,6,7,8,9' (class 1 / class 2); got "
+            f"{v['classes']!r}."
         )
     if v["n_per_class"] is not None:
         out["n_per_class"] = _positive_int("n_per_class", v["n_per_class"])
@@ -438,7 +452,8 @@ def _normalise(v: dict) -> dict:
             out["steps"] = _positive_int("steps", v["steps"])
             if out["steps"] % out["record_every"]:
                 raise ValueError(
-                    f"steps ({out['steps']}) must be a multiple of record_every ({out['record_every']})."
+                    f"steps ({out['steps']}) must be a multiple of record_every "
+                    f"({out['record_every']})."
                 )
     else:
         if v["t_grid"] is not None:

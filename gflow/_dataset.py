@@ -102,7 +102,8 @@ class Dataset:
             xt, yt = _check_split(self.x_test, self.y_test, "test")
             if xt.shape[1] != x.shape[1]:
                 raise ValueError(
-                    f"test inputs have {xt.shape[1]} features but training inputs have {x.shape[1]}."
+                    f"test inputs have {xt.shape[1]} features but training inputs have "
+                    f"{x.shape[1]}."
                 )
             object.__setattr__(self, "x_test", xt)
             object.__setattr__(self, "y_test", yt)
@@ -132,5 +133,5 @@ class Dataset:
 
     def describe(self) -> str:
         n1, n2 = self.class_counts()
-        test = f", test N={self.x_test.shape[0]}" if self.has_test else ""
+        test = f", test N={self.x_test.shape[0]}" if self.x_test is not None else ""
         return f"{self.name}: N={self.n_samples} ({n1} class 1 / {n2} class 2), D={self.dim}{test}"

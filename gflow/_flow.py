@@ -5,7 +5,8 @@ so full weights are kept only at the requested snapshot times.
 
 Solvers: diffrax's explicit Runge–Kutta methods, and the implicit Gauss–Legendre collocation
 methods ``gauss1`` (implicit midpoint, order 2) and ``gauss2`` (order 4) of `gflow._gauss`,
-which conserve the balance Q_i of docs/theory.md §2 exactly for any step size (up to the tolerance of
+which conserve the balance Q_i of docs/theory.md §2 exactly for any step size (up to the tolerance
+of
 their stage equations) and are not slowed down by the jumps of the field at ReLU gate crossings.
 With ``project_balance``, constant steps of Euler, Heun, Midpoint or Ralston end with a
 rescaling of each neuron back to its balance (`gflow._projection`): two gradients per Heun step,
@@ -23,6 +24,7 @@ from typing import NamedTuple
 
 import diffrax
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -124,7 +126,8 @@ class FlowConfig:
     def __post_init__(self):
         if self.solver not in _SOLVERS and self.solver not in _GAUSS and self.solver != SLIDING:
             raise ValueError(
-                f"solver must be one of {sorted([*_SOLVERS, *_GAUSS, SLIDING])}; got {self.solver!r}."
+                f"solver must be one of {sorted([*_SOLVERS, *_GAUSS, SLIDING])}; got "
+                f"{self.solver!r}."
             )
         if self.solver == SLIDING and self.adaptive:
             raise ValueError(
@@ -133,7 +136,8 @@ class FlowConfig:
         if self.sliding_capacity is not None:
             if self.solver != SLIDING:
                 raise ValueError(
-                    f"sliding_capacity only applies to solver='sliding'; got solver={self.solver!r}."
+                    "sliding_capacity only applies to solver='sliding'; got "
+                    f"solver={self.solver!r}."
                 )
             k = self.sliding_capacity
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -163,7 +167,8 @@ class FlowConfig:
         if self.project_balance and (self.solver not in PROJECTABLE_SOLVERS or self.adaptive):
             raise ValueError(
                 f"project_balance needs constant steps (adaptive=False) of one of "
-                f"{list(PROJECTABLE_SOLVERS)}; got solver={self.solver!r}, adaptive={self.adaptive}."
+                f"{list(PROJECTABLE_SOLVERS)}; got solver={self.solver!r}, "
+                f"adaptive={self.adaptive}."
             )
         if not (self.rtol > 0 and (self.atol is None or self.atol > 0)):
             raise ValueError(
@@ -175,7 +180,8 @@ class FlowConfig:
             raise ValueError(f"dt0 must be > 0 or None; got {self.dt0!r}.")
         if (not self.adaptive or self.solver in _FIXED_STEP_ONLY) and self.dt0 is None:
             raise ValueError(
-                f"a fixed-step solve (solver={self.solver!r}, adaptive={self.adaptive}) needs dt0 > 0."
+                f"a fixed-step solve (solver={self.solver!r}, adaptive={self.adaptive}) needs dt0 "
+                "> 0."
             )
 
 
@@ -187,9 +193,11 @@ def vector_field(t, params: Params, data: TrainingData) -> Params:
 
 
 def gated_loss(params: Params, gates: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-    """L of the network whose gates are held at ``gates`` ``[N, d]`` in [0, 1] (docs/theory.md §1, g fixed).
+    """L of the network whose gates are held at ``gates`` ``[N, d]`` in [0, 1] (docs/theory.md §1, g
+    fixed).
 
-        a_i(s) = g_i(s) z_i(x_s),   o(x_s) = Σ_i v_i a_i(s),   L_g = (1/N) Σ_s −log softmax(o(x_s))_{c_s}
+        a_i(s) = g_i(s) z_i(x_s),   o(x_s) = Σ_i v_i a_i(s),   L_g = (1/N) Σ_s −log
+        softmax(o(x_s))_{c_s}
 
     Equal to `loss` when ``gates = gating_pattern(params, x)``. For any fixed g the output is
     unchanged by ``(w_i, b_i, v_i) → (c w_i, c b_i, v_i / c)``, so ``Q_i'·∇L_g = 0`` at every θ:
@@ -224,7 +232,8 @@ def gate_band(t, params: Params, data: TrainingData, velocity: Params, width):
     standing for ``width`` of time, uses a fractional gate (`ramp_gates`); and how many of the
     stage's own pre-activations lie in it.
 
-        δ_i(s) = width · max(|ż_i(s)|, κ_i(s)),   ż_i(s) = w_i'·x_s + b_i',   κ_i(s) = (1/N)|v_i·r_s| (‖x_s‖² + 1)
+        δ_i(s) = width · max(|ż_i(s)|, κ_i(s)),   ż_i(s) = w_i'·x_s + b_i',   κ_i(s) =
+        (1/N)|v_i·r_s| (‖x_s‖² + 1)
 
     with θ' = ``velocity`` (the predicted stage derivative): |z| < δ/2 is where the sample's
     gate can change within the sub-step; κ_i(s) is the rate at which the sample's own gate
@@ -272,7 +281,8 @@ def check_time_grid(ts, name: str = "ts") -> np.ndarray:
     if np.any(np.diff(arr) <= 0):
         i = int(np.argmax(np.diff(arr) <= 0))
         raise ValueError(
-            f"{name} must be strictly increasing; {name}[{i}]={arr[i]} >= {name}[{i + 1}]={arr[i + 1]}."
+            f"{name} must be strictly increasing; {name}[{i}]={arr[i]} >= "
+            f"{name}[{i + 1}]={arr[i + 1]}."
         )
     return arr
 
@@ -402,6 +412,7 @@ def _solve(
             max_steps=config.max_steps,
             throw=False,
         )
+    assert sol.ys is not None  # SaveAt(subs=...) always saves
     obs, snaps = sol.ys
     result = sol.result
     status = jnp.where(
@@ -422,8 +433,9 @@ def _solve(
     )
     zero = jnp.asarray(0, jnp.int32)
     no_defect = jnp.asarray(0.0, params0.W.dtype)
+    state = sol.solver_state
     if gauss:
-        state = sol.solver_state
+        assert state is not None  # SaveAt(solver_state=True)
         implicit = (
             state.evaluations,
             state.iterations_max,
@@ -432,8 +444,8 @@ def _solve(
             no_defect,
         )
     else:
-        inner = solver.solver if config.project_balance else solver
-        defect = sol.solver_state[1] if config.project_balance else no_defect
+        inner = solver.solver if isinstance(solver, BalanceProjection) else solver
+        defect = state[1] if state is not None and config.project_balance else no_defect
         implicit = (
             jnp.asarray(_explicit_evaluations(inner, config, num_steps), jnp.int32),
             zero,
@@ -545,9 +557,17 @@ def gradient_flow(
         are never reported as such.
 
     Example:
-        >>> traj = gradient_flow(params0, data, jnp.linspace(0.0, 50.0, 101))  # doctest: +SKIP
-        >>> cfg = FlowConfig(solver="gauss2", adaptive=False, dt0=0.5)  # exact balance, fixed steps
-        >>> traj, stats = gradient_flow(params0, data, ts, config=cfg, return_stats=True)  # doctest: +SKIP
+        >>> from gflow import gaussian_clusters, init_params, training_data
+        >>> data = training_data(gaussian_clusters(n_samples=40, dim=5, test_samples=0))
+        >>> params0 = init_params(jax.random.key(0), 8, 5, 0.1)
+        >>> ts = jnp.linspace(0.0, 4.0, 5)
+        >>> traj = gradient_flow(params0, data, ts)  # Tsit5, adaptive
+        >>> traj.observables.P.shape  # [T, d]
+        (5, 8)
+        >>> cfg = FlowConfig(solver="sliding", adaptive=False, dt0=0.25)  # Filippov flow
+        >>> traj, stats = gradient_flow(params0, data, ts, config=cfg, return_stats=True)
+        >>> int(stats.num_steps), int(stats.evaluations)  # 16 steps of 2 gradients each
+        (16, 32)
     """
     if config.solver == SLIDING:
         traj, stats = _solve_sliding(params0, data, ts, snapshot_times, config)

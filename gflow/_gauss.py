@@ -82,7 +82,8 @@ TABLEAUS = {
 
 
 def default_stage_rtol(dtype) -> float:
-    """``max(1e-10, 100 ε)``: 1e-10 in float64 (balance drift ~1e-13 measured), 1.2e-5 in float32."""
+    """``max(1e-10, 100 ε)``: 1e-10 in float64 (balance drift ~1e-13 measured), 1.2e-5 in
+    float32."""
     return max(1e-10, 100 * float(jnp.finfo(dtype).eps))
 
 
@@ -212,22 +213,25 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
         k_pred = k_old[1][None, :] + (stage_t - tau[1])[:, None] * slope[None, :]
         z0 = h * (a @ k_pred)
 
-        if self.gated is None:
+        gated = self.gated
+        if gated is None:
             fractional = jnp.asarray(0, jnp.int32)
 
-            def stage_field(j, y):
+            def open_field(j, y):
                 return terms.vf(stage_t[j], y, args)
+
+            stage_field = open_field
         else:
             held = [
-                self.gated.hold(
-                    stage_t[j], unravel(y0_flat + z0[j]), args, unravel(k_pred[j]), h * b[j]
-                )
+                gated.hold(stage_t[j], unravel(y0_flat + z0[j]), args, unravel(k_pred[j]), h * b[j])
                 for j in range(self.stages)
             ]
             fractional = sum(count for _, count in held)
 
-            def stage_field(j, y):
-                return self.gated.field(stage_t[j], y, args, held[j][0])
+            def held_field(j, y):
+                return gated.field(stage_t[j], y, args, held[j][0])
+
+            stage_field = held_field
 
         def sweep(z):
             """Stage derivatives ``[s, n]`` at ``y_0 + z`` (gates held)."""
@@ -262,8 +266,10 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
             residual_max=jnp.maximum(solver_state.residual_max, out.residual),
         )
         result = diffrax.RESULTS.where(
-            converged, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence
-        )
+            converged,
+            diffrax.RESULTS.successful,
+            diffrax.RESULTS.nonlinear_divergence,  # pyright: ignore[reportArgumentType]
+        )  # (equinox types each enumeration item as its own Literal)
         return y1, unravel(error), dict(y0=y0, y1=y1), state, result
 
 

@@ -1,4 +1,5 @@
-"""Iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019; docs/theory.md §6).
+"""Iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019;
+docs/theory.md §6).
 
 Semantics (those of open_lth's ``sparse_global`` strategy and its branches):
 
@@ -27,9 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -64,7 +66,8 @@ class IMPConfig:
             isinstance(self.rewind_step, (int, np.integer)) and 0 <= self.rewind_step < self.steps
         ):
             raise ValueError(
-                f"rewind_step must be an integer in [0, steps={self.steps}); got {self.rewind_step!r}."
+                f"rewind_step must be an integer in [0, steps={self.steps}); got "
+                f"{self.rewind_step!r}."
             )
 
 
@@ -103,7 +106,7 @@ def num_prunable(params: Params) -> int:
     return int(params.W.size + params.V.size)
 
 
-def apply_mask(params: Params, mask: Params) -> Params:
+def apply_mask(params: Any, mask: Params) -> Any:
     """θ ⊙ m (pruned entries become exactly 0)."""
     return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
 
@@ -414,7 +417,8 @@ def imp(
     check_hyperparameters(learning_rate, momentum)
     if config.batch_size is not None and config.batch_size > data.x.shape[0]:
         raise ValueError(
-            f"batch_size ({config.batch_size}) must not exceed the number of samples N ({data.x.shape[0]})."
+            f"batch_size ({config.batch_size}) must not exceed the number of samples N "
+            f"({data.x.shape[0]})."
         )
     if reinit_sigma is None:
         reinit_sigma = jnp.sqrt(

@@ -4,7 +4,8 @@
     p = softmax(o),   ℓ_s = −log p_{c_s},   L = (1/N) Σ_s ℓ_s
 
 Parameters are the pytree ``Params(W [d, D], b [d], V [d, 2])``; there is no output bias.
-Gradients of `loss` come from ``jax.grad``; `closed_form_gradient` restates docs/theory.md §1 once, as an
+Gradients of `loss` come from ``jax.grad``; `closed_form_gradient` restates docs/theory.md §1 once,
+as an
 independent oracle for tests.
 """
 

@@ -37,7 +37,7 @@ class TrainingData(NamedTuple):
 def training_data(dataset, dtype=jnp.float32) -> TrainingData:
     """Move a `gflow.Dataset` to device arrays of the requested float dtype."""
     dtype = jnp.dtype(dtype)
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    if dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):
         raise ValueError(
             "dtype float64 needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) "
             "before creating arrays (the CLI does this for --dtype float64)."
@@ -200,5 +200,6 @@ def balance_drift(obs: Observables) -> jax.Array:
 
 
 def small_init_unlocking_rate(obs: Observables) -> jax.Array:
-    """γ_i = (√2/N) ‖Σ_{s∈E_i} ỹ_s x_s‖ cos δ_i (docs/theory.md §4), δ_i against the current cell's target."""
+    """γ_i = (√2/N) ‖Σ_{s∈E_i} ỹ_s x_s‖ cos δ_i (docs/theory.md §4), δ_i against the current
+    cell's target."""
     return jnp.sqrt(2.0) * obs.target_strength * obs.cos_target

@@ -27,7 +27,8 @@ def loss_drop_time(t, loss, *, fraction: float = 0.5) -> float:
 def race_winners(P_final, *, share: float = 0.9) -> np.ndarray:
     """Indices of the fewest neurons whose P_i = ‖w_i‖‖v_i‖ add up to ``share`` of Σ_j P_j.
 
-    The race of docs/theory.md §5 makes this set small: early winners grow exponentially and starve the
+    The race of docs/theory.md §5 makes this set small: early winners grow exponentially and starve
+    the
     rest, so a few neurons carry most of the norm.
     """
     P = np.asarray(P_final, dtype=np.float64)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -56,7 +58,8 @@ class SGDConfig:
             isinstance(self.batch_size, (int, np.integer)) and self.batch_size > 0
         ):
             raise ValueError(
-                f"batch_size must be a positive integer or None (full batch); got {self.batch_size!r}."
+                "batch_size must be a positive integer or None (full batch); got "
+                f"{self.batch_size!r}."
             )
         if self.snapshot_every is not None and not (
             isinstance(self.snapshot_every, int) and self.snapshot_every > 0
@@ -143,6 +146,7 @@ def _train(
     snaps0 = jax.tree.map(lambda p: jnp.zeros((n_snap,) + p.shape, p.dtype), params0)
     carry = (params0, optimizer.init(params0), snaps0)
     (params, _, snaps), obs = jax.lax.scan(record, carry, jnp.arange(config.num_records - 1))
+    params = cast(Params, params)  # optax types the carry as its own generic Params
     # The last record (k = steps) has no steps after it.
     last = observe(params, data)
     obs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), obs, last)
@@ -187,7 +191,8 @@ def train_sgd(
     check_hyperparameters(learning_rate, momentum)
     if config.batch_size is not None and config.batch_size > data.x.shape[0]:
         raise ValueError(
-            f"batch_size ({config.batch_size}) must not exceed the number of samples N ({data.x.shape[0]})."
+            f"batch_size ({config.batch_size}) must not exceed the number of samples N "
+            f"({data.x.shape[0]})."
         )
     traj = _train(params0, key, data, learning_rate, momentum, config)
     return raise_if_failed(traj) if throw else traj
@@ -202,7 +207,8 @@ def train_gd(
     config: SGDConfig,
     throw: bool = True,
 ) -> Trajectory:
-    """Full-batch gradient descent: `train_sgd` with ``batch_size=None`` (the flow's Euler scheme)."""
+    """Full-batch gradient descent: `train_sgd` with ``batch_size=None`` (the flow's Euler
+    scheme)."""
     if config.batch_size is not None:
         config = dataclasses.replace(config, batch_size=None)
     return train_sgd(

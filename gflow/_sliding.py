@@ -137,15 +137,17 @@ def geometry(x: jax.Array, y: jax.Array) -> Geometry:
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]`` or ``[K, m]``: Gauss–Jordan
-    elimination without pivoting (stable for such matrices, as Cholesky is), in plain XLA ops.
+    """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]`` or
+    ``[K, m]``: Gauss–Jordan elimination without pivoting (stable for such matrices, as Cholesky
+    is), in plain XLA ops.
 
     The small systems of the sliding solver are solved here rather than by LAPACK: on XLA's CPU
     runtime a LAPACK call inside these loops, run concurrently with other work of the step, was
     seen to deadlock (K = 32, N = 1000, d = 50).
 
     Example:
-        >>> [float(v) for v in spd_solve(jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0]))]
+        >>> A, r = jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0])
+        >>> [float(v) for v in spd_solve(A, r)]
         [0.5, 0.0]
     """
 
@@ -286,7 +288,8 @@ def _gram_times(geom: Geometry, coef: jax.Array) -> jax.Array:
 
 
 def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
-    """``a_t[i, idx[i, k]]``: entries ``[d, K]`` of a ``[d, N]`` array at each neuron's candidates."""
+    """``a_t[i, idx[i, k]]``: entries ``[d, K]`` of a ``[d, N]`` array at each neuron's
+    candidates."""
     return jnp.take_along_axis(a_t, idx, axis=1)
 
 

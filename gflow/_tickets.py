@@ -1,4 +1,5 @@
-"""Predicting lottery tickets at initialisation or early in training (docs/theory.md §4, §6; paper §5).
+"""Predicting lottery tickets at initialisation or early in training (docs/theory.md §4, §6; paper
+§5).
 
 The race (docs/theory.md §4–§5) says that within a group of neurons, P_i grows like exp(γ_i t) with
 γ_i ∝ cos δ_i, so a neuron's early alignment to its cell's target should rank its final norm.
@@ -13,7 +14,8 @@ Scores (`neuron_scores`):
     cos_delta_t0_current_kappa: the same with κ from the current (random) v_i(0), i.e. the
         recorded observable ``cos_target`` at t = 0.
     cos_delta_early: ``cos_target`` at an early time (v_i has aligned by then).
-    unlocking_rate_early: γ_i = √2 ‖Σ_{s∈E_i} ỹ_s x_s‖/N · cos δ_i at the early time (docs/theory.md §4).
+    unlocking_rate_early: γ_i = √2 ‖Σ_{s∈E_i} ỹ_s x_s‖/N · cos δ_i at the early time (docs/theory.md
+    §4).
     magnitude_t0: P_i(0) = ‖w_i(0)‖ ‖v_i(0)‖.
     snip_t0: Σ over the neuron's parameters of |θ ∂L/∂θ| at t = 0 (SNIP, Lee et al. 2019).
 """
@@ -155,7 +157,8 @@ def mann_whitney_auc(scores, positive) -> float:
 
 
 def predicted_alignment(params: Params, data: TrainingData) -> jax.Array:
-    """κ̂_i = sign Σ_s a_i(s) ỹ_s, the alignment v_i converges to in phase 1 (docs/theory.md §3, App. B.1).
+    """κ̂_i = sign Σ_s a_i(s) ỹ_s, the alignment v_i converges to in phase 1 (docs/theory.md §3,
+    App. B.1).
 
     Neurons with Σ_s a_i(s) ỹ_s = 0 (e.g. inactive on every sample) keep their current κ.
     """
@@ -166,7 +169,8 @@ def predicted_alignment(params: Params, data: TrainingData) -> jax.Array:
 
 
 def alignment_to_cell_target(params: Params, data: TrainingData, kappa: jax.Array) -> jax.Array:
-    """cos δ_i = cos ∠(w_i, T_κ_i(g_i)) for the given alignments κ (docs/theory.md §3–§4), ``[d]``."""
+    """cos δ_i = cos ∠(w_i, T_κ_i(g_i)) for the given alignments κ (docs/theory.md §3–§4),
+    ``[d]``."""
     gates = gating_pattern(params, data.x)
     return safe_cosine(params.W, target_directions(gates, kappa, data))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.core
 import numpy as np
 
 from ._network import Params
@@ -23,7 +24,8 @@ STATUS_MESSAGES = {
     "(raise max_steps, loosen rtol/atol, or shorten the time grid)",
     SOLVER_FAILED: "the ODE solver failed (step size collapsed or non-finite state)",
     NON_FINITE: "parameters became NaN or inf (diverged: lower the learning rate)",
-    SLIDING_OVERFLOW: "more pairs of one neuron reached their gate boundaries in one step than the sliding "
+    SLIDING_OVERFLOW: "more pairs of one neuron reached their gate boundaries in one step than "
+    "the sliding "
     "solver holds (raise FlowConfig.sliding_capacity or lower dt0)",
 }
 

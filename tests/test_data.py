@@ -509,7 +509,8 @@ def test_xor_clusters():
     assert load_dataset("xor", n_samples=8, test_samples=0).x_test is None
 
 
-# --------------------------------------------------------------------------- dispatcher, product hygiene
+# --------------------------------------------------------------------------- dispatcher, product
+# hygiene
 
 
 def test_load_dataset_unknown_spec():

@@ -1,4 +1,5 @@
-"""Lottery tickets: IMP with rewinding (docs/theory.md §6) and the rank statistics of ticket prediction."""
+"""Lottery tickets: IMP with rewinding (docs/theory.md §6) and the rank statistics of ticket
+prediction."""
 
 import itertools
 

@@ -72,7 +72,8 @@ def _time_derivative(fn, params, data):
 
 
 def test_norm_speed_identity_and_balance_conservation():
-    """d‖w_i‖/dt = ‖v_i‖‖e_i‖cos δ_i (docs/theory.md §2) and dQ_i/dt = 0, exactly, at a random point."""
+    """d‖w_i‖/dt = ‖v_i‖‖e_i‖cos δ_i (docs/theory.md §2) and dQ_i/dt = 0, exactly, at a random
+    point."""
     params, data = _problem(sigma=0.5)
     obs = gflow.observe(params, data)
     dw = _time_derivative(lambda p: jnp.linalg.norm(p.W, axis=1), params, data)

@@ -30,7 +30,8 @@ problem above over the candidate pairs (the sliding pairs, and the arriving one 
 the multiplier of a sliding pair of the same neuron out of [0, 1] at that instant (a *cascade*):
 the box problem at the event handles it.
 
-The residuals: ``r_s = RESIDUALS[y_s]`` with two non-parallel rows. Residuals of the softmax loss are
+The residuals: ``r_s = RESIDUALS[y_s]`` with two non-parallel rows. Residuals of the softmax loss
+are
 all parallel to (−1, 1) (e.g. ``(ỹ_s/2)(−1, 1)`` at p = (½, ½)); then ``c_is`` and ``G_i`` both
 scale with ``(v_i2 − v_i1)``, every λ_s is a function of the gating pattern alone, and a pair
 leaves its boundary only through a cascade (or a sign change of ``v_i2 − v_i1``). Non-parallel

@@ -19,7 +19,8 @@ from ._common import EXIT_BAD_INPUT, UsageError, one_line_parser_errors
 _SUBCOMMANDS = ("demo", "run", "sweep", "validate", "cells", "capacity", "figures", "bench")
 
 _EPILOG = """examples:
-  gflow demo                          # embedded MNIST digits, SGD vs ODE, figures in ./gflow-out/demo
+  gflow demo                          # embedded MNIST digits, SGD vs ODE, figures in
+  ./gflow-out/demo
   gflow demo --out results/demo --quick
   gflow <subcommand> --help           # options and examples of one subcommand
 """

@@ -36,7 +36,8 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, default: str = "mnis
         "--dataset",
         default=default,
         metavar="SPEC",
-        help="mnist (embedded 5000 digits, default), clusters, xor, cifar:PATH (cifar-10-batches-py "
+        help="mnist (embedded 5000 digits, default), clusters, xor, "
+        "cifar:PATH (cifar-10-batches-py "
         "directory or .npz), mnist-idx:DIR, csv:PATH, npz:PATH",
     )
     group.add_argument(
