@@ -1,28 +1,26 @@
-"""``gflow bench`` on a tiny workload: the report's schema, and ratios from the same run's timings."""
+"""``gflow bench`` on a tiny workload: the report's schema, same-run ratios, partial reports."""
 
 import importlib.util
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gflow._benchmarking as benchmarking
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
-from gflow._cli import main
-from gflow._cli._bench import (
-    _power_law_eta,
-    gate_chatter,
-    gate_margins,
+from gflow._benchmarking import (
     kernel_flops,
     numpy_sgd_sweep,
-    perturbed_start,
-    resolved_window,
     torch_sgd_sweep,
     workload_flops,
 )
-from gflow._network import Params
-from gflow._observables import TrainingData
+from gflow._cli import main
 from gflow._sgd import _batch_indices
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -54,10 +52,29 @@ TINY = [
 ]
 
 
+def _gflow_command() -> list[str]:
+    """The installed console command (its folder, not the working directory, leads sys.path)."""
+    script = shutil.which("gflow", path=str(Path(sys.executable).parent))
+    if script is not None:
+        return [script]
+    return [sys.executable, "-P", "-c", "import sys; from gflow._cli import main; main()"]
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bench") / "bench.json"
-    assert main(["bench", "--json", str(path), "--only", "sweep,memory,cells", *TINY]) == 0
+    """``gflow bench`` run as a user runs it from the folder that holds a ``gflow/`` checkout:
+    a ``gflow/`` directory that is not the package sits in the working directory, where a
+    ``python -c`` child would import it as a namespace package. The memory section's child
+    process must import the installed gflow all the same."""
+    folder = tmp_path_factory.mktemp("checkout-parent")
+    (folder / "gflow").mkdir()
+    (folder / "gflow" / "README.md").write_text("a checkout, not the package\n")
+    path = folder / "bench.json"
+    argv = ["bench", "--json", str(path), "--only", "sweep,memory,cells", *TINY]
+    proc = subprocess.run(
+        [*_gflow_command(), *argv], cwd=folder, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(path.read_text())
 
 
@@ -109,6 +126,30 @@ def test_memory_and_cells_sections(report):
         assert len(cells["seconds_all"]) == report["settings"]["repeats"]
         assert cells["seconds"] == np.median(cells["seconds_all"])
         assert all(v["estimate"] >= 1 for v in cells["kappa"].values())
+
+
+def test_a_failing_section_keeps_what_was_measured_before_it(tmp_path, monkeypatch, capsys):
+    """The report is written after every section: a crash in a later section leaves the earlier
+    ones and the failure (section, error, traceback) in the JSON, and prints one line."""
+    measured = {"peak_rss_gib": 1.0}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated failure\nover two lines")
+
+    monkeypatch.setattr(benchmarking, "bench_memory", lambda *a, **k: measured)
+    monkeypatch.setattr(benchmarking, "bench_cells", crash)
+    path = tmp_path / "partial.json"
+    argv = ["bench", "--json", str(path), "--only", "cells,memory", "--repeats", "1", "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "simulated failure over two lines" in err
+    assert "memory" in err and str(path) in err
+    partial = json.loads(path.read_text())
+    assert partial["memory"] == measured and "cells" not in partial
+    assert partial["failed"]["section"] == "cells"
+    assert "RuntimeError: simulated failure" in partial["failed"]["error"]
+    assert "crash" in partial["failed"]["traceback"]
+    assert not list(tmp_path.glob("*.partial"))  # written atomically
 
 
 def test_unknown_section_is_a_usage_error(tmp_path, capsys):
@@ -192,81 +233,6 @@ def test_ode_section_float64_against_gd(tmp_path, solver):
     assert len(ode["gate_margins"]) == 3 and len(ode["gate_margins"][0]["boundary_pairs"]) == 61
     assert ode["ode_gate_margins"]["boundary_pairs"][-1] == 0
     assert [c["pairs_chattering"] for c in ode["gate_chatter"]] == [0, 0, 0]
-
-
-def test_resolved_window_ends_where_halving_eta_stops_shrinking_gd_change():
-    """GD(η) = θ(t) + η e(t) converges at first order everywhere; a perturbation that does not
-    shrink with η from the 7th save time on ends the window there."""
-    t = np.linspace(0.0, 1.0, 11)
-    truth = [
-        np.stack([np.full((3, 2), 1.0 + s) for s in t]),
-        np.stack([np.full(3, 2.0 - s) for s in t]),
-    ]
-    drift = [np.stack([np.full((3, 2), s * s) for s in t]), np.stack([np.full(3, s) for s in t])]
-    runs = [[x + eta * e for x, e in zip(truth, drift)] for eta in (0.1, 0.05, 0.025)]
-    assert resolved_window(runs) == 11
-    kick = np.where(t >= t[6], 1.0, 0.0)
-    for j, eta in enumerate((0.1, 0.05, 0.025)):  # an O(1) change that alternates with the level
-        runs[j][1] = runs[j][1] + (-1) ** j * 0.3 * kick[:, None]
-    assert resolved_window(runs) == 6
-    assert _power_law_eta([0.1, 0.05, 0.025], [0.4, 0.2, 0.1], 0.05) == pytest.approx(0.0125)
-    assert _power_law_eta([0.1, 0.05, 0.025], [0.1, 0.2, 0.4], 0.05) is None
-
-
-def test_gate_margins_are_the_sines_of_the_angles_to_the_boundaries():
-    """Neuron 0 lies on sample 0's boundary (w̃·x̃ = 0), neuron 1 along x̃_1; neuron 2 is tiny."""
-    x = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
-    W = np.array([[0.0, 3.0, 0.0], [0.0, 2.0, 0.0], [1e-9, 0.0, 0.0]])
-    b = np.array([0.0, 1.0, 0.0])
-    V = np.array([[1.0, 0.0], [0.0, 2.0], [1e-9, 0.0]])
-    out = gate_margins((W[None], b[None], V[None]), x, within=1e-3)
-    x_t = np.hstack([x, np.ones((3, 1))])
-    w_t = np.hstack([W, b[:, None]])
-    sines = np.abs(x_t @ w_t.T) / np.outer(np.linalg.norm(x_t, axis=1), np.linalg.norm(w_t, axis=1))
-    assert sines[0, 0] == 0.0 and sines[1, 1] == pytest.approx(1.0)
-    assert (
-        out["boundary_pairs"] == [int(np.sum(sines < 1e-3))] == [2]
-    )  # neuron 0 on sample 0, neuron 2 on 1
-    assert out["median_closest_margin"] == [
-        pytest.approx(np.median(sines[:, :2].min(axis=0)))
-    ]  # grown: 0 and 1
-
-
-@pytest.mark.parametrize("eta", [0.05, 0.0125])
-def test_gd_chatters_across_a_boundary_the_flow_slides_on(eta):
-    """One neuron, v_i pointing to class 1; x_A = (1, 0.5) of class 1, x_B = (0, 1) of class 2,
-    the neuron just off B's gate. Off it, A's term moves w̃·x̃_B up at the rate c·x̃_A·x̃_B = 1.5c;
-    on it, B's term (of equal size c at p ≈ ½) adds −c·‖x̃_B‖² = −2c: the field points into
-    the boundary from both sides, the flow slides along it and GD flips g(B) back and forth.
-    With B of class 1 too, B's term pushes on through: its gate flips once and stays."""
-    x = jnp.array([[1.0, 0.5], [0.0, 1.0]], jnp.float64)
-    params = Params(W=jnp.array([[1.0, -0.01]]), b=jnp.array([0.0]), V=jnp.array([[0.5, -0.5]]))
-    empty = (jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32))
-    sliding = TrainingData(x, jnp.array([0, 1]), jnp.array([1.0, -1.0]), *empty)
-    out = gate_chatter(params, eta, sliding, steps=40)
-    assert out == {
-        "steps": 40,
-        "pairs_flipping": 1,
-        "pairs_chattering": 1,
-        "grown": 1,
-        "grown_chattering": 1,
-    }
-    crossing = TrainingData(x, jnp.array([0, 0]), jnp.array([1.0, 1.0]), *empty)
-    assert gate_chatter(params, eta, crossing, steps=40)["pairs_flipping"] == 1
-    assert gate_chatter(params, eta, crossing, steps=40)["pairs_chattering"] == 0
-
-
-def test_perturbed_start_moves_every_weight_by_the_relative_size():
-    params = init_params(jax.random.key(0), 300, 40, 1e-3, dtype=jnp.float64)
-    moved = perturbed_start(params, 1e-6, jax.random.key(1))
-    for a, m in zip(params, moved):
-        ratio = np.asarray(m / jnp.where(a == 0, 1.0, a)) - 1.0
-        nonzero = np.asarray(a) != 0
-        assert np.all(np.asarray(m)[~nonzero] == 0)  # b = 0 at the start stays 0
-        if nonzero.any():
-            n = int(nonzero.sum())  # ratio − 1 ~ N(0, ε²): 5-sigma bounds on its mean and spread
-            assert abs(np.std(ratio[nonzero]) / 1e-6 - 1) < 5 / np.sqrt(2 * n)
-            assert abs(np.mean(ratio[nonzero])) < 5e-6 / np.sqrt(n)
 
 
 @pytest.mark.parametrize("value", ["2", "0", "abc"])
