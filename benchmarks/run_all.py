@@ -1,15 +1,23 @@
-"""Every section of `gflow bench`: sweep speed, ODE cost, stable cells, sweep memory.
+"""Every section of gflow bench: sweep speed, sweep memory, stable cells, ODE cost (the order they
+run in).
 
-Usage: python benchmarks/run_all.py --json benchmarks/results/run_all.json [--quick] [--threads N]
-       [--dataset cifar:PATH] [any other `gflow bench` option]
+    python benchmarks/run_all.py --json benchmarks/results/run_all.json [--quick] [--threads N]
+        [--dataset cifar:PATH] [--set NAME=VALUE ...]
+
+Options: `_common` (the same sizes and report as ``gflow bench``; the method in README.md).
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import main
 
-from _runner import run  # noqa: E402
+SECTIONS = ("sweep", "memory", "cells", "ode")
+
+
+def run(argv=None) -> int:
+    """Run this benchmark with the options ``argv`` (default: the command line)."""
+    return main(SECTIONS, (__doc__ or "").split("\n\n")[0], argv)
+
 
 if __name__ == "__main__":
-    sys.exit(run([]))
+    sys.exit(run())

@@ -1,15 +1,24 @@
-"""Seed-sweep speed: gflow's chunked SGD against NumPy and PyTorch loops, S in {1, 8, 32, 128}.
+"""Seed-sweep speed: gflow's chunked SGD (shared and per-seed batch orders, both bases) against a
+NumPy loop and the PyTorch loop a researcher writes, S in {1, 8, 32, 128} seeds of the paper's
+workload (d = 300, D = 1024, N = 800, B = 4, beta = 0.9).
 
-Usage: python benchmarks/sweep_speed.py --json benchmarks/results/sweep_speed.json [--quick] [--threads N]
-       [--dataset cifar:PATH] [any other `gflow bench` option]
+    python benchmarks/sweep_speed.py --json benchmarks/results/sweep_speed.json
+        [--quick] [--threads N] [--dataset cifar:PATH] [--set NAME=VALUE ...]
+
+Options: `_common` (the same sizes and report as ``gflow bench``; the method in README.md).
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import main
 
-from _runner import run  # noqa: E402
+SECTIONS = ("sweep",)
+
+
+def run(argv=None) -> int:
+    """Run this benchmark with the options ``argv`` (default: the command line)."""
+    return main(SECTIONS, (__doc__ or "").split("\n\n")[0], argv)
+
 
 if __name__ == "__main__":
-    sys.exit(run(["--only", "sweep"]))
+    sys.exit(run())

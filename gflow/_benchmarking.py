@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1397,3 +1397,35 @@ def thread_environment(threads: int) -> tuple[dict[str, str], list[int]]:
             env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
         ).strip()
     return env, cores[:threads]
+
+
+def settings_with(base: BenchSettings, assignments: Sequence[str]) -> BenchSettings:
+    """``base`` with fields set from ``NAME=VALUE`` strings, each VALUE read as the type of the
+    field's value in ``base`` (tuples comma-separated), then validated by `BenchSettings`.
+
+    >>> settings_with(QUICK, ["ode_solver=heun", "seeds=1,2"]).seeds
+    (1, 2)
+    """
+    fields = {f.name for f in dataclasses.fields(BenchSettings)}
+    overrides: dict[str, Any] = {}
+    for text in assignments:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or name not in fields:
+            raise ValueError(
+                f"settings are NAME=VALUE, NAME one of {', '.join(sorted(fields))}; got {text!r}"
+            )
+        current = getattr(base, name)
+        kind = type(current[0]) if isinstance(current, tuple) and current else type(current)
+        if kind is tuple:  # an empty tuple: ode_perturbations
+            kind = float
+        try:
+            if isinstance(current, tuple):
+                items = [v.strip() for v in value.split(",") if v.strip()]
+                overrides[name] = tuple(kind(v) for v in items if v.lower() != "none")
+            else:
+                overrides[name] = kind(value.strip())
+        except ValueError:
+            label = {int: "integers", float: "numbers", str: "text"}.get(kind, "values")
+            raise ValueError(f"{name} takes {label}; got {value!r}") from None
+    return dataclasses.replace(base, **overrides)

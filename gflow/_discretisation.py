@@ -34,7 +34,7 @@ def relative_gaps(a: Any, b: Any) -> np.ndarray:
 
         gap(t) = ‖θ_a(t) − θ_b(t)‖ / ‖θ_b(t)‖      (gap = ‖θ_a(t)‖ where θ_b(t) = 0)
 
-    >>> float(relative_gaps([np.array([[3.0, 4.0]])], [np.array([[0.0, 5.0]])])[0])
+    >>> float(relative_gaps([np.array([[6.0, 8.0]])], [np.array([[3.0, 4.0]])])[0])
     1.0
     """
     theta_a, theta_b = _flat(a), _flat(b)

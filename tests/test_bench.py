@@ -1,5 +1,7 @@
 """``gflow bench`` on a tiny workload: the report's schema, same-run ratios, partial reports."""
 
+import ast
+import importlib
 import importlib.util
 import json
 import shutil
@@ -15,8 +17,10 @@ import pytest
 import gflow._benchmarking as benchmarking
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
 from gflow._benchmarking import (
+    QUICK,
     kernel_flops,
     numpy_sgd_sweep,
+    settings_with,
     torch_sgd_sweep,
     workload_flops,
 )
@@ -128,6 +132,9 @@ def test_memory_and_cells_sections(report):
         assert all(v["estimate"] >= 1 for v in cells["kappa"].values())
 
 
+RATES = {"numpy_gflops": 1.0, "xla_gflops": 1.0, "limit_gflops": 1.0}  # matmul_limit, not timed
+
+
 def test_a_failing_section_keeps_what_was_measured_before_it(tmp_path, monkeypatch, capsys):
     """The report is written after every section: a crash in a later section leaves the earlier
     ones and the failure (section, error, traceback) in the JSON, and prints one line."""
@@ -138,6 +145,7 @@ def test_a_failing_section_keeps_what_was_measured_before_it(tmp_path, monkeypat
 
     monkeypatch.setattr(benchmarking, "bench_memory", lambda *a, **k: measured)
     monkeypatch.setattr(benchmarking, "bench_cells", crash)
+    monkeypatch.setattr(benchmarking, "matmul_limit", lambda size, repeats: {"size": size, **RATES})
     path = tmp_path / "partial.json"
     argv = ["bench", "--json", str(path), "--only", "cells,memory", "--repeats", "1", "--quiet"]
     assert main(argv) == 1
@@ -150,6 +158,59 @@ def test_a_failing_section_keeps_what_was_measured_before_it(tmp_path, monkeypat
     assert "RuntimeError: simulated failure" in partial["failed"]["error"]
     assert "crash" in partial["failed"]["traceback"]
     assert not list(tmp_path.glob("*.partial"))  # written atomically
+
+
+def test_settings_with_reads_each_field_as_its_type():
+    s = settings_with(QUICK, ["seeds=1,4", "ode_dt=0.125", "ode_solver=heun", "repeats=2"])
+    assert (s.seeds, s.ode_dt, s.ode_solver, s.repeats) == ((1, 4), 0.125, "heun", 2)
+    assert settings_with(QUICK, ["ode_perturbations=none"]).ode_perturbations == ()
+    assert settings_with(QUICK, ["ode_dtypes=float64"]).ode_dtypes == ("float64",)
+    for bad, words in (("steps=1.5", "integers"), ("nope=1", "NAME=VALUE"), ("steps", "NAME")):
+        with pytest.raises(ValueError, match=words):
+            settings_with(QUICK, [bad])
+    with pytest.raises(ValueError, match="multiple of record_every"):
+        settings_with(QUICK, ["steps=70"])  # validated by BenchSettings
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_benchmark_scripts_import_only_public_gflow_names():
+    """The scripts in benchmarks/ run on gflow's public API (the sliding scripts aside: they
+    have their own configuration objects)."""
+    scripts = [p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("sliding_")]
+    assert {p.stem for p in scripts} >= {"_common", "run_all", "sweep_speed", "ode_cost"}
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            private = [n for n in names if n.startswith("gflow") and "._" in n]
+            assert not private, (path.name, private)
+
+
+def test_benchmark_script_writes_the_report_of_its_section(tmp_path, monkeypatch):
+    """``benchmarks/sweep_memory.py``: its options become the settings of its one section."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    seen = {}
+
+    def fake_memory(settings, **kwargs):
+        seen["settings"] = settings
+        return {"seeds": settings.memory_seeds}
+
+    monkeypatch.setattr(benchmarking, "bench_memory", fake_memory)
+    monkeypatch.setattr(benchmarking, "matmul_limit", lambda size, repeats: {"size": size, **RATES})
+    script = importlib.import_module("sweep_memory")
+    path = tmp_path / "memory.json"
+    argv = ["--json", str(path), "--quick", "--set", "memory_seeds=3", "--quiet"]
+    assert script.run(argv) == 0
+    out = json.loads(path.read_text())
+    assert out["sections"] == ["memory"] and out["memory"] == {"seeds": 3}
+    assert out["quick"] is True and out["settings"]["memory_seeds"] == 3
+    assert seen["settings"] == settings_with(QUICK, ["memory_seeds=3"])
+    assert script.run(["--json", str(path), "--set", "memory_seeds=0", "--quiet"]) == 2
 
 
 def test_unknown_section_is_a_usage_error(tmp_path, capsys):
