@@ -11,7 +11,7 @@ Layout of a run folder::
                          timestamps, compile and per-chunk timings)
     chunks/chunk-00000/  one folder per finished chunk of runs ("members"):
         <field>.npy          observables [member, time(, neuron)] (`gflow.Observables` names)
-        status.npy           status code per member (0 ok, 1 max steps, 2 solver failed, 3 non-finite)
+        status.npy           status per member (0 ok, 1 max steps, 2 solver failed, 3 non-finite)
         num_steps.npy        solver or optimiser steps per member
         params_final.npz     final W [member, neuron, input], b, V
     summary.json         per-point numbers of `summarize` (finished, successful runs only)
@@ -48,6 +48,7 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,10 +63,8 @@ NOT_RUN_MESSAGE = "not computed: the sweep stopped before this chunk (continue i
 CHUNKS = "chunks"
 _PARTIAL = ".partial-"
 _PARAM_FIELDS = ("W", "b", "V")
-_EARLY_FRACTION = (
-    0.5  # "early" time of the final-vs-early figure: this fraction of the loss-drop time
-)
 _WINNER_SHARE = 0.9
+MIN_LOSS_FALL = 0.1  # a loss drop is a fall of at least this fraction of L(0) (`loss_drop`)
 
 
 def _mode(full: int) -> int:
@@ -297,8 +296,12 @@ class Run:
         seeds: ``[seed]`` int array.
         t: flow time of each record ``[point, time]``.
         observables: field name → array ``[point, seed, time(, neuron)]``.
-        axes: field name → axis names, e.g. ``("point", "seed", "time", "neuron")``.
+        axes: axis names of every array of ``observables`` and of ``t``, ``status`` and
+            ``num_steps``, e.g. ``axes["P"] == ("point", "seed", "time", "neuron")``.
         final_params: `Params` of arrays ``[point, seed, neuron, ...]``.
+        param_axes: axis names of ``final_params`` (``W``, ``b``, ``V``); kept apart from
+            ``axes`` because the observable ``b`` [point, seed, time, neuron] and the final
+            bias ``b`` [point, seed, neuron] share a name.
         status: ``[point, seed]`` int32 (`gflow` status codes; −1 = not computed yet).
         num_steps: ``[point, seed]`` solver or optimiser steps.
     """
@@ -313,6 +316,7 @@ class Run:
     observables: dict
     axes: dict
     final_params: Params
+    param_axes: dict
     status: np.ndarray
     num_steps: np.ndarray
 
@@ -336,6 +340,76 @@ class Run:
         return Observables(
             **{f: self.observables[f][point, seed_index] for f in Observables._fields}
         )
+
+    def seed_index(self, seed: int) -> int:
+        """Position of ``seed`` on the seed axis; ``ValueError`` if the run has no such seed."""
+        hits = np.flatnonzero(self.seeds == int(seed))
+        if hits.size == 0:
+            shown = ", ".join(str(int(s)) for s in self.seeds[:20])
+            more = ", ..." if self.seeds.size > 20 else ""
+            raise ValueError(f"seed {seed} is not in this run; its seeds are {shown}{more}.")
+        return int(hits[0])
+
+    def params_of(self, point: int, seed: int) -> Params:
+        """Final `Params` (NumPy) of the run of ``point`` (index) and ``seed`` (the seed itself).
+
+        Raises ``ValueError`` for a point or seed the run does not have, or a run that did not
+        finish cleanly (its final weights are NaN or not valid).
+        """
+        if not (isinstance(point, (int, np.integer)) and 0 <= point < len(self.points)):
+            labels = "; ".join(f"{i}: {point_label(q)}" for i, q in enumerate(self.points))
+            raise ValueError(
+                f"point must be an index in [0, {len(self.points)}) ({labels}); got {point!r}."
+            )
+        s = self.seed_index(seed)
+        if not self.ok[point, s]:
+            raise ValueError(
+                f"the run of point {point} ({point_label(self.points[point])}), seed {seed} did "
+                f"not finish cleanly: {status_text(self.status[point, s])}"
+            )
+        return Params(*(np.asarray(a[point, s]) for a in self.final_params))
+
+    def to_xarray(self):
+        """The run as an ``xarray.Dataset`` with named dimensions (needs the optional xarray).
+
+        Data variables: every observable ``[point, seed, time(, neuron)]``, ``t [point, time]``,
+        ``status`` and ``num_steps [point, seed]``, and the final weights as ``final_W``,
+        ``final_b``, ``final_V``. Coordinates: ``seed`` (the seeds), ``point`` (index) with
+        ``sigma``, ``lr``, ``momentum`` along it, and ``neuron``.
+
+        Example:
+            >>> ds = gflow.load_run("gflow-out/sweep").to_xarray()  # doctest: +SKIP
+            >>> ds.P.sel(seed=3).isel(point=0).plot.line(x="time")  # doctest: +SKIP
+        """
+        try:
+            import xarray
+        except ImportError:
+            raise ImportError(
+                "Run.to_xarray needs xarray, an optional extra of gflow: "
+                "pip install 'gflow[xarray]' (or pip install xarray)."
+            ) from None
+        arrays = {name: (self.axes[name], a) for name, a in self.observables.items()}
+        arrays.update(
+            t=(self.axes["t"], self.t),
+            status=(self.axes["status"], self.status),
+            num_steps=(self.axes["num_steps"], self.num_steps),
+        )
+        for name, a in zip(_PARAM_FIELDS, self.final_params):
+            arrays[f"final_{name}"] = (self.param_axes[name], np.asarray(a))
+
+        def column(key):
+            return [np.nan if q.get(key) is None else float(q[key]) for q in self.points]
+
+        coords = {
+            "point": np.arange(len(self.points)),
+            "seed": self.seeds,
+            "neuron": np.arange(self.final_params.W.shape[2]),
+            "sigma": ("point", column("sigma")),
+            "lr": ("point", column("lr")),
+            "momentum": ("point", column("momentum")),
+        }
+        attrs = {"path": "" if self.path is None else str(self.path), "format": FORMAT}
+        return xarray.Dataset(arrays, coords=coords, attrs=attrs)
 
 
 def status_text(code: int) -> str:
@@ -373,13 +447,10 @@ def assemble_run(
 
     observables = {f: stacked(fields[f]) for f in Observables._fields}
     axes = {name: ("point", "seed", *spec["axes"][1:]) for name, spec in layout["fields"].items()}
-    axes.update(
-        {
-            name: ("point", "seed", *spec["axes"][1:])
-            for name, spec in layout["final_params"].items()
-        }
-    )
     axes["t"] = ("point", "time")
+    param_axes = {
+        name: ("point", "seed", *spec["axes"][1:]) for name, spec in layout["final_params"].items()
+    }
     return Run(
         path=None if path is None else Path(path),
         config=dict(config),
@@ -391,6 +462,7 @@ def assemble_run(
         observables=observables,
         axes=axes,
         final_params=Params(**{k: stacked(params[k]) for k in _PARAM_FIELDS}),
+        param_axes=param_axes,
         status=stacked(fields["status"]).astype(np.int32),
         num_steps=stacked(fields["num_steps"]),
     )
@@ -412,7 +484,8 @@ def load_run(path) -> Run:
     layout = read_json(root / "axes.json", "axes and fields")
     if layout.get("format") != FORMAT:
         raise ValueError(
-            f"{root / 'axes.json'} has format {layout.get('format')!r}; this gflow reads {FORMAT!r}."
+            f"{root / 'axes.json'} has format {layout.get('format')!r}; "
+            f"this gflow reads {FORMAT!r}."
         )
     manifest = read_json(root / "manifest.json", "manifest")
     t = _load_npy(root / "t.npy")
@@ -446,13 +519,60 @@ def point_label(point: Mapping) -> str:
     return ", ".join(parts)
 
 
+class LossDrop(NamedTuple):
+    """Whether and when the loss dropped: ``time`` is None when it did not, and ``reason`` says why.
+
+    Attributes:
+        time: loss-drop time (`gflow._race.loss_drop_time`: first t with
+            L(t) ≤ L(0) − ½ (L(0) − min L)), or None.
+        reason: empty when the loss dropped; otherwise why no drop is reported.
+    """
+
+    time: float | None
+    reason: str
+
+
+def loss_drop(t, loss, *, min_fall: float = MIN_LOSS_FALL) -> LossDrop:
+    """The loss-drop time of one run, reported only when the loss did drop.
+
+    The drop time is measured against the lowest loss reached, so a loss that barely moves
+    (0.693 → 0.690) would still get one. A drop therefore needs the loss to have fallen by at
+    least ``min_fall`` of its initial value, (L(0) − min_t L) ≥ min_fall · L(0) (default 10%;
+    at a tiny initialisation o ≈ 0, so L(0) ≈ log 2, docs/theory.md §1, and the drop of §4–§5
+    takes the loss far below that).
+
+    Returns:
+        `LossDrop`: the time, or None with the reason (no finite loss; the loss never fell
+        below L(0); it fell by less than ``min_fall`` of L(0)).
+    """
+    if not 0 < min_fall < 1:
+        raise ValueError(f"min_fall must be a fraction in (0, 1); got {min_fall!r}.")
+    t = np.asarray(t, dtype=np.float64)
+    loss = np.asarray(loss, dtype=np.float64)
+    finite = np.isfinite(loss)
+    if not finite.any() or not finite[0]:
+        return LossDrop(None, "no finite loss at the start of the run")
+    l0, lowest = float(loss[0]), float(np.min(loss[finite]))
+    if not lowest < l0:
+        return LossDrop(None, f"the loss never fell below its initial value L(0) = {l0:.4g}")
+    fall = (l0 - lowest) / abs(l0) if l0 != 0 else np.inf
+    if fall < min_fall:
+        return LossDrop(
+            None,
+            f"the loss fell by only {fall:.2%} of L(0) = {l0:.4g} (lowest {lowest:.4g} by "
+            f"t = {t[-1]:.4g}); a drop is a fall of at least {min_fall:.0%}",
+        )
+    return LossDrop(loss_drop_time(t, loss), "")
+
+
 def summarize(run: Run) -> list[dict]:
     """Per-point numbers over the runs that finished cleanly (failed runs are listed, not used).
 
-    For each point: loss-drop time (`gflow._race.loss_drop_time`, half of the total decrease),
-    final loss and accuracies, balance drift max_i drift_i (docs/theory.md §2, `balance_drift`), and
-    the number of race winners (fewest neurons carrying 90% of Σ_i P_i at the end,
-    `race_winners`, docs/theory.md §5).
+    For each point: its flow time t_end (the last record) and optimiser steps, loss-drop time
+    (`loss_drop`: only for runs whose loss dropped; the others are listed under ``no_drop``
+    with the reason), final loss and accuracies, balance drift max_i drift_i
+    (docs/theory.md §2, `balance_drift`), and the number of race winners (fewest neurons
+    carrying 90% of Σ_i P_i at the end, `race_winners`, docs/theory.md §5).
     """
     obs = run.observables
     out = []
@@ -468,9 +588,13 @@ def summarize(run: Run) -> list[dict]:
             if not run.ok[p, s]
         ]
         t = run.t[p]
-        drops, drifts, winners = [], [], []
+        drops, no_drop, drifts, winners = [], [], [], []
         for s in ok:
-            drops.append(loss_drop_time(t, obs["loss"][p, s]))
+            drop = loss_drop(t, obs["loss"][p, s])
+            if drop.time is None:
+                no_drop.append({"seed": int(run.seeds[s]), "reason": drop.reason})
+            else:
+                drops.append(drop.time)
             drifts.append(float(np.max(np.asarray(balance_drift(run.observables_of(p, s))))))
             winners.append(float(race_winners(obs["P"][p, s, -1], share=_WINNER_SHARE).size))
         final = {
@@ -481,6 +605,7 @@ def summarize(run: Run) -> list[dict]:
             {
                 "point": dict(point),
                 "label": point_label(point),
+                "flow_time": float(t[-1]),
                 "seeds": len(run.seeds),
                 "ok": int(ok.size),
                 "failed": failed,
@@ -489,6 +614,7 @@ def summarize(run: Run) -> list[dict]:
                 "test_loss": final["test_loss"],
                 "test_accuracy": final["test_accuracy"],
                 "loss_drop_time": _stats(drops),
+                "no_drop": no_drop,
                 "balance_drift": _stats(drifts),
                 "race_winners": _stats(winners),
                 "num_steps": _stats(run.num_steps[p, ok]),
@@ -497,80 +623,42 @@ def summarize(run: Run) -> list[dict]:
     return out
 
 
+def unequal_flow_times(summary: list[dict]) -> str:
+    """A warning when the points of a sweep ran to different flow times (else ``""``): their final
+    numbers then compare runs at different stages of the flow."""
+    ends = sorted({round(s["flow_time"], 9) for s in summary})
+    if len(ends) < 2:
+        return ""
+    shown = ", ".join(f"{t:g}" for t in ends[:6]) + (", ..." if len(ends) > 6 else "")
+    return (
+        f"the settings ran to different flow times (t_end = {shown}): their final numbers compare "
+        "runs at different stages of the flow; sgd/gd sweeps meet at equal flow time with --t-end"
+    )
+
+
+def drop_text(s: Mapping, spec: str = ".3g") -> str:
+    """The loss-drop entry of one point's summary: ``t=143``, ``t=143 (3/4 seeds; 1 no drop)``,
+    or ``no drop: <reason>``."""
+    stats, no_drop = s["loss_drop_time"], s["no_drop"]
+    if stats["count"] == 0:
+        if not no_drop:
+            return "–"
+        reason = no_drop[0]["reason"]
+        return f"no drop ({reason})" if len(no_drop) == 1 else f"no drop in any seed ({reason})"
+    text = f"t={stats['median']:{spec}}"
+    if no_drop:
+        text += f" ({stats['count']}/{stats['count'] + len(no_drop)} seeds; {len(no_drop)} no drop)"
+    return text
+
+
 # --------------------------------------------------------------------------- figures and report
 
 
-def _early_index(t: np.ndarray, drop_median) -> tuple[int, float]:
-    """Record nearest to the early time: half the median loss-drop time (a tenth of the grid
-    when the loss never drops)."""
-    if drop_median is None:
-        i = len(t) // 10
-    else:
-        i = int(np.clip(np.searchsorted(t, _EARLY_FRACTION * drop_median), 0, len(t) - 1))
-    return i, float(t[i])
-
-
-def draw_figures(run: Run, folder, summary: list[dict] | None = None) -> dict[int, dict[str, Path]]:
-    """All figures of a run (per point: norms, cos δ, loss, final P vs early cos δ).
-
-    The cos δ_i curves measure the angle between w_i and its error vector e_i (docs/theory.md §2); the
-    final-vs-early scatter measures δ_i against the target of the neuron's current cell
-    (``cos_target``, docs/theory.md §4), at half the median loss-drop time.
-
-    Drawn from the first successful seed of a point (norms, cos δ) or all its successful seeds
-    (loss: up to 20 curves; the scatter pools every seed). Returns ``{point: {name: path}}``.
-    """
-    from . import _plots
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = summary if summary is not None else summarize(run)
-    obs = run.observables
-    multi = len(run.points) > 1
-    out: dict[int, dict[str, Path]] = {}
-    for p, point in enumerate(run.points):
-        ok = np.flatnonzero(run.ok[p])
-        if ok.size == 0:
-            continue
-        suffix = f"_p{p}" if multi else ""
-        label = point_label(point)
-        s0 = ok[0]
-        t = run.t[p]
-        seed = int(run.seeds[s0])
-        curves = ok[:20]
-        figs = {
-            "norms": _plots.plot_norms(
-                t,
-                obs["P"][p, s0],
-                folder / f"norms{suffix}.png",
-                title=f"P_i, seed {seed}, {label}",
-            ),
-            "cos_delta": _plots.plot_cos_delta(
-                t,
-                obs["cos_delta"][p, s0],
-                folder / f"cos_delta{suffix}.png",
-                title=f"cos δ_i, seed {seed}, {label}",
-            ),
-            "loss": _plots.plot_loss(
-                t,
-                obs["loss"][p, curves],
-                folder / f"loss{suffix}.png",
-                test_loss=obs["test_loss"][p, curves],
-                accuracy=obs["accuracy"][p, curves],
-                test_accuracy=obs["test_accuracy"][p, curves],
-                title=f"{label} ({curves.size} seed{'s' if curves.size > 1 else ''})",
-            ),
-        }
-        i_early, t_early = _early_index(t, summary[p]["loss_drop_time"]["median"])
-        # δ_i against the target of the neuron's current cell, as in the paper's experiments (docs/theory.md §4).
-        figs["final_vs_early"] = _plots.plot_final_vs_early(
-            obs["cos_target"][p, ok, i_early],
-            obs["P"][p, ok, -1],
-            folder / f"final_vs_early{suffix}.png",
-            t_early=t_early,
-        )
-        out[p] = figs
-    return out
+def _drop_cell(s: Mapping) -> str:
+    if s["loss_drop_time"]["count"] == 0:
+        return "no drop" if s["no_drop"] else "–"
+    text = _fmt(s["loss_drop_time"])
+    return f"{text} ({len(s['no_drop'])} no drop)" if s["no_drop"] else text
 
 
 def _fmt(stats: dict, spec: str = ".3g") -> str:
@@ -581,54 +669,102 @@ def _fmt(stats: dict, spec: str = ".3g") -> str:
     return f"{stats['median']:{spec}} [{stats['min']:{spec}}, {stats['max']:{spec}}]"
 
 
+def chunk_text(layout: Mapping) -> str:
+    """What the chunks of a plan held: ``2 chunks of 4 and 2 runs`` / ``3 chunks of 1 run``."""
+    sizes = [stop - start for start, stop in layout.get("chunks", [])]
+    if not sizes:
+        return "no chunks"
+    n = len(sizes)
+    head = f"{n} chunk{'s' if n > 1 else ''} of "
+    distinct = sorted(set(sizes), reverse=True)
+    if len(distinct) == 1:
+        return head + f"{distinct[0]} run{'s' if distinct[0] > 1 else ''}"
+    if len(distinct) == 2 and sizes.count(distinct[1]) == 1 and sizes[-1] == distinct[1]:
+        return head + f"{distinct[0]} runs (the last {distinct[1]})"
+    return head + f"{distinct[-1]} to {distinct[0]} runs"
+
+
 def report_markdown(
-    run: Run, summary: list[dict], figures: Mapping[int, Mapping[str, Path]]
+    run: Run, summary: list[dict], figures: Mapping[str, Mapping[str, Path]]
 ) -> str:
-    """The text of ``report.md``: what was run, numbers per point, failed seeds, figures."""
+    """The text of ``report.md``: what was run, numbers per point, failed seeds, figures
+    (``figures``: section title → figure name → path)."""
     cfg, man = run.config, run.manifest
     ds = man.get("dataset", {})
     invocation = (man.get("invocations") or [{}])[-1]
     timings = man.get("timings") or {}
+    ver = man.get("versions", {})
+    chunks = chunk_text(run.layout)
     lines = [
-        f"# gflow {cfg['trainer']} run: d={cfg['width']}, {len(run.points)} point(s) × {len(run.seeds)} seed(s)",
+        f"# gflow {cfg['trainer']} run: d={cfg['width']}, "
+        f"{len(run.points)} point(s) × {len(run.seeds)} seed(s)",
         "",
         f"- data: {ds.get('describe', cfg['dataset'])}",
         f"  ({ds.get('provenance', '')})",
-        f"- gflow {man.get('versions', {}).get('gflow')}, jax {man.get('versions', {}).get('jax')}, "
-        f"diffrax {man.get('versions', {}).get('diffrax')}, optax {man.get('versions', {}).get('optax')}; "
-        f"backend {man.get('backend')} × {man.get('device_count')}; dtype {cfg['dtype']}",
+        f"- gflow {ver.get('gflow')}, jax {ver.get('jax')}, diffrax {ver.get('diffrax')}, "
+        f"optax {ver.get('optax')}; backend {man.get('backend')} × {man.get('device_count')}; "
+        f"dtype {cfg['dtype']}",
         f"- command: `{' '.join(invocation.get('command', []))}`",
-        f"- started {man.get('invocations', [{}])[0].get('started')}, last invocation ended {invocation.get('ended')}",
+        f"- started {man.get('invocations', [{}])[0].get('started')}, "
+        f"last invocation ended {invocation.get('ended')}",
         f"- runs finished: {int(np.sum(run.status != NOT_RUN))} of {run.status.size}"
         f" ({int(np.sum(run.ok))} ok)",
         f"- timings: compile {timings.get('compile_seconds', 0.0):.1f} s, compute "
-        f"{timings.get('compute_seconds', 0.0):.1f} s in chunks of {run.layout.get('chunk_size')} run(s)",
-        "",
-        "## Configuration",
-        "",
-        "| key | value |",
-        "| --- | --- |",
+        f"{timings.get('compute_seconds', 0.0):.1f} s in {chunks}",
     ]
-    lines += [f"| {k} | `{v}` |" for k, v in cfg.items() if v is not None]
+    t_end = run.layout.get("t_end")
+    if t_end is not None:
+        lines.append(
+            f"- every point runs to flow time t_end = {t_end:g}: steps = t_end·(1−β)/η per point"
+        )
+    lines += ["", "## Configuration", "", "| key | value |", "| --- | --- |"]
+    for k, v in cfg.items():
+        if v is None:
+            continue
+        if k == "chunk_size":
+            lines.append(f"| {k} | `{v}` (requested; the plan made {chunks}) |")
+        elif k in ("steps", "record_every") and t_end is not None:
+            lines.append(f"| {k} | `{v}` (sets the number of records; steps per point below) |")
+        else:
+            lines.append(f"| {k} | `{v}` |")
+    warning = unequal_flow_times(summary)
     lines += [
         "",
         "## Results per point (successful seeds: median [min, max])",
         "",
-        "- loss-drop time: first t with L(t) ≤ L(0) − ½ (L(0) − min L);",
-        "- balance drift: max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) (docs/theory.md §2; ~rtol for the ODE, O(η) for GD/SGD);",
-        f"- race winners: fewest neurons whose final P_i = ‖w_i‖‖v_i‖ add up to {_WINNER_SHARE:.0%} of Σ P_i (docs/theory.md §5);",
-        "- figures: cos δ_i is the angle between w_i and its error vector e_i (docs/theory.md §2); the scatter of final P_i "
-        "takes δ_i against the target of the neuron's current cell (docs/theory.md §4) at half the median loss-drop time.",
+        "- flow time: t at the last record (t = k·η/(1−β) after k SGD/GD steps, "
+        "docs/theory.md §1);",
+        "- loss-drop time: first t with L(t) ≤ L(0) − ½ (L(0) − min L), for the runs whose loss "
+        f"fell by at least {MIN_LOSS_FALL:.0%} of L(0) (the others are listed as no drop);",
+        "- balance drift: max_i max_t |Q_i(t) − Q_i(0)| / max_t (‖w_i‖² + b_i² + ‖v_i‖²) "
+        "(docs/theory.md §2; ~rtol for the ODE, O(η) for GD/SGD);",
+        f"- race winners: fewest neurons whose final P_i = ‖w_i‖‖v_i‖ add up to "
+        f"{_WINNER_SHARE:.0%} of Σ P_i (docs/theory.md §5);",
+        "- figures: cos δ_i is the angle between w_i and its error vector e_i (docs/theory.md §2); "
+        "the scatter of final P_i takes δ_i against the target of the neuron's current cell "
+        "(docs/theory.md §4) at half the median loss-drop time.",
         "",
-        "| point | ok / seeds | final loss | train acc | test acc | loss-drop t | balance drift | race winners | steps |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    if warning:
+        lines += [f"**Note:** {warning}.", ""]
+    lines += [
+        "| point | flow time | ok / seeds | final loss | train acc | test acc | loss-drop t "
+        "| balance drift | race winners | steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summary:
         lines.append(
-            f"| {s['label']} | {s['ok']} / {s['seeds']} | {_fmt(s['final_loss'])} | {_fmt(s['train_accuracy'])} | "
-            f"{_fmt(s['test_accuracy'])} | {_fmt(s['loss_drop_time'])} | {_fmt(s['balance_drift'], '.2e')} | "
-            f"{_fmt(s['race_winners'], '.0f')} | {_fmt(s['num_steps'], '.0f')} |"
+            f"| {s['label']} | {s['flow_time']:.4g} | {s['ok']} / {s['seeds']} "
+            f"| {_fmt(s['final_loss'])} | {_fmt(s['train_accuracy'])} "
+            f"| {_fmt(s['test_accuracy'])} | {_drop_cell(s)} | {_fmt(s['balance_drift'], '.2e')} "
+            f"| {_fmt(s['race_winners'], '.0f')} | {_fmt(s['num_steps'], '.0f')} |"
         )
+    no_drop = [(s["label"], f) for s in summary for f in s["no_drop"]]
+    if no_drop:
+        lines += ["", "Runs whose loss did not drop:", ""]
+        lines += [f"- {label}, seed {f['seed']}: {f['reason']}" for label, f in no_drop[:50]]
+        if len(no_drop) > 50:
+            lines.append(f"- … {len(no_drop) - 50} more in summary.json")
     failures = [(s["label"], f) for s in summary for f in s["failed"]]
     lines += ["", "## Status per seed", ""]
     if not failures:
@@ -655,8 +791,8 @@ def report_markdown(
     if not figures:
         lines.append("No figures: no run finished cleanly.")
     root = run.path
-    for p, figs in figures.items():
-        lines += [f"### {point_label(run.points[p])}", ""]
+    for section, figs in figures.items():
+        lines += [f"### {section}", ""]
         for name, path in figs.items():
             rel = Path(path).relative_to(root) if root is not None else Path(path)
             lines.append(f"![{name}]({rel.as_posix()})")
@@ -664,20 +800,10 @@ def report_markdown(
     lines += [
         "## Files",
         "",
-        "`chunks/chunk-NNNNN/<field>.npy` hold the observables [member, time(, neuron)], members in "
-        "point-major order (see `axes.json`); `t.npy` the flow times [point, time]; "
-        "`params_final.npz` the final weights. Load everything with `gflow.load_run(path)`.",
+        "`chunks/chunk-NNNNN/<field>.npy` hold the observables [member, time(, neuron)], members "
+        "in point-major order (see `axes.json`); `t.npy` the flow times [point, time]; "
+        "`params_final.npz` the final weights. Load everything with `gflow.load_run(path)` "
+        "(`.to_xarray()` for an xarray Dataset).",
         "",
     ]
     return "\n".join(lines)
-
-
-def write_outputs(run: Run) -> dict:
-    """Write ``summary.json``, the figures and ``report.md`` of a run folder; returns the paths."""
-    if run.path is None:
-        raise ValueError("write_outputs needs a run with a folder (run.path is None).")
-    summary = summarize(run)
-    write_json_atomic(run.path / "summary.json", {"points": summary, "complete": run.complete})
-    figures = draw_figures(run, run.path / "figures", summary)
-    report = write_text_atomic(run.path / "report.md", report_markdown(run, summary, figures))
-    return {"summary": run.path / "summary.json", "report": report, "figures": figures}

@@ -94,6 +94,8 @@ class SweepPlan:
         chunk_size: members per compiled call (a multiple of the device count).
         chunks: ``[start, stop)`` member ranges.
         t: flow time of every record ``[point, time]`` (float64).
+        t_end: sgd/gd runs to a common flow time (`steps_to_flow_time`), or None.
+        sgd_configs: with ``t_end``, the `SGDConfig` of each point (its own step count).
     """
 
     config: RunConfig
@@ -102,10 +104,16 @@ class SweepPlan:
     chunk_size: int
     chunks: list
     t: np.ndarray
+    t_end: float | None = None
+    sgd_configs: tuple | None = None
 
     @property
     def num_members(self) -> int:
         return len(self.points) * len(self.seeds)
+
+    def point_of_chunk(self, index: int) -> int:
+        """The point of chunk ``index``'s first member."""
+        return self.chunks[index][0] // len(self.seeds)
 
     def member_inputs(self) -> dict[str, np.ndarray]:
         """Per-member seed, σ, η, β (η, β are 0 for the flow, where they are unused)."""
@@ -123,28 +131,93 @@ class SweepPlan:
         }
 
 
+def steps_to_flow_time(t_end: float, learning_rate: float, momentum: float, intervals: int) -> int:
+    """Optimiser steps k that bring SGD/GD with (η, β) to flow time ``t_end`` (docs/theory.md §1):
+
+        k = t_end·(1−β)/η, rounded to the nearest positive multiple of ``intervals``
+
+    (the number of record intervals, so every point has the same number of records); the flow
+    time reached, `gflow.flow_time` (k, η, β), is within ½·intervals·η/(1−β) of ``t_end``.
+    """
+    if not (t_end > 0 and math.isfinite(t_end)):
+        raise ValueError(f"t_end must be a finite flow time > 0; got {t_end!r}.")
+    exact = t_end * (1.0 - momentum) / learning_rate
+    return intervals * max(1, int(round(exact / intervals)))
+
+
 def plan_sweep(
-    config: RunConfig, dataset: Dataset, *, num_devices: int = 1, chunk_size: int | None = None
+    config: RunConfig,
+    dataset: Dataset,
+    *,
+    num_devices: int = 1,
+    chunk_size: int | None = None,
+    t_end: float | None = None,
 ) -> SweepPlan:
     """Lay out the members of ``config`` on ``dataset`` (validates batch ≤ N, epochs → steps).
 
     ``chunk_size`` (default ``config.chunk_size``) is rounded up to a multiple of
     ``num_devices``, and never exceeds the member count rounded up the same way.
+
+    ``t_end`` (sgd/gd only) runs every point to the same flow time: point (η, β) takes
+    `steps_to_flow_time` steps, keeping the configuration's number of records
+    (steps / record_every); each step count is its own compiled program, so chunks then never
+    straddle two points.
     """
     points = config.points()
-    members = len(points) * len(config.seeds)
+    n_seeds = len(config.seeds)
+    members = len(points) * n_seeds
     requested = config.chunk_size if chunk_size is None else chunk_size
-    size = min(requested, members)
-    size = num_devices * math.ceil(size / num_devices)
-    chunks = [[start, min(start + size, members)] for start in range(0, members, size)]
     if config.trainer == "flow":
+        if t_end is not None:
+            raise ValueError(
+                "t_end here is for sgd/gd sweeps; the flow's end time is RunConfig.t_end."
+            )
         t = np.tile(config.save_times(), (len(points), 1))
+        sgd_configs = None
     else:
         sgd = config.sgd_config(dataset.n_samples)
-        k = np.arange(sgd.num_records, dtype=np.float64) * sgd.record_every
-        t = np.stack([flow_time(k, p["lr"], p["momentum"]) for p in points])
+        if t_end is None:
+            k = np.arange(sgd.num_records, dtype=np.float64) * sgd.record_every
+            t = np.stack([flow_time(k, p["lr"], p["momentum"]) for p in points])
+            sgd_configs = None
+        else:
+            intervals = sgd.num_records - 1
+            sgd_configs = []
+            for p in points:
+                steps = steps_to_flow_time(t_end, p["lr"], p["momentum"], intervals)
+                sgd_configs.append(
+                    dataclasses.replace(sgd, steps=steps, record_every=steps // intervals)
+                )
+            t = np.stack(
+                [
+                    flow_time(
+                        np.arange(c.num_records, dtype=np.float64) * c.record_every,
+                        p["lr"],
+                        p["momentum"],
+                    )
+                    for c, p in zip(sgd_configs, points)
+                ]
+            )
+            sgd_configs = tuple(sgd_configs)
+    if sgd_configs is None:
+        size = num_devices * math.ceil(min(requested, members) / num_devices)
+        chunks = [[start, min(start + size, members)] for start in range(0, members, size)]
+    else:  # one program per point: chunks within points
+        size = num_devices * math.ceil(min(requested, n_seeds) / num_devices)
+        chunks = [
+            [start, min(start + size, (p + 1) * n_seeds)]
+            for p in range(len(points))
+            for start in range(p * n_seeds, (p + 1) * n_seeds, size)
+        ]
     return SweepPlan(
-        config=config, points=points, seeds=config.seeds, chunk_size=size, chunks=chunks, t=t
+        config=config,
+        points=points,
+        seeds=config.seeds,
+        chunk_size=size,
+        chunks=chunks,
+        t=t,
+        t_end=None if t_end is None else float(t_end),
+        sgd_configs=sgd_configs,
     )
 
 
@@ -166,7 +239,11 @@ class MemberSpec:
     save_times: tuple | None = None
 
     @classmethod
-    def of(cls, config: RunConfig, n_samples: int, dim: int) -> MemberSpec:
+    def of(
+        cls, config: RunConfig, n_samples: int, dim: int, sgd: SGDConfig | None = None
+    ) -> MemberSpec:
+        """The spec of ``config``'s members (``sgd`` replaces its `SGDConfig`, e.g. one point's
+        step count under a common flow time)."""
         common = dict(
             trainer=config.trainer,
             width=config.width,
@@ -178,7 +255,7 @@ class MemberSpec:
             return cls(
                 **common, flow=config.flow_config(), save_times=tuple(config.save_times().tolist())
             )
-        return cls(**common, sgd=config.sgd_config(n_samples))
+        return cls(**common, sgd=sgd if sgd is not None else config.sgd_config(n_samples))
 
 
 def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
@@ -355,6 +432,11 @@ def _layout(plan: SweepPlan, out_shapes, dim: int) -> dict:
         "b": spec(params.b, ("member", "neuron")),
         "V": spec(params.V, ("member", "neuron", "output")),
     }
+    common_time = (
+        {}
+        if plan.sgd_configs is None
+        else {"t_end": plan.t_end, "steps": [c.steps for c in plan.sgd_configs]}
+    )
     return {
         "format": _runs.FORMAT,
         "trainer": plan.config.trainer,
@@ -363,6 +445,7 @@ def _layout(plan: SweepPlan, out_shapes, dim: int) -> dict:
         "member_order": "point-major: member m = point * len(seeds) + seed_index",
         "chunk_size": plan.chunk_size,
         "chunks": plan.chunks,
+        **common_time,
         "width": plan.config.width,
         "dim": dim,
         "time": {
@@ -404,14 +487,16 @@ def _open_folder(
         diff = config_differences(stored, config.to_dict())
         if diff:
             raise ValueError(
-                f"cannot resume {folder}: it was made with a different configuration ({'; '.join(diff)})."
+                f"cannot resume {folder}: it was made with a different configuration "
+                f"({'; '.join(diff)})."
             )
         manifest = _runs.read_json(folder / "manifest.json", "manifest")
         layout = _runs.read_json(folder / "axes.json", "axes and fields")
         before = manifest.get("dataset", {}).get("fingerprint")
         if before != dataset_record["fingerprint"]:
             raise ValueError(
-                f"cannot resume {folder}: it was made with different data ({manifest.get('dataset', {}).get('describe')})."
+                f"cannot resume {folder}: it was made with different data "
+                f"({manifest.get('dataset', {}).get('describe')})."
             )
         _runs.create_run_folder(folder)
         _runs.remove_partial_chunks(folder)
@@ -429,6 +514,7 @@ def sweep(
     progress: bool = False,
     command: Sequence[str] | None = None,
     report: bool = True,
+    t_end: float | None = None,
 ) -> _runs.Run:
     """Run every point × seed of ``config`` on ``dataset``; stream chunks to ``out`` if given.
 
@@ -443,6 +529,10 @@ def sweep(
         progress: show a progress bar on stderr.
         command: command line recorded in the manifest (default ``sys.argv``).
         report: with ``out``, write ``summary.json``, the figures and ``report.md`` at the end.
+        t_end: sgd/gd only: run every point to this flow time, with
+            steps = t_end·(1−β)/η per point (`steps_to_flow_time`; docs/theory.md §1), so that
+            settings with different η or β are compared at equal flow time. The number of
+            records is the configuration's steps / record_every.
 
     Returns:
         The `gflow._runs.Run` (read back from ``out`` when given).
@@ -451,10 +541,8 @@ def sweep(
         raise ValueError(f"config must be a gflow RunConfig; got {type(config).__name__}.")
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a gflow Dataset; got {type(dataset).__name__}.")
-    if config.trainer != "flow":
-        config.num_steps(
-            dataset.n_samples
-        )  # batch <= N, epochs -> steps: fail before any file or compile
+    # batch <= N, epochs -> steps, t_end: fail before any file or compile
+    plan_sweep(config, dataset, t_end=t_end)
     record = _dataset_record(dataset)
     # Only process 0 touches the folder (several processes in a multi-host sweep); the others
     # learn from it which chunk size to use and which chunks are done.
@@ -466,24 +554,44 @@ def sweep(
             folder, manifest, stored_layout = _open_folder(out, config, record, resume)
     mesh = device_mesh(devices)
     n_devices = mesh.devices.size
+    if stored_layout is not None and stored_layout.get("t_end") != t_end:
+        raise ValueError(
+            f"cannot resume {folder}: it was made with t_end {stored_layout.get('t_end')} "
+            f"(sgd/gd common flow time), not {t_end}."
+        )
     stored_chunk = int(_agree(stored_layout["chunk_size"] if stored_layout is not None else 0))
-    plan = plan_sweep(config, dataset, num_devices=n_devices)
+    plan = plan_sweep(config, dataset, num_devices=n_devices, t_end=t_end)
     if stored_chunk:
         if stored_chunk % n_devices:
             raise ValueError(
                 f"cannot resume {folder}: its chunks hold {stored_chunk} runs, not a multiple "
                 f"of the {n_devices} devices now in use."
             )
-        plan = plan_sweep(config, dataset, num_devices=n_devices, chunk_size=stored_chunk)
+        plan = plan_sweep(
+            config, dataset, num_devices=n_devices, chunk_size=stored_chunk, t_end=t_end
+        )
 
     data = training_data(dataset, config.dtype)
-    program = _Program(
-        MemberSpec.of(config, dataset.n_samples, dataset.dim), data, mesh, plan.chunk_size
-    )
-    layout = _layout(plan, program.out_shapes, dataset.dim)
+    # One program per distinct member spec: one in all, or one per step count under t_end.
+    specs = [
+        MemberSpec.of(
+            config,
+            dataset.n_samples,
+            dataset.dim,
+            None if plan.sgd_configs is None else plan.sgd_configs[p],
+        )
+        for p in range(len(plan.points))
+    ]
+    programs: dict[MemberSpec, _Program] = {}
+    for spec in specs:
+        if spec not in programs:
+            programs[spec] = _Program(spec, data, mesh, plan.chunk_size)
+    program_of_chunk = [programs[specs[plan.point_of_chunk(i)]] for i in range(len(plan.chunks))]
+    layout = _layout(plan, program_of_chunk[0].out_shapes, dataset.dim)
     if stored_layout is not None and stored_layout != json_roundtrip(layout):
         raise ValueError(
-            f"cannot resume {folder}: its axes.json describes a different layout than this gflow makes."
+            f"cannot resume {folder}: its axes.json describes a different layout than this "
+            "gflow makes."
         )
     finished = np.zeros(len(plan.chunks), bool)
     if folder is not None and writer:
@@ -519,8 +627,9 @@ def sweep(
     if progress:
         where = f" → {folder}" if folder is not None else ""
         print(
-            f"gflow {config.trainer}: {dataset.describe()}; d={config.width}; {len(plan.points)} point(s) × "
-            f"{len(plan.seeds)} seed(s) in {len(plan.chunks)} chunk(s) of {plan.chunk_size} on {n_devices} "
+            f"gflow {config.trainer}: {dataset.describe()}; d={config.width}; "
+            f"{len(plan.points)} point(s) × {len(plan.seeds)} seed(s) in "
+            f"{_runs.chunk_text({'chunks': plan.chunks})} on {n_devices} "
             f"{jax.default_backend()} device(s){where}",
             file=sys.stderr,
         )
@@ -528,16 +637,23 @@ def sweep(
     in_memory: dict[int, tuple] = {}
     try:
         if pending:
-            bar.note("compiling (one program for all chunks)")
-            program.compile()
-            log.invocation["compile_seconds"] = program.compile_seconds
+            needed = list(dict.fromkeys(program_of_chunk[i] for i in pending))
+            bar.note(
+                "compiling (one program for all chunks)"
+                if len(programs) == 1
+                else f"compiling ({len(needed)} programs: one per step count)"
+            )
+            for program in needed:
+                program.compile()
+            log.invocation["compile_seconds"] = sum(p.compile_seconds for p in needed)
             bar.note("")
             bar.start()
         for i in pending:
             start, stop = plan.chunks[i]
             begun = time.perf_counter()
             arrays, params = _split_outputs(
-                program(_chunk_columns(inputs, start, stop, plan.chunk_size)), stop - start
+                program_of_chunk[i](_chunk_columns(inputs, start, stop, plan.chunk_size)),
+                stop - start,
             )
             if folder is None:
                 in_memory[i] = (arrays, params)
@@ -562,7 +678,9 @@ def sweep(
         )
     run = _runs.load_run(folder)
     if writer and report:
-        _runs.write_outputs(run)
+        from . import _plots  # matplotlib is imported only when figures are drawn
+
+        _plots.write_outputs(run)
     return run
 
 

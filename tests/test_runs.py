@@ -16,8 +16,8 @@ import pytest
 import gflow
 from gflow._config import RunConfig
 from gflow._observables import Observables
-from gflow._runs import NOT_RUN, load_run, summarize
-from gflow._sweep import sweep
+from gflow._runs import NOT_RUN, load_run, loss_drop, summarize
+from gflow._sweep import steps_to_flow_time, sweep
 from gflow._trajectory import MAX_STEPS_REACHED, OK
 
 # Two learning rates × three seeds = 6 runs in chunks of 4: the second chunk is padded and the
@@ -56,8 +56,16 @@ def test_load_run_round_trip(sgd_folder, clusters):
     assert run.complete and np.all(run.status == OK)
     assert run.axes["P"] == ("point", "seed", "time", "neuron")
     assert run.axes["loss"] == ("point", "seed", "time")
-    assert run.axes["W"] == ("point", "seed", "neuron", "input")
+    assert run.param_axes["W"] == ("point", "seed", "neuron", "input")
     assert run.observables["P"].shape == (2, 3, 11, 8)
+    # Every array's axis names match its shape: one name per axis, each name one size.
+    size = {"point": 2, "seed": 3, "time": 11, "neuron": 8, "input": 8, "output": 2}
+    arrays = {**run.observables, "t": run.t, "status": run.status, "num_steps": run.num_steps}
+    assert set(run.axes) == set(arrays)
+    for name, a in arrays.items():
+        assert a.shape == tuple(size[axis] for axis in run.axes[name]), name
+    for name, a in zip("WbV", run.final_params):
+        assert a.shape == tuple(size[axis] for axis in run.param_axes[name]), name
     assert run.final_params.W.shape == (2, 3, 8, 8) and run.final_params.V.shape == (2, 3, 8, 2)
     # Same configuration, same numbers: bitwise, field by field (determinism).
     for field in Observables._fields:
@@ -102,7 +110,8 @@ def test_run_folder_files_are_standard(sgd_folder):
     # The report shows every figure it links, and the per-point numbers.
     report = (sgd_folder / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(links) == 8 and all((sgd_folder / link).is_file() for link in links)
+    # 4 figures per point and the settings figure of the sweep
+    assert len(links) == 9 and all((sgd_folder / link).is_file() for link in links)
     assert "loss-drop time" in report and "balance drift" in report and "race winners" in report
     summary = json.loads((sgd_folder / "summary.json").read_text())
     assert [p["ok"] for p in summary["points"]] == [3, 3]
@@ -150,7 +159,8 @@ def test_vmapped_sweep_equals_python_loop_over_seeds(clusters):
 def test_flow_sweep_marks_failed_solves_and_keeps_the_rest(clusters):
     """σ = 1e-3 needs ~1000 solver steps on this problem, σ = 0.3 under 100: with max_steps = 300
     the small-σ runs stop (MAX_STEPS_REACHED) inside the same vmapped batch as the large-σ runs,
-    which finish, conserve the balance Q_i (docs/theory.md §2) and equal a sweep of σ = 0.3 alone."""
+    which finish, conserve the balance Q_i (docs/theory.md §2) and equal a sweep of σ = 0.3
+    alone."""
     flow = dict(
         trainer="flow",
         dataset="clusters",
@@ -208,5 +218,74 @@ def test_figures_command_redraws_a_run_folder(sgd_folder, capsys):
     report.unlink()
     assert main(["figures", str(sgd_folder), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "8 figure(s), 6 of 6 run(s) on disk (6 ok)" in out
+    assert "9 figure(s), 6 of 6 run(s) on disk (6 ok)" in out
     assert report.is_file() and "![norms](figures/norms_p0.png)" in report.read_text()
+
+
+def test_loss_drop_is_reported_only_when_the_loss_dropped():
+    """A flat loss, or one that moves by a fraction of a percent (0.693 → 0.690, where the
+    half-way time of the "total decrease" would still exist), has no drop, with the reason; a
+    real drop is found at the half-way time of its closed form."""
+    t = np.linspace(0.0, 100.0, 101)
+    flat = loss_drop(t, np.full(t.size, np.log(2.0)))
+    assert flat.time is None and "never fell below" in flat.reason
+    creep = np.log(2.0) - 0.003 * t / t[-1]
+    small = loss_drop(t, creep)
+    assert small.time is None and "fell by only 0.43% of L(0)" in small.reason
+    # L(t) = L0 − A·s(t), s a logistic step from 0 to 1 centred at t = 40.5: L has fallen by
+    # half of its total decrease once s ≥ ½, first at the record t = 41 (s(40) ≈ 0.46).
+    step = 1.0 / (1.0 + np.exp(-(t - 40.5) / 3.0))
+    drop = loss_drop(t, np.log(2.0) - 0.6 * (step - step[0]) / (step[-1] - step[0]))
+    assert drop.time == 41.0 and drop.reason == ""
+    assert loss_drop(t, np.full(t.size, np.nan)).time is None
+    with pytest.raises(ValueError, match="min_fall"):
+        loss_drop(t, creep, min_fall=0.0)
+
+
+def test_steps_to_flow_time_meets_the_flow_clock():
+    """k = t·(1−β)/η to the nearest multiple of the record intervals R, so flow_time(k, η, β)
+    (docs/theory.md §1) is within R·η/(2(1−β)) of t, and exact when t·(1−β)/η is a multiple."""
+    assert steps_to_flow_time(300.0, 0.01, 0.9, 300) == 3000
+    for t_end, lr, beta, R in [(300.0, 0.013, 0.9, 30), (77.0, 0.05, 0.0, 10), (5.0, 0.3, 0.5, 8)]:
+        k = steps_to_flow_time(t_end, lr, beta, R)
+        assert k % R == 0 and k >= R
+        assert abs(gflow.flow_time(k, lr, beta) - t_end) <= R * lr / (1 - beta) / 2 + 1e-12
+    with pytest.raises(ValueError, match="t_end"):
+        steps_to_flow_time(-1.0, 0.01, 0.9, 10)
+
+
+def test_sweep_to_a_common_flow_time(tmp_path, capsys):
+    """`gflow sweep --t-end` runs every learning rate to the same flow time (steps =
+    t·(1−β)/η each), says so per setting, reports no drop with the reason when the loss has not
+    dropped yet, and its report says what the chunks held."""
+    from gflow._cli import main
+
+    out = tmp_path / "t_end"
+    args = ["sweep", "--dataset", "clusters", "--n-per-class", "32", "--width", "8"]
+    args += ["--sigma", "1e-3", "--lr", "0.05,0.1", "--momentum", "0.9", "--batch", "8"]
+    args += ["--t-end", "20", "--save-points", "5", "--seeds", "0:2", "--dtype", "float64"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    run = load_run(out)
+    # 20·(1−0.9)/η = 40 and 20 steps: both multiples of the 4 record intervals, so exact.
+    assert run.num_steps.tolist() == [[40, 40], [20, 20]]
+    np.testing.assert_allclose(run.t[:, -1], [20.0, 20.0], rtol=1e-12)
+    np.testing.assert_allclose(run.t[0], gflow.flow_time(np.arange(5) * 10, 0.05, 0.9))
+    assert run.layout["t_end"] == 20.0 and run.layout["steps"] == [40, 20]
+    assert printed.count("(t = 0..20, ") == 2 and "different flow times" not in printed
+    # At t = 20 the loss of σ = 1e-3 has not dropped yet: no drop, with the reason.
+    assert printed.count("loss drop no drop in any seed (the loss fell by only") == 2
+    report = (out / "report.md").read_text()
+    assert "in 2 chunks of 2 runs" in report
+    assert "| chunk_size | `16` (requested; the plan made 2 chunks of 2 runs) |" in report
+    # --t-end sets the steps: a step count as well is refused with one line.
+    assert main([*args, "--steps", "100", "--out", str(tmp_path / "x")]) == 2
+    assert "--t-end sets the steps" in capsys.readouterr().err
+
+
+def test_report_warns_when_settings_end_at_different_flow_times(sgd_folder):
+    """A fixed step count runs η = 0.05 and 0.1 to t = 150 and 300: the report says so."""
+    report = (sgd_folder / "report.md").read_text()
+    assert "different flow times (t_end = 150, 300)" in report
+    assert "| σ=0.001, η=0.05, β=0.9 | 150 |" in report
+    assert "in 2 chunks of 4 runs (the last 2)" in report

@@ -16,7 +16,8 @@ recomputed; runs that failed or were not computed yet are left out of the number
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from gflow._runs import load_run, write_outputs
+    from gflow._plots import write_outputs
+    from gflow._runs import load_run
 
     run = load_run(args.folder)
     paths = write_outputs(run)
@@ -27,7 +28,8 @@ def _handle(args: argparse.Namespace) -> int:
                 print(path)
     done = int((run.status >= 0).sum())
     print(
-        f"{count} figure(s), {done} of {run.status.size} run(s) on disk ({int(run.ok.sum())} ok); report: {paths['report']}"
+        f"{count} figure(s), {done} of {run.status.size} run(s) on disk "
+        f"({int(run.ok.sum())} ok); report: {paths['report']}"
     )
     return EXIT_OK
 
@@ -36,8 +38,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "figures",
         help="re-draw the figures and report of a run folder",
-        description="Re-draw the figures (norms P_i, cos δ_i, loss and accuracy, final P_i against early "
-        "cos δ_i), summary.json and report.md of a run folder written by gflow run or gflow sweep.",
+        description="Re-draw the figures (norms P_i per seed, cos δ_i, loss and accuracy, final "
+        "P_i against early cos δ_i, and for a sweep loss-drop time and final loss against the "
+        "swept parameter), summary.json and report.md of a run folder written by gflow run or "
+        "gflow sweep.",
         epilog=FIGURES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

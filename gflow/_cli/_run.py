@@ -34,9 +34,10 @@ config file (TOML; keys are the long options with _ for -, flags override the fi
 """
 
 RUN_EPILOG = f"""examples:
-  gflow run                                   # SGD (batch 4, momentum 0.9) on the embedded MNIST digits
+  gflow run                                   # SGD (B=4, β=0.9) on the embedded MNIST digits
   gflow run --trainer flow --t-end 200 --rtol 1e-4 --out runs/ode
   gflow run --trainer gd --lr 0.05 --steps 6000 --record-every 20 --seed 3
+  gflow run --lr 0.02 --t-end 250             # SGD to flow time 250: steps = t(1−β)/η
   gflow run --dataset clusters --n-per-class 50 --width 16 --sigma 1e-3 --steps 600 --quiet
   gflow run --config my.toml --lr 0.02         # the file, with the learning rate replaced
   gflow figures runs/ode                      # re-draw the figures and report of a run folder
@@ -107,7 +108,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         "--sigma",
         type=number,
         metavar="S",
-        help=f"init scale σ: W, V ~ N(0, σ²), b = 0 (default {COMMON_DEFAULTS['sigma'][0]:g}){many}",
+        help="init scale σ: W, V ~ N(0, σ²), b = 0 "
+        f"(default {COMMON_DEFAULTS['sigma'][0]:g}){many}",
     )
     model.add_argument(
         "--orthogonal-init",
@@ -126,7 +128,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         "--momentum",
         type=number,
         metavar="BETA",
-        help=f"momentum β in [0, 1) (default {sgd['momentum'][0]:g} sgd, {gd['momentum'][0]:g} gd){many}",
+        help=f"momentum β in [0, 1) (default {sgd['momentum'][0]:g} sgd, "
+        f"{gd['momentum'][0]:g} gd){many}",
     )
     disc.add_argument(
         "--batch",
@@ -138,7 +141,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         "--steps",
         type=_integer,
         metavar="K",
-        help=f"optimiser steps (default {sgd['steps']}: flow time t = Kη/(1−β) = 300 with the defaults)",
+        help=f"optimiser steps (default {sgd['steps']}: flow time t = Kη/(1−β) = 300 with the "
+        "defaults); or --t-end",
     )
     disc.add_argument(
         "--epochs", type=_integer, metavar="E", help="run length in epochs instead of --steps"
@@ -147,17 +151,22 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         "--record-every",
         type=_integer,
         metavar="R",
-        help=f"record observables every R steps; R must divide the steps (default {sgd['record_every']})",
+        help="record observables every R steps; R must divide the steps "
+        f"(default {sgd['record_every']})",
     )
-    ode = parser.add_argument_group("flow")
+    ode = parser.add_argument_group("flow (--t-end and --save-points also sgd and gd)")
     ode.add_argument(
-        "--t-end", type=_real, metavar="T", help=f"final flow time (default {flow['t_end']:g})"
+        "--t-end",
+        type=_real,
+        metavar="T",
+        help=f"final flow time (default {flow['t_end']:g}); for sgd/gd, every point runs to "
+        "flow time T: steps = T(1−β)/η each, so settings meet at equal flow time",
     )
     ode.add_argument(
         "--save-points",
         type=_integer,
         metavar="N",
-        help=f"records on linspace(0, T, N) (default {flow['save_points']})",
+        help=f"records on linspace(0, T, N) (default {flow['save_points']}; sgd/gd: with --t-end)",
     )
     ode.add_argument(
         "--t-grid",
@@ -168,8 +177,9 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
     ode.add_argument(
         "--solver",
         metavar="NAME",
-        help="tsit5 (default), dopri5, dopri8, bosh3, heun, ralston, midpoint, euler; or the implicit "
-        "gauss1 (midpoint) / gauss2, which conserve the balance Q_i for any step; or sliding, the "
+        help="tsit5 (default), dopri5, dopri8, bosh3, heun, ralston, midpoint, euler; or the "
+        "implicit gauss1 (midpoint) / gauss2, which conserve the balance Q_i for any step; or "
+        "sliding, the "
         "sliding-mode integrator of the nonsmooth flow (constant steps --dt0; docs/theory.md §8)",
     )
     ode.add_argument(
@@ -201,8 +211,9 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
             "--chunk-size",
             type=_integer,
             metavar="C",
-            help=f"runs per compiled batch; bounds memory (default {COMMON_DEFAULTS['chunk_size']}, "
-            "rounded up to a multiple of the device count)",
+            help="runs per compiled batch; bounds memory "
+            f"(default {COMMON_DEFAULTS['chunk_size']}, rounded up to a multiple of the device "
+            "count)",
         )
     else:
         runs.add_argument(
@@ -215,7 +226,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last finished chunk (refused if the configuration differs)",
+        help="continue the run in --out from its last finished chunk (refused if the "
+        "configuration differs)",
     )
 
 
@@ -228,7 +240,17 @@ def suppress_defaults(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace, *, sweep: bool):
     """The `RunConfig` of a command line: the --config file, then the flags on top."""
-    from gflow._config import RunConfig, keys, read_config_file
+    return resolve_run(args, sweep=sweep)[0]
+
+
+def resolve_run(args: argparse.Namespace, *, sweep: bool):
+    """``(RunConfig, t_end)``: the --config file, then the flags on top.
+
+    For sgd/gd, ``t_end`` (flag or file key) is not a RunConfig key but the common flow time of
+    every point (`gflow._sweep.steps_to_flow_time`); ``--save-points N`` then sets the number
+    of records (N − 1 intervals, default as for the flow), and --steps/--epochs are refused.
+    """
+    from gflow._config import TRAINER_DEFAULTS, RunConfig, keys, read_config_file
 
     values: dict = {}
     source = "the command line"
@@ -239,13 +261,32 @@ def resolve_config(args: argparse.Namespace, *, sweep: bool):
     if not sweep and "seed" in vars(args):
         flags["seeds"] = args.seed
     values.update(flags)
+    t_end = None
+    if values.get("trainer", "sgd") in ("sgd", "gd") and values.get("t_end") is not None:
+        t_end = values.pop("t_end")
+        given = [k for k in ("steps", "epochs", "record_every") if values.get(k) is not None]
+        if given:
+            flags_given = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise UsageError(
+                f"--t-end sets the steps of every point (t·(1−β)/η) and --save-points the "
+                f"records; drop {flags_given}."
+            )
+        if not (isinstance(t_end, (int, float)) and t_end > 0):
+            raise UsageError(f"--t-end must be a flow time > 0; got {t_end!r}")
+        points = values.pop("save_points", None)
+        if points is None:
+            points = TRAINER_DEFAULTS["flow"]["save_points"]
+        if not (isinstance(points, int) and points >= 2):
+            raise UsageError(f"--save-points must be an integer >= 2; got {points!r}")
+        values.update(steps=points - 1, record_every=1)  # the record grid; steps per point follow
     config = RunConfig.from_mapping(values, source=source)
     if not sweep and (len(config.points()) > 1 or len(config.seeds) > 1):
         raise UsageError(
-            f"gflow run simulates one configuration: sigma, lr, momentum and seeds take one value each "
-            f"(got {len(config.points())} points × {len(config.seeds)} seeds); use gflow sweep for lists."
+            "gflow run simulates one configuration: sigma, lr, momentum and seeds take one value "
+            f"each (got {len(config.points())} points × {len(config.seeds)} seeds); use gflow "
+            "sweep for lists."
         )
-    return config
+    return config, t_end
 
 
 def _fresh_folder(base: str, resume: bool) -> Path:
@@ -262,6 +303,8 @@ def _fresh_folder(base: str, resume: bool) -> Path:
 
 
 def _summary_lines(run, folder: Path, summary: list[dict]) -> list[str]:
+    from gflow._runs import drop_text, unequal_flow_times
+
     total, ok = run.status.size, int(run.ok.sum())
     lines = [f"{total} run(s), {ok} ok  →  {folder}"]
     for s in summary:
@@ -271,14 +314,19 @@ def _summary_lines(run, folder: Path, summary: list[dict]) -> list[str]:
             return "–" if value is None else format(value, spec)
 
         lines.append(
-            f"  {s['label']}: {s['ok']}/{s['seeds']} ok | final loss {med('final_loss')} | train acc "
-            f"{med('train_accuracy')} | test acc {med('test_accuracy')} | loss drop at t={med('loss_drop_time')} | "
-            f"balance drift {med('balance_drift', '.1e')} | race winners {med('race_winners', '.0f')}"
+            f"  {s['label']} (t = 0..{s['flow_time']:.4g}, {med('num_steps', '.0f')} steps): "
+            f"{s['ok']}/{s['seeds']} ok | final loss {med('final_loss')} | train acc "
+            f"{med('train_accuracy')} | test acc {med('test_accuracy')} | loss drop "
+            f"{drop_text(s)} | balance drift {med('balance_drift', '.1e')} | race winners "
+            f"{med('race_winners', '.0f')}"
         )
         for f in s["failed"][:5]:
             lines.append(f"    seed {f['seed']}: {f['status_message']}")
         if len(s["failed"]) > 5:
             lines.append(f"    ... {len(s['failed']) - 5} more failed seeds (see report.md)")
+    warning = unequal_flow_times(summary)
+    if warning:
+        lines.append(f"note: {warning}")
     lines.append(f"report: {folder / 'report.md'}")
     return lines
 
@@ -288,7 +336,7 @@ def execute(args: argparse.Namespace, *, sweep: bool) -> int:
     from gflow._runs import summarize
     from gflow._sweep import sweep as run_sweep
 
-    config = resolve_config(args, sweep=sweep)
+    config, t_end = resolve_run(args, sweep=sweep)
     apply_dtype(argparse.Namespace(dtype=config.dtype))
     quiet = getattr(args, "quiet", False)
     resume = getattr(args, "resume", False)
@@ -299,7 +347,7 @@ def execute(args: argparse.Namespace, *, sweep: bool) -> int:
         else _fresh_folder(f"gflow-out/{'sweep' if sweep else 'run'}", resume)
     )
     dataset = dataset_from_args(argparse.Namespace(**config.data_options()))
-    run = run_sweep(dataset, config, out=folder, resume=resume, progress=not quiet)
+    run = run_sweep(dataset, config, out=folder, resume=resume, progress=not quiet, t_end=t_end)
     print("\n".join(_summary_lines(run, folder, summarize(run))))
     return EXIT_OK if bool(run.ok.any()) else EXIT_CHECK_FAILED
 
@@ -312,9 +360,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
         help="simulate one configuration (SGD, GD or the ODE) and write a run folder with figures",
-        description="Simulate one network from one seed with SGD, full-batch GD or the gradient-flow "
-        "ODE; record per-neuron observables (norms P_i, alignment cos δ_i, balance Q_i, cells) along the "
-        "way; write them, the final weights, figures and a report to a run folder.",
+        description="Simulate one network from one seed with SGD, full-batch GD or the "
+        "gradient-flow ODE; record per-neuron observables (norms P_i, alignment cos δ_i, balance "
+        "Q_i, cells) along the way; write them, the final weights, figures and a report to a "
+        "run folder.",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
