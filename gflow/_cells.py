@@ -103,7 +103,7 @@ def same_cell(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _samples_as_layer(x: jax.Array) -> Params:
     """A layer whose neurons are the samples (incoming weights x_s, zero bias): its
-    pre-activations at inputs ``u [M, D]`` are ``z[m, s] = u_m·x_s``, ``[M, N]`` with no transpose."""
+    pre-activations at inputs ``u [M, D]`` are ``z[m, s] = u_m·x_s``, ``[M, N]``, no transpose."""
     n = x.shape[0]
     return Params(W=x, b=jnp.zeros((n,), x.dtype), V=jnp.zeros((n, 2), x.dtype))
 
@@ -155,7 +155,7 @@ def map_patterns_both_signs(patterns: jax.Array, data: TrainingData) -> tuple[ja
 
 
 def is_stable(patterns: jax.Array, kappa: jax.Array, data: TrainingData) -> jax.Array:
-    """Stability test ``gate(T_κ(g)) == g`` for each row of ``patterns`` ``bool [M, N]`` → ``[M]``."""
+    """Stability test ``gate(T_κ(g)) == g`` for each row of ``bool [M, N]`` patterns: ``[M]``."""
     return jnp.all(map_patterns(patterns, kappa, data) == patterns, axis=-1)
 
 
@@ -192,7 +192,8 @@ def cell_transitions(t, cell_hash) -> CellTransitions:
     h = np.asarray(cell_hash)
     if h.ndim != 2 or h.shape[0] != t.shape[0] or t.shape[0] < 2:
         raise ValueError(
-            f"cell_hash must be [T, d] with T = len(t) >= 2; got shape {h.shape} for {t.shape[0]} times."
+            f"cell_hash must be [T, d] with T = len(t) >= 2; got shape {h.shape} for "
+            f"{t.shape[0]} times."
         )
     changed = h[1:] != h[:-1]
     count = changed.sum(axis=0)
@@ -208,7 +209,7 @@ def cell_transitions(t, cell_hash) -> CellTransitions:
 
 
 def cover_bound(n_samples: int, dim: int) -> int:
-    """C(N, D) = 2 Σ_{k=0}^{D−1} binom(N−1, k), exact (Python integers; docs/theory.md §3, Lemma 3.1).
+    """C(N, D) = 2 Σ_{k=0}^{D−1} binom(N−1, k), exact (integers; docs/theory.md §3, Lemma 3.1).
 
     The number of cells cut by N hyperplanes through the origin of R^D in general position
     (Cover 1965); for ``D >= N`` it is ``2^N``.
@@ -296,7 +297,7 @@ def count_distinct(words: jax.Array) -> jax.Array:
     return group_patterns(words).count
 
 
-# --------------------------------------------------------------------------- exact gates of signed sums
+# ----------------------------------------------------------------------- exact gates of signed sums
 #
 # Every step of Algorithm 1 needs, for many patterns g, the signs of the pre-activations of the
 # target: z_s(g) = x_s · S(g) with the signed sum S(g) = Σ_{j: g(j)=1} ỹ_j x_j (T_κ(g) is κ S / ‖S‖,
@@ -337,7 +338,8 @@ _FIRST_RANK, _RANK = 128, 64
 # the filter alone on up to `_PILOT_ROWS` rows spread over it, and checks densely, in every chunk,
 # the samples most often undecided there: of the sizes below (and all N samples), the one that
 # minimises rows·size + (undecided entries outside it)·_SETTLE_COST, the host settling an entry
-# at about the cost of that many dense-check samples of one pattern (measured at N = 4000, D = 1024).
+# at about the cost of that many dense-check samples of one pattern (measured at N = 4000,
+# D = 1024).
 _DENSE_SIZES = (0, 128, 256, 512, 1024, 2048)
 _SETTLE_COST = 400
 _PILOT_ROWS = 1024
@@ -403,7 +405,7 @@ _DOT_BLOCK = 128  # features per block of the host dense check (`_gate_by_refere
 
 
 def _feature_blocks(dim: int) -> list[slice]:
-    """The feature blocks of the blocked dense check: `_DOT_BLOCK` features each (the last one fewer)."""
+    """Feature blocks of the blocked dense check: `_DOT_BLOCK` features each (the last fewer)."""
     return [slice(start, start + _DOT_BLOCK) for start in range(0, dim, _DOT_BLOCK)]
 
 
@@ -430,7 +432,8 @@ def _grid_split(x64: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndar
     ``p`` is the significand precision of ``dtype`` (24 for float32). Every partial sum of
     ``±x_hi,jk`` over a subset of samples is then an integer multiple of h_k of size at most
     2^p h_k, hence exactly representable: ``X_hiᵀ a`` for ``a ∈ {−1, 0, 1}^N`` is computed exactly
-    by any float GEMM. Returns ``(x_hi in dtype, x_lo float64, h float64 [D])``; |x_lo,jk| ≤ h_k / 2.
+    by any float GEMM. Returns ``(x_hi in dtype, x_lo float64, h float64 [D])``;
+    |x_lo,jk| ≤ h_k / 2.
     """
     precision = np.finfo(dtype).nmant + 1
     col_l1 = np.abs(x64).sum(axis=0)
@@ -481,7 +484,7 @@ def _grid_digits(x_hi64: np.ndarray, step: np.ndarray, labels64: np.ndarray) -> 
 
 
 def _orthonormal_columns(a: np.ndarray) -> np.ndarray:
-    """Orthonormal basis of the column space of ``a`` (Gram–Schmidt, twice: orthonormal to rounding).
+    """Orthonormal basis of the column space of ``a`` (Gram–Schmidt twice: orthonormal to rounding).
 
     Matrix–vector products only, on purpose: NumPy's LAPACK (QR, eigh of a 1024² matrix) takes
     seconds instead of milliseconds when its threads compete with other processes. A column that
@@ -490,6 +493,7 @@ def _orthonormal_columns(a: np.ndarray) -> np.ndarray:
     q = np.array(a, np.float64, order="F")
     spare = np.random.default_rng(1)
     for j in range(q.shape[1]):
+        v, norm = q[:, j], 1.0
         for _ in range(3):
             v = q[:, j]
             for _ in range(2):
@@ -524,11 +528,11 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
     x_hi, x_lo, step = _grid_split(x64, dtype)
     digits = _grid_digits(x_hi.astype(np.float64), step, labels64)
     sum_speedup = 1.0 if digits is None else _integer_gemm_speedup() * dim / digits.shape[1]
-    if (
-        sum_speedup < 1.25
-    ):  # L int8 GEMMs must beat one float GEMM, with a margin for the recombination
+    # L int8 GEMMs must beat one float GEMM, with a margin for the recombination.
+    if digits is None or sum_speedup < 1.25:
         digits, sum_speedup = np.zeros((n, 0), np.int8), 1.0
-    # |x_s·X_loᵀa| ≤ ‖X_lo x_s‖ ‖a‖: ‖X_lo x_s‖² = x_sᵀ(X_loᵀX_lo)x_s, padded for its float64 rounding.
+    # |x_s·X_loᵀa| ≤ ‖X_lo x_s‖ ‖a‖: ‖X_lo x_s‖² = x_sᵀ(X_loᵀX_lo)x_s, padded for its float64
+    # rounding.
     gram_lo = x_lo.T @ x_lo
     lo_gains = np.sqrt(
         np.maximum(np.einsum("ij,ij->i", x64 @ gram_lo, x64), 0)
@@ -574,7 +578,8 @@ def _geometry(data: TrainingData, ranks: tuple[int, ...]) -> _Geometry:
 
 
 def _pattern_bits(words: jax.Array, samples: jax.Array) -> jax.Array:
-    """Bits ``g(s)`` of packed patterns ``[K, W]`` at the sample indices ``samples [L]`` → bool ``[K, L]``."""
+    """Bits ``g(s)`` of packed patterns ``[K, W]`` at the sample indices ``samples [L]``: bool
+    ``[K, L]``."""
     word = jnp.take(words, samples >> 5, axis=1, mode="clip")
     return ((word >> (samples & 31).astype(jnp.uint32)[None, :]) & jnp.uint32(1)).astype(bool)
 
@@ -714,7 +719,8 @@ def _undecided_counts(
 
 
 def _dense_placement(dense: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where the dense-check samples ``dense`` sit in packed words: ``(merge [L, 2W] float32, mask [W])``.
+    """Where the dense-check samples ``dense`` sit in packed words: ``(merge [L, 2W] float32,
+    mask [W])``.
 
     Row l of ``merge`` holds 2^(s mod 16) in column ``s // 32`` (bits 0–15 of the word) or
     ``W + s // 32`` (bits 16–31) for sample s = dense[l], so for 0/1 rows ``b [K, L]`` the product
@@ -793,7 +799,8 @@ def _gate_kernel(
 
 
 def _exact_dot_sign(a: np.ndarray, b: np.ndarray) -> int:
-    """Sign of Σ_i a_i b_i in exact arithmetic (float64 inputs): Veltkamp-split products, `math.fsum`."""
+    """Sign of Σ_i a_i b_i in exact arithmetic (float64 inputs): Veltkamp-split products,
+    `math.fsum`."""
 
     def split(v):
         c = v * 134217729.0  # 2^27 + 1
@@ -814,7 +821,8 @@ def _settle_signs(
     samples: np.ndarray,
     geo: _Geometry,
 ) -> np.ndarray:
-    """Exact signs (+1, −1, 0) of z_s(g) for the undecided pairs (``rows``, ``samples``), on the host
+    """Exact signs (+1, −1, 0) of z_s(g) for the undecided pairs (``rows``, ``samples``), on the
+    host
     (``sizes``: |g| of each row of ``words``).
 
     1. float64 ``x_s · S_hi`` (error ≤ γ_D ‖x_s‖‖S‖) plus the grid remainder bound ‖X_lo x_s‖√|g|;
@@ -916,7 +924,8 @@ def _signed_sums(words: np.ndarray, geo: _Geometry, *, chunk: int) -> np.ndarray
 
 # A flip handled on the host (sparse row addition) costs about as much as 15 samples of the
 # dense update's float32 GEMM for one pattern (2·D flops each at GEMM speed), measured at
-# D = 1024; by int8 digits a sample costs `_Geometry.sum_speedup` times less (`_dense_update_columns`).
+# D = 1024; by int8 digits a sample costs `_Geometry.sum_speedup` times less
+# (`_dense_update_columns`).
 _SPARSE_FLIP_COST = 15
 _COUNT_ROWS = 4096  # rows sampled to choose the dense columns of an update
 
@@ -952,7 +961,8 @@ def _dense_update_columns(
 ) -> np.ndarray:
     """Samples whose flips go to the dense update GEMM: the L most often flipped, L from
     {0, 128, 256, …} minimising ``rows·L/c + (flips outside) · _SPARSE_FLIP_COST`` with c =
-    ``speedup`` (`_Geometry.sum_speedup`) where the update goes by digits (L ≥ `_DIGIT_MIN_SAMPLES`),
+    ``speedup`` (`_Geometry.sum_speedup`) where the update goes by digits
+    (L ≥ `_DIGIT_MIN_SAMPLES`),
     else 1 (estimated on at most `_COUNT_ROWS` rows; the choice only affects speed)."""
     k = ref_words.shape[0]
     pick = np.linspace(0, k - 1, min(k, _COUNT_ROWS)).astype(np.int64)
@@ -1049,14 +1059,16 @@ class _References(NamedTuple):
 
 
 def _pattern_bits_host(words: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """`_pattern_bits` on the host: bits ``g(s)`` of packed ``words [K, W]`` at ``samples`` → uint8 ``[K, L]``."""
+    """`_pattern_bits` on the host: bits ``g(s)`` of packed ``words [K, W]`` at ``samples``,
+    uint8 ``[K, L]``."""
     return ((words[:, samples >> 5] >> (samples & 31).astype(np.uint32)) & np.uint32(1)).astype(
         np.uint8
     )
 
 
 def _references(words: np.ndarray, n: int) -> _References:
-    """`_REFERENCES` rows spread over ``words`` (one per 64 rows if fewer) and the nearest of them to
+    """`_REFERENCES` rows spread over ``words`` (one per 64 rows if fewer) and the nearest of them
+    to
     each row in Hamming distance.
 
     Only the samples where the references disagree are compared: at any other sample all
@@ -1108,7 +1120,8 @@ def _dense_samples(
 ) -> np.ndarray:
     """The samples a gate call checks densely: all N, or the ``size`` most often left undecided
     by the filter on up to `_PILOT_ROWS` rows spread over the call (``size`` None: the size of
-    `_DENSE_SIZES` that minimises the cost model, see there). Sorted; the choice only affects speed."""
+    `_DENSE_SIZES` that minimises the cost model, see there). Sorted; the choice only affects
+    speed."""
     k = sums.shape[0]
     n = geo.x64.shape[0]
     sizes_ok = [c for c in _DENSE_SIZES if 2 * c < n]
@@ -1133,7 +1146,7 @@ def _dense_samples(
         )
         costs = {c: k * c + outside[c] * _SETTLE_COST for c in sizes_ok}
         costs[n] = k * n
-        size = min(costs, key=costs.get)
+        size = min(costs, key=lambda c: costs[c])
         if size == n:
             return np.arange(n)
     return np.sort(order[:size])
@@ -1318,7 +1331,8 @@ def _gate_by_reference(
                 - geo.lo_gains64 * rho
             ) / x_norms
         t = np.where(x_norms > 0, t, -np.inf)
-        # Check the j patterns of least reach here (|U(reach_(j))| samples each), the rest on the device.
+        # Check the j patterns of least reach here (|U(reach_(j))| samples each), the rest on the
+        # device.
         by_reach = np.argsort(reach, kind="stable")
         unsure = np.searchsorted(np.sort(t), reach[by_reach] * (1 + _TIE_SLACK), side="right")
         count = np.arange(1, members.size + 1)
@@ -1343,7 +1357,8 @@ def _gate_by_reference(
         )  # U's bits cleared where z > 0 below
         x_checked = geo.x_unit[checked]
         lam = float(np.max(geo.lo_gains64[checked] / x_norms[checked], initial=0.0))
-        # Most rows are handled: checking every row of a slice costs less than gathering the handled ones.
+        # Most rows are handled: checking every row of a slice costs less than gathering the
+        # handled ones.
         every = 2 * j > members.size
         targets = np.arange(members.size) if every else np.flatnonzero(handled)
         for start in range(0, targets.size, chunk):
@@ -1458,8 +1473,9 @@ def _probe_patterns(keys: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def _initial_patterns(keys: jax.Array, data: TrainingData, *, chunk: int) -> np.ndarray:
-    """gate(u) of M probes u uniform on S^{D−1}, packed ``[M, W]``; probe j is drawn from ``keys[j]``
-    alone (chunks of ``chunk`` probes; the last one ends at M and may overlap the one before)."""
+    """gate(u) of M probes u uniform on S^{D−1}, packed ``[M, W]``; probe j is drawn from
+    ``keys[j]`` alone (chunks of ``chunk`` probes; the last one ends at M and may overlap the one
+    before)."""
     m = keys.shape[0]
     chunk = min(chunk, m)
     out = np.empty((m, num_words(data.x.shape[0])), np.uint32)
@@ -1624,6 +1640,7 @@ def _advance(
         sums = _nearby_sums(words[~known], geo, chunk=chunk) if not known.all() else None
     new = np.flatnonzero(~known)
     if new.size:
+        assert sums is not None  # computed above whenever a pattern is new
         positive, negative = _gate_by_reference(
             sums, words[new], geo, rank=_RANK, chunk=chunk, fallback_cost=_FALLBACK_COST
         )
@@ -1817,3 +1834,218 @@ def stable_cells(
         )
         for k in kappas
     }
+
+
+# --------------------------------------------------------------------------- Algorithm 1 on faces
+
+
+@dataclasses.dataclass(frozen=True)
+class StableFaceEstimate:
+    """Result of Algorithm 1 on faces (the face map Φ_κ of `gflow._faces`) for one κ.
+
+    Fixed points, 2-cycles and the plateau are three different things, reported apart:
+
+    Attributes:
+        kappa: +1 or −1.
+        plateau: K_t at the plateau, the number of distinct faces the probes occupy when K_t
+            stopped decreasing: fixed points, faces on cycles and faces still moving together.
+            **Not** a count of stable faces (see `n_fixed_points`).
+        curve: K_t for every iteration (``curve[0]``: the random probes' cells).
+        converged: K_t stopped decreasing for ``patience`` iterations before ``max_iterations``.
+        fixed_fraction: share of probes whose final face is stable (a fixed point of Φ_κ).
+        two_cycle_fraction: share of probes on a 2-cycle (``Φ²(f) = f ≠ Φ(f)``).
+        active, sliding: packed faces ``uint32 [K_s, W]`` (g and S) of the distinct stable faces
+            reached, largest basin first.
+        targets: their targets ``P/‖P‖`` ``[K_s, D]`` (0 where P = 0, e.g. the empty face).
+        basin: probes that ended on each of them ``[K_s]``.
+        n_two_cycles: distinct 2-cycles ``{f, Φ(f)}`` the probes ended on.
+        map_disagreements: faces where ``Φ(f) = f`` and the criterion of `stable_face_test`
+            disagree (0: the two implementations of a fixed point agree).
+        overflow_fraction: share of probes whose last step had more than ``capacity``
+            candidates.
+        empty_is_stable: the empty face is among the stable faces reached.
+        n_probes, patience, n_samples, capacity, bias: the run's settings.
+    """
+
+    kappa: int
+    plateau: int
+    curve: tuple[int, ...]
+    converged: bool
+    fixed_fraction: float
+    two_cycle_fraction: float
+    active: np.ndarray
+    sliding: np.ndarray
+    targets: np.ndarray
+    basin: np.ndarray
+    n_two_cycles: int
+    map_disagreements: int
+    overflow_fraction: float
+    empty_is_stable: bool
+    n_probes: int
+    patience: int
+    n_samples: int
+    capacity: int
+    bias: bool
+
+    @property
+    def n_fixed_points(self) -> int:
+        """Number of distinct stable faces (fixed points of Φ_κ) the probes reached."""
+        return int(self.active.shape[0])
+
+    @property
+    def sliding_sizes(self) -> np.ndarray:
+        """|S| of each stable face reached ``[K_s]`` (0: a stable open cell)."""
+        return np.bitwise_count(self.sliding).sum(axis=1).astype(np.int64)
+
+
+def _unique_rows(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact distinct rows of ``uint32 [K, W]``: ``(rows [K', W], inverse [K])``."""
+    words = np.ascontiguousarray(words, np.uint32)
+    flat = words.view(np.dtype((np.void, words.dtype.itemsize * words.shape[1]))).ravel()
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    return words[first], inverse.ravel()
+
+
+def _face_steps(
+    faces: np.ndarray, kappa: int, x: jax.Array, labels: jax.Array, *, capacity: int, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`gflow._faces.face_step` of packed faces ``[K, 2W]`` (g then S), ``rows`` per device call
+    (one compiled shape): ``(image [K, 2W], overflow [K], stable [K], P/‖P‖ [K, D])``."""
+    from ._faces import face_step
+
+    k, n = faces.shape[0], x.shape[0]
+    w = faces.shape[1] // 2
+    image = np.empty_like(faces)
+    overflow = np.empty((k,), bool)
+    stable = np.empty((k,), bool)
+    targets = np.empty((k, x.shape[1]), np.asarray(x).dtype)
+    kap = jnp.full((rows,), kappa, x.dtype)
+    for start in range(0, k, rows):
+        stop = min(start + rows, k)
+        block = np.zeros((rows, 2 * w), np.uint32)
+        block[: stop - start] = faces[start:stop]
+        step = face_step(
+            unpack_patterns(jnp.asarray(block[:, :w]), n),
+            unpack_patterns(jnp.asarray(block[:, w:]), n),
+            kap,
+            x,
+            labels,
+            capacity=capacity,
+        )
+        mapped = np.concatenate(
+            [np.asarray(pack_patterns(step.active)), np.asarray(pack_patterns(step.sliding))], 1
+        )
+        image[start:stop] = mapped[: stop - start]
+        overflow[start:stop] = np.asarray(step.overflow)[: stop - start]
+        stable[start:stop] = np.asarray(step.test.stable)[: stop - start]
+        p = np.asarray(step.test.projection.target)[: stop - start]
+        norm = np.linalg.norm(p, axis=1, keepdims=True)
+        targets[start:stop] = p / np.where(norm > 0, norm, 1.0)
+    return image, overflow, stable, targets
+
+
+def stable_faces(
+    data: TrainingData,
+    key: jax.Array,
+    *,
+    probes: int = 2000,
+    patience: int = 3,
+    kappa: tuple[int, ...] = (1, -1),
+    capacity: int = 32,
+    chunk: int = 512,
+    max_iterations: int = 200,
+    bias: bool = False,
+    on_iteration=None,
+) -> dict[int, StableFaceEstimate]:
+    """Algorithm 1 on faces (docs/theory.md §3, §8; `gflow._faces`): count the stable faces.
+
+    As `stable_cells`, with the face map in place of the cell map: M probes uniform on S^{D−1}
+    start in their cells ``(gate(u), ∅)``; each iteration records K_t, the number of distinct
+    faces among the probes, and replaces every face f by Φ_κ(f) (jump to the projected target
+    ``P_κ(g, S)`` of eq. (F.1); the attracting samples it moves across and the sliding ones are
+    decided by the minimal-norm problem). It stops when K_t has not decreased for ``patience``
+    iterations. Then each probe's face is classified: a **fixed point** (a stable face, criterion
+    (a)–(c) of `gflow._faces`), on a **2-cycle**, or neither; the plateau K_t is reported apart
+    and is not a count of stable faces.
+
+    Args:
+        data: `TrainingData` (its dtype sets the precision; float64 recommended: signs within
+            the rounding bound of `gflow._faces.boundary_tolerance` count as on the boundary).
+        key: PRNG key of the probes (probe j depends on ``key`` and j only).
+        probes, patience, max_iterations: as `stable_cells` (positive integers).
+        kappa: the alignments to run, from ``(1, -1)``.
+        capacity: K, the most candidates of one face (`gflow._faces.map_faces`).
+        chunk: faces per device call (memory ~ chunk × N × K floats).
+        bias: faces of θ = (w, b) with inputs x̃_s = (x_s, 1) instead of w with x_s.
+        on_iteration: optional ``callable(kappa, iteration, K_t)`` after every iteration.
+
+    Returns:
+        ``{κ: StableFaceEstimate}``.
+    """
+    from ._faces import face_inputs
+
+    kappas = tuple(int(k) for k in kappa)
+    _check_algorithm_options(probes, patience, chunk, max_iterations, kappas)
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+        raise ValueError(f"capacity must be a positive integer; got {capacity!r}.")
+    m = int(probes)
+    x = face_inputs(data, bias=bias)
+    labels = jnp.asarray(data.signed_labels, x.dtype)
+    n = int(x.shape[0])
+    w = num_words(n)
+    keys = jax.random.split(key, m)
+    cells = np.empty((m, w), np.uint32)
+    step = min(int(chunk), m)
+    for start in list(range(0, m - step, step)) + [m - step]:
+        cells[start : start + step] = np.asarray(_probe_patterns(keys[start : start + step], x))
+    start_faces = np.concatenate([cells, np.zeros_like(cells)], axis=1)
+    options = dict(capacity=int(capacity), rows=step)
+    out = {}
+    for kap in kappas:
+        faces, probe_row = _unique_rows(start_faces)
+        curve = [faces.shape[0]]
+        if on_iteration is not None:
+            on_iteration(kap, 0, curve[-1])
+        _, converged = _plateau(curve, patience, m)
+        image, overflow, stable, targets = _face_steps(faces, kap, x, labels, **options)
+        while not converged and len(curve) < max_iterations:
+            faces, inverse = _unique_rows(image)
+            probe_row = inverse[probe_row]
+            curve.append(faces.shape[0])
+            if on_iteration is not None:
+                on_iteration(kap, len(curve) - 1, curve[-1])
+            _, converged = _plateau(curve, patience, m)
+            image, overflow, stable, targets = _face_steps(faces, kap, x, labels, **options)
+        image2 = _face_steps(image, kap, x, labels, **options)[0]
+        fixed_by_map = np.all(image == faces, axis=1)
+        on_cycle = np.all(image2 == faces, axis=1) & ~fixed_by_map
+        # A 2-cycle {f, Φ(f)} is met from both of its faces when both are occupied.
+        pairs = {
+            tuple(sorted((faces[i].tobytes(), image[i].tobytes()))) for i in np.nonzero(on_cycle)[0]
+        }
+        counts = np.bincount(probe_row, minlength=faces.shape[0])
+        order = np.argsort(-counts[stable], kind="stable")
+        kept = np.nonzero(stable)[0][order]
+        estimate_plateau, _ = _plateau(curve, patience, m)
+        out[kap] = StableFaceEstimate(
+            kappa=kap,
+            plateau=int(estimate_plateau),
+            curve=tuple(int(c) for c in curve),
+            converged=bool(converged),
+            fixed_fraction=float(counts[stable].sum() / m),
+            two_cycle_fraction=float(counts[on_cycle & ~stable].sum() / m),
+            active=faces[kept, :w],
+            sliding=faces[kept, w:],
+            targets=targets[kept],
+            basin=counts[kept].astype(np.int64),
+            n_two_cycles=len(pairs),
+            map_disagreements=int(np.sum(stable != fixed_by_map)),
+            overflow_fraction=float(counts[overflow].sum() / m),
+            empty_is_stable=bool(np.any(~faces[kept].any(axis=1))),
+            n_probes=m,
+            patience=int(patience),
+            n_samples=n,
+            capacity=int(capacity),
+            bias=bool(bias),
+        )
+    return out

@@ -200,7 +200,7 @@ class FaceTest(NamedTuple):
         attracting: ``bool [M]`` (a): every sliding sample attracts (κ ỹ_s = −1).
         interior: ``bool [M]`` (b): every λ*_s is strictly inside (0, 1).
         in_cone: ``bool [M]`` (c): P lies in the face's closed cone (within τ_s).
-        projection: the `FaceProjection` of the faces.
+        projection: the `FaceProjection` of the faces (S less its repelling samples).
     """
 
     stable: jax.Array
@@ -210,7 +210,98 @@ class FaceTest(NamedTuple):
     projection: FaceProjection
 
 
+class FaceStep(NamedTuple):
+    """One step of the face map Φ_κ (module doc), and the criterion at the face it starts from.
+
+    Attributes:
+        active, sliding: ``bool [M, N]`` the image face (g', S').
+        overflow: ``bool [M]`` more than K candidates (the nearest K were kept), or S larger than K.
+        candidates: ``int [M]`` how many candidates the step had.
+        test: the `FaceTest` of the starting face (g, S).
+    """
+
+    active: jax.Array
+    sliding: jax.Array
+    overflow: jax.Array
+    candidates: jax.Array
+    test: FaceTest
+
+
 @functools.partial(jax.jit, static_argnames=("capacity",))
+def face_step(
+    active: ArrayLike,
+    sliding: ArrayLike,
+    kappa: ArrayLike,
+    x: jax.Array,
+    signed_labels: ArrayLike,
+    *,
+    capacity: int = DEFAULT_CAPACITY,
+) -> FaceStep:
+    """One step of the face map ``Φ_κ(g, S) = (g', S')`` and the stable-face test of (g, S)
+    (module doc, docs/theory.md §3, §8). Arguments as `project_targets`.
+
+    Two problems (F.1): at (g, S), which gives P, criterion (a)–(c), and the samples P moves
+    across; then over the candidates (S and the attracting samples that flip) with the flipped
+    gates elsewhere, which decides each candidate. Both run as one ``lax.scan`` body, so the
+    compiled program holds one box QP (its compile time grows with K).
+    """
+    active = jnp.asarray(active, bool)
+    sliding = jnp.asarray(sliding, bool)
+    dtype = x.dtype
+    m = active.shape[0]
+    rows = jnp.arange(m)[:, None]
+    kap = _rows(kappa, m, dtype)
+    pull = attracting(kap, signed_labels)
+    norm_x = jnp.sqrt(jnp.sum(x * x, axis=1))
+    big = jnp.finfo(dtype).max
+
+    def stage(carry, _):
+        base, index, valid = carry
+        proj = _solve_faces(base, index, valid, kap, x, signed_labels)
+        z = jnp.matmul(proj.target, x.T, precision=_HIGHEST)
+        tol = boundary_tolerance(proj.target, x, capacity)
+        held = jnp.zeros_like(base).at[rows, index].max(valid)
+        in_cone = jnp.all(jnp.where(base, z >= -tol, held | (z <= tol)), axis=1)
+        flips = ~held & jnp.where(base, z < -tol, z > tol)
+        wanted = held | (flips & pull)
+        # S first, then the flips nearest their boundary; −inf marks no candidate.
+        score = jnp.where(held, big, jnp.where(wanted, -jnp.abs(z) / norm_x[None, :], -jnp.inf))
+        next_index, _ = _slots(score, capacity)
+        next_valid = jnp.take_along_axis(wanted, next_index, axis=1)
+        chosen = jnp.zeros_like(wanted).at[rows, next_index].max(next_valid)
+        gates = (base ^ flips) & ~chosen
+        count = jnp.sum(wanted, axis=1).astype(jnp.int32)
+        return (gates, next_index, next_valid), (carry, proj, in_cone, count)
+
+    held = sliding & pull  # repelling samples leave S, inactive
+    index, valid = _slots(jnp.where(held, jnp.ones((), dtype), -jnp.inf), capacity)
+    start = (active & ~sliding, index, valid)
+    _, (inputs, proj, in_cone, count) = jax.lax.scan(stage, start, length=2)
+    first, second = (jax.tree.map(lambda a, i=i: a[i], proj) for i in (0, 1))
+    s_overflow = jnp.sum(held, axis=1) > index.shape[1]
+    first = first._replace(overflow=s_overflow)
+    base2, index2, valid2 = (a[1] for a in inputs)
+    on = valid2 & ~second.interior & (second.multipliers > 0.5)
+    new_active = base2 | jnp.zeros_like(base2).at[rows, index2].max(on)
+    new_sliding = jnp.zeros_like(base2).at[rows, index2].max(second.interior)
+    attract = jnp.all(~sliding | pull, axis=1)
+    interior = jnp.all(first.interior | ~first.valid, axis=1)
+    test = FaceTest(
+        stable=attract & interior & in_cone[0] & ~s_overflow,
+        attracting=attract,
+        interior=interior,
+        in_cone=in_cone[0],
+        projection=first,
+    )
+    return FaceStep(
+        active=new_active,
+        sliding=new_sliding,
+        overflow=(count[0] > index2.shape[1]) | s_overflow,
+        candidates=count[0],
+        test=test,
+    )
+
+
 def stable_face_test(
     active: ArrayLike,
     sliding: ArrayLike,
@@ -221,40 +312,10 @@ def stable_face_test(
     capacity: int = DEFAULT_CAPACITY,
 ) -> FaceTest:
     """Whether each face ``(g, S)`` is stable for κ: conditions (a)–(c) of the module doc
-    (docs/theory.md §3, §8). Arguments as `project_targets`."""
-    active = jnp.asarray(active, bool)
-    sliding = jnp.asarray(sliding, bool)
-    m = active.shape[0]
-    kap = _rows(kappa, m, x.dtype)
-    proj = project_targets(active, sliding, kap, x, signed_labels, capacity=capacity)
-    attract = jnp.all(~sliding | attracting(kap, signed_labels), axis=1)
-    interior = jnp.all(proj.interior | ~proj.valid, axis=1)
-    z = jnp.matmul(proj.target, x.T, precision=_HIGHEST)
-    tol = boundary_tolerance(proj.target, x, capacity)
-    base = active & ~sliding
-    in_cone = jnp.all(jnp.where(base, z >= -tol, jnp.where(sliding, True, z <= tol)), axis=1)
-    stable = attract & interior & in_cone & ~proj.overflow
-    return FaceTest(
-        stable=stable, attracting=attract, interior=interior, in_cone=in_cone, projection=proj
-    )
+    (docs/theory.md §3, §8). Arguments as `project_targets`; computed by `face_step`."""
+    return face_step(active, sliding, kappa, x, signed_labels, capacity=capacity).test
 
 
-class FaceStep(NamedTuple):
-    """One step of the face map Φ_κ (module doc).
-
-    Attributes:
-        active, sliding: ``bool [M, N]`` the image face (g', S').
-        overflow: ``bool [M]`` more than K candidates (the nearest K were kept).
-        candidates: ``int [M]`` how many candidates the step had.
-    """
-
-    active: jax.Array
-    sliding: jax.Array
-    overflow: jax.Array
-    candidates: jax.Array
-
-
-@functools.partial(jax.jit, static_argnames=("capacity",))
 def map_faces(
     active: ArrayLike,
     sliding: ArrayLike,
@@ -266,36 +327,6 @@ def map_faces(
 ) -> FaceStep:
     """One step of the face map ``Φ_κ(g, S) = (g', S')`` (module doc, docs/theory.md §3, §8):
     jump to ``P_κ(g, S)``; the samples it moves across flip, the attracting ones and S are decided
-    by (F.1). Its fixed points are the stable faces. Arguments as `project_targets`."""
-    active = jnp.asarray(active, bool)
-    sliding = jnp.asarray(sliding, bool)
-    dtype = x.dtype
-    m = active.shape[0]
-    kap = _rows(kappa, m, dtype)
-    pull = attracting(kap, signed_labels)
-    held = sliding & pull  # repelling samples leave S, inactive
-    base = active & ~sliding
-    proj = project_targets(base, held, kap, x, signed_labels, capacity=capacity)
-    z = jnp.matmul(proj.target, x.T, precision=_HIGHEST)
-    tol = boundary_tolerance(proj.target, x, capacity)
-    flips = ~held & jnp.where(base, z < -tol, z > tol)
-    wanted = held | (flips & pull)
-    closeness = jnp.abs(z) / jnp.sqrt(jnp.sum(x * x, axis=1))[None, :]
-    # S first, then the flips nearest their boundary; the score's −inf marks no candidate.
-    score = jnp.where(held, jnp.finfo(dtype).max, jnp.where(wanted, -closeness, -jnp.inf))
-    index, _ = _slots(score, capacity)
-    valid = jnp.take_along_axis(wanted, index, axis=1)
-    rows = jnp.arange(m)[:, None]
-    chosen = jnp.zeros_like(wanted).at[rows, index].max(valid)
-    gates = (base ^ flips) & ~chosen
-    step = _solve_faces(gates, index, valid, kap, x, signed_labels)
-    on = valid & ~step.interior & (step.multipliers > 0.5)
-    new_active = gates | jnp.zeros_like(gates).at[rows, index].max(on)
-    new_sliding = jnp.zeros_like(gates).at[rows, index].max(step.interior)
-    count = jnp.sum(wanted, axis=1)
-    return FaceStep(
-        active=new_active,
-        sliding=new_sliding,
-        overflow=(count > index.shape[1]) | proj.overflow,
-        candidates=count.astype(jnp.int32),
-    )
+    by (F.1). Its fixed points are the stable faces. Arguments as `project_targets`; the same
+    compiled program as `face_step`."""
+    return face_step(active, sliding, kappa, x, signed_labels, capacity=capacity)
