@@ -1,5 +1,5 @@
 """``gflow bench``: seed sweeps, the ODE, stable cells and sweep memory, timed against the loops
-researchers write today (the harness: `gflow._benchmarking`; its method in benchmarks/README.md).
+researchers write today (the harness: `gflow.benchmarking`; its method in benchmarks/README.md).
 
 Sections (``--only``): ``sweep`` (the paper's workload: d = 300, D = 1024, N = 800, B = 4,
 β = 0.9, norms every 50 steps, S ∈ {1, 8, 32, 128}), ``ode`` (diffrax flow through the loss
@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gflow._benchmarking import (
+from gflow.benchmarking import (
     QUICK,
     SECTIONS,
     BenchSettings,
