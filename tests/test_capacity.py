@@ -38,7 +38,7 @@ def _data(seed=0, n=40, dim=6):
 
 
 def _clustered_params(seed=0, groups=5, width=24, dim=6, spread=0.15):
-    """Neurons scattered around a few augmented directions, with random norms and outgoing weights."""
+    """Neurons scattered around a few augmented directions, random norms and outgoing weights."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(groups, dim + 1))
     members = rng.integers(0, groups, size=width)
@@ -367,3 +367,55 @@ def test_gflow_capacity_reports_a_loaded_network(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", W=W)
     assert main(["capacity", "--params", str(tmp_path / "bad.npz"), "--n-per-class", "20"]) == 2
     assert "missing arrays" in capsys.readouterr().err
+
+
+def test_gflow_capacity_on_one_run_of_a_sweep_folder(tmp_path, capsys):
+    """`--run DIR --point P --seed S` analyses the final weights of that run, stored stacked as
+    [point, seed, ...], on the run's own data: the same numbers as `merge_report` and
+    `norm_pruning_curve` on `Run.params_of(P, S)`; a chunk's stacked npz, a missing seed or point
+    are refused with one line naming what exists."""
+    import json
+
+    from gflow._cli import main
+    from gflow._cli._capacity import build_report
+    from gflow._runs import load_run
+
+    out = tmp_path / "sweep"
+    sweep_args = ["sweep", "--dataset", "clusters", "--n-per-class", "16", "--width", "6"]
+    sweep_args += ["--sigma", "0.01,0.1", "--lr", "0.1", "--momentum", "0.5", "--batch", "8"]
+    sweep_args += ["--steps", "40", "--record-every", "20", "--seeds", "3,5", "--dtype", "float64"]
+    assert main([*sweep_args, "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["capacity", "--run", str(out), "--point", "1", "--seed", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["from_run"]["point"] == 1 and report["from_run"]["seed"] == 5
+    run = load_run(out)
+    params = run.params_of(1, 5)
+    np.testing.assert_array_equal(params.W, run.final_params.W[1, 1])
+    data = gflow.training_data(gflow.load_dataset("clusters", n_samples=32, dim=20), F64)
+    expected = build_report(
+        gflow.Params(*(jnp.asarray(a, F64) for a in params)),
+        data,
+        tau=0.95,
+        rebalance=False,
+        fractions=[0, 0.25, 0.5, 0.75, 0.9, 0.95],
+    )
+    assert json.loads(json.dumps(expected)) == {k: report[k] for k in ("merge", "norm_pruning")}
+    assert main(["capacity", "--run", str(out), "--point", "1", "--seed", "4"]) == 2
+    assert "seed 4 is not in this run; its seeds are 3, 5" in capsys.readouterr().err
+    assert main(["capacity", "--run", str(out), "--point", "2"]) == 2
+    assert "point must be an index in [0, 2)" in capsys.readouterr().err
+    chunk = out / "chunks" / "chunk-00000" / "params_final.npz"
+    assert main(["capacity", "--params", str(chunk), "--dataset", "clusters"]) == 2
+    assert "--run DIR --point P --seed S" in capsys.readouterr().err
+
+
+def test_gflow_capacity_speaks_the_words_of_gflow_run():
+    """--lr, --batch, --steps as `gflow run` says them; the old spellings still parse."""
+    from gflow._cli import build_parser
+
+    parse = build_parser().parse_args
+    new = parse(["capacity", "--lr", "0.02", "--batch", "8", "--steps", "500"])
+    old = parse(["capacity", "--learning-rate", "0.02", "--batch-size", "8", "--time", "50"])
+    assert (new.lr, new.batch, new.steps, new.t_end) == (0.02, 8, 500, None)
+    assert (old.lr, old.batch, old.steps, old.t_end) == (0.02, 8, None, 50.0)

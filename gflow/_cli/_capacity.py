@@ -1,7 +1,8 @@
 """``gflow capacity``: effective capacity of one trained network (docs/theory.md §6).
 
-Trains one configuration with mini-batch SGD (or loads final parameters from an npz holding
-``W [d, D]``, ``b [d]``, ``V [d, 2]``), then reports the clusters of mutually aligned neurons at
+Trains one configuration with mini-batch SGD, or takes the final weights of one run of a run
+or sweep folder (``--run DIR --point P --seed S``), or loads them from an npz holding
+``W [d, D]``, ``b [d]``, ``V [d, 2]``; then reports the clusters of mutually aligned neurons at
 threshold τ, the accuracy of the merged network with its logit-change bound, and accuracy
 against the fraction of neurons removed by norm pruning.
 """
@@ -27,50 +28,91 @@ from ._common import (
 )
 
 _EPILOG = """examples:
-  gflow capacity                                  # embedded MNIST, d=300, sigma=1e-5, SGD B=4, beta=0.9
-  gflow capacity --dataset cifar:cifar-10-batches-py --n-per-class 400 --time 800
+  gflow capacity                                  # embedded MNIST, d=300, σ=1e-5, SGD B=4, β=0.9
+  gflow capacity --dataset cifar:cifar-10-batches-py --n-per-class 400 --t-end 800
+  gflow capacity --run gflow-out/sweep --point 1 --seed 3   # one run of a sweep folder
   gflow capacity --params final.npz --tau 0.9 --json
+
+--run takes the run's own data (rebuilt from its configuration and checked against the
+fingerprint in its manifest) and dtype; the data and training options are then ignored.
 """
+
+_DEFAULT_T_END = 800.0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "capacity",
         help="clusters of aligned neurons, merged accuracy and norm pruning of one network",
-        description="Train one network (or load W, b, V from an npz) and report its effective capacity: "
-        "clusters at cosine threshold tau (complete linkage on (w, b) within each output alignment), "
-        "accuracy after merging each cluster into one neuron with a bound on the logit change, and "
-        "accuracy after removing the neurons of smallest P_i = |w_i||v_i|.",
+        description="Train one network (or take one run of a run or sweep folder, or load W, b, V "
+        "from an npz) and report its effective capacity: clusters at cosine threshold tau "
+        "(complete linkage on (w, b) within each output alignment), accuracy after merging each "
+        "cluster into one neuron with a bound on the logit change, and accuracy after removing "
+        "the neurons of smallest P_i = |w_i||v_i|.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_options(p)
     add_numerics_options(p)
-    net = p.add_argument_group("network and training (ignored with --params)")
+    net = p.add_argument_group("network and training (the words of gflow run; not with --run)")
     net.add_argument(
         "--width", type=int, default=300, help="hidden neurons d (default 300, the paper's)"
     )
-    net.add_argument("--sigma", type=float, default=1e-5, help="init scale sigma (default 1e-5)")
+    net.add_argument("--sigma", type=float, default=1e-5, help="init scale σ (default 1e-5)")
     net.add_argument(
+        "--lr",
         "--learning-rate",
+        dest="lr",
         type=float,
         default=0.01,
-        help="SGD step eta (default 0.01: 0.1 flow time per step with momentum 0.9)",
+        help="SGD learning rate η (default 0.01: 0.1 flow time per step with momentum 0.9)",
     )
-    net.add_argument("--momentum", type=float, default=0.9, help="momentum beta (default 0.9)")
-    net.add_argument("--batch-size", type=int, default=4, help="mini-batch B (default 4)")
+    net.add_argument("--momentum", type=float, default=0.9, help="momentum β (default 0.9)")
     net.add_argument(
+        "--batch",
+        "--batch-size",
+        dest="batch",
+        type=int,
+        default=4,
+        help="mini-batch B (default 4)",
+    )
+    length = net.add_mutually_exclusive_group()
+    length.add_argument(
+        "--t-end",
         "--time",
+        dest="t_end",
         type=float,
-        default=800.0,
-        help="flow time t = k*eta/(1-beta) to train for (default 800)",
+        default=None,
+        help=f"flow time t = kη/(1−β) to train for (default {_DEFAULT_T_END:g})",
     )
-    net.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order")
+    length.add_argument(
+        "--steps", type=int, default=None, help="optimiser steps k instead of --t-end"
+    )
     net.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of initialisation and batch order (default 0); with --run, which of the "
+        "run's seeds (default its first)",
+    )
+    source = p.add_argument_group("a network from a file")
+    source.add_argument(
+        "--run",
+        default=None,
+        metavar="DIR",
+        help="a run or sweep folder (gflow run / gflow sweep): take the final weights of one run",
+    )
+    source.add_argument(
+        "--point",
+        type=int,
+        default=None,
+        help="with --run: index of the hyper-parameter point (default 0; listed in report.md)",
+    )
+    source.add_argument(
         "--params",
         default=None,
         metavar="NPZ",
-        help="load final W, b, V from this npz instead of training",
+        help="load final W [d, D], b [d], V [d, 2] from this npz instead of training",
     )
     cap = p.add_argument_group("capacity")
     cap.add_argument(
@@ -122,9 +164,15 @@ def load_params_npz(path, dim: int, dtype):
         missing = [k for k in ("W", "b", "V") if k not in z.files]
         if missing:
             raise UsageError(
-                f"--params {path}: missing arrays {missing} (need W [d, D], b [d], V [d, 2]); has {z.files}"
+                f"--params {path}: missing arrays {missing} (need W [d, D], b [d], V [d, 2]); "
+                f"has {z.files}"
             )
         W, b, V = (np.asarray(z[k]) for k in ("W", "b", "V"))
+    if W.ndim == 3 and b.ndim == 2 and V.ndim == 3:
+        raise UsageError(
+            f"--params {path}: holds the stacked weights of {W.shape[0]} runs (a chunk of a run "
+            "folder); take one run with --run DIR --point P --seed S"
+        )
     if W.ndim != 2 or b.shape != (W.shape[0],) or V.shape != (W.shape[0], 2):
         raise UsageError(
             f"--params {path}: shapes W {W.shape}, b {b.shape}, V {V.shape} do not form a network "
@@ -137,18 +185,64 @@ def load_params_npz(path, dim: int, dtype):
     return Params(W=jnp.asarray(W, dtype), b=jnp.asarray(b, dtype), V=jnp.asarray(V, dtype))
 
 
+def network_from_run(folder, point: int | None, seed: int | None):
+    """``(params, data, dataset, record)``: the final weights of one run of a run or sweep
+    folder, with the run's own data (rebuilt from its configuration, checked against the
+    fingerprint in its manifest) in the run's dtype."""
+    import jax.numpy as jnp
+
+    from gflow._network import Params
+    from gflow._observables import training_data
+    from gflow._runs import dataset_fingerprint, load_run, point_label
+
+    run = load_run(folder)
+    point = 0 if point is None else point
+    seed = int(run.seeds[0]) if seed is None else seed
+    params = run.params_of(point, seed)  # ValueError naming the points or seeds it has
+    options = {k: run.config.get(k) for k in ("classes", "n_per_class", "data_seed")}
+    dataset = dataset_from_args(
+        argparse.Namespace(
+            dataset=run.config["dataset"],
+            preprocess=run.config.get("preprocess") or "center-unit",
+            **options,
+        )
+    )
+    stored = run.manifest.get("dataset", {}).get("fingerprint")
+    if stored != dataset_fingerprint(dataset):
+        raise UsageError(
+            f"--run {folder}: its data cannot be rebuilt from its configuration (the fingerprint "
+            "differs, e.g. a dataset passed to gflow.sweep in Python); analyse it in Python with "
+            "gflow.load_run(DIR).params_of(point, seed)"
+        )
+    dtype = apply_dtype(argparse.Namespace(dtype=run.config["dtype"]))
+    net = Params(*(jnp.asarray(a, dtype) for a in params))
+    record = {
+        "run": str(folder),
+        "point": point,
+        "setting": point_label(run.points[point]),
+        "seed": seed,
+        "trainer": run.config["trainer"],
+        "flow_time": float(run.t[point, -1]),
+    }
+    return net, training_data(dataset, dtype), dataset, record
+
+
 def _train(args, data, dim: int, dtype):
     import jax
 
     from gflow._network import init_params
     from gflow._sgd import SGDConfig, train_sgd
+    from gflow._sweep import steps_to_flow_time
 
-    positive("--learning-rate", args.learning_rate)
-    positive("--time", args.time)
+    positive("--lr", args.lr)
     if not 0 <= args.momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1); got {args.momentum}")
-    steps = max(1, int(round(args.time * (1 - args.momentum) / args.learning_rate)))
-    key = jax.random.key(args.seed)
+    if args.steps is not None:
+        steps = positive("--steps", args.steps, int)
+    else:
+        t_end = positive("--t-end", _DEFAULT_T_END if args.t_end is None else args.t_end)
+        steps = steps_to_flow_time(t_end, args.lr, args.momentum, 1)
+    key = jax.random.key(0 if args.seed is None else args.seed)
     k_init, k_batch = jax.random.split(key)
     params0 = init_params(
         k_init,
@@ -157,12 +251,14 @@ def _train(args, data, dim: int, dtype):
         positive("--sigma", args.sigma),
         dtype=dtype,
     )
-    config = SGDConfig(steps=steps, record_every=steps, batch_size=args.batch_size)
+    config = SGDConfig(
+        steps=steps, record_every=steps, batch_size=positive("--batch", args.batch, int)
+    )
     traj = train_sgd(
         params0,
         k_batch,
         data,
-        learning_rate=args.learning_rate,
+        learning_rate=args.lr,
         momentum=args.momentum,
         config=config,
     )
@@ -200,64 +296,87 @@ def _pct(v) -> str:
     return "   n/a" if v is None else f"{100 * v:6.2f}"
 
 
+def _source(report: dict) -> str:
+    if "training" in report:
+        tr = report["training"]
+        return (
+            f"trained {tr['steps']} steps (flow time {tr['flow_time']:.1f}) in "
+            f"{tr['seconds']:.1f} s"
+        )
+    if "from_run" in report:
+        r = report["from_run"]
+        return (
+            f"run {r['run']}, point {r['point']} ({r['setting']}), seed {r['seed']} "
+            f"({r['trainer']} to flow time {r['flow_time']:.4g})"
+        )
+    return f"loaded from {report['params']}"
+
+
 def format_report(report: dict) -> str:
     m = report["merge"]
     lines = [
         f"dataset      {report['dataset']}",
-        f"network      d = {m['width']}"
-        + (
-            f", trained {report['training']['steps']} steps (flow time "
-            f"{report['training']['flow_time']:.1f}) in {report['training']['seconds']:.1f} s"
-            if "training" in report
-            else f", loaded from {report['params']}"
-        ),
-        f"clusters     {m['clusters']} at tau = {m['threshold']:g} (complete linkage; width / clusters = "
-        f"{m['width'] / m['clusters']:.2f}; merged direction: {m['weighting']})",
+        f"network      d = {m['width']}, {_source(report)}",
+        f"clusters     {m['clusters']} at tau = {m['threshold']:g} (complete linkage; "
+        f"width / clusters = {m['width'] / m['clusters']:.2f}; merged direction: "
+        f"{m['weighting']})",
         "",
         "               before   merged",
         f"train acc %   {_pct(m['train_accuracy'])}   {_pct(m['train_accuracy_merged'])}",
         f"test acc %    {_pct(m['test_accuracy'])}   {_pct(m['test_accuracy_merged'])}",
         f"max |o_merged - o| = {m['max_logit_change']:.3g}  <=  bound {m['max_bound']:.3g}  "
         f"({'holds' if m['bound_holds'] else 'VIOLATED'}; max |o| = {m['logit_scale']:.3g}, "
-        f"max member-to-centre gap {m['max_angle_gap']:.3g} <= sqrt(2(1-tau)) = {math.sqrt(2 * (1 - m['threshold'])):.3g})",
+        f"max member-to-centre gap {m['max_angle_gap']:.3g} <= sqrt(2(1-tau)) = "
+        f"{math.sqrt(2 * (1 - m['threshold'])):.3g})",
         "",
         "norm pruning (smallest P_i removed)",
         "  fraction  kept  train acc %  test acc %",
     ]
     for row in report["norm_pruning"]:
         lines.append(
-            f"  {row['fraction']:8.2f}  {row['neurons_kept']:4d}     {_pct(row['train_accuracy'])}     "
-            f"{_pct(row['test_accuracy'])}"
+            f"  {row['fraction']:8.2f}  {row['neurons_kept']:4d}     "
+            f"{_pct(row['train_accuracy'])}     {_pct(row['test_accuracy'])}"
         )
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    dtype = apply_dtype(args)
     fractions = _fractions(args.fractions)
     if not -1 <= args.tau <= 1:
         raise UsageError(f"--tau must be a cosine similarity in [-1, 1]; got {args.tau}")
+    if args.run is not None and args.params is not None:
+        raise UsageError("give --run or --params, not both")
+    if args.point is not None and args.run is None:
+        raise UsageError("--point selects a run of a folder: give --run DIR too")
     from gflow._observables import training_data
 
-    dataset = dataset_from_args(args)
-    data = training_data(dataset, dtype)
-    report: dict = {"dataset": dataset.describe()}
-    if args.params is not None:
-        params = load_params_npz(args.params, dataset.dim, dtype)
-        report["params"] = str(args.params)
+    if args.run is not None:
+        try:
+            params, data, dataset, record = network_from_run(args.run, args.point, args.seed)
+        except ValueError as err:  # not a run folder, no such point or seed, a failed run
+            raise UsageError(f"--run {args.run}: {err}") from None
+        report: dict = {"dataset": dataset.describe(), "from_run": record}
     else:
-        start = time.perf_counter()
-        params, training = _train(args, data, dataset.dim, dtype)
-        training["seconds"] = time.perf_counter() - start
-        training.update(
-            width=args.width,
-            sigma=args.sigma,
-            learning_rate=args.learning_rate,
-            momentum=args.momentum,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
-        report["training"] = training
+        dtype = apply_dtype(args)
+        dataset = dataset_from_args(args)
+        data = training_data(dataset, dtype)
+        report = {"dataset": dataset.describe()}
+        if args.params is not None:
+            params = load_params_npz(args.params, dataset.dim, dtype)
+            report["params"] = str(args.params)
+        else:
+            start = time.perf_counter()
+            params, training = _train(args, data, dataset.dim, dtype)
+            training["seconds"] = time.perf_counter() - start
+            training.update(
+                width=args.width,
+                sigma=args.sigma,
+                lr=args.lr,
+                momentum=args.momentum,
+                batch=args.batch,
+                seed=0 if args.seed is None else args.seed,
+            )
+            report["training"] = training
     report.update(
         build_report(
             params,
