@@ -55,6 +55,46 @@ SECTIONS = ("sweep", "ode", "cells", "memory")
 SWEEP_MODES = ("shared", "shared-weights", "per-seed", "plain-vmap")
 
 
+def _ode_config(settings: BenchSettings, dtype):
+    """The solve's `FlowConfig`: constant steps ``ode_dt`` for the implicit Gauss solvers and,
+    with the balance projection, for Euler/Heun/Midpoint/Ralston; else PID steps at ``ode_rtol``
+    (float32) / ``ode64_rtol`` (float64)."""
+    import jax.numpy as jnp
+
+    from gflow import FlowConfig
+    from gflow._flow import PROJECTABLE_SOLVERS
+
+    try:
+        if settings.ode_solver == "sliding":
+            return FlowConfig(
+                solver="sliding",
+                adaptive=False,
+                dt0=settings.ode_dt,
+                max_steps=settings.ode_max_steps,
+                sliding_capacity=32,
+            )
+        if settings.ode_solver.startswith("gauss"):
+            return FlowConfig(
+                solver=settings.ode_solver,
+                adaptive=False,
+                dt0=settings.ode_dt,
+                max_steps=settings.ode_max_steps,
+                stage_max_iterations=settings.ode_stage_iterations,
+            )
+        if settings.ode_solver in PROJECTABLE_SOLVERS:
+            return FlowConfig(
+                solver=settings.ode_solver,
+                adaptive=False,
+                dt0=settings.ode_dt,
+                max_steps=settings.ode_max_steps,
+                project_balance=True,
+            )
+        rtol = settings.ode64_rtol if jnp.dtype(dtype) == jnp.float64 else settings.ode_rtol
+        return FlowConfig(solver=settings.ode_solver, rtol=rtol, max_steps=settings.ode_max_steps)
+    except ValueError as err:
+        raise ValueError(f"ode_solver: {err}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchSettings:
     """Sizes of every section (defaults: the paper's workload; `QUICK` for ``--quick``).
@@ -170,6 +210,8 @@ class BenchSettings:
         for name in ("ode_dt", "ode_gd_lr", "ode_rtol", "ode64_rtol"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}")
+        for dtype in self.ode_dtypes:  # the solver's own checks (name, steps), before any run
+            _ode_config(self, dtype)
 
 
 QUICK = BenchSettings(
@@ -588,46 +630,6 @@ def _task_data(dataset: str | None, samples: int):
     from gflow import load_dataset
 
     return load_dataset(dataset or "mnist", n_per_class=samples // 2)
-
-
-def _ode_config(settings: BenchSettings, dtype):
-    """The solve's `FlowConfig`: constant steps ``ode_dt`` for the implicit Gauss solvers and,
-    with the balance projection, for Euler/Heun/Midpoint/Ralston; else PID steps at ``ode_rtol``
-    (float32) / ``ode64_rtol`` (float64)."""
-    import jax.numpy as jnp
-
-    from gflow import FlowConfig
-    from gflow._flow import PROJECTABLE_SOLVERS
-
-    try:
-        if settings.ode_solver == "sliding":
-            return FlowConfig(
-                solver="sliding",
-                adaptive=False,
-                dt0=settings.ode_dt,
-                max_steps=settings.ode_max_steps,
-                sliding_capacity=32,
-            )
-        if settings.ode_solver.startswith("gauss"):
-            return FlowConfig(
-                solver=settings.ode_solver,
-                adaptive=False,
-                dt0=settings.ode_dt,
-                max_steps=settings.ode_max_steps,
-                stage_max_iterations=settings.ode_stage_iterations,
-            )
-        if settings.ode_solver in PROJECTABLE_SOLVERS:
-            return FlowConfig(
-                solver=settings.ode_solver,
-                adaptive=False,
-                dt0=settings.ode_dt,
-                max_steps=settings.ode_max_steps,
-                project_balance=True,
-            )
-        rtol = settings.ode64_rtol if jnp.dtype(dtype) == jnp.float64 else settings.ode_rtol
-        return FlowConfig(solver=settings.ode_solver, rtol=rtol, max_steps=settings.ode_max_steps)
-    except ValueError as err:
-        raise ValueError(f"ode_solver: {err}") from None
 
 
 def _gd_at_equal_error(

@@ -316,6 +316,14 @@ def test_bad_ode_perturbations_are_a_usage_error(tmp_path, capsys, value):
     assert "perturbation" in capsys.readouterr().err
 
 
+def test_unknown_ode_solver_is_a_usage_error_before_anything_runs(tmp_path, capsys):
+    path = tmp_path / "x.json"
+    argv = ["bench", "--json", str(path), "--only", "ode", "--ode-solver", "rk99", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "rk99" in err and not path.exists()
+
+
 def test_bad_ode_dtypes_is_a_usage_error(tmp_path, capsys):
     assert (
         main(

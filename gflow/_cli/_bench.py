@@ -160,7 +160,7 @@ def _handler(args) -> int:
     except Exception as err:
         kept = ", ".join(saved[-1]) if saved and saved[-1] else "no section"
         if isinstance(err, (ValueError, OSError)):  # the user's input: one line, exit 2
-            if saved:
+            if saved and saved[-1]:
                 print(f"gflow bench: {kept} measured before the error, in {out}", file=sys.stderr)
             raise
         message = " ".join(str(err).split())[-300:]
