@@ -147,7 +147,8 @@ def _solve_faces(base, index, valid, kappa, x, signed_labels) -> FaceProjection:
         multipliers=lam,
         index=index,
         valid=valid,
-        interior=free & valid,
+        # box_qp's working set can hold a variable at a bound (λ = 0 when q = 0): not sliding.
+        interior=free & valid & (lam > 0) & (lam < 1),
         overflow=jnp.zeros((m,), bool),
         violation=jnp.where(jnp.any(valid, axis=1), violation, 0.0),
     )
