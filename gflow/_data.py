@@ -37,7 +37,7 @@ import numpy as np
 
 from ._dataset import Dataset
 
-PREPROCESS_MODES = ("none", "center", "center-unit", "standardize")
+PREPROCESS_MODES = ("none", "pixels", "center", "center-unit", "standardize")
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -161,6 +161,9 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
     1. ``mode``:
 
        * ``"none"``: nothing more;
+       * ``"pixels"``: nothing more either, but the inputs must then be grayscale values in
+         [0, 1] (uncentred, as in the paper's experiments, docs/theory.md §7); a source whose
+         values fall outside is refused;
        * ``"center"``: ``x ← x − μ`` with ``μ = (1/N) Σ_s x_s`` (per feature);
        * ``"center-unit"`` (default): centre, then one global scale
          ``x ← x / c`` with ``c² = (1/N) Σ_s ‖x_s − μ‖²``, so that the mean squared norm of the
@@ -195,7 +198,14 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
         scale = _finite_float("pixel_max", pixel_max, minimum=0.0, strict=True)
         xtr = xtr / scale
         xte = None if xte is None else xte / scale
-    if mode != "none":
+    if mode == "pixels":
+        for which, x in (("x_train", xtr), ("x_test", xte)):
+            if x is not None and (x.min() < 0.0 or x.max() > 1.0):
+                raise ValueError(
+                    f"preprocess 'pixels' needs grayscale values in [0, 1]; {which} spans "
+                    f"[{x.min():g}, {x.max():g}] (scale the source, or use 'none')."
+                )
+    elif mode != "none":
         mean = xtr.mean(axis=0)
         factor = np.ones(xtr.shape[1])
         if mode == "standardize":
@@ -219,6 +229,7 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
 def _preprocess_note(mode: str, pixel_max: float | None) -> str:
     notes = {
         "none": "no centring or scaling",
+        "pixels": "grayscale values in [0, 1], uncentred, as in the paper",
         "center": "training mean removed per feature",
         "center-unit": "training mean removed, then one global scale so mean ‖x‖² = 1 on training",
         "standardize": "per-feature z-score from training (zero-variance features set to 0)",

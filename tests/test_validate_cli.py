@@ -1,4 +1,5 @@
-"""``gflow validate`` and ``gflow cells`` on tiny synthetic sets: JSON schema, exit status, errors."""
+"""``gflow validate`` and ``gflow cells`` on tiny synthetic sets: JSON schema, exit status, "
+"errors."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from gflow._cli import main
 from gflow._theory import Check
 
-# The docs/theory.md §4 reference mixture at the sizes tests/test_theory.py simulates (compilations are shared).
+# The docs/theory.md §4 reference mixture at the sizes tests/test_theory.py simulates
+# (compilations are shared).
 TINY = [
     "--dataset",
     "clusters",
@@ -26,10 +28,8 @@ TINY = [
     "121",
     "--horizon-factor",
     "1.25",
-    "--max-steps",
-    "100000",
 ]
-CHECK_KEYS = {"name", "predicted", "measured", "rel_error", "tolerance", "passed"}
+CHECK_KEYS = {"name", "kind", "predicted", "measured", "rel_error", "tolerance", "passed"}
 
 
 def test_validate_writes_the_check_schema_and_exit_status_follows_verdicts(tmp_path, capsys):
@@ -38,38 +38,61 @@ def test_validate_writes_the_check_schema_and_exit_status_follows_verdicts(tmp_p
     printed = capsys.readouterr().out
     payload = json.loads(out.read_text())
     checks = payload["checks"]
-    assert len(checks) >= 10
+    assert len(checks) >= 13
     for c in checks:
         assert CHECK_KEYS <= set(c)
+        assert c["kind"] in ("identity", "claim")
         assert isinstance(c["name"], str) and isinstance(c["passed"], bool)
         for key in ("predicted", "measured", "rel_error", "tolerance"):
             assert c[key] is None or math.isfinite(c[key])
         expected = c["rel_error"] is not None and c["rel_error"] <= c["tolerance"]
         assert c["passed"] == expected, c
     assert rc == (0 if all(c["passed"] for c in checks) else 1)
-    names = {c["name"] for c in checks}
-    assert {
+    kinds = {c["name"]: c["kind"] for c in checks}
+    for name in (
         "balance_drift",
         "lemma_3_9",
+        "lemma_3_9_v",
+        "dP_identity",
+        "phase2.rate_identity",
+    ):
+        assert kinds[name] == "identity"
+    for name in (
         "phase1.limit_angle",
+        "phase1.directional_convergence",
         "phase2.unlocking_rate",
-        "phase3.race_ratio",
-    } <= names
-    for name in names:
+        "phase3.race_rate",
+        "phase3.lateral_inhibition",
+    ):
+        assert kinds[name] == "claim"
+    # the default solver keeps the balance to rounding: every identity passes at its tolerance
+    assert all(c["passed"] for c in checks if c["kind"] == "identity")
+    # the table shows identities and claims as two groups, identities first
+    head_id = printed.index("identities (exact")
+    head_claim = printed.index("claims (the paper")
+    assert head_id < printed.index("lemma_3_9_v") < head_claim < printed.index("phase3.race_rate")
+    for name in kinds:
         assert name in printed
     cells = payload["stable_cells"]
     assert len(cells["kappa+1"]["estimates"]) == 2 and cells["kappa+1"]["spread"] >= 0
     assert payload["settings"]["dtype"] == "float64"
 
 
-@pytest.mark.parametrize("verdicts, status", [((True, True), 0), ((True, False), 1)])
+@pytest.mark.parametrize(
+    "verdicts, status",
+    [
+        ((("identity", True), ("claim", True)), 0),
+        ((("identity", True), ("claim", False)), 1),
+        ((("identity", False), ("claim", True)), 1),
+    ],
+)
 def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
     import gflow._theory
 
     def fake_checks(traj, data, *, settings):
         return [
-            Check(f"claim{i}", 1.0, 1.0, 0.0 if ok else 2.0, 1.0, ok, "")
-            for i, ok in enumerate(verdicts)
+            Check(f"check{i}", 1.0, 1.0, 0.0 if ok else 2.0, 1.0, ok, "", kind)
+            for i, (kind, ok) in enumerate(verdicts)
         ], {}
 
     monkeypatch.setattr(gflow._theory, "validate_trajectory", fake_checks)
@@ -88,6 +111,7 @@ def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
         (["--json", "/nonexistent-folder/x.json"], "--json"),
         (["--dataset", "nonsense"], "nonsense"),
         (["--solver", "rk99"], "solver"),
+        (["--dataset", "mnist", "--preprocess", "pixel"], "preprocess"),
     ],
 )
 def test_validate_bad_input_is_one_line_and_status_2(capsys, argv, needle):
