@@ -324,10 +324,37 @@ class FlowStats(NamedTuple):
     balance_defect_max: jax.Array
 
 
-def _absolute_tolerance(params0: Params, config: FlowConfig):
+class _Tolerances(NamedTuple):
+    """The numeric options of a `FlowConfig`, passed to the jitted solve as traced scalars so
+    that a new rtol, atol or dt0 reuses the compiled solve (``NaN`` marks an option left None)."""
+
+    rtol: jax.Array
+    atol: jax.Array
+    dt0: jax.Array
+
+
+def _split_config(config: FlowConfig, dtype) -> tuple[FlowConfig, _Tolerances]:
+    """``config`` with rtol/atol/dt0 replaced by placeholders (only whether each is None stays
+    static), and their values as traced scalars."""
+    nan = float("nan")
+    tol = _Tolerances(
+        rtol=jnp.asarray(config.rtol, dtype),
+        atol=jnp.asarray(nan if config.atol is None else config.atol, dtype),
+        dt0=jnp.asarray(nan if config.dt0 is None else config.dt0, dtype),
+    )
+    static = dataclasses.replace(
+        config,
+        rtol=1.0,
+        atol=None if config.atol is None else 1.0,
+        dt0=None if config.dt0 is None else 1.0,
+    )
+    return static, tol
+
+
+def _absolute_tolerance(params0: Params, config: FlowConfig, tol: _Tolerances):
     if config.atol is not None:
-        return config.atol
-    return config.rtol * _rms(params0)
+        return tol.atol
+    return tol.rtol * _rms(params0)
 
 
 def _rms(params: Params):
@@ -361,30 +388,37 @@ def _explicit_evaluations(solver, config: FlowConfig, num_steps):
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _solve(
-    params0: Params, data: TrainingData, ts: jax.Array, snap_ts: jax.Array, config: FlowConfig
+    params0: Params,
+    data: TrainingData,
+    ts: jax.Array,
+    snap_ts: jax.Array,
+    tol: _Tolerances,
+    config: FlowConfig,
 ) -> tuple[Trajectory, FlowStats]:
     gauss = config.solver in _GAUSS
-    dt0 = config.dt0
+    dt0 = None if config.dt0 is None else tol.dt0
     # Gauss and projected steps land on every save time: saved states are step end points,
     # never interpolated (interpolation would not conserve the balance).
     step_ts = jnp.sort(jnp.concatenate([ts, snap_ts]))
     if gauss:
         solver = _gauss_solver(params0, config)
         if config.adaptive:
-            pid = diffrax.PIDController(rtol=config.rtol, atol=_absolute_tolerance(params0, config))
+            pid = diffrax.PIDController(
+                rtol=tol.rtol, atol=_absolute_tolerance(params0, config, tol)
+            )
             controller = diffrax.ClipStepSizeController(pid, step_ts=step_ts)
         else:
-            controller = SaveTimeStepSize(dt=jnp.asarray(config.dt0, ts.dtype), step_ts=step_ts)
+            controller = SaveTimeStepSize(dt=tol.dt0.astype(ts.dtype), step_ts=step_ts)
             dt0 = None
     elif config.project_balance:
         solver = BalanceProjection(_SOLVERS[config.solver]())
-        controller = SaveTimeStepSize(dt=jnp.asarray(config.dt0, ts.dtype), step_ts=step_ts)
+        controller = SaveTimeStepSize(dt=tol.dt0.astype(ts.dtype), step_ts=step_ts)
         dt0 = None
     else:
         solver = _SOLVERS[config.solver]()
         if config.adaptive and config.solver not in _FIXED_STEP_ONLY:
             controller = diffrax.PIDController(
-                rtol=config.rtol, atol=_absolute_tolerance(params0, config)
+                rtol=tol.rtol, atol=_absolute_tolerance(params0, config, tol)
             )
         else:
             controller = diffrax.ConstantStepSize()
@@ -583,7 +617,8 @@ def gradient_flow(
         dtype = params0.W.dtype
         ts_arr = jnp.asarray(grid, dtype)
         snap = jnp.asarray(_snapshot_grid(grid, snapshot_times), dtype)
-    traj, stats = _solve(params0, data, ts_arr, snap, config)
+    static, tol = _split_config(config, params0.W.dtype)
+    traj, stats = _solve(params0, data, ts_arr, snap, tol, static)
     if throw:
         raise_if_failed(traj)
     return (traj, stats) if return_stats else traj

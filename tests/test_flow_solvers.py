@@ -275,3 +275,44 @@ def test_constant_steps_are_halved_where_the_stage_solve_fails():
     assert int(sol.stats["num_rejected_steps"]) >= 3  # 1 → 1/2 → 1/4 → 1/8 on the first step
     np.testing.assert_allclose(y[1:] / y[:-1], (1 - 5.0 * h) / (1 + 5.0 * h), rtol=1e-8)
     assert solve(1e4).result == diffrax.RESULTS.nonlinear_divergence
+
+
+def test_new_tolerances_and_step_sizes_reuse_the_compiled_solve():
+    """rtol, atol and dt0 are traced: a new value reuses the compiled solve and changes the
+    result as it should (a tighter rtol moves the solution by about the looser one's error)."""
+    from gflow._flow import _solve
+    from gflow._sgd import _train
+
+    data, p0 = _kinked_problem()
+    ts = jnp.linspace(0.0, 0.8, 5)
+
+    def final(**kw):
+        traj = gflow.gradient_flow(p0, data, ts, config=gflow.FlowConfig(**kw))
+        return np.asarray(traj.final_params.W)
+
+    w_loose = final(rtol=1e-4, atol=1e-6)
+    compiled = _solve._cache_size()
+    w_tight = final(rtol=1e-9, atol=1e-11)
+    w_ref = final(rtol=1e-11, atol=1e-13)
+    assert _solve._cache_size() == compiled
+    err_loose, err_tight = np.abs(w_loose - w_ref).max(), np.abs(w_tight - w_ref).max()
+    assert err_tight < 1e-3 * err_loose  # the new tolerance was used, not the compiled one
+
+    fixed = dict(solver="gauss2", adaptive=False)
+    w_half = final(**fixed, dt0=0.2)
+    compiled = _solve._cache_size()
+    w_quarter = final(**fixed, dt0=0.1)
+    assert _solve._cache_size() == compiled
+    assert not np.array_equal(w_half, w_quarter)
+
+    cfg = gflow.SGDConfig(steps=20, record_every=10)
+    key = jax.random.key(0)
+    w_gd = [
+        np.asarray(gflow.train_gd(p0, data, learning_rate=lr, config=cfg).final_params.W)
+        for lr in (0.01, 0.02)
+    ]
+    compiled = _train._cache_size()
+    gflow.train_sgd(p0, key, data, learning_rate=0.03, config=cfg)  # new lr, same config
+    gflow.train_gd(p0, data, learning_rate=0.04, config=cfg)
+    assert _train._cache_size() == compiled
+    assert not np.array_equal(w_gd[0], w_gd[1])
