@@ -83,11 +83,8 @@ TRAINER_DEFAULTS: dict[str, dict] = {
         "t_end": 300.0,
         "save_points": 301,
         "t_grid": None,
-        "solver": "tsit5",
-        "rtol": 1e-4,
-        "atol": None,
-        "dt0": None,
-        "max_steps": 100_000,
+        # The solver options default to FlowConfig's own defaults: one default per option.
+        **{k: getattr(FlowConfig, k) for k in ("solver", "rtol", "atol", "dt0", "max_steps")},
     },
 }
 COMMON_DEFAULTS = {
