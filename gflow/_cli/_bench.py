@@ -34,7 +34,10 @@ from gflow.benchmarking import (
 
 from ._common import EXIT_CHECK_FAILED, EXIT_OK, UsageError
 
-QUICK_PROMISE = "about two minutes on two idle cores"
+# Measured on 2026-12-03 (benchmarks/README.md, `--quick`): 231–299 s of CPU time, most of it
+# XLA compilation and Algorithm 1's calls, which do not spread over cores; 14.5 min of wall time
+# on two cores that other jobs kept busy (load average 3–12).
+QUICK_PROMISE = "about 5 minutes on two idle cores, up to 15 on busy ones"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
