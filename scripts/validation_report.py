@@ -331,15 +331,19 @@ def main(argv=None) -> int:
     command = "--quick" if args.quick else f"--seeds {args.seeds}"
     if args.cifar and not args.quick:
         command += " --cifar PATH"
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = ""
+    for where in (REPO, Path.cwd()):  # the checkout, or where the script was run from
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+        except OSError:
+            commit = ""
+        if commit:
+            break
     if commit:
         command += f", gflow at {commit}"
     out.write_text(render(cells, payloads, table, command=command, figures=figures, page=out))
