@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +49,11 @@ import numpy as np
 from ._data import PREPROCESS_MODES
 from ._flow import SLIDING, FlowConfig, check_time_grid
 from ._sgd import SGDConfig
+from ._validation import is_int as _is_int
+from ._validation import non_negative_int as _non_negative_int
+from ._validation import positive_int as _positive_int
+from ._validation import positive_real as _positive_real
+from ._validation import real as _real
 
 TRAINERS = ("sgd", "gd", "flow")
 DTYPES = ("float32", "float64")
@@ -100,41 +104,6 @@ COMMON_DEFAULTS = {
     "seeds": (0,),
     "chunk_size": 16,
 }
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive_int(name: str, value) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1); got {value!r}.")
-    return int(value)
-
-
-def _non_negative_int(name: str, value) -> int:
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer (>= 0); got {value!r}.")
-    return int(value)
-
-
-def _real(name: str, value) -> float:
-    if isinstance(value, (bool, np.bool_, str)) or value is None:
-        raise ValueError(f"{name} must be a real number; got {value!r}.")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number; got {value!r}.") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite; got {value!r}.")
-    return v
-
-
-def _positive_real(name: str, value) -> float:
-    v = _real(name, value)
-    if not v > 0:
-        raise ValueError(f"{name} must be > 0; got {value!r}.")
-    return v
 
 
 def _real_tuple(name: str, value) -> tuple[float, ...]:

@@ -36,6 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from ._dataset import Dataset
+from ._validation import bounded_real as _bounded_real
+from ._validation import check_sample_counts
+from ._validation import non_negative_int as _non_negative_int
+from ._validation import optional_positive_int as _optional_positive_int
+from ._validation import positive_int as _positive_int
 
 PREPROCESS_MODES = ("none", "pixels", "center", "center-unit", "standardize")
 CIFAR10_CLASSES = (
@@ -63,42 +68,14 @@ _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dim [n]
 # --------------------------------------------------------------------------- option checks
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1); got {value!r}.")
-    return int(value)
-
-
-def _optional_positive_int(name: str, value) -> int | None:
-    return None if value is None else _positive_int(name, value)
-
-
-def _non_negative_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer (>= 0); got {value!r}.")
-    return int(value)
-
-
 def _even(name: str, value: int) -> int:
     if value % 2:
         raise ValueError(f"{name} must be even (balanced: half per class); got {value}.")
     return value
 
 
-def _finite_float(name: str, value, *, minimum: float, strict: bool) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number; got {value!r}.") from None
-    below = v <= minimum if strict else v < minimum
-    if not np.isfinite(v) or below:
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"{name} must be finite and {bound}; got {value!r}.")
-    return v
-
-
 def _test_fraction(value) -> float:
-    v = _finite_float("test_fraction", value, minimum=0.0, strict=False)
+    v = _bounded_real("test_fraction", value, minimum=0.0, strict=False)
     if v >= 1.0:
         raise ValueError(f"test_fraction must lie in [0, 1); got {value!r}.")
     return v
@@ -195,7 +172,7 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
     if xte is not None and xte.shape[1] != xtr.shape[1]:
         raise ValueError(f"x_test has {xte.shape[1]} features but x_train has {xtr.shape[1]}.")
     if pixel_max is not None:
-        scale = _finite_float("pixel_max", pixel_max, minimum=0.0, strict=True)
+        scale = _bounded_real("pixel_max", pixel_max, minimum=0.0, strict=True)
         xtr = xtr / scale
         xte = None if xte is None else xte / scale
     if mode == "pixels":
@@ -274,13 +251,7 @@ def _integer_labels(y, which: str) -> np.ndarray:
 
 
 def _check_pair(x, y, which: str, path) -> None:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{path}: {which} inputs and labels disagree on the number of samples: "
-            f"{x.shape[0]} inputs vs {y.shape[0]} labels."
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{path}: {which} split is empty.")
+    check_sample_counts(x.shape[0], y.shape[0], which, where=str(path))
 
 
 # --------------------------------------------------------------------------- readers
@@ -987,8 +958,8 @@ def gaussian_clusters_with_means(
         raise ValueError(
             f"clusters_per_class={k} needs dim >= 2·{k} = {2 * k} orthogonal means; got dim={dim}."
         )
-    separation = _finite_float("separation", separation, minimum=0.0, strict=True)
-    noise = _finite_float("noise", noise, minimum=0.0, strict=False)
+    separation = _bounded_real("separation", separation, minimum=0.0, strict=True)
+    noise = _bounded_real("noise", noise, minimum=0.0, strict=False)
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((dim, 2 * k)))
     means = (separation * q.T).astype(np.float32)
@@ -1054,7 +1025,7 @@ def xor_clusters(
     dim = _positive_int("dim", dim)
     if dim < 2:
         raise ValueError(f"dim must be >= 2 for the XOR clusters at ±e1±e2; got {dim}.")
-    noise = _finite_float("noise", noise, minimum=0.0, strict=False)
+    noise = _bounded_real("noise", noise, minimum=0.0, strict=False)
     rng = np.random.default_rng(seed)
     means = np.zeros((4, dim))
     means[:, :2] = [(1, 1), (-1, -1), (1, -1), (-1, 1)]

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from ._validation import check_sample_counts
+
 
 def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
@@ -22,13 +24,7 @@ def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if y.ndim != 1:
         raise ValueError(f"{which} labels must be a 1-d array [samples]; got shape {y.shape}.")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{which} inputs and labels disagree on the number of samples: "
-            f"{x.shape[0]} inputs vs {y.shape[0]} labels."
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{which} split is empty: at least one sample per class is needed.")
+    check_sample_counts(x.shape[0], y.shape[0], which)
     if x.shape[1] == 0:
         raise ValueError(f"{which} inputs have zero features.")
     if not np.issubdtype(x.dtype, np.number):
