@@ -152,3 +152,23 @@ def test_cells_json_and_bad_input(tmp_path, capsys):
     assert main(["cells", "--dataset", "clusters", "--patience", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--patience" in err
+
+
+def test_heartbeat_reports_a_silent_step_and_its_end():
+    """validate's long steps (compile + ODE solve, checks) print progress lines while they run."""
+    import io
+    import time
+
+    from gflow._cli._validate import heartbeat
+
+    stream = io.StringIO()
+    with heartbeat("seed 0: ODE", enabled=True, interval=0.02, stream=stream):
+        time.sleep(0.15)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("seed 0: ODE") and "started" in lines[0]
+    assert sum("running" in line for line in lines) >= 2
+    assert "1/1" in lines[-1] and "done" in lines[-1]
+    quiet = io.StringIO()
+    with heartbeat("seed 0: ODE", enabled=False, interval=0.01, stream=quiet):
+        time.sleep(0.05)
+    assert quiet.getvalue() == ""
