@@ -9,12 +9,17 @@ as an
 independent oracle for tests.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Integer, Shaped
+
+# Shape-annotated array types of the public API (checked at run time by jaxtyping where a type
+# checker is installed). Inputs may be NumPy arrays; outputs are JAX arrays.
+Inputs = Float[Array | np.ndarray, "samples dim"]
+Labels = Integer[Array | np.ndarray, " samples"]
 
 
 class Params(NamedTuple):
@@ -26,9 +31,9 @@ class Params(NamedTuple):
         V: outgoing weights ``[d, 2]`` (row i is v_i).
     """
 
-    W: jax.Array
-    b: jax.Array
-    V: jax.Array
+    W: Shaped[Array, "*seeds neurons dim"]
+    b: Shaped[Array, "*seeds neurons"]
+    V: Shaped[Array, "*seeds neurons 2"]
 
 
 def _check_init_args(width: int, dim: int, sigma: float) -> None:
@@ -83,12 +88,12 @@ def init_params(
     return Params(W=W, b=b, V=V)
 
 
-def preactivations(params: Params, x: jax.Array) -> jax.Array:
+def preactivations(params: Params, x: Inputs) -> Float[Array, "samples neurons"]:
     """z_i(x_s) = w_i·x_s + b_i, shape ``[N, d]``."""
-    return x @ params.W.T + params.b[None, :]
+    return jnp.asarray(x) @ params.W.T + params.b[None, :]
 
 
-def gating_pattern(params: Params, x: jax.Array) -> jax.Array:
+def gating_pattern(params: Params, x: Inputs) -> Shaped[Array, "samples neurons"]:
     """g_i(s) = 1[z_i(x_s) > 0] as booleans ``[N, d]`` (docs/theory.md §1).
 
     The single owner of the ReLU gate: ``z = 0`` is closed, matching ``jax.nn.relu``'s
@@ -97,29 +102,29 @@ def gating_pattern(params: Params, x: jax.Array) -> jax.Array:
     return preactivations(params, x) > 0
 
 
-def logits(params: Params, x: jax.Array) -> jax.Array:
+def logits(params: Params, x: Inputs) -> Float[Array, "samples 2"]:
     """o(x_s) = Σ_i v_i relu(w_i·x_s + b_i), shape ``[N, 2]``."""
     return jax.nn.relu(preactivations(params, x)) @ params.V
 
 
-def logit_loss(o: jax.Array, y: jax.Array) -> jax.Array:
+def logit_loss(o: Float[Array, "samples 2"], y: Labels) -> Float[Array, " samples"]:
     """ℓ_s = −log softmax(o_s)_{c_s} of logits ``o`` ``[N, 2]``, shape ``[N]``: the loss as a
     function of the network's output (its gradient in o_s is r_s = p_s − y_s)."""
     logp = jax.nn.log_softmax(o, axis=-1)
     return -jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
-def per_sample_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+def per_sample_loss(params: Params, x: Inputs, y: Labels) -> Float[Array, " samples"]:
     """ℓ_s = −log softmax(o(x_s))_{c_s}, shape ``[N]``; ``y`` holds labels 0/1."""
     return logit_loss(logits(params, x), y)
 
 
-def loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+def loss(params: Params, x: Inputs, y: Labels) -> Float[Array, ""]:
     """L = (1/N) Σ_s ℓ_s (docs/theory.md §1)."""
     return jnp.mean(per_sample_loss(params, x, y))
 
 
-def accuracy(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+def accuracy(params: Params, x: Inputs, y: Labels) -> Float[Array, ""]:
     """Fraction of samples whose larger logit is the true class (ties count as wrong)."""
     o = logits(params, x)
     margin = o[:, 0] - o[:, 1]
@@ -127,18 +132,18 @@ def accuracy(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(correct.astype(o.dtype))
 
 
-def residuals(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+def residuals(params: Params, x: Inputs, y: Labels) -> Float[Array, "samples 2"]:
     """r_s = p(x_s) − y_s = ∂ℓ_s/∂o, shape ``[N, 2]`` (docs/theory.md §1)."""
     p = jax.nn.softmax(logits(params, x), axis=-1)
     return p - jax.nn.one_hot(y, 2, dtype=p.dtype)
 
 
-def balance(params: Params) -> jax.Array:
+def balance(params: Params) -> Float[Array, "*seeds neurons"]:
     """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² (docs/theory.md §2), ``[d]``: conserved by the flow."""
     return jnp.sum(params.W**2, axis=1) + params.b**2 - jnp.sum(params.V**2, axis=1)
 
 
-def closed_form_gradient(params: Params, x: jax.Array, y: jax.Array) -> Params:
+def closed_form_gradient(params: Params, x: Inputs, y: Labels) -> Params:
     """∇L written out (docs/theory.md §1), used as a test oracle against ``jax.grad``.
 
     ∂L/∂v_i = (1/N) Σ_s a_i(s) r_s

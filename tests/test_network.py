@@ -138,3 +138,44 @@ def test_dead_neuron_observables_are_finite():
             continue
         assert np.all(np.isfinite(np.asarray(value, dtype=np.float64))), name
     assert obs.active[0] == 0 and obs.cos_target[0] == 0
+
+
+_TYPECHECKED = """
+import jaxtyping
+from jaxtyping import install_import_hook
+
+with install_import_hook("gflow._network", "beartype.beartype"):
+    import gflow._network as net
+import jax, jax.numpy as jnp, numpy as np
+
+p = net.init_params(jax.random.key(0), 4, 3, 0.5)
+x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)), jnp.float32)
+y = jnp.array([0, 1, 0, 1, 1, 0])
+assert float(net.loss(p, x, y)) > 0
+assert net.closed_form_gradient(p, x, y).W.shape == (4, 3)
+assert net.gating_pattern(p, np.asarray(x)).shape == (6, 4)
+for call in (
+    lambda: net.residuals(p, x[:5], y),  # 5 inputs, 6 labels: "samples" disagree
+    lambda: net.logit_loss(jnp.zeros((6, 3)), y),  # 3 logits per sample, not 2
+    lambda: net.loss(p, x, y.astype(jnp.float32)),  # labels must be integers
+):
+    try:
+        call()
+    except jaxtyping.TypeCheckError as err:
+        print("rejected:", str(err).splitlines()[0][:60])
+    else:
+        raise SystemExit("a mis-shaped call passed the shape check")
+"""
+
+
+def test_shape_annotations_are_checked_at_run_time():
+    """The jaxtyping annotations of the model's functions hold on correct calls and reject
+    mismatched sample counts, a wrong number of logits and float labels (beartype)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _TYPECHECKED], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("rejected:") == 3
