@@ -7,7 +7,9 @@ dataset whose stable cells are known in closed form.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +56,8 @@ def orthogonal_clusters(per_cluster=6, eps=0.05):
 
     Closed form of the target map (κ = +1): ``T(g) ∝ Σ_k a_k μ_k ± eps Σ_{s∈g} e_{4+s}`` with
     ``a_k = |g ∩ C_k|`` for class-1 clusters and ``−|g ∩ C_k|`` for class-2 ones, so
-    ``gate(T(g)) = ∪ {C_k : class 1, g ∩ C_k ≠ ∅}``: the stable cells are C_0, C_1, C_0 ∪ C_1 and the
-    empty pattern (T = 0, gate(0) = ∅). For κ = −1 the same holds with the class-2 clusters.
+    ``gate(T(g)) = ∪ {C_k : class 1, g ∩ C_k ≠ ∅}``: the stable cells are C_0, C_1, C_0 ∪ C_1
+    and the empty pattern (T = 0, gate(0) = ∅). For κ = −1 the same holds with the class-2 clusters.
     """
     n = 4 * per_cluster
     cluster = np.repeat(np.arange(4), per_cluster)
@@ -111,7 +113,8 @@ def test_cover_bound_closed_forms_and_recursion():
         assert cover_bound(n, 1) == 2  # a line through the origin: two half-lines
         assert cover_bound(n, n) == 2**n == cover_bound(n, n + 5)  # every dichotomy
         for d in range(2, 8):
-            # Cover (1965): adding a hyperplane splits the cells it crosses, C(N+1, D) = C(N, D) + C(N, D−1).
+            # Cover (1965): adding a hyperplane splits the cells it crosses,
+            # C(N+1, D) = C(N, D) + C(N, D−1).
             assert cover_bound(n + 1, d) == cover_bound(n, d) + cover_bound(n, d - 1)
 
 
@@ -303,7 +306,7 @@ def test_plateau_rule_waits_for_the_first_merge():
     assert _plateau([100, 40, 12, 12, 11], 3, 100) == (11, False)
 
 
-# --------------------------------------------------------------------------- exact gates (Algorithm 1's engine)
+# --------------------------------------------------------------- exact gates (Algorithm 1's engine)
 
 
 def exact_preactivations(x_int: np.ndarray, labels: np.ndarray, gates: np.ndarray) -> np.ndarray:
@@ -313,9 +316,9 @@ def exact_preactivations(x_int: np.ndarray, labels: np.ndarray, gates: np.ndarra
 
 
 def integer_data(n, dim, seed, *, fine_bits=0):
-    """Float32 data that are exactly ``x_int / 2^(3+fine_bits)`` for small integers ``x_int``, so that
-    every pre-activation is an exact integer multiple of a power of two: many exact ties (z = 0)
-    and, with ``fine_bits``, many near-ties far below float32 rounding of ‖x‖‖S‖."""
+    """Float32 data that are exactly ``x_int / 2^(3+fine_bits)`` for small integers ``x_int``, so
+    that every pre-activation is an exact integer multiple of a power of two: many exact ties
+    (z = 0) and, with ``fine_bits``, many near-ties far below float32 rounding of ‖x‖‖S‖."""
     rng = np.random.default_rng(seed)
     x_int = rng.integers(-3, 4, size=(n, dim)) << fine_bits
     if fine_bits:
@@ -659,8 +662,8 @@ def dense_reference(data, key, *, probes, patience, kappa, max_iterations=200):
 def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
     """Realistic case (400 MNIST digits, float32, D = 784), both κ, with 2-cycles: the fast
     path (rank filter, dense check, incremental sums, shared first maps) gives the reference's
-    K_t curve, estimate, fractions and stable cells exactly. Small ranks and dense checks force every
-    path of the engine at this size."""
+    K_t curve, estimate, fractions and stable cells exactly. Small ranks and dense checks force
+    every path of the engine at this size."""
     import gflow._cells as cells
     from gflow import load_dataset
 
@@ -753,3 +756,56 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
         for eqn in found
         if eqn not in integer + placement
     )
+
+
+# --------------------------------------------------------------------------- gflow cells
+
+
+def test_cells_cli_reports_fixed_points_apart_and_explains_its_columns(tmp_path, capsys):
+    """`gflow cells` on two orthogonal two-cycle pairs (tests/test_faces.py): the face map's
+    four stable faces per κ (three with a sliding sample) are counted as fixed points, apart
+    from 2-cycles and the plateau; the open-cell map finds only the empty cell fixed and the
+    rest on 2-cycles. Every printed column has a legend line, and progress goes to stderr."""
+    from gflow._cli import main
+
+    x = np.zeros((4, 4))
+    x[:2, :2] = [[1.0, 0.0], [0.5, 1.0]]
+    x[2:, 2:] = [[0.5, 1.0], [1.0, 0.0]]
+    path = tmp_path / "pairs.npz"
+    np.savez(path, x_train=x, y_train=np.array([0, 1, 1, 0]))
+    common = ["cells", "--dataset", f"npz:{path}", "--preprocess", "none", "--probes", "128"]
+    common += ["--patience", "2", "--probe-seeds", "2", "--chunk", "128"]
+    out = tmp_path / "faces.json"
+    assert main([*common, "--capacity", "4", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    payload = json.loads(out.read_text())
+    assert payload["map"] == "faces" and payload["dim"] == 4
+    for row in payload["kappa"]:
+        assert row["fixed_points"] == 4 and row["fixed_points_per_seed"] == [4, 4]
+        assert row["sliding"] == 3 and row["two_cycles_per_seed"] == [0, 0]
+        assert row["probe_shares"]["fixed_point"] == [1.0, 1.0]
+        assert all(min(c) == p for c, p in zip(row["curves"], row["plateau_per_seed"]))
+    table = captured.out.splitlines()
+    head = table[0]
+    legend = table[table.index("columns:") + 1 :]
+    named = [line.strip().split(":")[0] for line in legend if line.startswith("  ")]
+    assert named == re.split(r"\s{2,}", head.strip()) and "fixed points" in named
+    assert "Cover bound" in captured.out and "NOT a count of stable cells" in captured.out
+    assert "K_t" in captured.err and "cells [" in captured.err
+    out_cells = tmp_path / "cells.json"
+    assert main([*common, "--map", "cells", "--json", str(out_cells), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "cells [" not in captured.err
+    for row in json.loads(out_cells.read_text())["kappa"]:
+        assert row["fixed_points"] == 1 and row["empty_face_stable"] == [True, True]
+        shares = row["probe_shares"]
+        assert all(
+            f + c == 1.0 and c > 0 for f, c in zip(shares["fixed_point"], shares["two_cycle"])
+        )
+    for argv, needle in (
+        ([*common, "--capacity", "0"], "--capacity"),
+        ([*common, "--map", "cells", "--bias"], "--bias"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err
