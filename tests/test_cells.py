@@ -788,7 +788,7 @@ def test_cells_cli_reports_fixed_points_apart_and_explains_its_columns(tmp_path,
     table = captured.out.splitlines()
     head = table[0]
     legend = table[table.index("columns:") + 1 :]
-    named = [line.strip().split(":")[0] for line in legend if line.startswith("  ")]
+    named = [m.group(1) for m in (re.match(r"  (\S[^:]*):", line) for line in legend) if m]
     assert named == re.split(r"\s{2,}", head.strip()) and "fixed points" in named
     assert "Cover bound" in captured.out and "NOT a count of stable cells" in captured.out
     assert "K_t" in captured.err and "cells [" in captured.err
