@@ -1403,7 +1403,8 @@ def thread_environment(threads: int) -> tuple[dict[str, str], list[int]]:
 
 def settings_with(base: BenchSettings, assignments: Sequence[str]) -> BenchSettings:
     """``base`` with fields set from ``NAME=VALUE`` strings, each VALUE read as the type of the
-    field's value in ``base`` (tuples comma-separated), then validated by `BenchSettings`.
+    field's value in ``base`` (tuples comma-separated), then validated by `BenchSettings`; fewer
+    ``memory_seeds`` than ``memory_group`` shrink the group, as ``gflow bench --memory-seeds``.
 
     >>> settings_with(QUICK, ["ode_solver=heun", "seeds=1,2"]).seeds
     (1, 2)
@@ -1430,4 +1431,6 @@ def settings_with(base: BenchSettings, assignments: Sequence[str]) -> BenchSetti
         except ValueError:
             label = {int: "integers", float: "numbers", str: "text"}.get(kind, "values")
             raise ValueError(f"{name} takes {label}; got {value!r}") from None
+    if "memory_seeds" in overrides and "memory_group" not in overrides:  # as gflow bench does
+        overrides["memory_group"] = min(base.memory_group, overrides["memory_seeds"])
     return dataclasses.replace(base, **overrides)

@@ -165,6 +165,8 @@ def test_settings_with_reads_each_field_as_its_type():
     assert (s.seeds, s.ode_dt, s.ode_solver, s.repeats) == ((1, 4), 0.125, "heun", 2)
     assert settings_with(QUICK, ["ode_perturbations=none"]).ode_perturbations == ()
     assert settings_with(QUICK, ["ode_dtypes=float64"]).ode_dtypes == ("float64",)
+    few = settings_with(QUICK, ["memory_seeds=4"])
+    assert (few.memory_seeds, few.memory_group) == (4, 4)  # the group shrinks with the seeds
     for bad, words in (("steps=1.5", "integers"), ("nope=1", "NAME=VALUE"), ("steps", "NAME")):
         with pytest.raises(ValueError, match=words):
             settings_with(QUICK, [bad])
