@@ -21,6 +21,10 @@ through ``u ← T_κ(gate(u))`` until the number K_t of distinct patterns among 
 decreasing. Since ``T_κ(gate(u))`` depends on ``u`` only through its pattern, every iteration
 maps each *distinct* pattern once (in chunks of ``chunk`` probes, so memory stays at
 ``[chunk, N]`` floats) and copies the result to the probes that share it.
+
+`stable_faces` is Algorithm 1 on the faces (g, S) of the sliding flow, with the projected target
+map of `gflow._faces` (docs/theory.md §3, §8); it reports fixed points (stable faces), 2-cycles
+and the plateau K_t apart.
 """
 
 from __future__ import annotations
@@ -1514,9 +1518,11 @@ class StableCellEstimate:
 
     Attributes:
         kappa: +1 or −1.
-        estimate: the stable-cell count, the last K_t before the plateau (the running minimum
-            of K_t when the patience ran out). Equal to ``n_probes`` (with ``converged``
-            False) when no two probes ever met: M is then too small to resolve the count.
+        estimate: the paper's estimate, K_t at the plateau (the running minimum of K_t when the
+            patience ran out). It counts the fixed points, the patterns on cycles and those
+            still moving together: the stable cells reached are `n_stable`, not this. Equal to
+            ``n_probes`` (with ``converged`` False) when no two probes ever met: M is then too
+            small to resolve the count.
         curve: K_t for every iteration run (``curve[0]`` counts the random probes' patterns).
         converged: True if K_t stopped decreasing for ``patience`` iterations before
             ``max_iterations``.
@@ -1764,7 +1770,8 @@ def stable_cells(
     chunk: int = 4096,
     max_iterations: int = 200,
 ) -> dict[int, StableCellEstimate]:
-    """Algorithm 1 (docs/theory.md §3, paper Appendix D): estimate the number of stable cells.
+    """Algorithm 1 (docs/theory.md §3, paper Appendix D) on open cells: the plateau of K_t and
+    the stable cells (fixed points) the probes reach.
 
     Draw M = ``probes`` directions uniform on S^{D−1}. Repeat: record K_t, the number of distinct
     gating patterns among the probes; replace each probe u by ``T_κ(gate(u))``. Stop when K_t has
