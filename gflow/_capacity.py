@@ -1,4 +1,4 @@
-"""Effective capacity: clusters of mutually aligned neurons, merging and norm pruning (docs/theory.md §6).
+"""Effective capacity: aligned-neuron clusters, merging and norm pruning (docs/theory.md §6).
 
 Augmented vectors. Neuron i acts on the augmented input x̃ = (x, 1) through w̃_i = (w_i, b_i):
 z_i(x) = w̃_i·x̃. Relu is positively homogeneous, so for every x
@@ -28,9 +28,9 @@ Neurons with identical directions merge exactly.
 A refinement (``weighting="contribution"``): w̃_C = u_C = Σ_j P̃_j ŵ̃_j / Σ_j P̃_j with
 P̃_j = ‖w̃_j‖‖v_j‖, *not* normalised (‖u_C‖ ≤ 1), same v_C. Linearising relu around the
 cluster's direction, Σ_j ‖w̃_j‖ v_j (ŵ̃_j·x̃) = v_C (u_C·x̃) when the v_j of the cluster are
-parallel (they converge to one angle per κ, docs/theory.md §3), so the first-order error of the merge
-cancels and only the curvature of the cluster remains. The same bound holds with u_C in place of
-û_C (relu is 1-Lipschitz whatever the vector's norm), and u_C, a convex combination of unit
+parallel (they converge to one angle per κ, docs/theory.md §3), so the first-order error of the
+merge cancels and only the curvature of the cluster remains. The same bound holds with u_C in
+place of û_C (relu is 1-Lipschitz whatever the vector's norm), and u_C, a convex combination of unit
 vectors each within √(2(1−τ)) of ŵ̃_j, stays within that radius too.
 
 Norm pruning. Neurons with the smallest P_i = ‖w_i‖‖v_i‖ are removed (masked to zero).
@@ -44,6 +44,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from ._network import Params, accuracy, logits
 from ._observables import TrainingData, outgoing_alignment, safe_norm
@@ -386,13 +387,20 @@ def merge_report(
     if clusters is None:
         clusters = neuron_clusters(params, threshold=threshold)
     m = _merge_metrics_all(params, jnp.asarray(clusters.labels), data, rebalance)[weighting]
-    values = {k: (bool(v) if k == "bound_holds" else float(v)) for k, v in m.items()}
     return MergeReport(
         width=int(params.W.shape[0]),
         clusters=clusters.count,
         threshold=clusters.threshold,
+        train_accuracy=float(m["train_accuracy"]),
+        train_accuracy_merged=float(m["train_accuracy_merged"]),
+        test_accuracy=float(m["test_accuracy"]),
+        test_accuracy_merged=float(m["test_accuracy_merged"]),
+        max_logit_change=float(m["max_logit_change"]),
+        max_bound=float(m["max_bound"]),
+        bound_holds=bool(m["bound_holds"]),
+        max_angle_gap=float(m["max_angle_gap"]),
+        logit_scale=float(m["logit_scale"]),
         weighting=weighting,
-        **values,
     )
 
 
@@ -400,7 +408,7 @@ def merge_report(
 
 
 def _check_fraction(fraction) -> None:
-    if isinstance(fraction, jax.core.Tracer):
+    if isinstance(fraction, Tracer):
         return
     f = np.asarray(fraction, dtype=np.float64)
     if not np.all((f >= 0) & (f <= 1)):
@@ -462,7 +470,8 @@ def _pruning_accuracies(params: Params, data: TrainingData, fractions: jax.Array
 
 
 def norm_pruning_curve(params: Params, data: TrainingData, fractions) -> PruningCurve:
-    """Train/test accuracy after removing each fraction of the lowest-P_i neurons (docs/theory.md §6)."""
+    """Train/test accuracy after removing each fraction of the lowest-P_i neurons
+    (docs/theory.md §6)."""
     fractions = np.asarray(fractions, dtype=np.float64).reshape(-1)
     _check_fraction(fractions)
     kept, train, test = _pruning_accuracies(params, data, jnp.asarray(fractions, params.W.dtype))

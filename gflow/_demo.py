@@ -20,8 +20,11 @@ from ._dataset import Dataset
 from ._flow import FlowConfig, gradient_flow
 from ._network import init_params
 from ._observables import balance_drift, training_data
-from ._race import loss_drop_time, race_winners
+from ._progress import Activity
+from ._race import race_winners
+from ._runs import loss_drop
 from ._sgd import SGDConfig, check_hyperparameters, train_sgd
+from ._trajectory import Trajectory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,21 +64,29 @@ class DemoConfig:
 def estimated_drop_time(dataset: Dataset, sigma: float) -> float:
     """Flow time at which the fastest neuron's P reaches O(1) from P(0) ~ σ².
 
-    Uses the largest small-init unlocking rate γ = (√2/N)‖Σ_s ỹ_s x_s‖ (docs/theory.md §4, all samples
-    active) and P(t) ≈ σ² e^{γ t}: t_drop ≈ log(1/σ²)/γ.
+    Uses the largest small-init unlocking rate γ = (√2/N)‖Σ_s ỹ_s x_s‖ (docs/theory.md §4, all
+    samples active) and P(t) ≈ σ² e^{γ t}: t_drop ≈ log(1/σ²)/γ.
     """
     gamma = np.sqrt(2.0) / dataset.n_samples * np.linalg.norm(dataset.signed_labels @ dataset.x)
     if not gamma > 0:
         raise ValueError(
-            "the dataset's classes have equal sums (Σ ỹ_s x_s = 0): no unlocking rate to estimate t_end"
+            "the dataset's classes have equal sums (Σ ỹ_s x_s = 0): no unlocking rate to "
+            "estimate t_end"
         )
     return float(np.log(1.0 / sigma**2) / gamma)
 
 
 def run_demo(
-    dataset: Dataset, config: DemoConfig, out: Path, *, dtype=jnp.float32, log=print
+    dataset: Dataset,
+    config: DemoConfig,
+    out: Path,
+    *,
+    dtype=jnp.float32,
+    log=print,
+    progress: bool = False,
 ) -> dict:
-    """Train by the ODE and by SGD, write figures and ``summary.json`` to ``out``; return the summary."""
+    """Train by the ODE and by SGD, write figures and ``summary.json`` to ``out``; return the
+    summary. ``progress`` shows the elapsed time of each long step on stderr."""
     from . import _plots
 
     data = training_data(dataset, dtype)
@@ -88,7 +99,8 @@ def run_demo(
     params0 = init_params(k_init, config.width, dataset.dim, config.sigma, dtype=dtype)
     log(f"data     {dataset.describe()}")
     log(
-        f"network  d={config.width} neurons, σ={config.sigma:g}, dtype={jnp.dtype(dtype).name}, flow time 0..{t_end:.1f}"
+        f"network  d={config.width} neurons, σ={config.sigma:g}, dtype={jnp.dtype(dtype).name}, "
+        f"flow time 0..{t_end:.1f}"
     )
 
     ts = np.linspace(0.0, t_end, config.save_points)
@@ -101,8 +113,10 @@ def run_demo(
     else:
         flow_config = FlowConfig(rtol=config.rtol, max_steps=200_000)
         method = f"Tsit5, rtol={config.rtol:g}"
-    flow = gradient_flow(params0, data, ts, config=flow_config)
-    jax.block_until_ready(flow.observables.P)
+    with Activity(f"ODE      {method}, t = 0..{t_end:.0f}", enabled=progress):
+        flow = gradient_flow(params0, data, ts, config=flow_config)
+        assert isinstance(flow, Trajectory)  # return_stats=False: no FlowStats
+        jax.block_until_ready(flow.observables.P)
     flow_seconds = time.perf_counter() - start
     log(f"ODE      {method}: {int(flow.num_steps)} solver steps in {flow_seconds:.1f} s")
 
@@ -111,23 +125,24 @@ def run_demo(
     steps = record_every * int(np.ceil(t_end / (dt_step * record_every)))
     sgd_config = SGDConfig(steps=steps, record_every=record_every, batch_size=config.batch_size)
     start = time.perf_counter()
-    sgd = train_sgd(
-        params0,
-        k_order,
-        data,
-        learning_rate=config.learning_rate,
-        momentum=config.momentum,
-        config=sgd_config,
-    )
-    jax.block_until_ready(sgd.observables.P)
+    sgd_label = f"SGD      η={config.learning_rate:g}, β={config.momentum:g}, B={config.batch_size}"
+    with Activity(f"{sgd_label}, {steps} steps", enabled=progress):
+        sgd = train_sgd(
+            params0,
+            k_order,
+            data,
+            learning_rate=config.learning_rate,
+            momentum=config.momentum,
+            config=sgd_config,
+        )
+        jax.block_until_ready(sgd.observables.P)
     sgd_seconds = time.perf_counter() - start
-    log(
-        f"SGD      η={config.learning_rate:g}, β={config.momentum:g}, B={config.batch_size}: {steps} steps in {sgd_seconds:.1f} s"
-    )
+    log(f"{sgd_label}: {steps} steps in {sgd_seconds:.1f} s")
 
     summary = _summarise(dataset, config, flow, sgd, t_end, flow_seconds, sgd_seconds)
     out.mkdir(parents=True, exist_ok=True)
-    figures = _draw(_plots, flow, sgd, summary, out)
+    with Activity("figures", enabled=progress):
+        figures = _draw(_plots, flow, sgd, summary, out)
     summary["figures"] = [str(p.name) for p in figures]
     _write_json(out / "summary.json", summary)
     return summary
@@ -138,8 +153,10 @@ def _summarise(dataset, config, flow, sgd, t_end, flow_seconds, sgd_seconds) -> 
         obs = jax.tree.map(np.asarray, traj.observables)
         t = np.asarray(traj.t, dtype=np.float64)
         winners = race_winners(obs.P[-1])
+        drop = loss_drop(t, obs.loss)
         return {
-            "loss_drop_time": loss_drop_time(t, obs.loss),
+            "loss_drop_time": drop.time,  # None (JSON null) when the loss did not drop
+            "no_drop_reason": drop.reason,
             "final_loss": float(obs.loss[-1]),
             "final_train_accuracy": float(obs.accuracy[-1]),
             "final_test_accuracy": float(obs.test_accuracy[-1]),
@@ -162,9 +179,10 @@ def _summarise(dataset, config, flow, sgd, t_end, flow_seconds, sgd_seconds) -> 
     }
 
 
-def _early_index(t: np.ndarray, t_drop: float) -> int:
-    """Index of the 'early' time of the paper's figure 4: a quarter of the loss-drop time."""
-    target = 0.25 * t_drop if np.isfinite(t_drop) else t[len(t) // 8]
+def _early_index(t: np.ndarray, t_drop: float | None) -> int:
+    """Index of the 'early' time of the paper's figure 4: a quarter of the loss-drop time (an
+    eighth of the window when the loss did not drop)."""
+    target = 0.25 * t_drop if t_drop is not None else t[len(t) // 8]
     return int(np.argmin(np.abs(t - target)))
 
 
@@ -174,16 +192,21 @@ def _draw(plots, flow, sgd, summary, out: Path) -> list[Path]:
     t, ts = np.asarray(flow.t, np.float64), np.asarray(sgd.t, np.float64)
     early = _early_index(t, summary["ode"]["loss_drop_time"])
     return [
-        plots.plot_norms(t, f.P, out / "norms_ode.png", title="ODE: P_i = |w_i||v_i|"),
+        plots.plot_norms(t, f.P, out / "norms_ode.png", title="ODE: P_i = ‖w_i‖‖v_i‖"),
         plots.plot_cos_delta(
             t,
             f.cos_target,
             out / "cos_delta_ode.png",
-            title="ODE: cos δ_i to the current cell's target",
+            title="ODE: alignment with the target of the neuron's cell",
+            ylabel=plots.TARGET_COSINE,
         ),
         plots.plot_overlay(t, f.P, f.loss, ts, s.P, s.loss, out / "ode_vs_sgd.png"),
         plots.plot_final_vs_early(
-            f.cos_target[early], f.P[-1], out / "final_P_vs_early_cos.png", t_early=float(t[early])
+            f.cos_target[early],
+            f.P[-1],
+            out / "final_P_vs_early_cos.png",
+            t_early=float(t[early]),
+            quantity=plots.TARGET_COSINE,
         ),
         plots.plot_loss(
             t,
@@ -192,6 +215,7 @@ def _draw(plots, flow, sgd, summary, out: Path) -> list[Path]:
             test_loss=f.test_loss,
             accuracy=f.accuracy,
             test_accuracy=f.test_accuracy,
+            title="ODE: loss",
         ),
     ]
 
@@ -203,23 +227,29 @@ def _write_json(path: Path, obj) -> None:
 
 
 def format_summary(summary: dict) -> str:
+    def drop(v):
+        return "no drop" if v is None else f"{v:.1f}"
+
     rows = [("", "ODE", "SGD")]
     for key, label, fmt in [
-        ("loss_drop_time", "loss-drop time t", "{:.1f}"),
-        ("final_loss", "final loss", "{:.4f}"),
-        ("final_train_accuracy", "train accuracy", "{:.3f}"),
-        ("final_test_accuracy", "test accuracy", "{:.3f}"),
-        ("balance_drift", "balance drift max_i", "{:.2e}"),
-        ("race_winners", "neurons carrying 90% of ΣP", "{}"),
-        ("steps", "steps", "{}"),
-        ("seconds", "seconds", "{:.1f}"),
+        ("loss_drop_time", "loss-drop time t", drop),
+        ("final_loss", "final loss", "{:.4f}".format),
+        ("final_train_accuracy", "train accuracy", "{:.3f}".format),
+        ("final_test_accuracy", "test accuracy", "{:.3f}".format),
+        ("balance_drift", "balance drift max_i", "{:.2e}".format),
+        ("race_winners", "neurons carrying 90% of ΣP", "{}".format),
+        ("steps", "steps", "{}".format),
+        ("seconds", "seconds", "{:.1f}".format),
     ]:
-        rows.append((label, fmt.format(summary["ode"][key]), fmt.format(summary["sgd"][key])))
+        rows.append((label, fmt(summary["ode"][key]), fmt(summary["sgd"][key])))
     width = max(len(r[0]) for r in rows)
     lines = [f"{r[0]:<{width}}  {r[1]:>10}  {r[2]:>10}" for r in rows]
+    for name in ("ode", "sgd"):
+        if summary[name]["loss_drop_time"] is None:
+            lines.append(f"no loss drop ({name.upper()}): {summary[name]['no_drop_reason']}")
     d = summary["config"]["width"]
     lines.append(
-        f"race: {summary['ode']['race_winners']} of {d} neurons (ODE) and {summary['sgd']['race_winners']} "
-        f"of {d} (SGD) carry 90% of the total norm ΣP_i"
+        f"race: {summary['ode']['race_winners']} of {d} neurons (ODE) and "
+        f"{summary['sgd']['race_winners']} of {d} (SGD) carry 90% of the total norm ΣP_i"
     )
     return "\n".join(lines)

@@ -38,6 +38,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+from matplotlib.typing import LegendLocType
 
 from ._runs import (
     Run,
@@ -145,7 +146,7 @@ def _log_axis(ax: Axes, *values) -> None:
         return
     ticks = _nice_log_ticks(lo, hi if hi > lo else lo * 1.01)
     ax.set_ylim(ticks[0], ticks[-1])
-    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_locator(FixedLocator(ticks.tolist()))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_minor_formatter(NullFormatter())
@@ -220,7 +221,7 @@ def plot_norms(t, P, path, *, title: str = "", seeds: Sequence[int] | None = Non
     return _save(fig, path)
 
 
-def plot_cos_delta(t, cos, path, *, title: str = "") -> Path:
+def plot_cos_delta(t, cos, path, *, title: str = "", ylabel: str = r"$\cos\delta_i$") -> Path:
     """cos δ_i = cos ∠(w_i, e_i) against flow time (docs/theory.md §2): alignment of each neuron.
 
     The y-axis spans [0, 1] when every value is non-negative, else it reaches down to the data.
@@ -230,6 +231,7 @@ def plot_cos_delta(t, cos, path, *, title: str = "") -> Path:
         cos: ``[T, d]`` (or ``[T]``), values in [−1, 1].
         path: PNG file to write.
         title: figure title.
+        ylabel: axis label (another cosine, e.g. to the cell's target, can be drawn alike).
     """
     t, cos = _time_series(t, cos, "cos")
     keep = np.arange(min(cos.shape[1], _MAX_LINES))
@@ -237,7 +239,7 @@ def plot_cos_delta(t, cos, path, *, title: str = "") -> Path:
     ax.plot(t, cos[:, keep], lw=0.8, alpha=0.7)
     _cos_limits(ax, cos[:, keep])
     ax.set_xlabel("flow time t")
-    ax.set_ylabel(r"$\cos\delta_i$")
+    ax.set_ylabel(ylabel)
     shown = "" if len(keep) == cos.shape[1] else f" (first {len(keep)} of {cos.shape[1]})"
     ax.set_title(
         (title or "alignment of incoming weights with their error vector") + shown, fontsize=10
@@ -246,7 +248,7 @@ def plot_cos_delta(t, cos, path, *, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def _style_legend(ax: Axes, solid: str, dashed: str, *, loc: str = "best") -> None:
+def _style_legend(ax: Axes, solid: str, dashed: str, *, loc: LegendLocType = "best") -> None:
     """A legend of the two line styles (black proxies), added next to any existing legend."""
     existing = ax.get_legend()
     handles = [Line2D([], [], color="k", lw=1.2), Line2D([], [], color="k", lw=1.2, ls="--")]
@@ -403,7 +405,12 @@ def plot_overlay(
     return _save(fig, path)
 
 
-def plot_final_vs_early(cos_early, P_final, path, *, t_early) -> Path:
+TARGET_COSINE = r"$\cos\angle(w_i, T_\kappa(g_i))$"  # cosine to the target of the neuron's cell
+
+
+def plot_final_vs_early(
+    cos_early, P_final, path, *, t_early, quantity: str = r"$\cos\delta_i$"
+) -> Path:
     """Final P_i against early cos δ_i, one dot per neuron (paper's figure 4, docs/theory.md §7).
 
     Args:
@@ -411,6 +418,7 @@ def plot_final_vs_early(cos_early, P_final, path, *, t_early) -> Path:
         P_final: P_i at the end of the run, same shape.
         path: PNG file to write.
         t_early: the early time (shown in the axis label).
+        quantity: what the cosine measures (axis label), e.g. `TARGET_COSINE`.
     """
     cos = np.asarray(cos_early, dtype=np.float64).ravel()
     P = np.asarray(P_final, dtype=np.float64).ravel()
@@ -425,9 +433,9 @@ def plot_final_vs_early(cos_early, P_final, path, *, t_early) -> Path:
     finite = cos[np.isfinite(cos)]
     low = float(finite.min()) if finite.size else 0.0
     ax.set_xlim(min(0.0, math.floor(low * 10) / 10) - 0.02, 1.02)  # fits the data, 1 included
-    ax.set_xlabel(rf"$\cos\delta_i$ at early time t = {float(t_early):.3g}")
+    ax.set_xlabel(f"{quantity} at early time t = {float(t_early):.3g}")
     ax.set_ylabel(r"final $P_i$")
-    ax.set_title(r"final $P_i$ against early $\cos\delta_i$", fontsize=10)
+    ax.set_title(f"final $P_i$ against early {quantity}", fontsize=10)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -506,7 +514,7 @@ def plot_settings(
         missing = int(np.sum(~np.isfinite(drop[i])))
         if missing:  # x in data, y in axes coordinates: shown even when no seed dropped
             ax_d.text(
-                x[i],
+                float(x[i]),
                 0.93,
                 f"{missing}/{drop.shape[1]} no drop",
                 transform=ax_d.get_xaxis_transform(),
@@ -620,6 +628,7 @@ def draw_run_figures(
             obs["P"][p, ok, -1],
             folder / f"final_vs_early{suffix}.png",
             t_early=t_early,
+            quantity=TARGET_COSINE,
         )
         out[label] = figs
     if multi and run.ok.any():

@@ -1,4 +1,5 @@
-"""Progress of a sweep on stderr: one tick per finished chunk of runs, never per step.
+"""Progress on stderr: a sweep's bar ticks per finished chunk of runs, never per step; a long
+single step (an ODE solve) shows its elapsed time (`Activity`).
 
 A sweep's unit of work is a chunk (a fixed number of runs: seeds × hyper-parameter points,
 computed by one compiled program); the bar advances when a chunk is on disk, so no Python
@@ -14,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -140,3 +142,65 @@ class Progress:
             self.stream.write(self.line() + "\n")
             self.stream.flush()
             self._last_print = t
+
+
+class Activity:
+    """A status line for one long step that reports no progress of its own (a compiled ODE
+    solve, a training loop inside one XLA call): while the ``with`` block runs, a background
+    thread writes the elapsed time every ``interval`` seconds; on exit, the duration.
+
+    Nothing enters the compiled computation. On a terminal the line is redrawn in place.
+
+    Args:
+        label: what is running (``"ODE solve, t = 0..230"``).
+        enabled: False prints nothing (``--quiet``).
+        stream: where to write (default ``sys.stderr``).
+        interval: seconds between lines.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval: float = 5.0,
+    ):
+        self.label = label
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = float(interval)
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = 0.0
+
+    def _write(self, text: str, *, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            elapsed = format_duration(time.monotonic() - self._started)
+            self._write(f"{self.label}: running, {elapsed} elapsed")
+
+    def __enter__(self) -> Activity:
+        self._started = time.monotonic()
+        if self.enabled:
+            self._write(f"{self.label}: started")
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.seconds = time.monotonic() - self._started
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            state = "done" if kind is None else "stopped"
+            self._write(f"{self.label}: {state} in {format_duration(self.seconds)}", final=True)

@@ -124,7 +124,7 @@ def write_npy_atomic(path, array) -> Path:
 
 def write_npz_atomic(path, **arrays) -> Path:
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buffer, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
     return write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -367,7 +367,8 @@ class Run:
                 f"the run of point {point} ({point_label(self.points[point])}), seed {seed} did "
                 f"not finish cleanly: {status_text(self.status[point, s])}"
             )
-        return Params(*(np.asarray(a[point, s]) for a in self.final_params))
+        # Params of NumPy arrays: a loaded run lives in host memory.
+        return Params(*(np.asarray(a[point, s]) for a in self.final_params))  # pyright: ignore[reportArgumentType]
 
     def to_xarray(self):
         """The run as an ``xarray.Dataset`` with named dimensions (needs the optional xarray).
@@ -382,7 +383,7 @@ class Run:
             >>> ds.P.sel(seed=3).isel(point=0).plot.line(x="time")  # doctest: +SKIP
         """
         try:
-            import xarray
+            import xarray  # pyright: ignore[reportMissingImports]  (optional extra)
         except ImportError:
             raise ImportError(
                 "Run.to_xarray needs xarray, an optional extra of gflow: "
@@ -461,7 +462,8 @@ def assemble_run(
         t=np.asarray(t),
         observables=observables,
         axes=axes,
-        final_params=Params(**{k: stacked(params[k]) for k in _PARAM_FIELDS}),
+        # Params of NumPy arrays [point, seed, ...]: host memory, not device arrays.
+        final_params=Params(**{k: stacked(params[k]) for k in _PARAM_FIELDS}),  # pyright: ignore[reportArgumentType]
         param_axes=param_axes,
         status=stacked(fields["status"]).astype(np.int32),
         num_steps=stacked(fields["num_steps"]),
@@ -595,7 +597,7 @@ def summarize(run: Run) -> list[dict]:
                 no_drop.append({"seed": int(run.seeds[s]), "reason": drop.reason})
             else:
                 drops.append(drop.time)
-            drifts.append(float(np.max(np.asarray(balance_drift(run.observables_of(p, s))))))
+            drifts.append(float(np.max(np.asarray(balance_drift(run.observables_of(p, int(s)))))))
             winners.append(float(race_winners(obs["P"][p, s, -1], share=_WINNER_SHARE).size))
         final = {
             name: _stats(obs[name][p, ok, -1])

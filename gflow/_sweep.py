@@ -12,6 +12,9 @@ How the work is laid out:
   ``jax.vmap``-ed function of ``(seed, σ, η, β)`` arrays: the hyper-parameters are traced
   values, so every chunk of every point reuses the same compilation (compiled ahead of time,
   once; the last chunk is padded with copies of its last member, which are dropped).
+* **Equal flow time.** SGD/GD settings with a fixed step count end at different flow times
+  t = kη/(1−β); ``sweep(..., t_end=T)`` gives each point k = T(1−β)/η steps instead
+  (`steps_to_flow_time`, docs/theory.md §1), one compiled program per step count.
 * **Bounded memory.** Only one chunk's trajectories exist at a time; each finished chunk is
   written to the run folder (`gflow._runs`) and released, however many seeds.
 * **Sharded.** The member axis is split over all local devices with a ``jax.sharding.Mesh`` of
@@ -64,6 +67,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -78,9 +82,17 @@ from ._network import init_params
 from ._observables import TrainingData, training_data
 from ._progress import Progress
 from ._sgd import SGDConfig, flow_time, train_sgd
-from ._trajectory import NON_FINITE, OK, STATUS_MESSAGES
+from ._trajectory import NON_FINITE, OK, STATUS_MESSAGES, Trajectory
 
 MESH_AXIS = "seed"
+_T = TypeVar("_T")
+
+
+def _filled(value: _T | None, name: str) -> _T:
+    """A `RunConfig` field after construction, where every default is filled in (never None)."""
+    if value is None:
+        raise ValueError(f"RunConfig.{name} is unset; construct the config with RunConfig(...).")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +176,10 @@ def plan_sweep(
     straddle two points.
     """
     points = config.points()
-    n_seeds = len(config.seeds)
+    seeds = _filled(config.seeds, "seeds")
+    n_seeds = len(seeds)
     members = len(points) * n_seeds
-    requested = config.chunk_size if chunk_size is None else chunk_size
+    requested = _filled(config.chunk_size, "chunk_size") if chunk_size is None else chunk_size
     if config.trainer == "flow":
         if t_end is not None:
             raise ValueError(
@@ -212,7 +225,7 @@ def plan_sweep(
     return SweepPlan(
         config=config,
         points=points,
-        seeds=config.seeds,
+        seeds=seeds,
         chunk_size=size,
         chunks=chunks,
         t=t,
@@ -244,18 +257,17 @@ class MemberSpec:
     ) -> MemberSpec:
         """The spec of ``config``'s members (``sgd`` replaces its `SGDConfig`, e.g. one point's
         step count under a common flow time)."""
-        common = dict(
+        flow = config.trainer == "flow"
+        return cls(
             trainer=config.trainer,
-            width=config.width,
+            width=_filled(config.width, "width"),
             dim=dim,
-            dtype=config.dtype,
-            orthogonal_init=config.orthogonal_init,
+            dtype=_filled(config.dtype, "dtype"),
+            orthogonal_init=_filled(config.orthogonal_init, "orthogonal_init"),
+            sgd=None if flow else (sgd if sgd is not None else config.sgd_config(n_samples)),
+            flow=config.flow_config() if flow else None,
+            save_times=tuple(config.save_times().tolist()) if flow else None,
         )
-        if config.trainer == "flow":
-            return cls(
-                **common, flow=config.flow_config(), save_times=tuple(config.save_times().tolist())
-            )
-        return cls(**common, sgd=sgd if sgd is not None else config.sgd_config(n_samples))
 
 
 def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
@@ -273,11 +285,13 @@ def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
         orthogonal=spec.orthogonal_init,
         dtype=jnp.dtype(spec.dtype),
     )
-    if spec.trainer == "flow":
+    if spec.flow is not None:
         traj = gradient_flow(
             params0, data, np.asarray(spec.save_times), config=spec.flow, throw=False
         )
+        assert isinstance(traj, Trajectory)  # return_stats=False: no FlowStats
     else:
+        assert spec.sgd is not None
         traj = train_sgd(
             params0,
             key_batch,
@@ -467,7 +481,7 @@ def _dataset_record(dataset: Dataset) -> dict:
         "provenance": dataset.provenance,
         "n_samples": dataset.n_samples,
         "dim": dataset.dim,
-        "n_test": int(dataset.x_test.shape[0]) if dataset.has_test else 0,
+        "n_test": 0 if dataset.x_test is None else int(dataset.x_test.shape[0]),
         "fingerprint": _runs.dataset_fingerprint(dataset),
     }
 

@@ -41,3 +41,31 @@ def test_demo_rejects_bad_values_with_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("gflow demo: error: sigma must be > 0")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_demo_summary_says_no_drop_with_the_reason():
+    """A run whose loss did not drop prints "no drop" and why, never a drop time."""
+    from gflow._demo import format_summary
+    from gflow._runs import loss_drop
+
+    t = np.linspace(0.0, 97.0, 98)
+    flat = loss_drop(t, np.log(2.0) - 1e-3 * t / t[-1])  # 0.693 → 0.692: no drop
+    dropped = loss_drop(t, np.where(t < 50, np.log(2.0), 0.2))
+    assert flat.time is None and dropped.time == 50.0
+
+    def run(drop):
+        return {
+            "loss_drop_time": drop.time,
+            "no_drop_reason": drop.reason,
+            "final_loss": 0.69,
+            "final_train_accuracy": 0.5,
+            "final_test_accuracy": 0.5,
+            "balance_drift": 1e-7,
+            "race_winners": 3,
+            "steps": 10,
+            "seconds": 1.0,
+        }
+
+    text = format_summary({"config": {"width": 8}, "ode": run(flat), "sgd": run(dropped)})
+    assert text.splitlines()[1].split() == ["loss-drop", "time", "t", "no", "drop", "50.0"]
+    assert f"no loss drop (ODE): {flat.reason}" in text and "(SGD):" not in text

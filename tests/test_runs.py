@@ -289,3 +289,23 @@ def test_report_warns_when_settings_end_at_different_flow_times(sgd_folder):
     assert "different flow times (t_end = 150, 300)" in report
     assert "| σ=0.001, η=0.05, β=0.9 | 150 |" in report
     assert "in 2 chunks of 4 runs (the last 2)" in report
+
+
+def test_xarray_view_names_every_axis(sgd_folder):
+    """`Run.to_xarray()`: the same arrays under their axis names, with the swept values and the
+    seeds as coordinates (xarray is an optional extra: without it, a clear ImportError)."""
+    run = load_run(sgd_folder)
+    try:
+        import xarray  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'gflow\[xarray\]'"):
+            run.to_xarray()
+        return
+    ds = run.to_xarray()
+    assert ds.P.dims == run.axes["P"] and ds.final_b.dims == run.param_axes["b"]
+    np.testing.assert_array_equal(ds.P.values, run.observables["P"])
+    np.testing.assert_array_equal(ds.final_W.values, run.final_params.W)
+    # Selection by value: the run of seed 2 at η = 0.1 is point 1, seed index 2.
+    picked = ds.loss.sel(seed=2).isel(point=int(np.flatnonzero(ds.lr.values == 0.1)[0]))
+    np.testing.assert_array_equal(picked.values, run.observables["loss"][1, 2])
+    assert ds.sigma.values.tolist() == [1e-3, 1e-3]

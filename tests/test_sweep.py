@@ -181,3 +181,34 @@ def test_progress_on_a_terminal_redraws_one_line_and_quiet_prints_nothing():
     quiet.update(3)
     quiet.close()
     assert silent.getvalue() == ""
+
+
+def test_activity_shows_elapsed_time_of_a_long_step_and_its_duration():
+    """A step with no progress of its own (a compiled solve) is never silent: lines while it
+    runs, from a background thread, then its duration; --quiet prints nothing."""
+    import threading
+    import time
+
+    from gflow._progress import Activity
+
+    stream = io.StringIO()
+    beats = threading.Event()
+
+    class Watched(io.StringIO):
+        def write(self, text):
+            if "running" in text:
+                beats.set()
+            return stream.write(text)
+
+    with Activity("ODE solve", stream=Watched(), interval=0.01) as activity:
+        assert beats.wait(timeout=30)  # the step "runs" until the thread has reported
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "ODE solve: started" and "elapsed" in lines[1]
+    assert lines[-1].startswith("ODE solve: done in ") and activity.seconds > 0
+    count = len(lines)
+    time.sleep(0.05)
+    assert len(stream.getvalue().splitlines()) == count  # the thread stopped with the step
+    silent = io.StringIO()
+    with Activity("quiet", stream=silent, interval=0.01, enabled=False):
+        time.sleep(0.03)
+    assert silent.getvalue() == ""

@@ -238,7 +238,7 @@ def _train(args, data, dim: int, dtype):
     if not 0 <= args.momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1); got {args.momentum}")
     if args.steps is not None:
-        steps = positive("--steps", args.steps, int)
+        steps = int(positive("--steps", args.steps, int))
     else:
         t_end = positive("--t-end", _DEFAULT_T_END if args.t_end is None else args.t_end)
         steps = steps_to_flow_time(t_end, args.lr, args.momentum, 1)
@@ -246,13 +246,13 @@ def _train(args, data, dim: int, dtype):
     k_init, k_batch = jax.random.split(key)
     params0 = init_params(
         k_init,
-        positive("--width", args.width, int),
+        int(positive("--width", args.width, int)),
         dim,
         positive("--sigma", args.sigma),
         dtype=dtype,
     )
     config = SGDConfig(
-        steps=steps, record_every=steps, batch_size=positive("--batch", args.batch, int)
+        steps=steps, record_every=steps, batch_size=int(positive("--batch", args.batch, int))
     )
     traj = train_sgd(
         params0,

@@ -20,8 +20,10 @@ _EPILOG = """examples:
   gflow demo --dataset cifar:cifar-10-batches-py --n-per-class 400
 
 It trains one network from a tiny initialisation twice, by the gradient flow (the sliding-mode
-integrator of the nonsmooth flow, docs/theory.md §8) and by SGD with momentum (optax), prints the loss-drop time, the balance drift and how many neurons won
-the race, and writes figures (norms and cos δ vs time, ODE vs SGD overlay, final P_i vs early cos δ_i).
+integrator of the nonsmooth flow, docs/theory.md §8) and by SGD with momentum (optax), prints
+the loss-drop time, the balance drift and how many neurons won the race, and writes figures
+(norms and cos δ vs time, ODE vs SGD overlay, final P_i vs early cos δ_i). Each long step
+shows its elapsed time on stderr (--quiet: only the summary).
 """
 
 
@@ -88,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args)
     out = prepare_output_dir(args.out)
     log = (lambda *_: None) if args.quiet else print
-    summary = run_demo(dataset, config, out, dtype=dtype, log=log)
+    summary = run_demo(dataset, config, out, dtype=dtype, log=log, progress=not args.quiet)
     print(format_summary(summary))
     print(f"figures and summary.json in {out}")
     return 0

@@ -280,10 +280,11 @@ def resolve_run(args: argparse.Namespace, *, sweep: bool):
             raise UsageError(f"--save-points must be an integer >= 2; got {points!r}")
         values.update(steps=points - 1, record_every=1)  # the record grid; steps per point follow
     config = RunConfig.from_mapping(values, source=source)
-    if not sweep and (len(config.points()) > 1 or len(config.seeds) > 1):
+    n_seeds = len(config.seeds or ())
+    if not sweep and (len(config.points()) > 1 or n_seeds > 1):
         raise UsageError(
             "gflow run simulates one configuration: sigma, lr, momentum and seeds take one value "
-            f"each (got {len(config.points())} points × {len(config.seeds)} seeds); use gflow "
+            f"each (got {len(config.points())} points × {n_seeds} seeds); use gflow "
             "sweep for lists."
         )
     return config, t_end

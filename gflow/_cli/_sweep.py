@@ -10,11 +10,12 @@ from ._run import add_config_options, execute, suppress_defaults
 
 SWEEP_EPILOG = """examples:
   gflow sweep --seeds 0:64 --sigma 1e-5,1e-4 --lr 0.01,0.02 --out runs/sweep
-  gflow sweep --seeds 0:64 --sigma 1e-5,1e-4 --lr 0.01,0.02 --out runs/sweep --resume   # after a crash
+  gflow sweep --seeds 0:64 --sigma 1e-5,1e-4 --lr 0.01,0.02 --out runs/sweep --resume  # crashed
   gflow sweep --trainer flow --seeds 0:16 --sigma 1e-6,1e-5,1e-4 --t-end 300 --chunk-size 8
+  gflow sweep --seeds 0:16 --lr 0.005,0.01,0.02 --t-end 300   # every η to flow time 300
   gflow sweep --config sweep.toml --seeds 0:256 --quiet
   XLA_FLAGS=--xla_force_host_platform_device_count=4 gflow sweep --seeds 0:64   # 4 CPU devices
-  gflow sweep --coordinator host0:1234 --num-processes 2 --process-id 0 ...      # multi-host, host 0
+  gflow sweep --coordinator host0:1234 --num-processes 2 --process-id 0 ...   # multi-host, host 0
 
 Every point of the product sigma × lr × momentum runs for every seed; a seed gives the same
 initial weights at every point. Runs are computed chunk by chunk (--chunk-size runs at a time,
@@ -22,6 +23,12 @@ all in one compiled program, the seed axis split over all devices); each finishe
 written to DIR/chunks/ at once, so a killed sweep loses at most the chunk in progress and
 --resume continues from there, to the same numbers. A run that diverges (NaN/inf) or whose ODE
 solve fails is marked with its reason and left out of the summaries; the others go on.
+
+With a fixed --steps, settings of different η or β end at different flow times t = Kη/(1−β)
+(the summary shows each one's and warns); --t-end T gives each point steps = T(1−β)/η, so
+that they meet at equal flow time (--save-points N records each). DIR/figures/settings.png
+draws the loss-drop time and the final loss against the swept parameter (mean ± std over
+seeds); gflow capacity --run DIR --point P --seed S analyses one network of the sweep.
 
 config file (TOML; lists sweep):
   trainer = "sgd"
@@ -62,9 +69,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
         help="many seeds × hyper-parameters, chunked, sharded over devices, resumable",
-        description="Run the product of init scales σ, learning rates η and momenta β, each for many "
-        "seeds, in one compiled program per configuration; stream each finished chunk of runs to the "
-        "output folder; continue an interrupted sweep with --resume.",
+        description="Run the product of init scales σ, learning rates η and momenta β, each for "
+        "many seeds, in one compiled program per configuration; stream each finished chunk of runs "
+        "to the output folder; continue an interrupted sweep with --resume.",
         epilog=SWEEP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
