@@ -7,10 +7,10 @@ neurons, init scale σ = 1e-5, CIFAR-10 binary (airplane + cat vs automobile + b
 gradient-flow clock by η/(1−β) = 0.1 per step. On CIFAR-10 (N = 800, d = 100, σ = 1e-5) the
 time at which the loss has fallen by 5% of its total decrease was t ≈ 210, 220, 230 for
 η = 0.005, 0.01, 0.02 (50%: 340, 320, 340), so at η = 0.01 SGD follows the flow's clock within
-the spread of these runs while costing half the steps of η = 0.005 (`--learning-rate` changes
+the spread of these runs while costing half the steps of η = 0.005 (`--lr` changes
 it).
 
-**End of training.** Runs stop at a fixed flow time (`--time`, default 800: about three times
+**End of training.** Runs stop at a fixed flow time (`--t-end`, default 800: about three times
 the loss-drop time of both datasets at σ = 1e-5), so runs with different N see the same clock.
 
 Every script takes ``--quick`` (tiny sizes, seconds; used by the test suite), ``--dataset``
@@ -70,7 +70,9 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=f"gflow-out/{name}", metavar="DIR", help="output folder")
     p.add_argument(
+        "--lr",
         "--learning-rate",
+        dest="learning_rate",
         type=float,
         default=LEARNING_RATE,
         help=f"SGD step η (default {LEARNING_RATE})",
@@ -79,10 +81,17 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
         "--momentum", type=float, default=MOMENTUM, help=f"momentum β (default {MOMENTUM})"
     )
     p.add_argument(
-        "--batch-size", type=int, default=BATCH_SIZE, help=f"mini-batch B (default {BATCH_SIZE})"
+        "--batch",
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"mini-batch B (default {BATCH_SIZE})",
     )
     p.add_argument(
+        "--t-end",
         "--time",
+        dest="time",
         type=float,
         default=None,
         help=f"flow time t = kη/(1−β) to train for (default {FLOW_TIME:g}; quick {QUICK_TIME:g})",
@@ -95,13 +104,13 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
 def check_args(args) -> None:
     """Reject values no experiment can use, naming the option."""
     if not args.learning_rate > 0:
-        raise SystemExit(f"--learning-rate must be > 0; got {args.learning_rate}")
+        raise SystemExit(f"--lr must be > 0; got {args.learning_rate}")
     if not 0 <= args.momentum < 1:
         raise SystemExit(f"--momentum must be in [0, 1); got {args.momentum}")
     if not args.batch_size > 0:
-        raise SystemExit(f"--batch-size must be > 0; got {args.batch_size}")
+        raise SystemExit(f"--batch must be > 0; got {args.batch_size}")
     if args.time is not None and not args.time > 0:
-        raise SystemExit(f"--time must be > 0; got {args.time}")
+        raise SystemExit(f"--t-end must be > 0; got {args.time}")
     if args.seeds is not None and not args.seeds > 0:
         raise SystemExit(f"--seeds must be > 0; got {args.seeds}")
 
@@ -225,7 +234,8 @@ def train_final(
     )
     if not np.all(finite):
         print(
-            f"warning: {int(np.sum(~finite))} of {len(seeds)} runs diverged (non-finite weights); left out"
+            f"warning: {int(np.sum(~finite))} of {len(seeds)} runs diverged (non-finite weights); "
+            "left out"
         )
     return final, np.nonzero(finite)[0]
 

@@ -122,8 +122,8 @@ def main(argv=None) -> int:
             }
         )
         print(
-            f"σ={sigma:g} seed {seed}: clusters init {counts[0]}, before drop (t={t_snap[before]:.0f}) "
-            f"{counts[before]}, end {counts[-1]}"
+            f"σ={sigma:g} seed {seed}: clusters init {counts[0]}, before drop "
+            f"(t={t_snap[before]:.0f}) {counts[before]}, end {counts[-1]}"
         )
     clock.lap("clustering")
 

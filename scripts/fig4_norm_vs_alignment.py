@@ -124,7 +124,8 @@ def main(argv=None) -> int:
             )
         rho = quality["cos_delta_early"].spearman_log_P
         print(
-            f"seed {seeds[i]}: Spearman(cos δ at t={t[j_early]:g}, log P_end) = {rho.rho:.3f} (p = {rho.p_value:.2g}); "
+            f"seed {seeds[i]}: Spearman(cos δ at t={t[j_early]:g}, log P_end) = {rho.rho:.3f} "
+            f"(p = {rho.p_value:.2g}); "
             f"at t=0: {quality['cos_delta_t0'].spearman_log_P.rho:.3f}; loss-drop time {t_drop:.0f}"
         )
     clock.lap("scores")
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
         ax.set_title(f"ρ = {r0[key]['rho']:.2f}, p = {r0[key]['p_value']:.1g}", fontsize=9)
     fig.colorbar(sc, ax=axes[1], label="log10 final P_i")
     fig.suptitle(
-        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, σ = {args.sigma:g}, seed {seeds[ok[0]]}",
+        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, σ = {args.sigma:g}, "
+        f"seed {seeds[ok[0]]}",
         fontsize=9,
     )
     _paper.save(fig, out / f"{NAME}.png")

@@ -52,7 +52,8 @@ def parse(argv):
         "--early-time",
         type=float,
         default=None,
-        help=f"flow time of the early alignment (default {EARLY_TIME:g}; quick {QUICK_EARLY_TIME:g})",
+        help=f"flow time of the early alignment (default {EARLY_TIME:g}; "
+        f"quick {QUICK_EARLY_TIME:g})",
     )
     p.add_argument(
         "--permutations",
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
         config=config,
     )
     if 0 not in ok:
-        raise SystemExit("the dense run diverged; lower --learning-rate")
+        raise SystemExit("the dense run diverged; lower --lr")
     clock.lap("dense training")
     t = np.asarray(traj.t[0])
     j_early = int(np.argmin(np.abs(t - early)))
@@ -220,8 +221,9 @@ def main(argv=None) -> int:
                 }
             )
         print(
-            f"s={s:.0%}: test acc IMP {per_target[-1]['imp_test_accuracy_per_round'][-1]:.3f}, random pruning "
-            f"{per_target[-1]['random_pruning_test_accuracy']:.3f}, reinit {per_target[-1]['random_reinit_test_accuracy']:.3f}"
+            f"s={s:.0%}: test acc IMP {per_target[-1]['imp_test_accuracy_per_round'][-1]:.3f}, "
+            f"random pruning {per_target[-1]['random_pruning_test_accuracy']:.3f}, "
+            f"reinit {per_target[-1]['random_reinit_test_accuracy']:.3f}"
             f"; Spearman(cos δ early, pruned incoming) = {corr.rho:.3f} (p = {corr.p_value:.2g}); "
             f"AUC(cos δ early → kept) = {aucs['cos_delta_early']:.3f}"
         )
@@ -242,8 +244,8 @@ def main(argv=None) -> int:
         ax.set_xlabel(f"cos δ_i at t = {t[j_early]:g}")
         ax.set_ylabel(f"pruned incoming weights (of {dataset.dim})")
     fig.suptitle(
-        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}: IMP ({args.rounds} rounds, rewind step "
-        f"{args.rewind_step}); blue κ = +1, orange κ = −1",
+        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}: IMP ({args.rounds} rounds, "
+        f"rewind step {args.rewind_step}); blue κ = +1, orange κ = −1",
         fontsize=9,
     )
     _paper.save(fig, out / f"{NAME}.png")

@@ -1,11 +1,11 @@
-"""Appendix G table: accuracy before and after merging clusters at τ = 0.95, for N ∈ {200, 800, 4000}.
+"""Appendix G table: accuracy before and after merging clusters at τ = 0.95, N ∈ {200, 800, 4000}.
 
 Each network (d = 300, σ = 1e-5, SGD batch 4, momentum 0.9) is trained to a fixed flow time; its
 neurons are clustered (complete linkage on cos of (w_i, b_i) within each κ) and each cluster
 is replaced by one neuron (`gflow._capacity.merge_report`): direction û = normalised Σ w̃_j,
 outgoing weight Σ ‖w̃_j‖ v_j (docs/theory.md §6, "norm"), and the first-order refinement
-u = Σ P̃_j ŵ̃_j / Σ P̃_j ("contribution"). Reported: clusters, train and test accuracy before and after,
-the largest logit change and the bound it must respect,
+u = Σ P̃_j ŵ̃_j / Σ P̃_j ("contribution"). Reported: clusters, train and test accuracy before and
+after, the largest logit change and the bound it must respect,
 ‖o_merged(x) − o(x)‖ ≤ Σ_j ‖w̃_j‖‖v_j‖ |(ŵ̃_j − û)·x̃|.
 
     python scripts/table_g_merging.py --dataset cifar:/path/cifar10.npz --out out/tableG
@@ -43,7 +43,8 @@ def parse(argv):
     p.add_argument(
         "--save-params",
         action="store_true",
-        help="also write each final network as params_N<N>_seed<s>.npz (W, b, V; for gflow capacity --params)",
+        help="also write each final network as params_N<N>_seed<s>.npz (W, b, V; for "
+        "gflow capacity --params)",
     )
     args = p.parse_args(argv)
     _paper.check_args(args)
@@ -64,10 +65,12 @@ def markdown(rows: list[dict], title: str) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['N']} | {r['seed']} | {r['weighting']} | {r['width']} | {r['clusters']} | {r['width'] / r['clusters']:.1f} | "
+            f"| {r['N']} | {r['seed']} | {r['weighting']} | {r['width']} | {r['clusters']} "
+            f"| {r['width'] / r['clusters']:.1f} | "
             f"{_pct(r['train_accuracy'])} → {_pct(r['train_accuracy_merged'])} | "
             f"{_pct(r['test_accuracy'])} → {_pct(r['test_accuracy_merged'])} | "
-            f"{100 * (r['test_accuracy_merged'] - r['test_accuracy']):+.2f} | {r['max_logit_change']:.3g} | "
+            f"{100 * (r['test_accuracy_merged'] - r['test_accuracy']):+.2f} "
+            f"| {r['max_logit_change']:.3g} | "
             f"{r['max_bound']:.3g} | {r['logit_scale']:.3g} |"
         )
     return "\n".join(lines) + "\n"
@@ -109,7 +112,8 @@ def main(argv=None) -> int:
                 report = merge_report(final, data, weighting=weighting, clusters=clusters)
                 rows.append({"N": n, "seed": seeds[i], **report._asdict()})
                 print(
-                    f"N={n} seed {seeds[i]} ({weighting}): {report.clusters} clusters of {width}; test acc "
+                    f"N={n} seed {seeds[i]} ({weighting}): {report.clusters} clusters of {width}; "
+                    "test acc "
                     f"{report.test_accuracy:.4f} → {report.test_accuracy_merged:.4f}; max |Δo| "
                     f"{report.max_logit_change:.3g} ≤ {report.max_bound:.3g}"
                 )
