@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-from gflow import Params, TrainingData, balance_drift, init_params, observe
+from gflow import Params, TrainingData, balance_drift, observe
 from gflow._discretisation import (
     gate_chatter,
     gate_margins,
@@ -174,21 +174,25 @@ def test_norms_balance_drift_matches_the_observables_drift():
     x = jnp.array([[1.0, 0.5], [0.0, 1.0], [-1.0, 0.3]], jnp.float64)
     empty = (jnp.zeros((0, 2)), jnp.zeros((0,), jnp.int32))
     data = TrainingData(x, jnp.array([0, 1, 0]), jnp.array([1.0, -1.0, 1.0]), *empty)
-    keys = jax.random.split(jax.random.key(0), 5)
-    stacked = jax.vmap(lambda k: init_params(k, 4, 2, 0.5, dtype=jnp.float64))(keys)
-    obs = jax.vmap(observe, in_axes=(0, None))(stacked, data)
+    rng = np.random.default_rng(0)
+    shapes = {"W": (5, 4, 2), "b": (5, 4), "V": (5, 4, 2)}  # 5 save times, d = 4, D = 2
+    stacked = Params(**{k: jnp.asarray(rng.standard_normal(v)) for k, v in shapes.items()})
+    obs = jax.jit(jax.vmap(observe, in_axes=(0, None)))(stacked, data)
     drift = norms_balance_drift(obs.w_norm, obs.v_norm, obs.b)
     np.testing.assert_allclose(drift, np.asarray(balance_drift(obs)), rtol=1e-12)
     assert drift.shape == (4,) and np.all(drift > 0)  # independent draws: Q_i is not conserved
 
 
 def test_perturbed_start_moves_every_weight_by_the_relative_size():
-    params = init_params(jax.random.key(0), 300, 40, 1e-3, dtype=jnp.float64)
+    rng = np.random.default_rng(0)  # a small start as `init_params` draws it: b = 0
+    W, V = (1e-3 * rng.standard_normal(shape) for shape in ((300, 40), (300, 2)))
+    params = Params(W=jnp.asarray(W), b=jnp.zeros(300, jnp.float64), V=jnp.asarray(V))
     moved = perturbed_start(params, 1e-6, jax.random.key(1))
     for a, m in zip(params, moved):
-        ratio = np.asarray(m / jnp.where(a == 0, 1.0, a)) - 1.0
-        nonzero = np.asarray(a) != 0
-        assert np.all(np.asarray(m)[~nonzero] == 0)  # b = 0 at the start stays 0
+        a, m = np.asarray(a), np.asarray(m)
+        ratio = m / np.where(a == 0, 1.0, a) - 1.0
+        nonzero = a != 0
+        assert np.all(m[~nonzero] == 0)  # b = 0 at the start stays 0
         if nonzero.any():
             n = int(nonzero.sum())  # ratio − 1 ~ N(0, ε²): 5-sigma bounds on its mean and spread
             assert abs(np.std(ratio[nonzero]) / 1e-6 - 1) < 5 / np.sqrt(2 * n)
