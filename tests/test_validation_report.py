@@ -54,7 +54,9 @@ def test_page_counts_each_cells_passing_seeds(report_module, tmp_path):
             "report": {"0": {"t_drop": 5.0}, "1": {"t_drop": 6.0}},
         }
 
-    payloads = [payload((True, False)), payload((True, True))]
+    cells.append({"dataset": "CIFAR", "preset": "pixels", "argv": [], "seeds": "0,1"})
+    failed = {"failed": "solver overflow", "checks": [], "report": {}, "settings": None}
+    payloads = [payload((True, False)), payload((True, True)), failed]
     table = report_module.summarise_cells(cells, payloads)
     assert table["phase3.race_rate"]["cells"][0]["passed"] == 1
     assert table["phase3.race_rate"]["cells"][1]["passed"] == 2
@@ -62,8 +64,9 @@ def test_page_counts_each_cells_passing_seeds(report_module, tmp_path):
     page = tmp_path / "validation.md"
     text = report_module.render(cells, payloads, table, command="test", figures=tmp_path, page=page)
     verdicts = re.search(r"\| `phase3.race_rate` \| claim \| (.*) \|", text)
-    assert verdicts is not None and verdicts.group(1) == "FAIL 1/2 | pass 2/2"
-    assert "| `balance_drift` | identity | pass 2/2 | pass 2/2 |" in text
+    assert verdicts is not None and verdicts.group(1) == "FAIL 1/2 | pass 2/2 | —"
+    assert "| `balance_drift` | identity | pass 2/2 | pass 2/2 | — |" in text
+    assert "| 2 | CIFAR | pixels | not run: solver overflow |" in text
     # identities are listed before claims
     assert text.index("`balance_drift` | identity") < text.index("`phase3.race_rate` | claim")
     # a failing claim gets its evidence figure and a reason; a passing identity gets neither
