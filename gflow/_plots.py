@@ -527,6 +527,8 @@ def plot_settings(
         ends = np.unique(np.round(np.asarray(flow_time, dtype=np.float64), 9))
         if ends.size > 1:
             suptitle += " — settings end at different flow times"
+        else:
+            suptitle += f", each to flow time {float(ends[0]):g}"
     fig.suptitle(suptitle, fontsize=10)
     return _save(fig, path)
 
