@@ -309,3 +309,27 @@ def test_xarray_view_names_every_axis(sgd_folder):
     picked = ds.loss.sel(seed=2).isel(point=int(np.flatnonzero(ds.lr.values == 0.1)[0]))
     np.testing.assert_array_equal(picked.values, run.observables["loss"][1, 2])
     assert ds.sigma.values.tolist() == [1e-3, 1e-3]
+
+
+def test_figure_axes_fit_the_data():
+    """Log axes end on labelled ticks that enclose every value (the final loss is never below
+    the lowest label); a cosine axis spans [0, 1] for non-negative data, else reaches the data."""
+    from matplotlib.figure import Figure
+
+    from gflow._plots import _cos_limits, _log_axis
+
+    ax = Figure().add_subplot()
+    loss = np.geomspace(np.log(2.0), 0.06, 50)
+    _log_axis(ax, loss)
+    ticks = ax.get_yticks()
+    labels = [ax.yaxis.get_major_formatter()(y, 0) for y in ticks]
+    assert (ticks[0], ticks[-1]) == ax.get_ylim() and ticks[0] <= loss.min() < loss.max() <= 1
+    assert labels == ["0.05", "0.1", "0.2", "0.5", "1"]
+    narrow = Figure().add_subplot()
+    _log_axis(narrow, [0.25, np.log(2.0)])  # under a factor 3: every 1..9 × 10^k is labelled
+    assert narrow.get_yticks().tolist() == pytest.approx([0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    cos = Figure().add_subplot()
+    _cos_limits(cos, np.array([0.0, 0.4, 1.0]))
+    assert cos.get_ylim() == pytest.approx((-0.02, 1.02))
+    _cos_limits(cos, np.array([-0.43, 0.9]))
+    assert cos.get_ylim()[0] <= -0.43 and cos.get_ylim()[1] == pytest.approx(1.02)
