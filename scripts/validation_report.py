@@ -60,46 +60,51 @@ STATEMENTS = {
 
 REASONS = {
     "phase1.stable_cell": (
-        "Neurons slide on cell boundaries (docs/theory.md §8): at the check time most neurons "
-        "have samples with z_is = 0 exactly, so their strict pattern g excludes samples the "
-        "target's gate includes, and gate(T_κ(g)) = g cannot hold. The count of sliding neurons "
-        "is in the check's detail."
+        "neurons slide on cell boundaries (docs/theory.md §8). At the check time most neurons "
+        "have samples with z_is = 0 (the evidence counts them), so their strict pattern g leaves "
+        "out samples that the target's gate takes in, and gate(T_κ(g)) = g cannot hold."
     ),
     "phase1.stable_face": (
-        "The stable-face test uses the phase-1 residuals (p ≈ ½); the neurons lie within a few "
-        "milliradians of their face's projected target, but the target leaves the face's closed "
-        "cone by more than rounding: the face the neuron is on is not yet the one it ends in, or "
-        "p ≈ ½ no longer holds at 0.8·t_drop."
+        "not established. Measured: the neurons lie within milliradians of their face's projected "
+        "target, yet condition (c) fails (the projected target leaves the face's closed cone; "
+        "the shares per condition are in the detail). Candidates: the face a neuron is on at "
+        "0.8·t_drop is not the one it ends in, or the phase-1 residuals (p ≈ ½) that the test "
+        "assumes no longer hold there."
     ),
     "phase1.limit_angle": (
-        "The neurons that miss have a weak outgoing drive Σ_s a_i(s) ỹ_s (near a sign change), so "
-        "φ_i has not reached either limit by 0.8·t_drop; the median error is small."
+        "the median error is small (evidence); the neurons that miss are those whose outgoing "
+        "drive Σ_s a_i(s) ỹ_s is weak or changed sign, so φ_i is still on its way at 0.8·t_drop "
+        "(κ predicted at t = 0 is right for only part of the neurons)."
     ),
     "phase1.directional_convergence": (
-        "Neurons that slide on a boundary move towards the target projected on their face, not "
-        "towards T_κ(g): their angle to T_κ(g) stops shrinking at the angle between the two."
+        "neurons that slide on a boundary move towards the target projected on their face, not "
+        "towards T_κ(g): they are much closer to the projected target than to T_κ(g) "
+        "(evidence), and their angle to T_κ(g) stops shrinking."
     ),
     "phase1.second_order_target": (
-        "The steady direction assumes the neuron's own group carries the output on E; where other "
-        "groups overlap E, Λ misstates the output."
+        "not established; it fails only where both targets are already close (evidence). The "
+        "steady direction assumes the neuron's own group carries the output on E; a candidate "
+        "is other groups' output on shared samples."
     ),
     "phase2.unlocking_rate": (
-        "No neuron reaches cos δ ≥ 0.99 to its cell's target in the rate window (sliding keeps "
-        "them off the target), so the law is not tested; over all growing neurons the small-init "
-        "rate's error is in the report."
+        "the law is stated for aligned neurons; where no neuron reaches cos δ ≥ 0.99 to its "
+        "cell's target in the rate window (sliding keeps them off it), the check has nothing to "
+        "test and fails. Over all growing neurons the small-init rate's error is in the evidence."
     ),
     "phase3.race_rate": (
-        "The conjecture takes b ≈ 0; the trained bias carries the term ‖w_i‖ b_i β_i/P_i of the "
-        "rate (max |b_i|/‖w_i‖ is 0.3–0.4). Counting the bias as a weight (θ = (w, b), inputs "
-        "(x, 1)), the same leave-one-out prediction holds to the measurement noise."
+        "the conjecture takes b ≈ 0. The trained bias carries the term ‖w_i‖ b_i β_i / P_i of "
+        "the rate; counting the bias as a weight (θ = (w, b), inputs (x, 1)), the same "
+        "leave-one-out prediction holds to the measurement noise (evidence)."
     ),
     "phase3.lateral_inhibition": (
-        "With few groups the permutation test has little power, and on data where all neurons "
-        "share most samples the growth on E_G is nearly the same for every group."
+        "not established. Candidates: with few groups the permutation test has little power; "
+        "where all neurons share most samples the output growth on E_G is nearly the same for "
+        "every group, so the statistic has little to rank."
     ),
     "phases.silent_alignment": (
-        "Alignment is judged against the current cell's target at cos δ ≥ 0.99; sliding neurons "
-        "never reach it (see directional convergence), so their groups count as not aligned."
+        "alignment is judged against the current cell's target at cos δ ≥ 0.99; neurons that "
+        "slide stay about the evidence's angle away from it (see directional convergence), so "
+        "their groups never count as aligned before their norms grow."
     ),
 }
 
@@ -142,29 +147,135 @@ def grid(args) -> list[dict]:
     return cells
 
 
+ATTEMPTS = (("0.25", None), ("0.125", None), ("0.25", "50"))
+
+
 def run_cell(cell: dict, folder: Path, index: int) -> dict:
     """``gflow validate`` on one cell (in this process); its JSON payload. A solve the sliding
-    solver refuses at h = 0.25 (too many pairs reach their boundaries in one step) is rerun at
-    h = 0.125; a cell that still fails is recorded with gflow's message, never dropped."""
+    solver refuses (more pairs of one neuron reach their boundaries in one step than it holds)
+    is rerun at h = 0.125, then at h = 0.25 with room for 50 pairs; a cell that still fails is
+    recorded with gflow's message, never dropped."""
     from gflow._cli import main
 
     out = folder / f"cell{index}.json"
-    message = ""
-    for dt0 in ("0.25", "0.125"):
+    messages = []
+    for dt0, capacity in ATTEMPTS:
         argv = ["validate", *cell["argv"], "--seeds", cell["seeds"], "--probe-seeds", "0"]
         argv += ["--dt0", dt0, "--json", str(out), "--quiet"]
+        if capacity is not None:
+            argv += ["--sliding-capacity", capacity]
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             status = main(argv)
+        where = f"h = {dt0}" + (f", K = {capacity}" if capacity else "")
         if status in (0, 1):
             payload = json.loads(out.read_text())
             payload["status"] = status
-            payload["dt0"] = dt0
-            payload["retry_reason"] = message
+            payload["step"] = where
+            payload["retry_reason"] = "; ".join(messages)
             return payload
-        message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "failed"
-        print(f"  h = {dt0}: {message}", file=sys.stderr)
-    return {"failed": message, "checks": [], "report": {}, "settings": None, "dataset": "—"}
+        text = err.getvalue().strip()
+        message = text.splitlines()[-1] if text else "failed"
+        message = message.removeprefix("gflow validate: error: ")
+        messages.append(f"{where}: {message}")
+        print(f"  {where}: {message}", file=sys.stderr)
+    return {"failed": "; ".join(messages), "checks": [], "report": {}, "settings": None}
+
+
+def _median_over_seeds(payload: dict, *path):
+    values = []
+    for report in payload.get("report", {}).values():
+        v = report
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)):
+            values.append(float(v))
+    return _median(values)
+
+
+# Numbers from the checks' reports that bear on each claim (medians over seeds).
+EVIDENCE = {
+    "phase1.stable_cell": [("neurons sliding on a boundary", ("phase1", "sliding_neurons"))],
+    "phase1.stable_face": [
+        ("share in a stable face", ("phase1", "stable_face_share")),
+        ("median ∠(θ, projected target), rad", ("phase1", "angle_to_face_target_rad", "median")),
+    ],
+    "phase1.directional_convergence": [
+        ("median ∠(w, T_κ(g)), rad", ("phase1", "angle_to_current_target_rad", "median")),
+        ("median ∠(θ, projected target), rad", ("phase1", "angle_to_face_target_rad", "median")),
+        ("neurons sliding on a boundary", ("phase1", "sliding_neurons")),
+    ],
+    "phase1.limit_angle": [
+        ("median |φ − limit|, rad", ("phase1", "limit_angle_error_rad", "median")),
+        ("neurons with a weak drive", ("phase1", "weak_drive_neurons")),
+        ("κ at t = 0 right for", ("phase1", "kappa_predicted_at_init_matches")),
+    ],
+    "phase1.second_order_target": [
+        (
+            "median ∠ to T_κ(g) at t_drop",
+            ("phase1", "second_order_at_t_drop", "angle_to_current_target_rad", "median"),
+        ),
+        (
+            "to the steady T⁽²⁾",
+            (
+                "phase1",
+                "second_order_at_t_drop",
+                "angle_to_steady_second_order_target_rad",
+                "median",
+            ),
+        ),
+        (
+            "to T⁽²⁾ from the current output",
+            ("phase1", "second_order_at_t_drop", "angle_to_second_order_target_rad", "median"),
+        ),
+    ],
+    "phase2.unlocking_rate": [
+        ("aligned neurons (cos δ ≥ 0.99)", ("phase2", "aligned_neurons")),
+        (
+            "small-init error over all growing",
+            ("phase2", "median_rel_error_small_init_all_growing"),
+        ),
+    ],
+    "phase3.race_rate": [
+        ("median error, b = 0 form", ("phase3", "median_error_per_group")),
+        ("with the bias as a weight", ("phase3", "median_error_with_bias_as_weight")),
+        ("measurement noise", ("phase3", "noise")),
+    ],
+    "phase3.lateral_inhibition": [
+        ("groups", ("phase3", "lateral_inhibition", "groups")),
+        ("Spearman ρ", ("phase3", "lateral_inhibition", "spearman")),
+    ],
+    "phases.silent_alignment": [
+        (
+            "median ∠(w, T_κ(g)) at 0.8·t_drop, rad",
+            ("phase1", "angle_to_current_target_rad", "median"),
+        ),
+    ],
+}
+
+
+def evidence_table(name: str, cells: list[dict], payloads: list[dict]) -> list[str]:
+    """A table of the numbers in `EVIDENCE` for one claim, one row per cell."""
+    items = EVIDENCE.get(name)
+    if not items:
+        return []
+    lines = ["| cell | " + " | ".join(label for label, _ in items) + " |"]
+    lines.append("| --- |" + " --- |" * len(items))
+    for c, payload in enumerate(payloads[: len(cells)]):
+        if payload.get("failed"):
+            continue
+        row = []
+        for _, path in items:
+            if path[-1] == "median_error_per_group":
+                per_seed = [
+                    _median(r.get("phase3", {}).get("median_error_per_group") or [])
+                    for r in payload["report"].values()
+                ]
+                row.append(_fmt(_median(per_seed)))
+            else:
+                row.append(_fmt(_median_over_seeds(payload, *path)))
+        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    return ["Evidence (medians over seeds):", "", *lines, ""]
 
 
 def _fmt(value) -> str:
@@ -265,9 +376,9 @@ def render(cells, payloads, table, *, command: str, figures: Path | None, page: 
             continue
         drops = ", ".join(_fmt(r.get("t_drop")) for r in payload["report"].values())
         s = payload["settings"]
-        step = f"h = {payload.get('dt0', '0.25')}"
+        step = payload.get("step", "h = 0.25")
         if payload.get("retry_reason"):
-            step += f" (at h = 0.25: {payload['retry_reason']})"
+            step += f" (refused at {payload['retry_reason']})"
         lines.append(
             f"| {c} | {payload['dataset']} | {cell['preset']} | d = {s['width']}, σ = "
             f"{s['sigma']:g}, t_end = {s['t_end']:.4g}, {step} | {cell['seeds']} | {drops} |"
@@ -311,6 +422,7 @@ def render(cells, payloads, table, *, command: str, figures: Path | None, page: 
         lines += ["", f"What is compared (cell {c0}, seed {seed0}): {entry['cells'][c0]['detail']}"]
         lines += [""]
         if failing:
+            lines += evidence_table(name, cells, payloads)
             if figures is not None:
                 fig = figures / f"validation_{name.replace('.', '_')}.png"
                 evidence_figure(name, entry, cells, fig)
@@ -320,7 +432,7 @@ def render(cells, payloads, table, *, command: str, figures: Path | None, page: 
             if reason:
                 lines += [f"Most likely reason: {reason}", ""]
             else:
-                lines += ["Most likely reason: not established; see the detail above.", ""]
+                lines += ["Most likely reason: not established; see the evidence above.", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -112,6 +112,8 @@ def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
         (["--dataset", "nonsense"], "nonsense"),
         (["--solver", "rk99"], "solver"),
         (["--dataset", "mnist", "--preprocess", "pixel"], "preprocess"),
+        (["--sliding-capacity", "0"], "--sliding-capacity"),
+        (["--solver", "tsit5", "--sliding-capacity", "8"], "--sliding-capacity"),
     ],
 )
 def test_validate_bad_input_is_one_line_and_status_2(capsys, argv, needle):

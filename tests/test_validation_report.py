@@ -51,7 +51,10 @@ def test_page_counts_each_cells_passing_seeds(report_module, tmp_path):
             "checks": checks,
             "dataset": "a dataset",
             "settings": {"width": 4, "sigma": 1e-5, "t_end": 10.0},
-            "report": {"0": {"t_drop": 5.0}, "1": {"t_drop": 6.0}},
+            "report": {
+                "0": {"t_drop": 5.0, "phase3": {"noise": 1e-5}},
+                "1": {"t_drop": 6.0, "phase3": {"noise": 3e-5}},
+            },
         }
 
     cells.append({"dataset": "CIFAR", "preset": "pixels", "argv": [], "seeds": "0,1"})
@@ -72,7 +75,9 @@ def test_page_counts_each_cells_passing_seeds(report_module, tmp_path):
     # a failing claim gets its evidence figure and a reason; a passing identity gets neither
     assert (tmp_path / "validation_phase3_race_rate.png").is_file()
     assert not (tmp_path / "validation_balance_drift.png").exists()
-    assert "Most likely reason: The conjecture takes b ≈ 0" in text
+    assert "Most likely reason: the conjecture takes b ≈ 0" in text
+    # its evidence row: the median over seeds of the reported noise
+    assert re.search(r"\| 0 \| — \| — \| 2e-05 \|", text)
     for name in ("MNIST", "Gaussian mixture", "`pixels`", "`center-unit`", "CIFAR"):
         assert name in text
 

@@ -92,6 +92,14 @@ def register(subparsers) -> None:
     g.add_argument(
         "--dt0", type=float, default=0.25, help="step of the sliding solver (default 0.25)"
     )
+    g.add_argument(
+        "--sliding-capacity",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sliding solver: most pairs of one neuron on or reaching their gate boundaries in "
+        "one step (default 16; more stops the solve with an overflow status)",
+    )
     g.add_argument("--max-steps", type=int, default=2_000_000, help="ODE step budget (default 2e6)")
     g.add_argument(
         "--dtype",
@@ -165,6 +173,10 @@ def _check_args(args) -> None:
         raise UsageError(f"--probe-seeds must be >= 0; got {args.probe_seeds}")
     if args.n_per_class is not None and args.n_per_class < 1:
         raise UsageError(f"--n-per-class must be a positive integer; got {args.n_per_class}")
+    if args.sliding_capacity is not None:
+        positive("--sliding-capacity", args.sliding_capacity, int)
+        if args.solver != "sliding":
+            raise UsageError("--sliding-capacity applies to --solver sliding only")
     if args.json is not None:
         check_json_path(args.json)
 
@@ -399,7 +411,11 @@ def run(args) -> int:
     dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
     if args.solver == "sliding":
         config = FlowConfig(
-            solver="sliding", adaptive=False, dt0=args.dt0, max_steps=args.max_steps
+            solver="sliding",
+            adaptive=False,
+            dt0=args.dt0,
+            max_steps=args.max_steps,
+            sliding_capacity=args.sliding_capacity,
         )
     else:
         config = FlowConfig(solver=args.solver, rtol=args.rtol, max_steps=args.max_steps)
@@ -471,6 +487,7 @@ def run(args) -> int:
                 "t_end": t_end,
                 "rtol": args.rtol,
                 "dt0": args.dt0,
+                "sliding_capacity": args.sliding_capacity,
                 "solver": args.solver,
                 "dtype": args.dtype,
                 "preprocess": args.preprocess,
