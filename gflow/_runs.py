@@ -639,15 +639,16 @@ def unequal_flow_times(summary: list[dict]) -> str:
 
 
 def drop_text(s: Mapping, spec: str = ".3g") -> str:
-    """The loss-drop entry of one point's summary: ``t=143``, ``t=143 (3/4 seeds; 1 no drop)``,
-    or ``no drop: <reason>``."""
+    """The loss-drop entry of one point's summary: ``loss drop at t=143``, ``loss drop at t=143
+    (3/4 seeds; 1 no drop)``, or ``no loss drop (<reason>)``."""
     stats, no_drop = s["loss_drop_time"], s["no_drop"]
     if stats["count"] == 0:
         if not no_drop:
-            return "–"
+            return "loss drop –"
         reason = no_drop[0]["reason"]
-        return f"no drop ({reason})" if len(no_drop) == 1 else f"no drop in any seed ({reason})"
-    text = f"t={stats['median']:{spec}}"
+        many = " in any seed" if len(no_drop) > 1 else ""
+        return f"no loss drop{many} ({reason})"
+    text = f"loss drop at t={stats['median']:{spec}}"
     if no_drop:
         text += f" ({stats['count']}/{stats['count'] + len(no_drop)} seeds; {len(no_drop)} no drop)"
     return text

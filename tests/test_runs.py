@@ -274,7 +274,7 @@ def test_sweep_to_a_common_flow_time(tmp_path, capsys):
     assert run.layout["t_end"] == 20.0 and run.layout["steps"] == [40, 20]
     assert printed.count("(t = 0..20, ") == 2 and "different flow times" not in printed
     # At t = 20 the loss of σ = 1e-3 has not dropped yet: no drop, with the reason.
-    assert printed.count("loss drop no drop in any seed (the loss fell by only") == 2
+    assert printed.count("| no loss drop in any seed (the loss fell by only") == 2
     report = (out / "report.md").read_text()
     assert "in 2 chunks of 2 runs" in report
     assert "| chunk_size | `16` (requested; the plan made 2 chunks of 2 runs) |" in report

@@ -317,7 +317,7 @@ def _summary_lines(run, folder: Path, summary: list[dict]) -> list[str]:
         lines.append(
             f"  {s['label']} (t = 0..{s['flow_time']:.4g}, {med('num_steps', '.0f')} steps): "
             f"{s['ok']}/{s['seeds']} ok | final loss {med('final_loss')} | train acc "
-            f"{med('train_accuracy')} | test acc {med('test_accuracy')} | loss drop "
+            f"{med('train_accuracy')} | test acc {med('test_accuracy')} | "
             f"{drop_text(s)} | balance drift {med('balance_drift', '.1e')} | race winners "
             f"{med('race_winners', '.0f')}"
         )
