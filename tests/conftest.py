@@ -16,3 +16,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data folder {SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compilations():
+    """Drop the compiled programs of a test file after it: files rarely share shapes, and the
+    cache of every file's programs would otherwise stay resident for the whole run."""
+    yield
+    jax.clear_caches()
