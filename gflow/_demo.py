@@ -21,8 +21,7 @@ from ._flow import FlowConfig, gradient_flow
 from ._network import init_params
 from ._observables import balance_drift, training_data
 from ._progress import Activity
-from ._race import race_winners
-from ._runs import loss_drop
+from ._race import loss_drop, race_winners
 from ._sgd import SGDConfig, check_hyperparameters, train_sgd
 from ._trajectory import Trajectory
 

@@ -48,13 +48,12 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from ._network import Params
 from ._observables import Observables, balance_drift
-from ._race import loss_drop_time, race_winners
+from ._race import MIN_LOSS_FALL, loss_drop, race_winners
 from ._trajectory import OK, STATUS_MESSAGES
 
 FORMAT = "gflow-run-1"
@@ -64,7 +63,6 @@ CHUNKS = "chunks"
 _PARTIAL = ".partial-"
 _PARAM_FIELDS = ("W", "b", "V")
 _WINNER_SHARE = 0.9
-MIN_LOSS_FALL = 0.1  # a loss drop is a fall of at least this fraction of L(0) (`loss_drop`)
 
 
 def _mode(full: int) -> int:
@@ -519,52 +517,6 @@ def point_label(point: Mapping) -> str:
     if point.get("momentum") is not None:
         parts.append(f"β={point['momentum']:g}")
     return ", ".join(parts)
-
-
-class LossDrop(NamedTuple):
-    """Whether and when the loss dropped: ``time`` is None when it did not, and ``reason`` says why.
-
-    Attributes:
-        time: loss-drop time (`gflow._race.loss_drop_time`: first t with
-            L(t) ≤ L(0) − ½ (L(0) − min L)), or None.
-        reason: empty when the loss dropped; otherwise why no drop is reported.
-    """
-
-    time: float | None
-    reason: str
-
-
-def loss_drop(t, loss, *, min_fall: float = MIN_LOSS_FALL) -> LossDrop:
-    """The loss-drop time of one run, reported only when the loss did drop.
-
-    The drop time is measured against the lowest loss reached, so a loss that barely moves
-    (0.693 → 0.690) would still get one. A drop therefore needs the loss to have fallen by at
-    least ``min_fall`` of its initial value, (L(0) − min_t L) ≥ min_fall · L(0) (default 10%;
-    at a tiny initialisation o ≈ 0, so L(0) ≈ log 2, docs/theory.md §1, and the drop of §4–§5
-    takes the loss far below that).
-
-    Returns:
-        `LossDrop`: the time, or None with the reason (no finite loss; the loss never fell
-        below L(0); it fell by less than ``min_fall`` of L(0)).
-    """
-    if not 0 < min_fall < 1:
-        raise ValueError(f"min_fall must be a fraction in (0, 1); got {min_fall!r}.")
-    t = np.asarray(t, dtype=np.float64)
-    loss = np.asarray(loss, dtype=np.float64)
-    finite = np.isfinite(loss)
-    if not finite.any() or not finite[0]:
-        return LossDrop(None, "no finite loss at the start of the run")
-    l0, lowest = float(loss[0]), float(np.min(loss[finite]))
-    if not lowest < l0:
-        return LossDrop(None, f"the loss never fell below its initial value L(0) = {l0:.4g}")
-    fall = (l0 - lowest) / abs(l0) if l0 != 0 else np.inf
-    if fall < min_fall:
-        return LossDrop(
-            None,
-            f"the loss fell by only {fall:.2%} of L(0) = {l0:.4g} (lowest {lowest:.4g} by "
-            f"t = {t[-1]:.4g}); a drop is a fall of at least {min_fall:.0%}",
-        )
-    return LossDrop(loss_drop_time(t, loss), "")
 
 
 def summarize(run: Run) -> list[dict]:
