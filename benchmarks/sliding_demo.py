@@ -25,7 +25,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import gflow  # noqa: E402
-from gflow._demo import DemoConfig, estimated_drop_time  # noqa: E402
+from gflow.runs import DemoConfig, estimated_drop_time  # noqa: E402
 
 
 def _timed(fn):

@@ -5,6 +5,17 @@ continuous gradient flow (diffrax) and of small-learning-rate GD/SGD (optax), wi
 observables compared against the paper's closed forms.
 """
 
+# The public modules, one per layer (arrows run one way: network <- solvers, trainers <- theory,
+# cells, capacity, analysis <- runs <- cli); the names imported below are the most used of them.
+from . import analysis as analysis
+from . import capacity as capacity
+from . import cells as cells
+from . import datasets as datasets
+from . import network as network
+from . import runs as runs
+from . import solvers as solvers
+from . import theory as theory
+from . import trainers as trainers
 from ._capacity import merge_report as merge_report
 from ._capacity import merged_network as merged_network
 from ._capacity import neuron_clusters as neuron_clusters

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import gflow
-from gflow._sgd import SGDConfig, train_sgd
-from gflow._trajectory import OK, status_message
+from gflow.solvers import OK, status_message
+from gflow.trainers import SGDConfig, train_sgd
 
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
@@ -203,10 +203,10 @@ def train_final(
     data, params0: gflow.Params, seeds, *, learning_rate, momentum, batch_size, steps: int
 ):
     """Final parameters only, per lane: the same SGD steps and batches as `train_sgd` with the
-    same keys (`gflow._imp.train_masked` with a mask that keeps everything), without the
+    same keys (`gflow.capacity.train_masked` with a mask that keeps everything), without the
     recording machinery, which dominates compile time in a sweep of shapes. Returns the final
     `Params` (leading lane axis) and the indices of the lanes whose weights stayed finite."""
-    from gflow._imp import dense_mask, train_masked
+    from gflow.capacity import dense_mask, train_masked
 
     _, k_batch = lane_keys(seeds)
     mask = dense_mask(lane(params0, 0))

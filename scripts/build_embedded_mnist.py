@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gflow._data import read_csv_digits  # noqa: E402  (needs the repo on sys.path)
+from gflow.datasets import read_csv_digits  # noqa: E402
 
 EXPECTED_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 

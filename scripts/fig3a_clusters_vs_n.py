@@ -3,7 +3,7 @@
 For each width d and dataset size N, several seeds are trained with SGD (batch 4, momentum
 0.9, σ = 1e-5) to a fixed flow time; the neurons of each final network are clustered
 (complete linkage on the cosine similarity of (w_i, b_i) within each output alignment κ,
-`gflow._capacity.neuron_clusters`). The paper: the number of clusters grows with N until it
+`gflow.capacity.neuron_clusters`). The paper: the number of clusters grows with N until it
 saturates at d.
 
     python scripts/fig3a_clusters_vs_n.py --dataset cifar:/path/cifar10.npz --out out/fig3a
@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
-from gflow._capacity import neuron_clusters  # noqa: E402
-from gflow._observables import training_data  # noqa: E402
+from gflow.capacity import neuron_clusters
+from gflow.network import training_data
 
 NAME = "fig3a_clusters_vs_n"
 

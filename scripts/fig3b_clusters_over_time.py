@@ -4,7 +4,7 @@ for several init scales σ.
 The paper: silent alignment shrinks the number of clusters before the loss drops; a larger σ
 shortens the period in which directions move while norms stay small, and leaves more clusters.
 "Before the loss drops" is the last parameter snapshot taken before the training loss has
-fallen by 5% of its total decrease (`gflow._race.loss_drop_time` with fraction 0.05).
+fallen by 5% of its total decrease (`gflow.theory.loss_drop_time` with fraction 0.05).
 
     python scripts/fig3b_clusters_over_time.py --dataset cifar:/path/cifar10.npz --out out/fig3b
     python scripts/fig3b_clusters_over_time.py --quick
@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
-from gflow._capacity import neuron_clusters  # noqa: E402
-from gflow._observables import training_data  # noqa: E402
-from gflow._race import loss_drop_time  # noqa: E402
+from gflow.capacity import neuron_clusters
+from gflow.network import training_data
+from gflow.theory import loss_drop_time
 
 NAME = "fig3b_clusters_over_time"
 DROP_FRACTION = 0.05

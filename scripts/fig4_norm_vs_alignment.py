@@ -4,7 +4,7 @@ The race (docs/theory.md §4–§5): within a group, P_i grows like exp(γ t cos
 ranks the final norms. cos δ_i is measured against the target of the neuron's current cell,
 T_κ(g_i) (the paper's §5 "computing the alignment"); at t = 0, when v_i is still random, κ_i is
 the alignment v_i will reach, predicted from the data (sign Σ_s a_i(s) ỹ_s, Appendix B.1).
-Every score of `gflow._tickets.neuron_scores` is ranked against log P_i(end) with Spearman's ρ
+Every score of `gflow.capacity.neuron_scores` is ranked against log P_i(end) with Spearman's ρ
 and a two-sided permutation p-value.
 
     python scripts/fig4_norm_vs_alignment.py --dataset cifar:/path/cifar10.npz --out out/fig4
@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
-from gflow._observables import training_data  # noqa: E402
-from gflow._race import loss_drop_time  # noqa: E402
-from gflow._tickets import neuron_scores, score_quality  # noqa: E402
+from gflow.capacity import neuron_scores, score_quality
+from gflow.network import training_data
+from gflow.theory import loss_drop_time
 
 NAME = "fig4_norm_vs_alignment"
 EARLY_TIME = 50.0

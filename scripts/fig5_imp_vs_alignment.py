@@ -1,6 +1,6 @@
 """Figure 5: weights pruned per neuron by IMP against the neuron's early alignment cos δ_i.
 
-Iterative magnitude pruning with rewinding to initialisation (`gflow._imp.imp`: global over W
+Iterative magnitude pruning with rewinding to initialisation (`gflow.capacity.imp`: global over W
 and V, biases kept, three rounds of q = 1 − (1−s)^{1/3}) to sparsities s ∈ {20, 50, 70}%, with
 the random-pruning and random-reinitialisation controls. Each neuron's count of pruned incoming
 weights (its row of W) is set against cos δ_i early in the dense run (the same SGD run as IMP's
@@ -26,9 +26,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
-from gflow._imp import IMPConfig, imp, per_round_fraction, pruned_per_neuron  # noqa: E402
-from gflow._observables import training_data  # noqa: E402
-from gflow._tickets import kept_by_imp, mann_whitney_auc, neuron_scores, spearman_test  # noqa: E402
+from gflow.capacity import (
+    IMPConfig,
+    imp,
+    kept_by_imp,
+    mann_whitney_auc,
+    neuron_scores,
+    per_round_fraction,
+    pruned_per_neuron,
+    spearman_test,
+)
+from gflow.network import training_data
 
 NAME = "fig5_imp_vs_alignment"
 SPARSITIES = (0.2, 0.5, 0.7)

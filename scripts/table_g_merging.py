@@ -2,7 +2,7 @@
 
 Each network (d = 300, σ = 1e-5, SGD batch 4, momentum 0.9) is trained to a fixed flow time; its
 neurons are clustered (complete linkage on cos of (w_i, b_i) within each κ) and each cluster
-is replaced by one neuron (`gflow._capacity.merge_report`): direction û = normalised Σ w̃_j,
+is replaced by one neuron (`gflow.capacity.merge_report`): direction û = normalised Σ w̃_j,
 outgoing weight Σ ‖w̃_j‖ v_j (docs/theory.md §6, "norm"), and the first-order refinement
 u = Σ P̃_j ŵ̃_j / Σ P̃_j ("contribution"). Reported: clusters, train and test accuracy before and
 after, the largest logit change and the bound it must respect,
@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
-from gflow._capacity import WEIGHTINGS, merge_report, neuron_clusters  # noqa: E402
-from gflow._observables import training_data  # noqa: E402
+from gflow.capacity import WEIGHTINGS, merge_report, neuron_clusters
+from gflow.network import training_data
 
 NAME = "table_g_merging"
 

@@ -15,10 +15,8 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._cli import main
-from gflow._config import RunConfig, read_config_file
-from gflow._runs import load_run
-from gflow._sweep import sweep
+from gflow.cli import main
+from gflow.runs import RunConfig, load_run, read_config_file, sweep
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(10, 4))

@@ -16,7 +16,6 @@ import pytest
 
 import gflow._benchmarking as benchmarking  # its module globals, for monkeypatching
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
-from gflow._cli import main
 from gflow._sgd import _batch_indices
 from gflow.benchmarking import (
     QUICK,
@@ -29,6 +28,7 @@ from gflow.benchmarking import (
     workload_flops,
     write_report,
 )
+from gflow.cli import main
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 TINY = [
@@ -64,7 +64,7 @@ def _gflow_command() -> list[str]:
     script = shutil.which("gflow", path=str(Path(sys.executable).parent))
     if script is not None:
         return [script]
-    return [sys.executable, "-P", "-c", "import sys; from gflow._cli import main; main()"]
+    return [sys.executable, "-P", "-c", "import sys; from gflow.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_memory_and_cells_sections(report):
     # 4 seeds × 6 records (50 steps, every 10) × 8 neurons × 3 float32 observables streamed.
     assert mem["norms_streamed_mib"] == pytest.approx(4 * 6 * 8 * 3 * 4 / 2**20)
     cells = report["cells"]
-    if importlib.util.find_spec("gflow._cells") is None:
+    if importlib.util.find_spec("gflow.cells") is None:
         assert cells["available"] is False
     else:
         assert cells["available"] is True and cells["M"] == 256 and cells["N"] == 40

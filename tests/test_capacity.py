@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._capacity import (
+from gflow.capacity import (
     augmented_weights,
     compact,
+    dense_mask,
     merge_logit_bound,
     merge_neurons,
     merge_report,
@@ -19,8 +20,8 @@ from gflow._capacity import (
     norm_pruning_curve,
     norm_pruning_mask,
     prune_neurons,
+    train_masked,
 )
-from gflow._imp import dense_mask, train_masked
 
 F64 = jnp.float64
 
@@ -67,7 +68,7 @@ def _reference_complete_linkage(params, tau):
     """Slow reference: cluster distance recomputed from member pairs at every merge (no
     Lance–Williams update), neurons visited in the canonical (value) order."""
     cos = _cosines(params)
-    kappa = np.asarray(gflow._observables.outgoing_alignment(params.V))
+    kappa = np.asarray(gflow.network.outgoing_alignment(params.V))
     order = np.lexsort(
         np.concatenate([np.asarray(augmented_weights(params)), np.asarray(params.V)], 1).T[::-1]
     )
@@ -215,7 +216,7 @@ def test_logit_bound_holds_on_random_networks(seed, tau, weighting):
 def test_contribution_weighting_cancels_the_first_order_error():
     # One cluster of neurons at angle ~ε around a direction, outgoing weights parallel. Where every
     # member's gate agrees, relu is linear on the cluster: the contribution merge is then exact,
-    # while the norm merge errs by O(ε) (module docstring of gflow._capacity).
+    # while the norm merge errs by O(ε) (module docstring of gflow.capacity).
     rng = np.random.default_rng(8)
     centre = rng.normal(size=6)
     offsets = rng.normal(size=(5, 6))
@@ -330,7 +331,7 @@ def test_pruned_network_equals_the_network_of_kept_neurons():
 def test_gflow_capacity_reports_a_loaded_network(tmp_path, capsys):
     import json
 
-    from gflow._cli import main
+    from gflow.cli import main
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 784))
@@ -376,9 +377,9 @@ def test_gflow_capacity_on_one_run_of_a_sweep_folder(tmp_path, capsys):
     are refused with one line naming what exists."""
     import json
 
-    from gflow._cli import main
     from gflow._cli._capacity import build_report
-    from gflow._runs import load_run
+    from gflow.cli import main
+    from gflow.runs import load_run
 
     out = tmp_path / "sweep"
     sweep_args = ["sweep", "--dataset", "clusters", "--n-per-class", "16", "--width", "6"]
@@ -412,7 +413,7 @@ def test_gflow_capacity_on_one_run_of_a_sweep_folder(tmp_path, capsys):
 
 def test_gflow_capacity_speaks_the_words_of_gflow_run():
     """--lr, --batch, --steps as `gflow run` says them; the old spellings still parse."""
-    from gflow._cli import build_parser
+    from gflow.cli import build_parser
 
     parse = build_parser().parse_args
     new = parse(["capacity", "--lr", "0.02", "--batch", "8", "--steps", "500"])

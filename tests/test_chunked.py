@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from gflow import SGDConfig, init_params, load_dataset, train_sgd, training_data
-from gflow._chunked import (
+from gflow._chunked import _train_one, _train_per_seed, _train_stacked
+from gflow._sgd import _batch_indices
+from gflow.solvers import NON_FINITE, OK
+from gflow.trainers import (
     NeuronNorms,
-    _train_one,
-    _train_per_seed,
-    _train_stacked,
     chunk_batch_indices,
     chunk_coefficients,
     epoch_permutations,
@@ -19,8 +19,6 @@ from gflow._chunked import (
     train_sgd_chunked_seeds,
     train_sgd_seeds_shared_order,
 )
-from gflow._sgd import _batch_indices
-from gflow._trajectory import NON_FINITE, OK
 
 N, D, WIDTH = 30, 12, 8
 # One configuration for most tests, so that they share compilations (7 steps per epoch with

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gflow import _data
-from gflow._data import (
+from gflow.datasets import (
     cifar_binary,
     cifar_luma,
     gaussian_clusters,

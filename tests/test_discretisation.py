@@ -9,7 +9,7 @@ import pytest
 from scipy.linalg import expm
 
 from gflow import Params, TrainingData, balance_drift, observe
-from gflow._discretisation import (
+from gflow.analysis import (
     gate_chatter,
     gate_margins,
     norms_balance_drift,

@@ -1,4 +1,4 @@
-"""Gauss–Legendre solvers of the gradient flow (`gflow._gauss`): exact balance through gate
+"""Gauss–Legendre solvers of the gradient flow (`gflow.solvers`): exact balance through gate
 crossings at large steps, order on a smooth segment, agreement with Tsit5, options."""
 
 import diffrax
@@ -9,10 +9,18 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import gflow
-from gflow._flow import GATES, banded_field, gated_field, gated_loss, ramp_gates, vector_field
-from gflow._gauss import GaussLegendre, SaveTimeStepSize
-from gflow._network import balance, gating_pattern
-from gflow._trajectory import OK
+from gflow.network import balance, gating_pattern
+from gflow.solvers import (
+    GATES,
+    OK,
+    GaussLegendre,
+    SaveTimeStepSize,
+    banded_field,
+    gated_field,
+    gated_loss,
+    ramp_gates,
+    vector_field,
+)
 
 
 def _kinked_problem():

@@ -9,30 +9,28 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._imp import (
+from gflow.capacity import (
     IMPConfig,
     apply_mask,
+    average_ranks,
     dense_mask,
     imp,
+    kept_by_imp,
     magnitude_prune,
+    mann_whitney_auc,
+    neuron_scores,
     per_round_fraction,
+    predicted_alignment,
     pruned_counts,
     pruned_per_neuron,
     random_prune_like,
-    train_masked,
-)
-from gflow._observables import observe
-from gflow._tickets import (
-    average_ranks,
-    kept_by_imp,
-    mann_whitney_auc,
-    neuron_scores,
-    predicted_alignment,
     score_quality,
     snip_saliency,
     spearman,
     spearman_test,
+    train_masked,
 )
+from gflow.network import observe
 
 F64 = jnp.float64
 WIDTH, DIM, N = 6, 5, 24

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._observables import error_vectors
+from gflow.network import error_vectors
 
 
 def _problem(seed=0, n=30, dim=5, width=7, sigma=0.3, bias=0.1, dtype=jnp.float64):
@@ -122,7 +122,7 @@ def test_targets_and_observables_definitions():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(T), axis=1), 1.0, rtol=1e-12)
     # Equal gating patterns share a hash; the hash changes when one sample flips.
     h = np.asarray(
-        gflow._observables.cell_hash(jnp.stack([gates[:, 0], gates[:, 0], ~gates[:, 0]], axis=1))
+        gflow.network.cell_hash(jnp.stack([gates[:, 0], gates[:, 0], ~gates[:, 0]], axis=1))
     )
     assert h[0] == h[1] != h[2]
 

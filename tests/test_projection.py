@@ -1,4 +1,4 @@
-"""Balance projection of explicit solvers (`gflow._projection`): the rescaling keeps the network
+"""Balance projection of explicit solvers (`gflow.solvers`): the rescaling keeps the network
 function and sets the balance; projected Euler's step is GD's step rescaled; projected Heun
 conserves Q to rounding through gate crossings and keeps order 2 on a smooth segment."""
 
@@ -9,8 +9,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import gflow
-from gflow._network import balance, logits
-from gflow._projection import balance_defect, rescale_to_balance
+from gflow.network import balance, logits
+from gflow.solvers import balance_defect, rescale_to_balance
 
 
 def _problem(width=5, dim=6, sigma=0.3, seed=0):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gflow._cli import main
-from gflow._runs import load_run
+from gflow.cli import main
+from gflow.runs import load_run
 
 # 32 seeds in chunks of 4: 8 chunks, each a fraction of a second, so that a kill after the first
 # chunk reliably lands in the middle of the sweep.
@@ -45,7 +45,7 @@ ARGS = [
     "--quiet",
 ]
 CHUNKS = 8
-_CLI = "import sys; from gflow._cli import main; sys.exit(main(sys.argv[1:]))"
+_CLI = "import sys; from gflow.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _env(cache: Path) -> dict:

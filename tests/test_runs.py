@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._config import RunConfig
-from gflow._observables import Observables
-from gflow._runs import NOT_RUN, load_run, loss_drop, summarize
-from gflow._sweep import steps_to_flow_time, sweep
-from gflow._trajectory import MAX_STEPS_REACHED, OK
+from gflow.theory import loss_drop
+from gflow.network import Observables
+from gflow.runs import NOT_RUN, RunConfig, load_run, steps_to_flow_time, summarize, sweep
+from gflow.solvers import MAX_STEPS_REACHED, OK
 
 # Two learning rates × three seeds = 6 runs in chunks of 4: the second chunk is padded and the
 # first one straddles the two points.
@@ -189,8 +188,8 @@ def test_flow_sweep_marks_failed_solves_and_keeps_the_rest(clusters):
 
 def test_config_file_then_flags(tmp_path):
     """Defaults < the TOML file < the flags; '-' in a file key stands for '_'."""
-    from gflow._cli import build_parser
     from gflow._cli._run import resolve_config
+    from gflow.cli import build_parser
 
     path = tmp_path / "sweep.toml"
     path.write_text(
@@ -212,7 +211,7 @@ def test_config_file_then_flags(tmp_path):
 
 
 def test_figures_command_redraws_a_run_folder(sgd_folder, capsys):
-    from gflow._cli import main
+    from gflow.cli import main
 
     report = sgd_folder / "report.md"
     report.unlink()
@@ -258,7 +257,7 @@ def test_sweep_to_a_common_flow_time(tmp_path, capsys):
     """`gflow sweep --t-end` runs every learning rate to the same flow time (steps =
     t·(1−β)/η each), says so per setting, reports no drop with the reason when the loss has not
     dropped yet, and its report says what the chunks held."""
-    from gflow._cli import main
+    from gflow.cli import main
 
     out = tmp_path / "t_end"
     args = ["sweep", "--dataset", "clusters", "--n-per-class", "32", "--width", "8"]

@@ -1,4 +1,4 @@
-"""The sliding-mode integrator (`gflow._sliding`, docs/theory.md §8): the per-neuron box problems
+"""The sliding-mode integrator (`gflow.solvers`, docs/theory.md §8): the per-neuron box problems
 against brute-force enumeration, sliding along a boundary against the reduced ODE of the motion,
 the invariants (balance, energy, constraints), second-order convergence through the loss drop,
 statuses and configuration."""
@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._network import Params, balance, preactivations
-from gflow._observables import TrainingData
-from gflow._sliding import box_qp
-from gflow._trajectory import OK, SLIDING_OVERFLOW
+from gflow.network import Params, TrainingData, balance, preactivations
+from gflow.solvers import OK, SLIDING_OVERFLOW, box_qp
 
 
 def _enumerate_qp(M, q):
@@ -356,7 +354,7 @@ def test_softplus_flows_approach_the_sliding_motion_as_beta_grows():
     def loss(theta, beta):
         W, b, V = theta[:2][None, :], theta[2:3], theta[3:].reshape(1, 2)
         a = jax.nn.softplus(beta * (data.x @ W.T + b)) / beta
-        return jnp.mean(gflow._network.logit_loss(a @ V, data.y))
+        return jnp.mean(gflow.network.logit_loss(a @ V, data.y))
 
     def field(t, theta, beta):
         return -jax.grad(loss)(theta, beta)

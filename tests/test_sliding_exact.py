@@ -47,9 +47,8 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
-from gflow._network import Params
-from gflow._observables import TrainingData
-from gflow._sliding import solve_sliding
+from gflow.network import Params, TrainingData
+from gflow.solvers import solve_sliding
 
 RESIDUALS = np.array([[-0.60, 0.25], [0.35, -0.50]])
 """Frozen residual ``r_s = RESIDUALS[y_s]`` (rows for labels 0 and 1)."""

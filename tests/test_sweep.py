@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow._config import RunConfig
-from gflow._observables import Observables
-from gflow._progress import Progress
-from gflow._runs import summarize
-from gflow._sweep import run_members, sweep
-from gflow._trajectory import NON_FINITE, OK
+from gflow.network import Observables
+from gflow.runs import Progress, RunConfig, run_members, summarize, sweep
+from gflow.solvers import NON_FINITE, OK
 
 # The configuration of tests/test_runs.py (one compilation serves both files): SGD in float64,
 # 2 learning rates × 3 seeds = 6 runs in chunks of 4.
@@ -82,9 +79,8 @@ _SHARDED = textwrap.dedent("""
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     import gflow
-    from gflow._config import RunConfig
-    from gflow._sweep import sweep
-    from gflow._observables import Observables
+    from gflow.runs import RunConfig, sweep
+    from gflow.network import Observables
     ds = gflow.load_dataset("clusters", n_samples=64, dim=8)
     run = sweep(ds, RunConfig(**json.loads(sys.argv[1])), devices=jax.devices())
     np.savez(sys.argv[2], status=run.status, W=run.final_params.W,
@@ -189,7 +185,7 @@ def test_activity_shows_elapsed_time_of_a_long_step_and_its_duration():
     import threading
     import time
 
-    from gflow._progress import Activity
+    from gflow.runs import Activity
 
     stream = io.StringIO()
     beats = threading.Event()

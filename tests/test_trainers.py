@@ -8,9 +8,9 @@ import pytest
 
 import gflow
 from gflow._flow import _solve
-from gflow._race import loss_drop_time
 from gflow._sgd import _train
-from gflow._trajectory import MAX_STEPS_REACHED, NON_FINITE, OK
+from gflow.solvers import MAX_STEPS_REACHED, NON_FINITE, OK
+from gflow.theory import loss_drop_time
 
 
 def _data(n=24, dim=6, seed=0, dtype=jnp.float64):

@@ -1,0 +1,46 @@
+"""What the race leaves: neuron clusters and merging, norm pruning, IMP lottery tickets and their
+rank statistics (docs/theory.md §6)."""
+
+from ._capacity import WEIGHTINGS as WEIGHTINGS
+from ._capacity import Clusters as Clusters
+from ._capacity import MergeReport as MergeReport
+from ._capacity import PruningCurve as PruningCurve
+from ._capacity import augmented_inputs as augmented_inputs
+from ._capacity import augmented_weights as augmented_weights
+from ._capacity import compact as compact
+from ._capacity import count_clusters as count_clusters
+from ._capacity import merge_logit_bound as merge_logit_bound
+from ._capacity import merge_neurons as merge_neurons
+from ._capacity import merge_report as merge_report
+from ._capacity import merged_directions as merged_directions
+from ._capacity import merged_network as merged_network
+from ._capacity import neuron_clusters as neuron_clusters
+from ._capacity import norm_pruning_curve as norm_pruning_curve
+from ._capacity import norm_pruning_mask as norm_pruning_mask
+from ._capacity import prune_neurons as prune_neurons
+from ._imp import ControlResult as ControlResult
+from ._imp import IMPConfig as IMPConfig
+from ._imp import IMPResult as IMPResult
+from ._imp import apply_mask as apply_mask
+from ._imp import dense_mask as dense_mask
+from ._imp import imp as imp
+from ._imp import magnitude_prune as magnitude_prune
+from ._imp import num_prunable as num_prunable
+from ._imp import per_round_fraction as per_round_fraction
+from ._imp import pruned_counts as pruned_counts
+from ._imp import pruned_per_neuron as pruned_per_neuron
+from ._imp import random_prune_like as random_prune_like
+from ._imp import sparsity as sparsity
+from ._imp import train_masked as train_masked
+from ._tickets import RankCorrelation as RankCorrelation
+from ._tickets import ScoreQuality as ScoreQuality
+from ._tickets import alignment_to_cell_target as alignment_to_cell_target
+from ._tickets import average_ranks as average_ranks
+from ._tickets import kept_by_imp as kept_by_imp
+from ._tickets import mann_whitney_auc as mann_whitney_auc
+from ._tickets import neuron_scores as neuron_scores
+from ._tickets import predicted_alignment as predicted_alignment
+from ._tickets import score_quality as score_quality
+from ._tickets import snip_saliency as snip_saliency
+from ._tickets import spearman as spearman
+from ._tickets import spearman_test as spearman_test

@@ -1,0 +1,36 @@
+"""Cells and faces of the gate arrangement, and the target-map iteration (Algorithm 1) that searches
+for stable ones (docs/theory.md §3, §5)."""
+
+from ._cells import WORD_BITS as WORD_BITS
+from ._cells import CellTransitions as CellTransitions
+from ._cells import PatternGroups as PatternGroups
+from ._cells import StableCellEstimate as StableCellEstimate
+from ._cells import StableFaceEstimate as StableFaceEstimate
+from ._cells import cell_transitions as cell_transitions
+from ._cells import count_distinct as count_distinct
+from ._cells import cover_bound as cover_bound
+from ._cells import direction_gates as direction_gates
+from ._cells import group_patterns as group_patterns
+from ._cells import is_stable as is_stable
+from ._cells import log10_cover_bound as log10_cover_bound
+from ._cells import map_patterns as map_patterns
+from ._cells import map_patterns_both_signs as map_patterns_both_signs
+from ._cells import neuron_patterns as neuron_patterns
+from ._cells import num_words as num_words
+from ._cells import pack_patterns as pack_patterns
+from ._cells import pattern_fingerprints as pattern_fingerprints
+from ._cells import same_cell as same_cell
+from ._cells import stable_cells as stable_cells
+from ._cells import stable_faces as stable_faces
+from ._cells import unpack_patterns as unpack_patterns
+from ._faces import DEFAULT_CAPACITY as DEFAULT_CAPACITY
+from ._faces import FaceProjection as FaceProjection
+from ._faces import FaceStep as FaceStep
+from ._faces import FaceTest as FaceTest
+from ._faces import attracting as attracting
+from ._faces import boundary_tolerance as boundary_tolerance
+from ._faces import face_inputs as face_inputs
+from ._faces import face_step as face_step
+from ._faces import map_faces as map_faces
+from ._faces import project_targets as project_targets
+from ._faces import stable_face_test as stable_face_test
