@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._dataset import Dataset
-from ._flow import FlowConfig, gradient_flow
+from ._flow import DEFAULT_SLIDING_STEP, FlowConfig, gradient_flow
 from ._network import init_params
 from ._observables import balance_drift, training_data
 from ._progress import Activity
@@ -36,11 +36,11 @@ class DemoConfig:
     momentum: float = 0.9
     batch_size: int = 4
     t_end: float | None = None  # None: 1.75 × the estimated loss-drop time
-    rtol: float = 1e-4  # ode_solver="tsit5" only
+    rtol: float = FlowConfig.rtol  # ode_solver="tsit5" only (FlowConfig's default)
     save_points: int = 201
     seed: int = 0
     ode_solver: str = "sliding"  # or "tsit5" (adaptive, rtol)
-    ode_step: float = 0.25  # ode_solver="sliding": the constant step h
+    ode_step: float = DEFAULT_SLIDING_STEP  # ode_solver="sliding": the constant step h
 
     def __post_init__(self):
         if not (isinstance(self.width, int) and self.width > 0):

@@ -63,6 +63,7 @@ _GAUSS_OPTIONS = ("stage_rtol", "stage_atol", "stage_max_iterations", "anderson_
 # The sliding-mode (Filippov) integrator of `gflow._sliding`, and its default capacity K.
 SLIDING = "sliding"
 DEFAULT_SLIDING_CAPACITY = 16
+DEFAULT_SLIDING_STEP = 0.25  # h of the sliding solver where gflow chooses it (demo, validate)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._flow import DEFAULT_SLIDING_STEP, FlowConfig
 from ._common import (
     add_dataset_options,
     add_numerics_options,
@@ -57,10 +58,16 @@ def register(subparsers) -> None:
         "steps --ode-step) or adaptive Tsit5 (--rtol)",
     )
     p.add_argument(
-        "--ode-step", type=float, default=0.25, help="step h of the sliding solver (default 0.25)"
+        "--ode-step",
+        type=float,
+        default=DEFAULT_SLIDING_STEP,
+        help=f"step h of the sliding solver (default {DEFAULT_SLIDING_STEP:g})",
     )
     p.add_argument(
-        "--rtol", type=float, default=1e-4, help="Tsit5's relative tolerance (default 1e-4)"
+        "--rtol",
+        type=float,
+        default=FlowConfig.rtol,
+        help=f"Tsit5's relative tolerance (default {FlowConfig.rtol:g}, as gflow's everywhere)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batch order")
     add_dataset_options(p)
