@@ -13,7 +13,7 @@ import pytest
 
 import gflow
 from gflow.network import Params, TrainingData, balance, preactivations
-from gflow.solvers import OK, SLIDING_OVERFLOW, box_qp
+from gflow.solvers import OK, SLIDING_OVERFLOW, box_qp, solve_sliding
 
 
 def _enumerate_qp(M, q):
@@ -163,6 +163,9 @@ def drop_runs():
     for h in (0.2, 0.1, 0.05, 0.025):
         cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h)
         runs[h] = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True)
+        if h == 0.2:
+            compiled = solve_sliding._cache_size()
+    assert solve_sliding._cache_size() == compiled  # h is traced: one compilation for all four
     return data, p0, ts, runs
 
 
