@@ -1958,7 +1958,7 @@ def stable_faces(
     probes: int = 2000,
     patience: int = 3,
     kappa: tuple[int, ...] = (1, -1),
-    capacity: int = 32,
+    capacity: int | None = None,
     chunk: int = 512,
     max_iterations: int = 200,
     bias: bool = False,
@@ -1981,7 +1981,8 @@ def stable_faces(
         key: PRNG key of the probes (probe j depends on ``key`` and j only).
         probes, patience, max_iterations: as `stable_cells` (positive integers).
         kappa: the alignments to run, from ``(1, -1)``.
-        capacity: K, the most candidates of one face (`gflow._faces.map_faces`).
+        capacity: K, the most candidates of one face (`gflow._faces.map_faces`; default
+            `gflow._faces.DEFAULT_CAPACITY`).
         chunk: faces per device call (memory ~ chunk × N × K floats).
         bias: faces of θ = (w, b) with inputs x̃_s = (x_s, 1) instead of w with x_s.
         on_iteration: optional ``callable(kappa, iteration, K_t)`` after every iteration.
@@ -1989,8 +1990,9 @@ def stable_faces(
     Returns:
         ``{κ: StableFaceEstimate}``.
     """
-    from ._faces import face_inputs
+    from ._faces import DEFAULT_CAPACITY, face_inputs
 
+    capacity = DEFAULT_CAPACITY if capacity is None else capacity
     kappas = tuple(int(k) for k in kappa)
     _check_algorithm_options(probes, patience, chunk, max_iterations, kappas)
     if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:

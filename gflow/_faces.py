@@ -67,7 +67,8 @@ from jax.typing import ArrayLike
 from ._observables import TrainingData
 from ._sliding import box_qp
 
-DEFAULT_CAPACITY = 32
+# K, the most candidates of one face: the sliding solver's default; compile time grows with K.
+DEFAULT_CAPACITY = 16
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 

@@ -77,10 +77,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--capacity",
         type=int,
-        default=16,
+        default=None,
         metavar="K",
-        help="faces only: most candidate samples of one face step (default 16; more are flagged "
-        "in the overflow column)",
+        help="faces only: most candidate samples of one face step (default "
+        "gflow.cells.DEFAULT_CAPACITY; more are flagged in the overflow column; compile time "
+        "grows with K)",
     )
     p.add_argument(
         "--bias",
@@ -109,8 +110,10 @@ def register(subparsers) -> None:
 
 
 def _check_args(args) -> None:
-    for name in ("probes", "patience", "chunk", "max_iterations", "probe_seeds", "capacity"):
+    for name in ("probes", "patience", "chunk", "max_iterations", "probe_seeds"):
         positive(f"--{name.replace('_', '-')}", getattr(args, name), int)
+    if args.capacity is not None:
+        positive("--capacity", args.capacity, int)
     if args.n_per_class is not None and args.n_per_class < 1:
         raise UsageError(f"--n-per-class must be a positive integer; got {args.n_per_class}")
     if args.map == "cells" and args.bias:
@@ -224,8 +227,11 @@ def run(args) -> int:
 
     from gflow import training_data
     from gflow._cells import cover_bound, log10_cover_bound, stable_cells, stable_faces
+    from gflow._faces import DEFAULT_CAPACITY
     from gflow._progress import Progress
 
+    if args.capacity is None:
+        args.capacity = DEFAULT_CAPACITY
     dataset = dataset_from_args(args)
     data = training_data(dataset, jnp.float64 if dtype == "float64" else jnp.float32)
     kappas = {"both": (1, -1), "+1": (1,), "-1": (-1,)}[args.kappa]
