@@ -39,6 +39,8 @@ Norm pruning. Neurons with the smallest P_i = ‖w_i‖‖v_i‖ are removed (ma
 from __future__ import annotations
 
 import functools
+import math
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -481,3 +483,70 @@ def norm_pruning_curve(params: Params, data: TrainingData, fractions) -> Pruning
         train_accuracy=np.asarray(train, dtype=np.float64),
         test_accuracy=np.asarray(test, dtype=np.float64),
     )
+
+
+def load_network_npz(path, dim: int, dtype) -> Params:
+    """`Params` from an npz holding one network: ``W [d, D]``, ``b [d]``, ``V [d, 2]``.
+
+    Raises ``ValueError`` naming the file and what is wrong (missing, missing arrays, a chunk's
+    stacked ``[runs, ...]`` weights, shapes that do not form a network, D unlike the data's).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"params file {path}: file not found")
+    with np.load(p) as z:
+        missing = [k for k in ("W", "b", "V") if k not in z.files]
+        if missing:
+            raise ValueError(
+                f"params file {path}: missing arrays {missing} (need W [d, D], b [d], "
+                f"V [d, 2]); has {z.files}"
+            )
+        W, b, V = (np.asarray(z[k]) for k in ("W", "b", "V"))
+    if W.ndim == 3 and b.ndim == 2 and V.ndim == 3:
+        raise ValueError(
+            f"params file {path}: holds the stacked weights of {W.shape[0]} runs (a chunk of a "
+            "run folder); take one run with --run DIR --point P --seed S "
+            "(gflow.load_run(DIR).params_of(point, seed))"
+        )
+    if W.ndim != 2 or b.shape != (W.shape[0],) or V.shape != (W.shape[0], 2):
+        raise ValueError(
+            f"params file {path}: shapes W {W.shape}, b {b.shape}, V {V.shape} do not form a "
+            "network (need W [d, D], b [d], V [d, 2])"
+        )
+    if W.shape[1] != dim:
+        raise ValueError(
+            f"params file {path}: W has {W.shape[1]} inputs but the dataset has D = {dim}"
+        )
+    return Params(W=jnp.asarray(W, dtype), b=jnp.asarray(b, dtype), V=jnp.asarray(V, dtype))
+
+
+def capacity_report(
+    params: Params,
+    data: TrainingData,
+    *,
+    tau: float,
+    rebalance: bool,
+    fractions,
+    weighting: str = "norm",
+) -> dict:
+    """Merging at τ (`merge_report`) and the norm-pruning curve (`norm_pruning_curve`) as one
+    JSON-ready dict (non-finite numbers as None): what ``gflow capacity`` prints."""
+    m = merge_report(params, data, threshold=tau, rebalance=rebalance, weighting=weighting)
+    curve = norm_pruning_curve(params, data, fractions)
+    return {
+        "merge": {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+            for k, v in m._asdict().items()
+        },
+        "norm_pruning": [
+            {
+                "fraction": float(f),
+                "neurons_kept": int(k),
+                "train_accuracy": float(a),
+                "test_accuracy": float(t) if math.isfinite(t) else None,
+            }
+            for f, k, a, t in zip(
+                curve.fraction, curve.neurons_kept, curve.train_accuracy, curve.test_accuracy
+            )
+        ],
+    }

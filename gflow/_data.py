@@ -1092,3 +1092,51 @@ def load_dataset(spec: str, **options) -> Dataset:
     if kind == "npz":
         return npz_dataset(arg, **options)
     return _call_with_options(fn, spec, *((arg,) if takes_path else ()), **options)
+
+
+def parse_classes(text: str) -> dict:
+    """``"0,1,2,3,4/5,6,7,8,9"`` → ``{"class1": (0, 1, 2, 3, 4), "class2": (5, 6, 7, 8, 9)}``.
+
+    Example:
+        >>> parse_classes("3/8")
+        {'class1': (3,), 'class2': (8,)}
+    """
+    try:
+        a, b = text.split("/")
+        return {
+            "class1": tuple(int(c) for c in a.split(",")),
+            "class2": tuple(int(c) for c in b.split(",")),
+        }
+    except ValueError:
+        raise ValueError(f"classes must look like 0,1,2,3,4/5,6,7,8,9; got {text!r}") from None
+
+
+def dataset_from_options(
+    dataset: str,
+    *,
+    preprocess: str = "center-unit",
+    classes: str | None = None,
+    n_per_class: int | None = None,
+    data_seed: int = 0,
+) -> Dataset:
+    """The `Dataset` that a run's data options describe (``RunConfig.data_options()``, the
+    command line's ``--dataset``, ``--classes``, ``--n-per-class``, ``--preprocess``,
+    ``--data-seed``), through `load_dataset`.
+
+    Example:
+        >>> dataset_from_options("xor", n_per_class=4).describe()
+        'xor: N=8 (4 class 1 / 4 class 2), D=2, test N=8'
+    """
+    options: dict = {"preprocess": preprocess}
+    kind = dataset.split(":", 1)[0]
+    if kind in ("mnist", "mnist-idx", "csv", "cifar", "npz"):
+        options["seed"] = data_seed
+        if n_per_class is not None:
+            options["n_per_class"] = n_per_class
+        if classes is not None:
+            options.update(parse_classes(classes))
+    elif kind in ("clusters", "xor"):
+        options = {"seed": data_seed, "n_samples": 2 * (n_per_class or 100)}
+        if kind == "clusters":
+            options["dim"] = 20
+    return load_dataset(dataset, **options)

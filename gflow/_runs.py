@@ -49,10 +49,12 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
+from ._data import dataset_from_options
 from ._network import Params
-from ._observables import Observables, balance_drift
+from ._observables import Observables, balance_drift, training_data
 from ._race import MIN_LOSS_FALL, loss_drop, race_winners
 from ._trajectory import OK, STATUS_MESSAGES
 
@@ -762,3 +764,42 @@ def report_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def run_network(folder, point: int | None = None, seed: int | None = None):
+    """``(params, data, dataset, record)``: the final weights of one run of a run or sweep
+    folder, with the run's own data, rebuilt from its configuration (checked against the
+    fingerprint in its manifest), in the run's dtype (64-bit JAX must be on for float64).
+
+    ``point`` defaults to 0 and ``seed`` to the folder's first seed; ``record`` names the run
+    (folder, point, setting, seed, trainer, flow time). Raises ``ValueError`` naming the points
+    or seeds the folder has, or when its data cannot be rebuilt.
+    """
+    run = load_run(folder)
+    point = 0 if point is None else point
+    seed = int(run.seeds[0]) if seed is None else seed
+    params = run.params_of(point, seed)  # ValueError naming the points or seeds it has
+    dataset = dataset_from_options(
+        run.config["dataset"],
+        preprocess=run.config.get("preprocess") or "center-unit",
+        classes=run.config.get("classes"),
+        n_per_class=run.config.get("n_per_class"),
+        data_seed=run.config.get("data_seed") or 0,
+    )
+    if run.manifest.get("dataset", {}).get("fingerprint") != dataset_fingerprint(dataset):
+        raise ValueError(
+            "its data cannot be rebuilt from its configuration (the fingerprint differs, e.g. a "
+            "dataset passed to gflow.sweep in Python); analyse it in Python with "
+            "gflow.load_run(DIR).params_of(point, seed)"
+        )
+    dtype = jnp.dtype(run.config["dtype"])
+    net = Params(*(jnp.asarray(a, dtype) for a in params))
+    record = {
+        "run": str(folder),
+        "point": point,
+        "setting": point_label(run.points[point]),
+        "seed": seed,
+        "trainer": run.config["trainer"],
+        "flow_time": float(run.t[point, -1]),
+    }
+    return net, training_data(dataset, dtype), dataset, record

@@ -7,8 +7,10 @@ from ._capacity import MergeReport as MergeReport
 from ._capacity import PruningCurve as PruningCurve
 from ._capacity import augmented_inputs as augmented_inputs
 from ._capacity import augmented_weights as augmented_weights
+from ._capacity import capacity_report as capacity_report
 from ._capacity import compact as compact
 from ._capacity import count_clusters as count_clusters
+from ._capacity import load_network_npz as load_network_npz
 from ._capacity import merge_logit_bound as merge_logit_bound
 from ._capacity import merge_neurons as merge_neurons
 from ._capacity import merge_report as merge_report

@@ -8,12 +8,14 @@ from ._data import PREPROCESS_MODES as PREPROCESS_MODES
 from ._data import cifar_binary as cifar_binary
 from ._data import cifar_luma as cifar_luma
 from ._data import csv_digits as csv_digits
+from ._data import dataset_from_options as dataset_from_options
 from ._data import gaussian_clusters as gaussian_clusters
 from ._data import gaussian_clusters_with_means as gaussian_clusters_with_means
 from ._data import load_dataset as load_dataset
 from ._data import mnist_default as mnist_default
 from ._data import mnist_idx as mnist_idx
 from ._data import npz_dataset as npz_dataset
+from ._data import parse_classes as parse_classes
 from ._data import preprocess as preprocess
 from ._data import read_cifar10_python as read_cifar10_python
 from ._data import read_csv_digits as read_csv_digits

@@ -48,6 +48,7 @@ from ._runs import read_chunk as read_chunk
 from ._runs import read_json as read_json
 from ._runs import remove_partial_chunks as remove_partial_chunks
 from ._runs import report_markdown as report_markdown
+from ._runs import run_network as run_network
 from ._runs import status_text as status_text
 from ._runs import summarize as summarize
 from ._runs import unequal_flow_times as unequal_flow_times

@@ -377,7 +377,7 @@ def test_gflow_capacity_on_one_run_of_a_sweep_folder(tmp_path, capsys):
     are refused with one line naming what exists."""
     import json
 
-    from gflow._cli._capacity import build_report
+    from gflow.capacity import capacity_report
     from gflow.cli import main
     from gflow.runs import load_run
 
@@ -394,7 +394,7 @@ def test_gflow_capacity_on_one_run_of_a_sweep_folder(tmp_path, capsys):
     params = run.params_of(1, 5)
     np.testing.assert_array_equal(params.W, run.final_params.W[1, 1])
     data = gflow.training_data(gflow.load_dataset("clusters", n_samples=32, dim=20), F64)
-    expected = build_report(
+    expected = capacity_report(
         gflow.Params(*(jnp.asarray(a, F64) for a in params)),
         data,
         tau=0.95,

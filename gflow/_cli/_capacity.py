@@ -14,7 +14,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 from ._common import (
     EXIT_CHECK_FAILED,
@@ -150,83 +149,6 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
-def load_params_npz(path, dim: int, dtype):
-    """`Params` from an npz with arrays ``W [d, D]``, ``b [d]``, ``V [d, 2]``."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from gflow._network import Params
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--params {path}: file not found")
-    with np.load(p) as z:
-        missing = [k for k in ("W", "b", "V") if k not in z.files]
-        if missing:
-            raise UsageError(
-                f"--params {path}: missing arrays {missing} (need W [d, D], b [d], V [d, 2]); "
-                f"has {z.files}"
-            )
-        W, b, V = (np.asarray(z[k]) for k in ("W", "b", "V"))
-    if W.ndim == 3 and b.ndim == 2 and V.ndim == 3:
-        raise UsageError(
-            f"--params {path}: holds the stacked weights of {W.shape[0]} runs (a chunk of a run "
-            "folder); take one run with --run DIR --point P --seed S"
-        )
-    if W.ndim != 2 or b.shape != (W.shape[0],) or V.shape != (W.shape[0], 2):
-        raise UsageError(
-            f"--params {path}: shapes W {W.shape}, b {b.shape}, V {V.shape} do not form a network "
-            "(need W [d, D], b [d], V [d, 2])"
-        )
-    if W.shape[1] != dim:
-        raise UsageError(
-            f"--params {path}: W has {W.shape[1]} inputs but the dataset has D = {dim}"
-        )
-    return Params(W=jnp.asarray(W, dtype), b=jnp.asarray(b, dtype), V=jnp.asarray(V, dtype))
-
-
-def network_from_run(folder, point: int | None, seed: int | None):
-    """``(params, data, dataset, record)``: the final weights of one run of a run or sweep
-    folder, with the run's own data (rebuilt from its configuration, checked against the
-    fingerprint in its manifest) in the run's dtype."""
-    import jax.numpy as jnp
-
-    from gflow._network import Params
-    from gflow._observables import training_data
-    from gflow._runs import dataset_fingerprint, load_run, point_label
-
-    run = load_run(folder)
-    point = 0 if point is None else point
-    seed = int(run.seeds[0]) if seed is None else seed
-    params = run.params_of(point, seed)  # ValueError naming the points or seeds it has
-    options = {k: run.config.get(k) for k in ("classes", "n_per_class", "data_seed")}
-    dataset = dataset_from_args(
-        argparse.Namespace(
-            dataset=run.config["dataset"],
-            preprocess=run.config.get("preprocess") or "center-unit",
-            **options,
-        )
-    )
-    stored = run.manifest.get("dataset", {}).get("fingerprint")
-    if stored != dataset_fingerprint(dataset):
-        raise UsageError(
-            f"--run {folder}: its data cannot be rebuilt from its configuration (the fingerprint "
-            "differs, e.g. a dataset passed to gflow.sweep in Python); analyse it in Python with "
-            "gflow.load_run(DIR).params_of(point, seed)"
-        )
-    dtype = apply_dtype(argparse.Namespace(dtype=run.config["dtype"]))
-    net = Params(*(jnp.asarray(a, dtype) for a in params))
-    record = {
-        "run": str(folder),
-        "point": point,
-        "setting": point_label(run.points[point]),
-        "seed": seed,
-        "trainer": run.config["trainer"],
-        "flow_time": float(run.t[point, -1]),
-    }
-    return net, training_data(dataset, dtype), dataset, record
-
-
 def _train(args, data, dim: int, dtype):
     import jax
 
@@ -263,33 +185,6 @@ def _train(args, data, dim: int, dtype):
         config=config,
     )
     return traj.final_params, {"steps": steps, "flow_time": float(traj.t[-1])}
-
-
-def build_report(
-    params, data, *, tau: float, rebalance: bool, fractions, weighting: str = "norm"
-) -> dict:
-    """The numbers `gflow capacity` prints: merging at τ and the norm-pruning curve."""
-    from gflow._capacity import merge_report, norm_pruning_curve
-
-    m = merge_report(params, data, threshold=tau, rebalance=rebalance, weighting=weighting)
-    curve = norm_pruning_curve(params, data, fractions)
-    return {
-        "merge": {
-            k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-            for k, v in m._asdict().items()
-        },
-        "norm_pruning": [
-            {
-                "fraction": float(f),
-                "neurons_kept": int(k),
-                "train_accuracy": float(a),
-                "test_accuracy": float(t) if math.isfinite(t) else None,
-            }
-            for f, k, a, t in zip(
-                curve.fraction, curve.neurons_kept, curve.train_accuracy, curve.test_accuracy
-            )
-        ],
-    }
 
 
 def _pct(v) -> str:
@@ -348,11 +243,15 @@ def run(args) -> int:
         raise UsageError("give --run or --params, not both")
     if args.point is not None and args.run is None:
         raise UsageError("--point selects a run of a folder: give --run DIR too")
+    from gflow._capacity import capacity_report, load_network_npz
     from gflow._observables import training_data
 
     if args.run is not None:
+        from gflow._runs import load_run, run_network
+
         try:
-            params, data, dataset, record = network_from_run(args.run, args.point, args.seed)
+            apply_dtype(argparse.Namespace(dtype=load_run(args.run).config["dtype"]))
+            params, data, dataset, record = run_network(args.run, args.point, args.seed)
         except ValueError as err:  # not a run folder, no such point or seed, a failed run
             raise UsageError(f"--run {args.run}: {err}") from None
         report: dict = {"dataset": dataset.describe(), "from_run": record}
@@ -362,7 +261,7 @@ def run(args) -> int:
         data = training_data(dataset, dtype)
         report = {"dataset": dataset.describe()}
         if args.params is not None:
-            params = load_params_npz(args.params, dataset.dim, dtype)
+            params = load_network_npz(args.params, dataset.dim, dtype)
             report["params"] = str(args.params)
         else:
             start = time.perf_counter()
@@ -378,7 +277,7 @@ def run(args) -> int:
             )
             report["training"] = training
     report.update(
-        build_report(
+        capacity_report(
             params,
             data,
             tau=args.tau,

@@ -61,35 +61,17 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, default: str = "mnis
     group.add_argument("--data-seed", type=int, default=0, help="seed of subsampling and splits")
 
 
-def _parse_classes(text: str) -> dict:
-    try:
-        a, b = text.split("/")
-        return {
-            "class1": tuple(int(c) for c in a.split(",")),
-            "class2": tuple(int(c) for c in b.split(",")),
-        }
-    except ValueError:
-        raise UsageError(f"--classes must look like 0,1,2,3,4/5,6,7,8,9; got {text!r}") from None
-
-
 def dataset_from_args(args: argparse.Namespace):
-    """Build the `Dataset` the data options describe (validated by `gflow.load_dataset`)."""
-    from gflow import load_dataset
+    """Build the `Dataset` the data options describe (`gflow.datasets.dataset_from_options`)."""
+    from gflow._data import dataset_from_options
 
-    spec = args.dataset
-    options: dict = {"preprocess": args.preprocess}
-    kind = spec.split(":", 1)[0]
-    if kind in ("mnist", "mnist-idx", "csv", "cifar", "npz"):
-        options["seed"] = args.data_seed
-        if args.n_per_class is not None:
-            options["n_per_class"] = args.n_per_class
-        if args.classes is not None:
-            options.update(_parse_classes(args.classes))
-    elif kind in ("clusters", "xor"):
-        options = {"seed": args.data_seed, "n_samples": 2 * (args.n_per_class or 100)}
-        if kind == "clusters":
-            options["dim"] = 20
-    return load_dataset(spec, **options)
+    return dataset_from_options(
+        args.dataset,
+        preprocess=args.preprocess,
+        classes=args.classes,
+        n_per_class=args.n_per_class,
+        data_seed=args.data_seed,
+    )
 
 
 def add_numerics_options(parser: argparse.ArgumentParser) -> None:
