@@ -45,8 +45,8 @@ def test_demo_rejects_bad_values_with_one_line(capsys):
 
 def test_demo_summary_says_no_drop_with_the_reason():
     """A run whose loss did not drop prints "no drop" and why, never a drop time."""
-    from gflow.theory import loss_drop
     from gflow.runs import format_summary
+    from gflow.theory import loss_drop
 
     t = np.linspace(0.0, 97.0, 98)
     flat = loss_drop(t, np.log(2.0) - 1e-3 * t / t[-1])  # 0.693 → 0.692: no drop

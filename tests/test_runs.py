@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow.theory import loss_drop
 from gflow.network import Observables
 from gflow.runs import NOT_RUN, RunConfig, load_run, steps_to_flow_time, summarize, sweep
 from gflow.solvers import MAX_STEPS_REACHED, OK
+from gflow.theory import loss_drop
 
 # Two learning rates × three seeds = 6 runs in chunks of 4: the second chunk is padded and the
 # first one straddles the two points.
