@@ -3,7 +3,7 @@
 Options: ``--json FILE`` (the report, written after every section), ``--quick`` (the small
 sizes of ``gflow bench --quick``), ``--threads N`` (every library on N threads and the first N
 cores: the script re-runs itself with them set, since thread pools start at import),
-``--dataset SPEC`` (e.g. ``cifar:PATH``), ``--no-torch``, ``--quiet``, and ``--set NAME=VALUE``
+``--dataset DATASET`` (e.g. ``cifar:PATH``), ``--no-torch``, ``--quiet``, and ``--set NAME=VALUE``
 (repeatable) for any field of `gflow.benchmarking.BenchSettings`, e.g. ``--set ode_solver=heun
 --set ode_dt=0.125``. Bad values exit with status 2 and one line.
 """
@@ -32,7 +32,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--json", required=True, metavar="FILE", help="where to write the report")
     p.add_argument("--quick", action="store_true", help="the small sizes of gflow bench --quick")
     p.add_argument("--threads", type=int, default=None, help="threads and cores of every library")
-    p.add_argument("--dataset", default=None, metavar="SPEC", help="e.g. cifar:PATH")
+    p.add_argument("--dataset", default=None, metavar="DATASET", help="e.g. cifar:PATH")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument(

@@ -21,7 +21,7 @@ from ._capacity import merged_network as merged_network
 from ._capacity import neuron_clusters as neuron_clusters
 from ._capacity import norm_pruning_curve as norm_pruning_curve
 from ._config import RunConfig as RunConfig
-from ._data import DATASET_SPECS as DATASET_SPECS
+from ._data import DATASET_KINDS as DATASET_KINDS
 from ._data import PREPROCESS_MODES as PREPROCESS_MODES
 from ._data import cifar_binary as cifar_binary
 from ._data import gaussian_clusters as gaussian_clusters

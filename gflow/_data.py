@@ -57,7 +57,7 @@ CIFAR10_CLASSES = (
 )
 # ITU-R BT.601 luma weights, the usual RGB -> grayscale map (PIL "L", OpenCV).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-DATASET_SPECS = ("mnist", "clusters", "xor", "cifar:PATH", "mnist-idx:DIR", "csv:PATH", "npz:PATH")
+DATASET_KINDS = ("mnist", "clusters", "xor", "cifar:PATH", "mnist-idx:DIR", "csv:PATH", "npz:PATH")
 
 _PIXEL_MAX = 255.0
 _CIFAR_ROW = 3 * 32 * 32
@@ -1083,7 +1083,7 @@ def load_dataset(spec: str, **options) -> Dataset:
     """
     kind, sep, arg = str(spec).partition(":")
     if kind not in _SOURCES:
-        raise ValueError(f"unknown dataset spec {spec!r}; allowed: {', '.join(DATASET_SPECS)}.")
+        raise ValueError(f"unknown dataset spec {spec!r}; allowed: {', '.join(DATASET_KINDS)}.")
     fn, takes_path = _SOURCES[kind]
     if takes_path and not arg:
         raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH.")

@@ -2,7 +2,7 @@
 preprocessing presets."""
 
 from ._data import CIFAR10_CLASSES as CIFAR10_CLASSES
-from ._data import DATASET_SPECS as DATASET_SPECS
+from ._data import DATASET_KINDS as DATASET_KINDS
 from ._data import LUMA_WEIGHTS as LUMA_WEIGHTS
 from ._data import PREPROCESS_MODES as PREPROCESS_MODES
 from ._data import cifar_binary as cifar_binary

@@ -65,7 +65,7 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default="mnist",
-        metavar="SPEC",
+        metavar="DATASET",
         help="mnist (embedded digits, default) or cifar:PATH (cifar-10-batches-py folder or npz)",
     )
     p.add_argument("--out", default=f"gflow-out/{name}", metavar="DIR", help="output folder")

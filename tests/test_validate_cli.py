@@ -78,6 +78,32 @@ def test_validate_writes_the_check_schema_and_exit_status_follows_verdicts(tmp_p
     assert payload["settings"]["dtype"] == "float64"
 
 
+def test_validation_report_quick_mode_on_a_real_run(tmp_path):
+    """scripts/validation_report.py --quick runs gflow validate on TINY's problem (the same
+    compilation as the test above, in this file's worker) and its page shows those verdicts."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "validation_report.py"
+    spec = importlib.util.spec_from_file_location("validation_report", script)
+    assert spec is not None and spec.loader is not None
+    report_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_module)
+    out = tmp_path / "page.md"
+    summary = tmp_path / "grid.json"
+    rc = report_module.main(["--quick", "--out", str(out), "--json", str(summary)])
+    assert rc == 0
+    text = out.read_text()
+    grid = json.loads(summary.read_text())
+    for name, entry in grid["checks"].items():
+        got = entry["cells"]["0"]
+        mark = "pass" if got["passed"] == got["runs"] else "FAIL"
+        assert f"| `{name}` | {entry['kind']} | {mark} {got['passed']}/1 |" in text
+        assert entry["kind"] in ("identity", "claim")
+    assert "phase3.race_rate" in grid["checks"] and "lemma_3_9_v" in grid["checks"]
+    assert report_module.main(["--quick", "--out", str(tmp_path / "missing" / "x.md")]) == 2
+
+
 @pytest.mark.parametrize(
     "verdicts, status",
     [

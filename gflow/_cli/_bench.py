@@ -199,7 +199,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--dataset",
         default=None,
-        metavar="SPEC",
+        metavar="DATASET",
         help="data for every section (e.g. cifar:PATH); default: synthetic inputs of the "
         "workload's shape for the sweep and memory, embedded MNIST for the ODE and cells",
     )

@@ -35,7 +35,7 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, default: str = "mnis
     group.add_argument(
         "--dataset",
         default=default,
-        metavar="SPEC",
+        metavar="DATASET",
         help="mnist (embedded 5000 digits, default), clusters, xor, "
         "cifar:PATH (cifar-10-batches-py "
         "directory or .npz), mnist-idx:DIR, csv:PATH, npz:PATH",
