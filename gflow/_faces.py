@@ -139,10 +139,7 @@ def _solve_faces(base, index, valid, kappa, x, signed_labels) -> FaceProjection:
     both = valid[:, :, None] & valid[:, None, :]
     qp_m = jnp.where(both, yk[:, :, None] * yk[:, None, :] * gram, jnp.eye(k, dtype=dtype))
     qp_q = jnp.where(valid, yk * jnp.einsum("mkd,md->mk", xk, total, precision=_HIGHEST), 1.0)
-    # box_qp's Gauss–Jordan broadcasts a [K, 1] column against [K] rows: allowed here, so that
-    # the faces also work under jax_numpy_rank_promotion="raise".
-    with jax.numpy_rank_promotion("allow"):
-        lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q, valid)
+    lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q, valid)
     lam = jnp.where(valid, lam, 0.0)
     velocity = total + jnp.einsum("mk,mkd->md", lam * yk, xk, precision=_HIGHEST)
     target = _rows(kappa, m, dtype)[:, None] * velocity

@@ -156,7 +156,8 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
         row, bj = a[j] / a[j, j], b[j] / a[j, j]
         column = a[:, j]
         a = (a - column[:, None] * row[None, :]).at[j].set(row)
-        b = (b - column.reshape((-1,) + (1,) * (b.ndim - 1)) * bj).at[j].set(bj)
+        column = column.reshape((-1,) + (1,) * (b.ndim - 1))  # [K] or [K, 1]
+        b = (b - column * jnp.expand_dims(bj, tuple(range(b.ndim - 1)))).at[j].set(bj)
         return a, b
 
     return jax.lax.fori_loop(0, a.shape[-1], eliminate, (a, b), unroll=True)[1]

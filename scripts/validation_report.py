@@ -155,7 +155,7 @@ def run_cell(cell: dict, folder: Path, index: int) -> dict:
     solver refuses (more pairs of one neuron reach their boundaries in one step than it holds)
     is rerun at h = 0.125, then at h = 0.25 with room for 50 pairs; a cell that still fails is
     recorded with gflow's message, never dropped."""
-    from gflow._cli import main
+    from gflow.cli import main
 
     out = folder / f"cell{index}.json"
     messages = []

@@ -16,8 +16,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gflow._cells as cells_impl  # its private helpers and module globals, tested directly
 from gflow import Dataset, gating_pattern, init_params, training_data
 from gflow._cells import (
+    _gate,
+    _gate_by_reference,
+    _geometry,
+    _grid_split,
+    _initial_patterns,
+    _plateau,
+    _set_bit_positions,
+    _set_bits,
+    _signed_sums,
+    _unpack_host,
+    _updated_sums,
+)
+from gflow.cells import (
     cell_transitions,
     count_distinct,
     cover_bound,
@@ -299,7 +313,6 @@ def test_cell_transitions_counts_and_times():
 
 
 def test_plateau_rule_waits_for_the_first_merge():
-    from gflow._cells import _plateau
 
     assert _plateau([100, 100, 100, 100, 100], 3, 100) == (100, False)  # no probes met yet
     assert _plateau([100, 40, 12, 12, 13, 12], 3, 100) == (12, True)
@@ -334,7 +347,6 @@ def integer_data(n, dim, seed, *, fine_bits=0):
 def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense_size):
     """`_gate` returns 1[z > 0] and 1[z < 0] of the exact pre-activations, through the rank-r
     filter, the dense check and every host fallback; a tie (z = 0) gets neither."""
-    from gflow._cells import _gate, _geometry, _signed_sums, _unpack_host
 
     n, dim = 300, 24
     x_int, data = integer_data(n, dim, seed=fine_bits + rank, fine_bits=fine_bits)
@@ -357,7 +369,6 @@ def test_gate_is_the_exact_sign_with_ties(fine_bits, rank, dense_size):
 def test_gate_is_exact_for_float64_data_with_zero_columns():
     """Float64 data whose some features are 0 for every sample (the border pixels of MNIST): the
     grid split puts a zero column on any grid, and the gate is still the exact sign."""
-    from gflow._cells import _gate, _geometry, _signed_sums, _unpack_host
 
     n, dim = 240, 20
     rng = np.random.default_rng(9)
@@ -382,11 +393,9 @@ def test_signed_sums_are_exact_and_updates_match_them(monkeypatch, digits):
     """The grid part of the data sums exactly (any order), by float GEMMs and by int8 digit GEMMs
     alike; the incremental update, dense columns and sparse remainder alike, gives bitwise the
     sums computed from scratch."""
-    import gflow._cells as cells
-    from gflow._cells import _geometry, _grid_split, _signed_sums, _updated_sums
 
-    monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
-    monkeypatch.setattr(cells, "_DIGIT_MIN_SAMPLES", 0)  # the dense update by digits too
+    monkeypatch.setattr(cells_impl, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
+    monkeypatch.setattr(cells_impl, "_DIGIT_MIN_SAMPLES", 0)  # the dense update by digits too
     ds = Dataset(
         np.random.default_rng(0).standard_normal((500, 40)),
         np.arange(500) % 2,
@@ -426,7 +435,6 @@ def test_grid_digits_sum_exactly_at_the_edges_of_the_grid():
     (integers near 2^24: four digits), an all-zero column and tiny values. The grid integers
     then sum to at most 2^24 per column, their digits recombine to them, and the int8 digit
     GEMMs give the exact sums of every pattern, those of the float GEMM bitwise."""
-    import gflow._cells as cells
 
     n = 3000
     rng = np.random.default_rng(4)
@@ -441,18 +449,18 @@ def test_grid_digits_sum_exactly_at_the_edges_of_the_grid():
     ds = Dataset(x, labels, name="edges", provenance="t")
     data = training_data(ds, jnp.float32)
     np.testing.assert_array_equal(np.asarray(data.x), x.astype(np.float32))
-    x_hi, _, step = cells._grid_split(np.asarray(data.x, np.float64), np.float32)
+    x_hi, _, step = cells_impl._grid_split(np.asarray(data.x, np.float64), np.float32)
     q = np.round(x_hi.astype(np.float64) / step)
     assert np.abs(q).sum(axis=0).max() <= 2**24 and np.abs(q[:, 1]).max() > 2**23
     signed64 = (1.0 - 2 * labels).astype(np.float64)
-    digits = cells._grid_digits(x_hi.astype(np.float64), step, signed64)
+    digits = cells_impl._grid_digits(x_hi.astype(np.float64), step, signed64)
     assert digits.dtype == np.int8 and digits.shape[1] == 4 * 6
-    base = np.int64(cells._DIGIT_BASE) ** np.arange(4)
+    base = np.int64(cells_impl._DIGIT_BASE) ** np.arange(4)
     recombined = np.einsum("nld,l->nd", digits.reshape(n, 4, 6).astype(np.int64), base)
     np.testing.assert_array_equal(
         recombined, q.astype(np.int64) * signed64.astype(np.int64)[:, None]
     )
-    assert cells._grid_digits(x_hi.astype(np.float64), step, signed64 * 0.5) is None
+    assert cells_impl._grid_digits(x_hi.astype(np.float64), step, signed64 * 0.5) is None
     gates = rng.random((200, n)) < rng.random((200, 1))
     gates[0] = labels == 0  # every positive-label sample: the largest sums of the columns
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
@@ -461,11 +469,11 @@ def test_grid_digits_sum_exactly_at_the_edges_of_the_grid():
     )  # integers·step < 2^53: exact
     for speedup in (1e3, 0.0):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(cells, "_integer_gemm_speedup", lambda: speedup)
-            geo = cells._geometry(data, (3,))
+            mp.setattr(cells_impl, "_integer_gemm_speedup", lambda: speedup)
+            geo = cells_impl._geometry(data, (3,))
             assert (geo.device.digits.shape[1] == 24) == (speedup > 0)
             np.testing.assert_array_equal(
-                cells._signed_sums(words, geo, chunk=64).astype(np.float64), exact
+                cells_impl._signed_sums(words, geo, chunk=64).astype(np.float64), exact
             )
 
 
@@ -473,27 +481,26 @@ def test_sums_by_reference_equal_the_sums_from_scratch(monkeypatch):
     """Patterns scattered around a few centres: each row's sum is the update of its nearest of the
     reference rows, bitwise the GEMM's (both are exact grid sums), and the nearest reference
     (found on the samples where the references disagree) is one at the least Hamming distance."""
-    import gflow._cells as cells
 
-    monkeypatch.setattr(cells, "_REFERENCES", 16)
+    monkeypatch.setattr(cells_impl, "_REFERENCES", 16)
     ds = Dataset(
         np.random.default_rng(5).standard_normal((300, 32)),
         np.arange(300) % 2,
         name="g",
         provenance="t",
     )
-    geo = cells._geometry(training_data(ds, jnp.float32), (8,))
+    geo = cells_impl._geometry(training_data(ds, jnp.float32), (8,))
     rng = np.random.default_rng(6)
     centres = rng.random((5, 300)) < 0.5
     centres[:, :40] = True  # samples where every reference agrees
     gates = centres[rng.integers(0, 5, 1100)] ^ (rng.random((1100, 300)) < 0.03)
     gates[:, 40:60] = False
     words = np.asarray(pack_patterns(jnp.asarray(gates)))
-    references = cells._references(words, 300)
+    references = cells_impl._references(words, 300)
     assert references.rows.size == 16
     np.testing.assert_array_equal(
-        cells._sums_by_reference(words, references, geo, chunk=64),
-        cells._signed_sums(words, geo, chunk=64),
+        cells_impl._sums_by_reference(words, references, geo, chunk=64),
+        cells_impl._signed_sums(words, geo, chunk=64),
     )
     distance = np.bitwise_count(words[:, None, :] ^ words[references.rows][None, :, :]).sum(axis=2)
     np.testing.assert_array_equal(
@@ -523,7 +530,6 @@ def test_gate_by_reference_is_the_exact_sign_with_ties(fine_bits, fallback_cost)
     """`_gate_by_reference` returns the exact 1[z > 0] and 1[z < 0], like `_gate`: through the
     reference's gate, the host dense check of the unsure samples, the host settling and the
     device fallback alike (fallback cost 0: every row on the device; 10⁹: every row on the host)."""
-    from gflow._cells import _gate_by_reference, _geometry, _signed_sums, _unpack_host
 
     n, dim = 300, 24
     rng = np.random.default_rng(fine_bits + 7)
@@ -559,40 +565,38 @@ def test_gate_by_reference_is_the_exact_sign_with_ties(fine_bits, fallback_cost)
 def test_gate_by_reference_equals_the_gate_on_algorithm_1_patterns():
     """On the patterns of a real map (MNIST digits after one map of Algorithm 1) both gates agree
     bitwise, and the reference path handles most rows itself."""
-    import gflow._cells as cells
     from gflow import load_dataset
 
     data = training_data(load_dataset("mnist", n_per_class=300), jnp.float32)
-    geo = cells._geometry(data, (24,))
-    start = cells._initial_patterns(jax.random.split(jax.random.key(2), 1500), data, chunk=512)
-    words, _, _, _ = cells._distinct(start)
-    positive, _ = cells._gate(
-        cells._signed_sums(words, geo, chunk=512), words, geo, rank=24, chunk=512
+    geo = cells_impl._geometry(data, (24,))
+    start = cells_impl._initial_patterns(jax.random.split(jax.random.key(2), 1500), data, chunk=512)
+    words, _, _, _ = cells_impl._distinct(start)
+    positive, _ = cells_impl._gate(
+        cells_impl._signed_sums(words, geo, chunk=512), words, geo, rank=24, chunk=512
     )
-    mapped, _, _, _ = cells._distinct(positive)
-    sums = cells._nearby_sums(mapped, geo, chunk=512)
+    mapped, _, _, _ = cells_impl._distinct(positive)
+    sums = cells_impl._nearby_sums(mapped, geo, chunk=512)
     sent = []
-    device_gate = cells._gate
+    device_gate = cells_impl._gate
 
     def counting_gate(s, w, g, **kw):
         sent.append(w.shape[0])
         return device_gate(s, w, g, **kw)
 
-    cells._gate = counting_gate
+    cells_impl._gate = counting_gate
     try:
-        by_reference = cells._gate_by_reference(
+        by_reference = cells_impl._gate_by_reference(
             sums, mapped, geo, rank=24, chunk=256, fallback_cost=1200
         )
     finally:
-        cells._gate = device_gate
-    direct = cells._gate(sums, mapped, geo, rank=24, chunk=256)
+        cells_impl._gate = device_gate
+    direct = cells_impl._gate(sums, mapped, geo, rank=24, chunk=256)
     np.testing.assert_array_equal(by_reference[0], direct[0])
     np.testing.assert_array_equal(by_reference[1], direct[1])
     assert sum(sent) < 0.2 * mapped.shape[0]
 
 
 def test_host_bit_helpers_match_the_packing():
-    from gflow._cells import _set_bit_positions, _set_bits, _unpack_host
 
     rng = np.random.default_rng(4)
     g = rng.random((9, 70)) < 0.1
@@ -609,16 +613,15 @@ def test_host_bit_helpers_match_the_packing():
 def test_host_fingerprints_equal_the_fingerprints_in_any_chunking(monkeypatch, k):
     """Chunked device calls (the last chunk overlapping the one before) give every row the
     fingerprint `pattern_fingerprints` gives it; `_distinct` groups exactly the equal rows."""
-    import gflow._cells as cells
 
-    monkeypatch.setattr(cells, "_FINGERPRINT_ROWS", 64)
+    monkeypatch.setattr(cells_impl, "_FINGERPRINT_ROWS", 64)
     rng = np.random.default_rng(k)
     base = rng.integers(0, 2**32, size=(max(k // 3, 1), 5), dtype=np.uint32)
     words = base[rng.integers(0, base.shape[0], size=k)]
     np.testing.assert_array_equal(
-        cells._host_fingerprints(words), np.asarray(pattern_fingerprints(jnp.asarray(words)))
+        cells_impl._host_fingerprints(words), np.asarray(pattern_fingerprints(jnp.asarray(words)))
     )
-    distinct, inverse, first, keys = cells._distinct(words)
+    distinct, inverse, first, keys = cells_impl._distinct(words)
     np.testing.assert_array_equal(distinct[inverse], words)
     assert distinct.shape[0] == np.unique(words, axis=0).shape[0] and np.all(
         np.diff(keys.astype(np.float64)) >= 0
@@ -629,7 +632,6 @@ def dense_reference(data, key, *, probes, patience, kappa, max_iterations=200):
     """Algorithm 1 the straightforward way: every probe mapped by the dense target map each
     iteration, pre-activations in float64 (exact for these data to ~1e-12; ties would be flagged).
     The random probes' patterns come from the same `_initial_patterns` (they define the probes)."""
-    from gflow._cells import _initial_patterns, _plateau, _unpack_host
 
     x = np.asarray(data.x, np.float64)
     labels = np.asarray(data.signed_labels, np.float64)
@@ -664,17 +666,16 @@ def test_algorithm_1_equals_the_dense_exact_reference(monkeypatch):
     path (rank filter, dense check, incremental sums, shared first maps) gives the reference's
     K_t curve, estimate, fractions and stable cells exactly. Small ranks and dense checks force
     every path of the engine at this size."""
-    import gflow._cells as cells
     from gflow import load_dataset
 
-    monkeypatch.setattr(cells, "_FIRST_RANK", 24)
-    monkeypatch.setattr(cells, "_RANK", 24)
-    monkeypatch.setattr(cells, "_DENSE_SIZES", (0, 32, 64, 128, 192))
+    monkeypatch.setattr(cells_impl, "_FIRST_RANK", 24)
+    monkeypatch.setattr(cells_impl, "_RANK", 24)
+    monkeypatch.setattr(cells_impl, "_DENSE_SIZES", (0, 32, 64, 128, 192))
     monkeypatch.setattr(
-        cells, "_SETTLE_COST", 3
+        cells_impl, "_SETTLE_COST", 3
     )  # dense checks of 128 and 192 samples, and many entries settled
-    monkeypatch.setattr(cells, "_PILOT_ROWS", 64)
-    monkeypatch.setattr(cells, "_REFERENCES", 8)  # sums by reference from 64 patterns up
+    monkeypatch.setattr(cells_impl, "_PILOT_ROWS", 64)
+    monkeypatch.setattr(cells_impl, "_REFERENCES", 8)  # sums by reference from 64 patterns up
     data = training_data(load_dataset("mnist", n_per_class=100), jnp.float32)
     key, probes, patience = jax.random.key(3), 400, 3
     found = stable_cells(data, key, probes=probes, patience=patience, chunk=256)
@@ -699,28 +700,27 @@ def test_exact_engine_matmuls_ask_for_true_float32(monkeypatch, digits):
     float32 inputs to TF32 (GPU) or bfloat16 (TPU), which would break the grid sums' exactness
     and the error bounds. The digit sums' matmuls are int8 × int8 with int32 results, and the
     bit placement's bfloat16 × bfloat16 with float32 results: exact on every backend."""
-    import gflow._cells as cells
 
-    monkeypatch.setattr(cells, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
+    monkeypatch.setattr(cells_impl, "_integer_gemm_speedup", lambda: 1e3 if digits else 0.0)
     ds = Dataset(
         np.random.default_rng(7).standard_normal((200, 16)),
         np.arange(200) % 2,
         name="g",
         provenance="t",
     )
-    geo = cells._geometry(training_data(ds, jnp.float32), (4,))
+    geo = cells_impl._geometry(training_data(ds, jnp.float32), (4,))
     words = np.asarray(pack_patterns(jnp.asarray(np.random.default_rng(8).random((8, 200)) < 0.5)))
-    sums = cells._signed_sums(words, geo, chunk=8)
+    sums = cells_impl._signed_sums(words, geo, chunk=8)
     sizes = np.bitwise_count(words).sum(axis=1).astype(np.int32)
     dense = np.arange(0, 200, 7)
-    merge, mask = cells._dense_placement(dense, 200)
+    merge, mask = cells_impl._dense_placement(dense, 200)
     samples = jnp.asarray(dense.astype(np.int32))
     traced = [
-        jax.make_jaxpr(cells._signed_sums_kernel)(jnp.asarray(words), geo.device),
-        jax.make_jaxpr(lambda *a: cells._sum_changes_kernel(*a, by_digits=digits))(
+        jax.make_jaxpr(cells_impl._signed_sums_kernel)(jnp.asarray(words), geo.device),
+        jax.make_jaxpr(lambda *a: cells_impl._sum_changes_kernel(*a, by_digits=digits))(
             jnp.asarray(words), jnp.asarray(words), samples, geo.device
         ),
-        jax.make_jaxpr(lambda *a: cells._gate_kernel(*a, rank=4))(
+        jax.make_jaxpr(lambda *a: cells_impl._gate_kernel(*a, rank=4))(
             jnp.asarray(sums),
             jnp.asarray(sizes),
             geo.device,
@@ -766,7 +766,7 @@ def test_cells_cli_reports_fixed_points_apart_and_explains_its_columns(tmp_path,
     four stable faces per κ (three with a sliding sample) are counted as fixed points, apart
     from 2-cycles and the plateau; the open-cell map finds only the empty cell fixed and the
     rest on 2-cycles. Every printed column has a legend line, and progress goes to stderr."""
-    from gflow._cli import main
+    from gflow.cli import main
 
     x = np.zeros((4, 4))
     x[:2, :2] = [[1.0, 0.0], [0.5, 1.0]]

@@ -3,7 +3,7 @@ docs/theory.md §3, §8).
 
 Checked against closed forms (two samples whose open cells 2-cycle), brute-force enumeration of
 the box problem (F.1) and of the criterion on tiny problems, the open-cell map of
-`gflow._cells`, and the sliding solver's motion of neurons started in a face.
+`gflow.cells`, and the sliding solver's motion of neurons started in a face.
 """
 
 from __future__ import annotations
@@ -16,8 +16,16 @@ import numpy as np
 import pytest
 
 from gflow import Dataset, FlowConfig, Params, gradient_flow, target_directions, training_data
-from gflow._cells import is_stable, map_patterns, stable_cells, stable_faces, unpack_patterns
-from gflow._faces import face_inputs, face_step, stable_face_test
+from gflow.cells import (
+    face_inputs,
+    face_step,
+    is_stable,
+    map_patterns,
+    stable_cells,
+    stable_face_test,
+    stable_faces,
+    unpack_patterns,
+)
 
 K = 4  # capacity: small, so that each compiled face step is cheap
 
@@ -201,7 +209,7 @@ def test_projection_and_criterion_match_enumeration(tiny_faces):
 
 
 def test_stable_cells_are_the_stable_faces_without_sliding(tiny_faces):
-    """With S = ∅ the criterion is Definition 3.5's ``gate(T_κ(g)) = g`` (`gflow._cells`), and P
+    """With S = ∅ the criterion is Definition 3.5's ``gate(T_κ(g)) = g`` (`gflow.cells`), and P
     points along the cell's target T_κ(g)."""
     x, ytil, *_ = tiny_faces
     n = x.shape[0]

@@ -10,7 +10,7 @@ import pytest
 
 from gflow import load_dataset
 from gflow._cli._common import add_dataset_options, dataset_from_args
-from gflow._data import PREPROCESS_MODES, preprocess
+from gflow.datasets import PREPROCESS_MODES, preprocess
 
 
 @pytest.fixture(scope="module")

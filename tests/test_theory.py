@@ -21,8 +21,8 @@ from gflow import (
     training_data,
     vector_field,
 )
-from gflow._observables import error_vectors, safe_norm
-from gflow._theory import (
+from gflow.network import error_vectors, safe_norm
+from gflow.theory import (
     CheckSettings,
     bias_error,
     current_targets,

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from gflow._cli import main
-from gflow._theory import Check
+from gflow.cli import main
+from gflow.theory import Check
 
 # The docs/theory.md §4 reference mixture at the sizes tests/test_theory.py simulates
 # (compilations are shared).

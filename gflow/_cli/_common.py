@@ -56,7 +56,8 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, default: str = "mnis
     group.add_argument(
         "--preprocess",
         default="center-unit",
-        help="none | center | center-unit (default) | standardize",
+        help="pixels (grayscale in [0, 1], uncentred, as in the paper) | center-unit (default) | "
+        "none | center | standardize",
     )
     group.add_argument("--data-seed", type=int, default=0, help="seed of subsampling and splits")
 

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from .._flow import DEFAULT_SLIDING_STEP
 from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -90,7 +91,10 @@ def register(subparsers) -> None:
         "§8.1), or a diffrax solver at --rtol (tsit5, heun, ...), or gauss1/gauss2",
     )
     g.add_argument(
-        "--dt0", type=float, default=0.25, help="step of the sliding solver (default 0.25)"
+        "--dt0",
+        type=float,
+        default=DEFAULT_SLIDING_STEP,
+        help=f"step of the sliding solver (default {DEFAULT_SLIDING_STEP:g})",
     )
     g.add_argument(
         "--sliding-capacity",
