@@ -599,10 +599,13 @@ def gradient_flow(
         >>> traj = gradient_flow(params0, data, ts)  # Tsit5, adaptive
         >>> traj.observables.P.shape  # [T, d]
         (5, 8)
-        >>> cfg = FlowConfig(solver="sliding", adaptive=False, dt0=0.25)  # Filippov flow
+        >>> cfg = FlowConfig(solver="gauss1", adaptive=False, dt0=0.5)  # implicit midpoint
         >>> traj, stats = gradient_flow(params0, data, ts, config=cfg, return_stats=True)
-        >>> int(stats.num_steps), int(stats.evaluations)  # 16 steps of 2 gradients each
-        (16, 32)
+        >>> int(stats.num_steps)  # 8 constant steps of 0.5, landing on every save time
+        8
+
+        The sliding-mode solver of the nonsmooth flow (docs/theory.md §8.1) is selected the same
+        way, ``FlowConfig(solver="sliding", adaptive=False, dt0=0.25)``: 2 gradients per step.
     """
     if config.solver == SLIDING:
         traj, stats = _solve_sliding(params0, data, ts, snapshot_times, config)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gflow._theory as theory_impl  # its validate_trajectory, replaced in one test
 from gflow import (
     Dataset,
     FlowConfig,
@@ -21,8 +23,10 @@ from gflow import (
     training_data,
     vector_field,
 )
+from gflow.cli import main
 from gflow.network import error_vectors, safe_norm
 from gflow.theory import (
+    Check,
     CheckSettings,
     bias_error,
     current_targets,
@@ -48,10 +52,14 @@ from gflow.theory import (
     wrapped_angle,
 )
 
+# The command-line tests at the end run gflow as users do, with JAX's default rank promotion.
+_COMMAND_TESTS = ("test_validate_", "test_validation_report_")
+
 
 @pytest.fixture(autouse=True)
-def strict_rank_promotion():
-    with jax.numpy_rank_promotion("raise"):
+def strict_rank_promotion(request):
+    mode = "allow" if request.node.name.startswith(_COMMAND_TESTS) else "raise"
+    with jax.numpy_rank_promotion(mode):
         yield
 
 
@@ -484,3 +492,119 @@ def test_race_law_with_the_bias_as_a_weight(mixture_run):
     assert report["phase3"]["median_error_with_bias_as_weight"] <= race.rel_error
     inhibition = report["phase3"]["lateral_inhibition"]
     assert len(inhibition["log_epsilon_change"]) == inhibition["groups"] >= 1
+
+
+# The docs/theory.md §4 reference mixture at the sizes tests/test_theory.py simulates
+# (compilations are shared).
+TINY = [
+    "--dataset",
+    "clusters",
+    "--n-per-class",
+    "60",
+    "--width",
+    "16",
+    "--rtol",
+    "1e-4",
+    "--records",
+    "301",
+    "--snapshots",
+    "121",
+    "--horizon-factor",
+    "1.25",
+]
+CHECK_KEYS = {"name", "kind", "predicted", "measured", "rel_error", "tolerance", "passed"}
+
+
+def test_validate_writes_the_check_schema_and_exit_status_follows_verdicts(tmp_path, capsys):
+    """`gflow validate` on the mixture_run problem (its compilation is shared in this file):
+    the JSON schema, identities apart from claims, and an exit status that follows the verdicts."""
+    out = tmp_path / "checks.json"
+    rc = main(["validate", *TINY, "--probes", "300", "--probe-seeds", "2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    checks = payload["checks"]
+    assert len(checks) >= 13
+    for c in checks:
+        assert CHECK_KEYS <= set(c)
+        assert c["kind"] in ("identity", "claim")
+        assert isinstance(c["name"], str) and isinstance(c["passed"], bool)
+        for key in ("predicted", "measured", "rel_error", "tolerance"):
+            assert c[key] is None or math.isfinite(c[key])
+        expected = c["rel_error"] is not None and c["rel_error"] <= c["tolerance"]
+        assert c["passed"] == expected, c
+    assert rc == (0 if all(c["passed"] for c in checks) else 1)
+    kinds = {c["name"]: c["kind"] for c in checks}
+    for name in (
+        "balance_drift",
+        "lemma_3_9",
+        "lemma_3_9_v",
+        "dP_identity",
+        "phase2.rate_identity",
+    ):
+        assert kinds[name] == "identity"
+    for name in (
+        "phase1.limit_angle",
+        "phase1.directional_convergence",
+        "phase2.unlocking_rate",
+        "phase3.race_rate",
+        "phase3.lateral_inhibition",
+    ):
+        assert kinds[name] == "claim"
+    # the default solver keeps the balance to rounding: every identity passes at its tolerance
+    assert all(c["passed"] for c in checks if c["kind"] == "identity")
+    # the table shows identities and claims as two groups, identities first
+    head_id = printed.index("identities (exact")
+    head_claim = printed.index("claims (the paper")
+    assert head_id < printed.index("lemma_3_9_v") < head_claim < printed.index("phase3.race_rate")
+    for name in kinds:
+        assert name in printed
+    cells = payload["stable_cells"]
+    assert len(cells["kappa+1"]["estimates"]) == 2 and cells["kappa+1"]["spread"] >= 0
+    assert payload["settings"]["dtype"] == "float64"
+
+
+def test_validation_report_quick_mode_on_a_real_run(tmp_path):
+    """scripts/validation_report.py --quick runs gflow validate on TINY's problem (the
+    compilation of mixture_run, shared in this file) and its page shows those verdicts."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "validation_report.py"
+    spec = importlib.util.spec_from_file_location("validation_report", script)
+    assert spec is not None and spec.loader is not None
+    report_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_module)
+    out = tmp_path / "page.md"
+    summary = tmp_path / "grid.json"
+    rc = report_module.main(["--quick", "--out", str(out), "--json", str(summary)])
+    assert rc == 0
+    text = out.read_text()
+    grid = json.loads(summary.read_text())
+    for name, entry in grid["checks"].items():
+        got = entry["cells"]["0"]
+        mark = "pass" if got["passed"] == got["runs"] else "FAIL"
+        assert f"| `{name}` | {entry['kind']} | {mark} {got['passed']}/1 |" in text
+        assert entry["kind"] in ("identity", "claim")
+    assert "phase3.race_rate" in grid["checks"] and "lemma_3_9_v" in grid["checks"]
+    assert report_module.main(["--quick", "--out", str(tmp_path / "missing" / "x.md")]) == 2
+
+
+@pytest.mark.parametrize(
+    "verdicts, status",
+    [
+        ((("identity", True), ("claim", True)), 0),
+        ((("identity", True), ("claim", False)), 1),
+        ((("identity", False), ("claim", True)), 1),
+    ],
+)
+def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
+    def fake_checks(traj, data, *, settings):
+        return [
+            Check(f"check{i}", 1.0, 1.0, 0.0 if ok else 2.0, 1.0, ok, "", kind)
+            for i, (kind, ok) in enumerate(verdicts)
+        ], {}
+
+    monkeypatch.setattr(theory_impl, "validate_trajectory", fake_checks)
+    assert main(["validate", *TINY, "--probe-seeds", "0", "--quiet"]) == status
+    printed = capsys.readouterr().out
+    assert ("FAIL" in printed) == (status == 1)
