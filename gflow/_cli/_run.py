@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._data import dataset_from_options
 from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -17,7 +18,6 @@ from ._common import (
     add_numerics_options,
     add_output_options,
     apply_dtype,
-    dataset_from_args,
 )
 
 _CONFIG_TEMPLATE = """\
@@ -347,7 +347,7 @@ def execute(args: argparse.Namespace, *, sweep: bool) -> int:
         if out is not None
         else _fresh_folder(f"gflow-out/{'sweep' if sweep else 'run'}", resume)
     )
-    dataset = dataset_from_args(argparse.Namespace(**config.data_options()))
+    dataset = dataset_from_options(**config.data_options())
     run = run_sweep(dataset, config, out=folder, resume=resume, progress=not quiet, t_end=t_end)
     print("\n".join(_summary_lines(run, folder, summarize(run))))
     return EXIT_OK if bool(run.ok.any()) else EXIT_CHECK_FAILED
