@@ -128,6 +128,104 @@ def _float_matrix(x, which: str) -> np.ndarray:
     return x
 
 
+def _peak(x: np.ndarray) -> float:
+    """Largest |x|, for messages (0 for an empty array)."""
+    return float(np.max(np.abs(x))) if x.size else 0.0
+
+
+def _refuse_overflow(value, what: str, mode: str, x_train: np.ndarray) -> None:
+    """Refuse a non-finite intermediate statistic: float64 arithmetic overflowed on the inputs."""
+    if not np.all(np.isfinite(value)):
+        raise ValueError(
+            f"preprocess '{mode}': {what} overflows float64 (training inputs up to |x| = "
+            f"{_peak(x_train):.3g}); rescale the data before giving it to gflow."
+        )
+
+
+def _center_unit_factor(centred: np.ndarray, x_train: np.ndarray) -> float:
+    """``1/c`` with ``c² = (1/N) Σ_s ‖x_s − μ‖²`` (float64, as written: no rescaling tricks).
+
+    Refused when ``c²`` is not finite (squares overflow, |x| ≳ 1e154), when it is 0 because
+    every input equals the mean, or when it falls below the smallest normal float64 although
+    the inputs differ (squares underflow, |x − μ| ≲ 1e-154: the scale would be imprecise).
+    """
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        mean_square = float((centred**2).sum(axis=1).mean())
+    _refuse_overflow(mean_square, "the centred mean squared norm", "center-unit", x_train)
+    if mean_square >= np.finfo(np.float64).tiny:
+        return 1.0 / np.sqrt(mean_square)
+    if not np.any(centred):
+        raise ValueError(
+            "preprocess 'center-unit': all training inputs are identical, so their "
+            "centred mean squared norm is 0 and cannot be scaled to 1."
+        )
+    raise ValueError(
+        "preprocess 'center-unit': the centred mean squared norm underflows float64 (training "
+        f"inputs differ from their mean by at most {_peak(centred):.3g}); rescale the data."
+    )
+
+
+def _standardize_factor(centred: np.ndarray, x_train: np.ndarray) -> np.ndarray:
+    """Per-feature ``1/σ_j``, and 0 for constant features.
+
+    A training feature is *constant* when its range is at rounding level,
+    ``max_s x_sj − min_s x_sj ≤ 1e-12 · max_s |x_sj|`` (exactly equal values included); it
+    carries no information, and its factor 0 sets it to 0 in both splits. Refused: every
+    feature constant (all inputs would be 0, named with the feature count), and a varying
+    feature whose variance overflows or underflows float64.
+    """
+    spread = x_train.max(axis=0) - x_train.min(axis=0)
+    _refuse_overflow(spread, "the range of a feature", "standardize", x_train)
+    varies = spread > 1e-12 * np.abs(x_train).max(axis=0)
+    if not np.any(varies):
+        raise ValueError(
+            f"preprocess 'standardize': all {x_train.shape[1]} features are constant on the "
+            f"{x_train.shape[0]} training inputs, so every standardized input would be 0."
+        )
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        std = np.sqrt((centred**2).mean(axis=0))
+    _refuse_overflow(std, "the standard deviation of a feature", "standardize", x_train)
+    tiny = varies & ~(std >= np.sqrt(np.finfo(np.float64).tiny))
+    if np.any(tiny):
+        raise ValueError(
+            f"preprocess 'standardize': the variance of {int(tiny.sum())} varying feature(s) "
+            f"underflows float64 (first: feature {int(np.flatnonzero(tiny)[0])}, standard "
+            f"deviation {float(std[tiny][0]):.3g}); rescale the data."
+        )
+    return np.divide(1.0, std, out=np.zeros_like(std), where=varies)
+
+
+def _as_inputs(x: np.ndarray, which: str, mode: str) -> np.ndarray:
+    """The preprocessed float64 inputs as the float32 that gflow stores, checked.
+
+    Refused: values beyond the float32 range (they would become inf); inputs that are not 0 but
+    whose float32 squared norm ``Σ_j x_j²`` underflows (they would act as 0); a set in which
+    every input is 0 (nothing to train on, or to test).
+    """
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):
+        raise ValueError(
+            f"preprocess '{mode}': {which} reaches |x| = {_peak(x):.3g} after preprocessing, "
+            f"beyond the float32 range ({float(np.finfo(np.float32).max):.3g}) in which gflow "
+            "stores inputs; rescale the data (or use 'center-unit')."
+        )
+    with np.errstate(under="ignore"):
+        square32 = np.sum(x32 * x32, axis=1, dtype=np.float32)
+    lost = np.any(x != 0.0, axis=1) & ~(square32 >= np.finfo(np.float32).tiny)
+    if np.any(lost):
+        raise ValueError(
+            f"preprocess '{mode}': {int(lost.sum())} {which} input(s) have a norm that "
+            f"underflows float32 to 0 (largest value {_peak(x[lost]):.3g}); rescale the data."
+        )
+    if not np.any(x32):
+        raise ValueError(
+            f"preprocess '{mode}': every {which} input is 0 after preprocessing "
+            f"({x.shape[0]} inputs, {x.shape[1]} features); there is nothing to learn from."
+        )
+    return x32
+
+
 def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: float | None = None):
     """Scale, centre and normalise inputs; statistics from the training split only.
 
@@ -147,8 +245,15 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
          training inputs is 1. The gradient field of docs/theory.md §1 is quadratic in ``x``
          (``∂L/∂w_i ∝ Σ_s (v_i·r_s) x_s`` with ``v_i`` growing like ``w_i·x``), so this keeps the
          flow's time scales O(1) whatever D;
-       * ``"standardize"``: per-feature z-score ``(x − μ_j)/σ_j``; zero-variance training
-         features are set to 0 (in both splits) instead of dividing by 0.
+       * ``"standardize"``: per-feature z-score ``(x − μ_j)/σ_j``. A feature that is constant
+         on the training split (range ``max − min ≤ 1e-12·max|x_j|``) carries no information
+         and is set to 0 in both splits; if every feature is constant the data are refused.
+
+    The arithmetic is float64 and the result float32. Data it cannot represent are refused with
+    a ``ValueError`` naming the problem, never zeroed silently: a statistic that overflows
+    float64 (inputs of magnitude ≳ 1e154), a scale that underflows, results beyond the float32
+    range, a non-zero input whose float32 norm underflows to 0, and a split whose inputs are
+    all 0 after preprocessing.
 
     Args:
         x_train: ``[N, D]`` numeric training inputs.
@@ -158,6 +263,9 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
 
     Returns:
         ``(x_train, x_test)`` as float32 (``x_test`` stays ``None`` when not given).
+
+    Raises:
+        ValueError: a bad argument, or inputs that overflow or vanish (see above).
 
     Example:
         >>> import numpy as np
@@ -183,24 +291,21 @@ def preprocess(x_train, x_test=None, mode: str = "center-unit", *, pixel_max: fl
                     f"[{x.min():g}, {x.max():g}] (scale the source, or use 'none')."
                 )
     elif mode != "none":
-        mean = xtr.mean(axis=0)
-        factor = np.ones(xtr.shape[1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = xtr.mean(axis=0)
+            centred = xtr - mean
+        _refuse_overflow(mean, "the mean of a feature", mode, xtr)
+        _refuse_overflow(centred, "centring", mode, xtr)
+        factor: float | np.ndarray = 1.0
         if mode == "standardize":
-            std = xtr.std(axis=0)
-            # A constant column has std ~ 1e-16·|value| from rounding; treat it as exactly 0.
-            varies = std > 1e-12 * np.abs(xtr).max(axis=0)
-            factor = np.divide(1.0, std, out=np.zeros_like(std), where=varies)
+            factor = _standardize_factor(centred, xtr)
         elif mode == "center-unit":
-            rms = float(np.sqrt(((xtr - mean) ** 2).sum(axis=1).mean()))
-            if rms == 0.0:
-                raise ValueError(
-                    "preprocess 'center-unit': all training inputs are identical, so their "
-                    "centred mean squared norm is 0 and cannot be scaled to 1."
-                )
-            factor = factor / rms
-        xtr = (xtr - mean) * factor
-        xte = None if xte is None else (xte - mean) * factor
-    return xtr.astype(np.float32), (None if xte is None else xte.astype(np.float32))
+            factor = _center_unit_factor(centred, xtr)
+        with np.errstate(over="ignore", invalid="ignore"):
+            xte = None if xte is None else (xte - mean) * factor
+        xtr = centred * factor
+    out_train = _as_inputs(xtr, "x_train", mode)
+    return out_train, None if xte is None else _as_inputs(xte, "x_test", mode)
 
 
 def _preprocess_note(mode: str, pixel_max: float | None) -> str:
@@ -209,7 +314,7 @@ def _preprocess_note(mode: str, pixel_max: float | None) -> str:
         "pixels": "grayscale values in [0, 1], uncentred, as in the paper",
         "center": "training mean removed per feature",
         "center-unit": "training mean removed, then one global scale so mean ‖x‖² = 1 on training",
-        "standardize": "per-feature z-score from training (zero-variance features set to 0)",
+        "standardize": "per-feature z-score from training (constant features set to 0)",
     }
     pixels = f"pixels / {pixel_max:g} to [0, 1], then " if pixel_max is not None else ""
     return f"preprocess={mode} ({pixels}{notes[mode]}; statistics from the training split only)"
@@ -312,12 +417,64 @@ def _cifar_batch_dir(directory) -> Path:
     return nested if nested.is_dir() else d
 
 
+def _latin1_encode(text, encoding="latin1", errors="strict") -> bytes:
+    """``_codecs.encode`` as pickles of protocol ≤ 2 written by Python 3 use it for bytes, but
+    for the latin-1 encoding only (no codec lookup by a name taken from the file)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError("a bytes value encoded other than as latin-1")
+    return text.encode("latin1")
+
+
+# The only globals a CIFAR-10 python batch refers to: numpy's array reconstructors (as written
+# by numpy 1.x, as ``numpy.core``, and 2.x, as ``numpy._core``; ``_frombuffer`` by pickle
+# protocol 5), ``numpy.ndarray``, ``numpy.dtype``, and bytes as Python 3 writes them at
+# protocol ≤ 2. Each name maps to the object itself, taken from a live array's reduction, so
+# no module is imported by name from the file.
+_CIFAR_PICKLE_GLOBALS: dict[tuple[str, str], object] = {
+    **{
+        (f"numpy.{core}.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0]
+        for core in ("core", "_core")
+    },
+    **{
+        (f"numpy.{core}.numeric", "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0]
+        for core in ("core", "_core")
+    },
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for something a CIFAR-10 batch never holds."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a CIFAR-10 batch holds: dicts, lists, numbers, bytes
+    and numpy arrays. Any other global (``os.system``, ``builtins.eval``, ...) is refused
+    before it is looked up, so a crafted batch cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        found = _CIFAR_PICKLE_GLOBALS.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return found
+
+    def persistent_load(self, pid):
+        raise _RefusedGlobal(f"persistent id {pid!r}")
+
+
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
     except FileNotFoundError:
         raise ValueError(f"CIFAR-10 batch file not found: {path}") from None
+    except _RefusedGlobal as err:
+        raise ValueError(
+            f"CIFAR-10 batch {path} is refused: it asks for {err}, which a CIFAR-10 batch never "
+            "holds (only numpy arrays, lists, numbers and bytes are read; nothing was run)."
+        ) from None
     except (
         pickle.UnpicklingError,
         EOFError,
@@ -355,7 +512,10 @@ def read_cifar10_python(directory, *, split: str = "train") -> tuple[np.ndarray,
     archive; they must be numbered consecutively from 1), ``split="test"`` reads ``test_batch``.
     Each batch is a pickled dict with ``b"data"`` uint8 ``[n, 3072]`` (R plane, G plane, B plane,
     each 32×32 row-major) and ``b"labels"``. ``directory`` may also be the folder that contains
-    ``cifar-10-batches-py``. Unpickling runs code from the file: read only archives you trust.
+    ``cifar-10-batches-py``. The batches are unpickled by a restricted unpickler that builds
+    only dicts, lists, numbers, bytes and numpy arrays; a batch that asks for anything else
+    (a function to call, a class to build) is refused with a ``ValueError``, and nothing in it
+    is run.
 
     Returns:
         ``(rows uint8 [n, 3072], labels int64 [n])`` with CIFAR-10 label numbering.
@@ -857,6 +1017,12 @@ def npz_dataset(path, **options) -> Dataset:
     )
     if not binary:
         return _call_with_options(cifar_binary, f"npz:{path} (CIFAR-like)", path, **options)
+    grouping = sorted({"class1", "class2"} & set(options))
+    if grouping:
+        raise ValueError(
+            f"npz file {path} has binary labels 0/1, used as given: {', '.join(grouping)} "
+            "(classes) apply only to CIFAR-like npz files with CIFAR-10 labels (drop it)."
+        )
     return _call_with_options(
         _npz_binary, f"npz:{path} (binary)", (x, labels, xt, labels_t), path, **options
     )
@@ -1123,12 +1289,21 @@ def dataset_from_options(
     command line's ``--dataset``, ``--classes``, ``--n-per-class``, ``--preprocess``,
     ``--data-seed``), through `load_dataset`.
 
+    ``classes`` groups source labels, so it is refused (``ValueError``) for the synthetic
+    ``clusters`` and ``xor`` sets and for npz files with binary labels, which have none to
+    group; ``n_per_class`` sets their ``n_samples = 2·n_per_class`` (default 100 per class).
+
     Example:
         >>> dataset_from_options("xor", n_per_class=4).describe()
         'xor: N=8 (4 class 1 / 4 class 2), D=2, test N=8'
     """
     options: dict = {"preprocess": preprocess}
     kind = dataset.split(":", 1)[0]
+    if classes is not None and kind in ("clusters", "xor"):
+        raise ValueError(
+            f"classes ({classes!r}) groups the source labels of mnist, mnist-idx, csv, cifar and "
+            f"CIFAR-like npz data; dataset {kind!r} has no source labels to group (drop it)."
+        )
     if kind in ("mnist", "mnist-idx", "csv", "cifar", "npz"):
         options["seed"] = data_seed
         if n_per_class is not None:

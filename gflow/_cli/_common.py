@@ -95,9 +95,23 @@ def apply_dtype(args: argparse.Namespace):
     return jnp.float32
 
 
+def output_folder(text: str) -> str:
+    """The value of ``--out``: a folder name, never empty (an empty name would write into the
+    current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"must name a folder; got {text!r} (use --out . for the current directory)"
+        )
+    return text
+
+
 def add_output_options(parser: argparse.ArgumentParser, *, default: str) -> None:
     parser.add_argument(
-        "--out", default=default, metavar="DIR", help=f"output folder (default {default})"
+        "--out",
+        type=output_folder,
+        default=default,
+        metavar="DIR",
+        help=f"output folder (default {default})",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final summary")
 
