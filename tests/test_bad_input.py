@@ -8,6 +8,7 @@ traceback. Every case fails before anything is compiled, so the matrix is fast.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 import gflow
 from gflow.cli import main
+from gflow.datasets import dataset_from_options
 from gflow.runs import RunConfig, load_run, read_config_file, sweep
 
 RNG = np.random.default_rng(0)
@@ -55,7 +57,36 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["blocker"].write_text("not a folder\n")
     out["not_a_run"] = d / "not-a-run"
     out["not_a_run"].mkdir()
+    out["huge"] = _npz(d, "huge.npz", x_train=X * 1e300, y_train=Y)
+    out["constant"] = _npz(d, "constant.npz", x_train=np.full((10, 4), 0.5), y_train=Y)
+    out["crafted_cifar"] = crafted_cifar_dir(d / "crafted-cifar", d / "marker")
     return out
+
+
+class _RunsCode:
+    """An object whose unpickling would run ``os.system`` (a shell command that creates a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+class _ExecsCode(_RunsCode):
+    """An object whose unpickling would run Python code (``exec``) that creates a file."""
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def crafted_cifar_dir(folder: Path, marker: Path, payload=_RunsCode) -> Path:
+    """A cifar-10-batches-py folder whose first batch runs code when unpickled by pickle.load."""
+    folder.mkdir()
+    batch = {b"data": payload(marker), b"labels": [0, 1]}
+    for name in ("data_batch_1", "test_batch"):
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +318,75 @@ CASES = [
         r"is not a gflow run folder",
     ),
     (
+        "huge_values",
+        lambda f, ds: gflow.load_dataset(f"npz:{f['huge']}"),
+        r"preprocess 'center-unit': the centred mean squared norm overflows float64 "
+        r"\(training inputs up to \|x\| = 2.\d+e\+300\)",
+        lambda f, o: ["run", "--dataset", f"npz:{f['huge']}", "--out", o],
+        r"overflows float64",
+    ),
+    (
+        "huge_values_standardize",
+        lambda f, ds: gflow.load_dataset(f"npz:{f['huge']}", preprocess="standardize"),
+        r"preprocess 'standardize': the standard deviation of a feature overflows float64",
+        lambda f, o: [
+            "sweep",
+            "--dataset",
+            f"npz:{f['huge']}",
+            "--preprocess",
+            "standardize",
+            "--out",
+            o,
+        ],
+        r"overflows float64",
+    ),
+    (
+        "constant_features",
+        lambda f, ds: gflow.load_dataset(f"npz:{f['constant']}", preprocess="standardize"),
+        r"preprocess 'standardize': all 4 features are constant on the 10 training inputs",
+        lambda f, o: [
+            "run",
+            "--dataset",
+            f"npz:{f['constant']}",
+            "--preprocess",
+            "standardize",
+            "--out",
+            o,
+        ],
+        r"all 4 features are constant",
+    ),
+    (
+        "constant_inputs_centred",
+        lambda f, ds: gflow.load_dataset(f"npz:{f['constant']}", preprocess="center"),
+        r"preprocess 'center': every x_train input is 0 after preprocessing",
+        lambda f, o: (
+            ["run", "--dataset", f"npz:{f['constant']}", "--preprocess", "center"] + ["--out", o]
+        ),
+        r"every x_train input is 0",
+    ),
+    (
+        "crafted_cifar_batch",
+        lambda f, ds: gflow.load_dataset(f"cifar:{f['crafted_cifar']}"),
+        r"CIFAR-10 batch .*data_batch_1 is refused: it asks for (posix|nt)\.system, which a "
+        r"CIFAR-10 batch never holds",
+        lambda f, o: ["run", "--dataset", f"cifar:{f['crafted_cifar']}", "--out", o],
+        r"is refused: it asks for (posix|nt)\.system",
+    ),
+    (
+        "classes_for_synthetic_data",
+        lambda f, ds: dataset_from_options("xor", classes="3/8"),
+        r"classes \('3/8'\) groups the source labels of .*; dataset 'xor' has no source labels",
+        lambda f, o: ["run", "--dataset", "clusters", "--classes", "3/8", "--out", o],
+        r"dataset 'clusters' has no source labels to group",
+    ),
+    (
+        "classes_for_binary_npz",
+        lambda f, ds: dataset_from_options(f"npz:{f['nan']}", classes="0/1"),
+        r"npz file .*nan.npz has binary labels 0/1, used as given: class1, class2 \(classes\)",
+        lambda f, o: ["run", "--dataset", f"npz:{f['constant']}", "--classes", "0/1", "--out", o],
+        r"has binary labels 0/1, used as given",
+    ),
+    (
         "not_a_number",
         lambda f, ds: _tiny(lr="fast"),
         r"lr must be a real number; got 'fast'",
@@ -325,3 +425,32 @@ def test_cli_refuses_with_one_line_and_exit_2(case, files, tmp_path, capsys):
 def test_matrix_is_wide():
     """At least 15 distinct bad inputs, each with both an API and a CLI form."""
     assert len({c[0] for c in CASES}) == len(CASES) >= 15
+
+
+@pytest.mark.parametrize("payload", [_RunsCode, _ExecsCode], ids=["os.system", "exec"])
+def test_crafted_cifar_batch_never_runs(payload, tmp_path, capsys):
+    """A CIFAR batch that would run a command under pickle.load is refused, by the API and by
+    the CLI, and the command never runs: its marker file is never created."""
+    marker = tmp_path / "marker"
+    folder = crafted_cifar_dir(tmp_path / "cifar-10-batches-py", marker, payload)
+    name = r"(posix|nt)\.system" if payload is _RunsCode else r"(__builtin__|builtins)\.exec"
+    with pytest.raises(ValueError, match=rf"is refused: it asks for {name},"):
+        gflow.load_dataset(f"cifar:{folder}")
+    assert not marker.exists()
+    code = main(["run", "--dataset", f"cifar:{tmp_path}", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 2 and len(captured.err.splitlines()) == 1, captured.err
+    assert "Traceback" not in captured.err and "nothing was run" in captured.err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    """--out '' names no folder (it used to write into the current directory)."""
+    monkeypatch.chdir(tmp_path)
+    for command in ("run", "sweep"):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--dataset", "clusters", "--out", ""])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"gflow {command}: error: argument --out: must name a folder")
+    assert list(tmp_path.iterdir()) == []  # nothing written where gflow was started

@@ -7,9 +7,11 @@ then flags on top (flags win), resolved into one validated `gflow.RunConfig`.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .._data import dataset_from_options
+from .._resources import count_seed_range, require_memory, seeds_memory, sweep_memory
 from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -279,6 +281,9 @@ def resolve_run(args: argparse.Namespace, *, sweep: bool):
         if not (isinstance(points, int) and points >= 2):
             raise UsageError(f"--save-points must be an integer >= 2; got {points!r}")
         values.update(steps=points - 1, record_every=1)  # the record grid; steps per point follow
+    seed_count = count_seed_range(values.get("seeds"))
+    if seed_count is not None:  # before RunConfig builds them; the full check follows in execute
+        require_memory(seeds_memory(seed_count), f"--seeds {values['seeds']}")
     config = RunConfig.from_mapping(values, source=source)
     n_seeds = len(config.seeds or ())
     if not sweep and (len(config.points()) > 1 or n_seeds > 1):
@@ -332,6 +337,23 @@ def _summary_lines(run, folder: Path, summary: list[dict]) -> list[str]:
     return lines
 
 
+def _check_memory(config, dataset, command: str) -> None:
+    """Refuse, before anything is allocated or compiled, a run that cannot fit in memory
+    (`gflow._resources.sweep_memory`); say so when the machine's memory cannot be read."""
+    import jax
+
+    estimate = sweep_memory(
+        config,
+        n_samples=dataset.n_samples,
+        dim=dataset.dim,
+        n_test=0 if dataset.x_test is None else int(dataset.x_test.shape[0]),
+        num_devices=jax.device_count(),
+    )
+    note = require_memory(estimate, f"this {command}")
+    if note is not None:
+        print(f"gflow {command}: note: {note}", file=sys.stderr)
+
+
 def execute(args: argparse.Namespace, *, sweep: bool) -> int:
     """Resolve the configuration, load the data, run, write the folder, print the summary."""
     from gflow._runs import summarize
@@ -348,6 +370,7 @@ def execute(args: argparse.Namespace, *, sweep: bool) -> int:
         else _fresh_folder(f"gflow-out/{'sweep' if sweep else 'run'}", resume)
     )
     dataset = dataset_from_options(**config.data_options())
+    _check_memory(config, dataset, "sweep" if sweep else "run")
     run = run_sweep(dataset, config, out=folder, resume=resume, progress=not quiet, t_end=t_end)
     print("\n".join(_summary_lines(run, folder, summarize(run))))
     return EXIT_OK if bool(run.ok.any()) else EXIT_CHECK_FAILED
