@@ -174,7 +174,8 @@ def _standardize_factor(centred: np.ndarray, x_train: np.ndarray) -> np.ndarray:
     feature constant (all inputs would be 0, named with the feature count), and a varying
     feature whose variance overflows or underflows float64.
     """
-    spread = x_train.max(axis=0) - x_train.min(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = x_train.max(axis=0) - x_train.min(axis=0)
     _refuse_overflow(spread, "the range of a feature", "standardize", x_train)
     varies = spread > 1e-12 * np.abs(x_train).max(axis=0)
     if not np.any(varies):

@@ -41,11 +41,12 @@ if TYPE_CHECKING:
     from ._config import RunConfig
 
 # `gflow.Observables`: w_norm, b, v_norm, phi, P, Q, e_norm, cos_delta, target_strength,
-# cos_target in the simulation dtype and kappa, active, cell_hash as int32, per neuron; loss,
-# accuracy, test_loss, test_accuracy per record.
+# cos_target in the simulation dtype and kappa (int8), active (int32), cell_hash (uint32), per
+# neuron; loss, accuracy, test_loss, test_accuracy per record. Status and step count: int32.
 _FLOAT_FIELDS_PER_NEURON = 10
-_INT_FIELDS_PER_NEURON = 3
+_INT_BYTES_PER_NEURON = 1 + 4 + 4
 _SCALAR_FIELDS = 4
+_STATUS_BYTES = 4 + 4
 # Parameter-sized buffers per member inside the program: parameters, gradient, momentum,
 # update, two snapshots (SGD/GD); the flow adds the solver's stages and error estimate.
 _STATE_COPIES = {"sgd": 6, "gd": 6, "flow": 14}
@@ -169,7 +170,7 @@ def sweep_memory(
     records = _num_records(config, n_samples)
     record = records * (
         (_FLOAT_FIELDS_PER_NEURON * width + _SCALAR_FIELDS) * itemsize
-        + _INT_FIELDS_PER_NEURON * width * 4
+        + _INT_BYTES_PER_NEURON * width
     )
     params = width * (dim + 3) * itemsize
     working = (
@@ -178,7 +179,7 @@ def sweep_memory(
     save_times = records * _BYTES_PER_SAVE_TIME if config.trainer == "flow" else 0
     return MemoryEstimate(
         (
-            ("records and final weights of all runs", members * (record + params + 16)),
+            ("records and final weights of all runs", members * (record + params + _STATUS_BYTES)),
             (f"one chunk of {chunk} run(s) in the program", chunk * (record + params + working)),
             ("data", samples * dim * (4 + itemsize * num_devices)),
             ("seeds and time grid", members * 32 + n_points * records * 8 + save_times),

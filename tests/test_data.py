@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import inspect
 import pickle
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,34 @@ def fake_cifar_dir(tmp_path: Path, per_batch=40) -> Path:
         with open(d / name, "wb") as fh:
             pickle.dump(batch, fh)
     return d
+
+
+def python2_cifar_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A CIFAR-10 python batch as Python 2's cPickle wrote the official files (protocol 2):
+    ``str`` values as BINSTRING, the array rebuilt by ``numpy.core.multiarray._reconstruct``
+    with a ``numpy.dtype('u1')`` state, its bytes as one string."""
+
+    def string(b: bytes) -> bytes:
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+    rows, cols = data.shape
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+        + string(b"b")
+        + b"\x87R(K\x01M"
+        + struct.pack("<H", rows)
+        + b"M"
+        + struct.pack("<H", cols)
+        + b"\x86cnumpy\ndtype\n"
+        + string(b"u1")
+        + b"K\x00K\x01\x87R(K\x03"
+        + string(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+        + string(data.astype(np.uint8).tobytes())
+        + b"tb"
+    )
+    label_list = b"](" + b"".join(b"K" + bytes([k]) for k in labels) + b"e"
+    return b"\x80\x02}(" + string(b"data") + array + string(b"labels") + label_list + b"u."
 
 
 def write_csv(path: Path, pixels: np.ndarray, labels: np.ndarray, *, gz: bool) -> Path:
@@ -183,6 +213,45 @@ def test_read_cifar10_python_errors(tmp_path):
     (d / "test_batch").unlink()
     with pytest.raises(ValueError, match="batch file not found: .*test_batch"):
         read_cifar10_python(d, split="test")
+
+
+def test_cifar_batches_in_every_pickle_format_load(tmp_path):
+    """The restricted unpickler reads the official files' format (Python 2 cPickle, protocol 2,
+    numpy.core names) and batches re-saved by Python 3 at every protocol, without warnings."""
+    rng = np.random.default_rng(2)
+    labels = np.arange(30) % 10
+    rows = coded_cifar_rows(labels, rng)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    (d / "data_batch_1").write_bytes(python2_cifar_batch(rows, labels.tolist()))
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        batch = {b"data": rows, b"labels": labels.tolist(), b"batch_label": b"training"}
+        (d / f"data_batch_{protocol + 2}").write_bytes(pickle.dumps(batch, protocol=protocol))
+    (d / "test_batch").write_bytes(python2_cifar_batch(rows, labels.tolist()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, y = read_cifar10_python(d)
+    assert x.dtype == np.uint8 and x.shape == ((pickle.HIGHEST_PROTOCOL + 2) * 30, 3072)
+    np.testing.assert_array_equal(x, np.tile(rows, (pickle.HIGHEST_PROTOCOL + 2, 1)))
+    np.testing.assert_array_equal(y, np.tile(labels, pickle.HIGHEST_PROTOCOL + 2))
+    ds = cifar_binary(d, n_per_class=6, test_per_class=4, preprocess="none")
+    np.testing.assert_array_equal(np.isin(decode_label(ds.x), (0, 3)), ds.y == 0)
+
+
+def test_cifar_batch_asking_for_anything_else_is_refused(tmp_path):
+    """Only numpy's array reconstructors are allowed: a batch that would build any other object
+    (here a harmless one, collections.OrderedDict) is refused, naming it."""
+    import collections
+
+    d = fake_cifar_dir(tmp_path)
+    batch = collections.OrderedDict(data=np.zeros((2, 3072), np.uint8), labels=[0, 1])
+    (d / "data_batch_2").write_bytes(pickle.dumps(batch))
+    with pytest.raises(
+        ValueError,
+        match=r"data_batch_2 is refused: it asks for "
+        r"collections\.OrderedDict, which a CIFAR-10 batch never holds",
+    ):
+        read_cifar10_python(d)
 
 
 def test_cifar_binary_from_directory_maps_labels(tmp_path):
@@ -370,6 +439,84 @@ def test_preprocess_standardize(split):
     assert np.all(xs[:, 4] == 0) and np.all(xts[:, 4] == 0)
     expected = (xt[:, keep] - x[:, keep].mean(0)) / x[:, keep].std(0)
     np.testing.assert_allclose(xts[:, keep], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_preprocess_standardize_constant_feature_rule():
+    """A feature is constant when its training range is at most 1e-12·max|x_j| (rounding); it
+    becomes 0 in both splits, a feature varying above that is standardized, and data whose
+    features are all constant are refused with the count."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20, 4))
+    x[:, 1] = 7.0
+    x[:, 2] = 1.0 + 1e-13 * rng.normal(size=20)  # rounding-level range: constant
+    x[:, 3] = 1.0 + 1e-9 * rng.normal(size=20)  # small but real variation: kept
+    xt = rng.normal(size=(5, 4))
+    xs, xts = preprocess(x, xt, "standardize")
+    assert np.all(xs[:, 1:3] == 0) and np.all(xts[:, 1:3] == 0)
+    np.testing.assert_allclose(xs[:, [0, 3]].std(0), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"'standardize': all 4 features are constant on the 20"):
+        preprocess(np.tile(x[:1], (20, 1)), None, "standardize")
+
+
+@pytest.mark.parametrize("mode", ["center-unit", "standardize"])
+@pytest.mark.parametrize("scale", [1e-100, 1e100])
+def test_preprocess_scale_invariance(split, mode, scale):
+    """Centring and scaling remove any global scale that float64 represents without overflow."""
+    x, xt = split
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning on the way
+        scaled = preprocess(x * scale, xt * scale, mode)
+    for a, b in zip(scaled, preprocess(x, xt, mode)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+OVERFLOW = [
+    (
+        "center-unit",
+        1e300,
+        r"'center-unit': the centred mean squared norm overflows float64 "
+        r"\(training inputs up to \|x\| = \d\.\d+e\+300\); rescale",
+    ),
+    ("standardize", 1e300, r"'standardize': the standard deviation of a feature overflows float64"),
+    ("center", 1e307, r"'center': the mean of a feature overflows float64 \(training inputs up to"),
+    (
+        "none",
+        1e300,
+        r"'none': x_train reaches \|x\| = \d\.\d+e\+300 after preprocessing, "
+        r"beyond the float32 range",
+    ),
+    ("center-unit", 1e-200, r"'center-unit': the centred mean squared norm underflows float64"),
+    ("standardize", 1e-200, r"'standardize': the variance of 6 varying feature\(s\) underflows"),
+    ("none", 1e-30, r"'none': 50 x_train input\(s\) have a norm that underflows float32 to 0"),
+    ("center", 0.0, r"'center': every x_train input is 0 after preprocessing \(50 inputs, 7 "),
+    ("none", 0.0, r"'none': every x_train input is 0 after preprocessing"),
+]
+
+
+@pytest.mark.parametrize("mode, scale, message", OVERFLOW)
+def test_preprocess_refuses_data_that_overflow_or_vanish(split, mode, scale, message):
+    """Never a silent all-zero or non-finite input set: each case names its problem."""
+    x = split[0].copy()
+    x[:, 4] = 1.0  # the constant feature scales along
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"^preprocess {message}"):
+            preprocess(x * scale, None, mode)
+
+
+def test_preprocess_checks_the_test_split_too(split):
+    x, xt = split
+    with pytest.raises(ValueError, match=r"'center': x_test reaches \|x\| = .* float32 range"):
+        preprocess(x, xt * 1e300, "center")
+    with pytest.raises(ValueError, match=r"'none': every x_test input is 0 after preprocessing"):
+        preprocess(x, np.zeros_like(xt), "none")
+    extremes = np.array([[1e308, 1.0], [-1e308, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"'standardize': the range of a feature overflows"):
+            preprocess(extremes, None, "standardize")
+        with pytest.raises(ValueError, match=r"'center': x_train reaches \|x\| = 1e\+308 after"):
+            preprocess(extremes, None, "center")
 
 
 def test_preprocess_pixels_and_none(split):
