@@ -7,13 +7,17 @@ Layout of a run folder::
                          and for every stored field its axes, per-run shape and dtype
     t.npy                flow time of each record, [point, time] (t = k·η/(1−β) for SGD/GD)
     manifest.json        versions (gflow, jax, jaxlib, optax, diffrax, ...), backend, devices,
-                         dtype, seeds, dataset fingerprint, invocations (command line, start/end
-                         timestamps, compile and per-chunk timings)
+                         dtype, seeds, dataset fingerprint, the folder's ``state`` (running,
+                         finished, interrupted, failed), invocations (command line, writer,
+                         start/end timestamps, state, compile and per-chunk timings)
+    gflow.lock           held (``flock``) by the one process writing the folder (`lock_folder`)
     chunks/chunk-00000/  one folder per finished chunk of runs ("members"):
         <field>.npy          observables [member, time(, neuron)] (`gflow.Observables` names)
-        status.npy           status per member (0 ok, 1 max steps, 2 solver failed, 3 non-finite)
+        status.npy           status per member (0 ok, 1 max steps, 2 solver failed, 3 non-finite,
+                             4 sliding overflow, 5 dead network)
         num_steps.npy        solver or optimiser steps per member
         params_final.npz     final W [member, neuron, input], b, V
+        checksums.json       SHA-256 of every file above, recorded when it was written
     summary.json         per-point numbers of `summarize` (finished, successful runs only)
     figures/*.png        `gflow._plots` figures
     report.md            the figures and numbers, readable on its own
@@ -26,6 +30,11 @@ Nothing is ever half-written: every file goes to a temporary name in its own fol
 moved into place with ``os.replace``; a chunk is assembled in a hidden ``chunks/.partial-*``
 folder and renamed to ``chunks/chunk-NNNNN`` only when complete. A killed sweep therefore
 leaves only whole chunks, and ``--resume`` continues after them.
+
+Nothing is read back unchecked: every chunk file must match the SHA-256 recorded in its chunk's
+``checksums.json`` and the shape and dtype that ``axes.json`` gives it, and the field names of
+``axes.json`` must be plain identifiers (no path can leave the folder). A corrupt chunk is
+named in a ``ValueError``; ``--resume`` recomputes it.
 
 Example:
     >>> run = load_run("gflow-out/sweep")  # doctest: +SKIP
@@ -43,7 +52,9 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -62,8 +73,19 @@ FORMAT = "gflow-run-1"
 NOT_RUN = -1
 NOT_RUN_MESSAGE = "not computed: the sweep stopped before this chunk (continue it with --resume)"
 CHUNKS = "chunks"
+LOCK = "gflow.lock"
+CHECKSUMS = "checksums.json"
+PARAMS_FILE = "params_final.npz"
 _PARTIAL = ".partial-"
 _PARAM_FIELDS = ("W", "b", "V")
+# The temporary names gflow's writers make, and nothing else: `write_bytes_atomic`'s
+# ``.<target>.gflow-XXXXXXXX.tmp`` and `write_chunk`'s ``.partial-chunk-NNNNN-XXXXXXXX``
+# (XXXXXXXX: tempfile's eight random characters).
+_TMP_TAG = ".gflow-"
+_OWN_TMP = re.compile(r"\.(?P<target>.+)\.gflow-[a-z0-9_]{8}\.tmp")
+_OWN_PARTIAL = re.compile(r"\.partial-chunk-\d{5,}-[a-z0-9_]{8}")
+_ROOT_FILES = ("config.json", "axes.json", "manifest.json", "t.npy", "summary.json", "report.md")
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WINNER_SHARE = 0.9
 
 
@@ -89,19 +111,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class RunFolderWriteError(ValueError):
+    """A file of a run folder could not be written (a full disk, a quota, a vanished folder).
+
+    Raised by `write_bytes_atomic` in place of the ``OSError``; ``errno`` is the OS's code
+    (28 = ENOSPC, no space left on device). The file is left as it was before the write.
+    """
+
+    def __init__(self, message: str, errno: int | None):
+        super().__init__(message)
+        self.errno = errno
+
+
 def write_bytes_atomic(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, replace."""
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, replace.
+
+    The temporary file is ``.<name>.gflow-XXXXXXXX.tmp``, a name only gflow makes
+    (`remove_partial_chunks` removes these and nothing else). An ``OSError`` (e.g. ENOSPC)
+    becomes a `RunFolderWriteError` naming the file and the reason.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_TAG}", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a run folder is meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        code = f" (errno {err.errno})" if err.errno is not None else ""
+        raise RunFolderWriteError(
+            f"cannot write {path}: {err.strerror or err}{code}", err.errno
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -116,36 +164,80 @@ def write_text_atomic(path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())
 
 
-def write_npy_atomic(path, array) -> Path:
+def npy_bytes(array) -> bytes:
+    """The ``.npy`` file of ``array`` (no pickles)."""
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array), allow_pickle=False)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def npz_bytes(**arrays) -> bytes:
+    """The ``.npz`` file of ``arrays`` (no pickles)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def write_npy_atomic(path, array) -> Path:
+    return write_bytes_atomic(path, npy_bytes(array))
 
 
 def write_npz_atomic(path, **arrays) -> Path:
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, npz_bytes(**arrays))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_json(path: Path, what: str) -> dict:
+    """A JSON object file of a run folder; ``ValueError`` naming it if missing, unreadable,
+    or not an object."""
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(
             f"{path.parent} is not a gflow run folder: {path.name} ({what}) is missing."
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} ({what}) is corrupt: {err}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {path} ({what}): {err.strerror or err}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(
+            f"{path} ({what}) is corrupt: it holds a JSON {type(obj).__name__}, not an object."
+        )
+    return obj
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"run folder chunk file is missing: {path}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read run folder file {path}: {err.strerror or err}") from None
+
+
+def _parse_npy(path: Path, data: bytes) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"run folder chunk file {path} is corrupt: {err}") from None
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ValueError(f"run folder chunk file is missing: {path}") from None
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"run folder chunk file {path} is corrupt: {err}") from None
+    return _parse_npy(path, _read_file(path))
+
+
+def _check_array(path: Path, a: np.ndarray, shape: tuple, dtype: str) -> np.ndarray:
+    """``a`` if it has the shape and dtype that ``axes.json`` gives it; else ``ValueError``."""
+    if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"run folder file {path} holds {a.dtype.name} {list(a.shape)} where axes.json "
+            f"gives {np.dtype(dtype).name} {list(shape)}."
+        )
+    return a
 
 
 # --------------------------------------------------------------------------- folder life cycle
@@ -209,23 +301,126 @@ def create_run_folder(path) -> Path:
     return out
 
 
+def is_own_temporary(folder: str, name: str) -> bool:
+    """``name`` is a temporary name gflow's own writers make in ``folder`` (``"root"``,
+    ``"figures"`` or ``"chunks"`` of a run folder): an atomic write of one of gflow's files
+    (``.<target>.gflow-XXXXXXXX.tmp``) or a chunk being assembled. A user's ``.notes.tmp`` is
+    not."""
+    if folder == CHUNKS:
+        return _OWN_PARTIAL.fullmatch(name) is not None
+    match = _OWN_TMP.fullmatch(name)
+    if match is None:
+        return False
+    target = match.group("target")
+    return target in _ROOT_FILES if folder == "root" else target.endswith(".png")
+
+
 def remove_partial_chunks(path) -> list[str]:
-    """Delete what a killed process can leave: partial chunk folders and temporary files."""
+    """Delete what a killed gflow process can leave, and only that: partial chunk folders and
+    the temporary files of gflow's atomic writes (`is_own_temporary`)."""
     root = Path(path)
     removed = []
     chunk_dir = root / CHUNKS
     if chunk_dir.is_dir():
         for p in chunk_dir.iterdir():
-            if p.name.startswith(_PARTIAL) and p.is_dir():
+            if p.is_dir() and is_own_temporary(CHUNKS, p.name):
                 shutil.rmtree(p)
                 removed.append(p.name)
-    for folder in (root, root / "figures"):
+    for kind, folder in (("root", root), ("figures", root / "figures")):
         if folder.is_dir():
             for p in folder.iterdir():
-                if p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp"):
+                if p.is_file() and is_own_temporary(kind, p.name):
                     p.unlink()
                     removed.append(p.name)
     return removed
+
+
+# --------------------------------------------------------------------------- one writer
+
+
+class FolderInUseError(ValueError):
+    """Another process holds the run folder's lock (`lock_folder`)."""
+
+
+@dataclasses.dataclass
+class FolderLock:
+    """The lock of a run folder, held until `release` (or until the process ends)."""
+
+    path: Path
+    fd: int | None
+
+    def release(self) -> None:
+        """Give the folder back (idempotent); the lock file stays, emptied."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass  # the lock itself goes with the descriptor below; the text is only a label
+        finally:
+            os.close(fd)  # releases the flock
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_holder(text: str) -> str:
+    """``pid 1234 on host h since 2026-...`` from a lock file's text (``""`` if unreadable)."""
+    try:
+        who = json.loads(text)
+        return f"pid {int(who['pid'])} on host {who['host']} since {who['started']}"
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def lock_folder(path) -> FolderLock:
+    """Hold the run folder ``path`` (which must exist) for this process, or raise
+    `FolderInUseError` naming the process that holds it.
+
+    The lock is an exclusive, non-blocking ``flock`` on ``path/gflow.lock``. Why ``flock``
+    rather than a pid file: the kernel drops the lock when the holding process ends, however
+    it ends (exit, exception, SIGKILL, crash), so a lock is never left stale, and nothing has to
+    guess whether a recorded pid is still alive (pids are reused, and a pid on another host
+    cannot be checked at all). A lock file left by a dead process is therefore simply stale and
+    taken over. On NFS, Linux maps ``flock`` onto byte-range locks that the server arbitrates
+    between hosts. The holder writes its pid, host and start time into the file; that text only
+    names the holder in the refusal, it never decides anything. The file is never deleted
+    (deleting it would let a second process lock a new file while a third still holds the
+    old one).
+    """
+    import fcntl  # POSIX only; imported here so that reading a run folder needs no locks
+
+    lock = Path(path) / LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    except OSError as err:
+        raise ValueError(f"cannot create the lock file {lock}: {err.strerror or err}.") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
+        os.close(fd)
+        if err.errno in (11, 13):  # EAGAIN / EACCES: another process holds it
+            holder = lock_holder(text) or "a process that has not recorded itself yet"
+            raise FolderInUseError(
+                f"output folder {path} is in use by another gflow process ({holder}; lock "
+                f"{lock}): wait for it to finish, or choose another output folder."
+            ) from None
+        raise ValueError(
+            f"cannot lock output folder {path}: {err.strerror or err} (its filesystem does not "
+            "support file locks)."
+        ) from None
+    who = {"pid": os.getpid(), "host": socket.gethostname(), "started": now()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(who) + "\n").encode(), 0)
+    return FolderLock(lock, fd)
+
+
+# --------------------------------------------------------------------------- chunks
 
 
 def chunk_name(index: int) -> str:
@@ -233,7 +428,7 @@ def chunk_name(index: int) -> str:
 
 
 def finished_chunks(path, n_chunks: int) -> list[int]:
-    """Indices of the chunks whose folders are complete on disk."""
+    """Indices of the chunks whose folders are complete on disk (not verified: `verify_chunks`)."""
     chunk_dir = Path(path) / CHUNKS
     return [i for i in range(n_chunks) if (chunk_dir / chunk_name(i)).is_dir()]
 
@@ -241,43 +436,153 @@ def finished_chunks(path, n_chunks: int) -> list[int]:
 def write_chunk(
     path, index: int, arrays: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray]
 ) -> Path:
-    """Write one finished chunk: every field as ``.npy``, final params as ``.npz``; the chunk
-    folder appears under its final name only once everything is on disk."""
+    """Write one finished chunk: every field as ``.npy``, final params as ``.npz``, then the
+    SHA-256 of each file's bytes in ``checksums.json``; the chunk folder appears under its
+    final name only once everything is on disk."""
     chunk_dir = Path(path) / CHUNKS
     final = chunk_dir / chunk_name(index)
     if final.exists():
         raise ValueError(f"chunk {final} already exists; a finished chunk is never rewritten.")
-    partial = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL}{chunk_name(index)}-", dir=chunk_dir))
     try:
-        for name, a in arrays.items():
-            write_npy_atomic(partial / f"{name}.npy", a)
-        write_npz_atomic(partial / "params_final.npz", **params)
+        partial = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL}{chunk_name(index)}-", dir=chunk_dir))
+    except OSError as err:
+        raise RunFolderWriteError(
+            f"cannot write chunk {final}: {err.strerror or err} (errno {err.errno})", err.errno
+        ) from None
+    try:
+        files = {f"{name}.npy": npy_bytes(a) for name, a in arrays.items()}
+        files[PARAMS_FILE] = npz_bytes(**params)
+        for name, data in files.items():
+            write_bytes_atomic(partial / name, data)
+        checksums = {"sha256": {name: sha256(data) for name, data in files.items()}}
+        write_json_atomic(partial / CHECKSUMS, checksums)
         os.chmod(partial, _DIR_MODE)
         _fsync_dir(partial)
         os.replace(partial, final)
         _fsync_dir(chunk_dir)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RunFolderWriteError(
+            f"cannot write chunk {final}: {err.strerror or err} (errno {err.errno})", err.errno
+        ) from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return final
 
 
+def _inside(root: Path, file: Path) -> Path:
+    """``file`` if it resolves to a path inside ``root``; else ``ValueError``."""
+    if not file.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"run folder file {file} resolves to a path outside the run folder.")
+    return file
+
+
+def _verified_bytes(root: Path, folder: Path, name: str, checksums: Mapping) -> bytes:
+    path = _inside(root, folder / name)
+    data = _read_file(path)
+    recorded = checksums.get(name)
+    if recorded is None:
+        raise ValueError(f"run folder chunk file {path} has no checksum in {CHECKSUMS}.")
+    if sha256(data) != recorded:
+        raise ValueError(
+            f"run folder chunk file {path} is corrupt: its bytes differ from those written "
+            "(SHA-256 mismatch)."
+        )
+    return data
+
+
 def read_chunk(path, index: int, layout: dict) -> tuple[dict, dict]:
-    """The arrays of chunk ``index`` (fields by name; final params W, b, V)."""
-    folder = Path(path) / CHUNKS / chunk_name(index)
-    arrays = {name: _load_npy(folder / f"{name}.npy") for name in layout["fields"]}
+    """The arrays of chunk ``index`` (fields by name; final params W, b, V).
+
+    Every file is checked against the SHA-256 recorded in the chunk's ``checksums.json`` and
+    against the shape ``[members of the chunk, *shape]`` and dtype of ``layout``; ``ValueError``
+    names the first file that differs.
+    """
+    root = Path(path)
+    folder = _inside(root, root / CHUNKS / chunk_name(index))
+    recorded = read_json(folder / CHECKSUMS, "checksums of the chunk's files").get("sha256")
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{folder / CHECKSUMS} is corrupt: it has no 'sha256' object.")
+    start, stop = layout["chunks"][index]
+    arrays = {}
+    for name, spec in layout["fields"].items():
+        file = folder / f"{name}.npy"
+        a = _parse_npy(file, _verified_bytes(root, folder, file.name, recorded))
+        arrays[name] = _check_array(file, a, (stop - start, *spec["shape"]), spec["dtype"])
+    file = folder / PARAMS_FILE
+    data = _verified_bytes(root, folder, PARAMS_FILE, recorded)
     try:
-        with np.load(folder / "params_final.npz", allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             params = {k: z[k] for k in _PARAM_FIELDS}
-    except FileNotFoundError:
-        raise ValueError(
-            f"run folder chunk file is missing: {folder / 'params_final.npz'}"
-        ) from None
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(
-            f"run folder chunk file {folder / 'params_final.npz'} is corrupt: {err}"
-        ) from None
+        raise ValueError(f"run folder chunk file {file} is corrupt: {err}") from None
+    for name, spec in layout["final_params"].items():
+        _check_array(file, params[name], (stop - start, *spec["shape"]), spec["dtype"])
     return arrays, params
+
+
+def verify_chunks(path, layout: dict) -> tuple[list[int], dict[int, str]]:
+    """``(sound, corrupt)``: the chunks on disk that read back intact (`read_chunk`), and for
+    each one that does not, why."""
+    sound, corrupt = [], {}
+    for i in finished_chunks(path, len(layout["chunks"])):
+        try:
+            read_chunk(path, i, layout)
+        except ValueError as err:
+            corrupt[i] = str(err)
+        else:
+            sound.append(i)
+    return sound, corrupt
+
+
+def check_layout(layout: dict, where: Path) -> dict:
+    """``layout`` (the object of ``axes.json`` at ``where``) if it is one this gflow can read:
+    its format, every field gflow records with identifier-like names, shapes and dtypes, and
+    chunks that tile the members; else ``ValueError`` naming the problem."""
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"{where} is corrupt: {problem}.")
+
+    if layout.get("format") != FORMAT:
+        raise ValueError(
+            f"{where} has format {layout.get('format')!r}; this gflow reads {FORMAT!r}."
+        )
+    for key, kind in (("points", list), ("seeds", list), ("chunks", list), ("fields", dict)):
+        if not isinstance(layout.get(key), kind):
+            raise bad(f"'{key}' is missing or not a {kind.__name__}")
+    if not isinstance(layout.get("final_params"), dict):
+        raise bad("'final_params' is missing or not an object")
+    for group in ("fields", "final_params"):
+        for name, spec in layout[group].items():
+            if not isinstance(name, str) or _FIELD_NAME.fullmatch(name) is None:
+                raise bad(f"{group} name {name!r} is not an identifier")
+            try:
+                ok = all(isinstance(n, int) and n >= 0 for n in spec["shape"])
+                np.dtype(spec["dtype"])
+            except (TypeError, KeyError, ValueError):
+                ok = False
+            if not ok:
+                raise bad(f"{group} entry {name!r} has no valid shape and dtype")
+    missing = [
+        f for f in (*Observables._fields, "status", "num_steps") if f not in layout["fields"]
+    ]
+    missing += [f for f in _PARAM_FIELDS if f not in layout["final_params"]]
+    if missing:
+        raise bad(f"it lacks the field(s) {', '.join(missing)}")
+    members, edge = len(layout["points"]) * len(layout["seeds"]), 0
+    for chunk in layout["chunks"]:
+        if not (
+            isinstance(chunk, list)
+            and len(chunk) == 2
+            and all(isinstance(c, int) for c in chunk)
+            and chunk[0] == edge < chunk[1]
+        ):
+            raise bad(f"chunk {chunk!r} does not continue the members at {edge}")
+        edge = chunk[1]
+    if edge != members:
+        raise bad(f"its chunks cover {edge} members, not the {members} of the plan")
+    return layout
 
 
 # --------------------------------------------------------------------------- the loaded run
@@ -477,20 +782,19 @@ def load_run(path) -> Run:
     Works on an unfinished sweep too: runs of chunks not on disk have status −1 and NaN fields.
 
     Raises:
-        ValueError: ``path`` is not a gflow run folder, or one of its files is corrupt.
+        ValueError: ``path`` is not a gflow run folder, or one of its files is corrupt: a chunk
+            file whose bytes differ from those written (its SHA-256), an array whose shape or
+            dtype is not the one of ``axes.json``, a field name that is not an identifier.
     """
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"run folder not found: {root}")
     config = read_json(root / "config.json", "configuration")
-    layout = read_json(root / "axes.json", "axes and fields")
-    if layout.get("format") != FORMAT:
-        raise ValueError(
-            f"{root / 'axes.json'} has format {layout.get('format')!r}; "
-            f"this gflow reads {FORMAT!r}."
-        )
+    layout = check_layout(read_json(root / "axes.json", "axes and fields"), root / "axes.json")
     manifest = read_json(root / "manifest.json", "manifest")
     t = _load_npy(root / "t.npy")
+    records = layout["fields"]["loss"]["shape"][:1]
+    t = _check_array(root / "t.npy", t, (len(layout["points"]), *records), t.dtype.str)
     done = finished_chunks(root, len(layout["chunks"]))
     chunks = {i: read_chunk(root, i, layout) for i in done}
     return assemble_run(root, config, manifest, layout, t, chunks)

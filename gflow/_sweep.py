@@ -62,6 +62,9 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import shutil
+import socket
 import sys
 import time
 import warnings
@@ -78,11 +81,11 @@ from . import _runs
 from ._config import RunConfig, config_differences
 from ._dataset import Dataset
 from ._flow import FlowConfig, gradient_flow
-from ._network import init_params
+from ._network import gating_pattern, init_params
 from ._observables import TrainingData, training_data
 from ._progress import Progress
 from ._sgd import SGDConfig, flow_time, train_sgd
-from ._trajectory import NON_FINITE, OK, STATUS_MESSAGES, Trajectory
+from ._trajectory import DEAD, NON_FINITE, OK, STATUS_MESSAGES, Trajectory
 
 MESH_AXIS = "seed"
 _T = TypeVar("_T")
@@ -275,6 +278,10 @@ def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
 
     The initial weights are ``init_params(split(key(seed))[0], d, D, σ)``; the SGD batch order
     comes from ``split(key(seed))[1]``; η and β are unused by the flow.
+
+    Besides the trainer's own status, a finished run is `NON_FINITE` when a recorded observable
+    overflowed, and `DEAD` when its final network is dead (`is_dead`): no gradient can ever
+    move it again, its output is 0 and its loss ln 2, so it is no result of training.
     """
     key_init, key_batch = jax.random.split(jax.random.key(seed))
     params0 = init_params(
@@ -306,10 +313,21 @@ def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
     recorded = jnp.stack(
         [jnp.all(jnp.isfinite(a)) for a in (obs.loss, obs.P, obs.Q, obs.w_norm, obs.v_norm, obs.b)]
     )
-    status = jnp.where((traj.status == OK) & ~jnp.all(recorded), NON_FINITE, traj.status).astype(
-        traj.status.dtype
-    )
-    return obs, traj.final_params, status, traj.num_steps
+    status = jnp.where((traj.status == OK) & ~jnp.all(recorded), NON_FINITE, traj.status)
+    status = jnp.where((status == OK) & is_dead(traj.final_params, data.x), DEAD, status)
+    return obs, traj.final_params, status.astype(traj.status.dtype), traj.num_steps
+
+
+def is_dead(params, x) -> jax.Array:
+    """True when every neuron is inactive on every training sample:
+
+        z_i(x_s) = w_i·x_s + b_i ≤ 0   for all i and s      (`gating_pattern` all closed)
+
+    Then every hidden activation and every ReLU derivative is 0 on the data, so the gradient of
+    the loss in W, b and V vanishes (docs/theory.md §1): gradient descent and the flow stay
+    there, with output o = 0 and loss ln 2. A jnp scalar, usable under jit and vmap.
+    """
+    return ~jnp.any(gating_pattern(params, x))
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -488,10 +506,17 @@ def _dataset_record(dataset: Dataset) -> dict:
 
 def _open_folder(
     out, config: RunConfig, dataset_record: dict, resume: bool
-) -> tuple[Path, dict | None, dict | None]:
-    """Check the folder; for a resumed run return its manifest and layout."""
-    folder = Path(out)
-    if folder.is_dir() and _runs.is_run_folder(folder):
+) -> tuple[Path, dict | None, dict | None, _runs.FolderLock]:
+    """Create or reopen the run folder and take its lock (`gflow._runs.lock_folder`), then check
+    it; for a resumed run return its manifest and layout. Raises ``ValueError`` (the lock
+    released) for a folder held by another process, one that holds a different run, or chunks
+    whose configuration is gone."""
+    folder = _runs.create_run_folder(out)
+    lock = _runs.lock_folder(folder)
+    try:
+        if not _runs.is_run_folder(folder):
+            _refuse_orphan_chunks(folder, resume)
+            return folder, None, None, lock
         if not resume:
             raise ValueError(
                 f"output folder {folder} already holds a run; continue it with resume (--resume) "
@@ -505,17 +530,66 @@ def _open_folder(
                 f"({'; '.join(diff)})."
             )
         manifest = _runs.read_json(folder / "manifest.json", "manifest")
-        layout = _runs.read_json(folder / "axes.json", "axes and fields")
-        before = manifest.get("dataset", {}).get("fingerprint")
-        if before != dataset_record["fingerprint"]:
+        layout = _runs.check_layout(
+            _runs.read_json(folder / "axes.json", "axes and fields"), folder / "axes.json"
+        )
+        dataset = manifest.get("dataset")
+        if (
+            not isinstance(dataset, dict)
+            or dataset.get("fingerprint") != dataset_record["fingerprint"]
+        ):
+            describe = dataset.get("describe") if isinstance(dataset, dict) else None
             raise ValueError(
-                f"cannot resume {folder}: it was made with different data "
-                f"({manifest.get('dataset', {}).get('describe')})."
+                f"cannot resume {folder}: it was made with different data ({describe})."
             )
-        _runs.create_run_folder(folder)
+        if not isinstance(manifest.get("invocations", []), list):
+            raise ValueError(f"{folder / 'manifest.json'} is corrupt: 'invocations' is no list.")
         _runs.remove_partial_chunks(folder)
-        return folder, manifest, layout
-    return _runs.create_run_folder(folder), None, None
+        return folder, manifest, layout, lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _refuse_orphan_chunks(folder: Path, resume: bool) -> None:
+    """Chunks without a ``config.json`` (deleted, or another program's folder) cannot be
+    continued or reused: nothing says which configuration they hold. A folder killed while it
+    was being set up (``config.json`` is written before the first chunk) holds none."""
+    chunks = folder / _runs.CHUNKS
+    orphans = sorted(p.name for p in chunks.glob("chunk-*")) if chunks.is_dir() else []
+    started = [n for n in ("manifest.json", "axes.json") if (folder / n).is_file()]
+    if orphans or (resume and started):
+        held = f"{len(orphans)} chunk(s)" if orphans else " and ".join(started)
+        raise ValueError(
+            f"cannot {'resume' if resume else 'write to'} {folder}: it holds {held} but no "
+            "config.json, so which configuration they belong to is unknown; restore its "
+            "config.json or choose another output folder."
+        )
+
+
+def _agree_ok(error: BaseException | None) -> None:
+    """Raise ``error`` on process 0 and a ValueError on the others when process 0 failed
+    (several processes must stop together: the others would wait for it forever)."""
+    failed = bool(_agree(np.int32(error is not None)))
+    if error is not None:
+        raise error
+    if failed:
+        raise ValueError("process 0 stopped the sweep (its message says why).")
+
+
+def _discard_corrupt_chunks(folder: Path, layout: dict, log: _InvocationLog) -> None:
+    """Verify every chunk on disk (`gflow._runs.verify_chunks`); a corrupt one is named on
+    stderr, recorded in the manifest and removed, so that it is computed again."""
+    _, corrupt = _runs.verify_chunks(folder, layout)
+    for index, reason in corrupt.items():
+        print(f"gflow: {reason} Recomputing chunk {index}.", file=sys.stderr)
+        shutil.rmtree(folder / _runs.CHUNKS / _runs.chunk_name(index))
+        log.invocation.setdefault("chunks_discarded", []).append({"chunk": index, "reason": reason})
+
+
+def _comparable(layout: dict) -> dict:
+    """A layout without its status code table (a later gflow may add codes)."""
+    return {k: v for k, v in json_roundtrip(layout).items() if k != "status_codes"}
 
 
 def sweep(
@@ -535,10 +609,15 @@ def sweep(
     Args:
         dataset: a `gflow.Dataset`.
         config: a `RunConfig` (points, seeds, trainer options, chunk size).
-        out: run folder (created); ``None`` keeps everything in memory (no files).
+        out: run folder (created); ``None`` keeps everything in memory (no files). One process
+            writes it at a time: it holds the folder's lock (`gflow._runs.lock_folder`) until
+            the sweep returns, and a second sweep into the same folder meanwhile is refused
+            (`gflow._runs.FolderInUseError`).
         resume: continue the run in ``out`` from its last finished chunk. Refused (``ValueError``)
-            when the folder's configuration or data differ. Without ``resume`` a folder that
-            already holds a run is refused.
+            when the folder's configuration or data differ, or its ``config.json`` is gone.
+            Every chunk on disk is verified first (checksums, shapes, dtypes); a corrupt one is
+            named on stderr and computed again. Without ``resume`` a folder that already holds
+            a run is refused.
         devices: devices of the ``'seed'`` mesh (default: all).
         progress: show a progress bar on stderr.
         command: command line recorded in the manifest (default ``sys.argv``).
@@ -550,6 +629,12 @@ def sweep(
 
     Returns:
         The `gflow._runs.Run` (read back from ``out`` when given).
+
+    Raises:
+        ValueError: bad input, a folder in use or holding another run, or a file that cannot be
+            written (`gflow._runs.RunFolderWriteError`, e.g. a full disk: the chunks already
+            written are kept and ``resume`` continues after them).
+        KeyboardInterrupt: on SIGINT (the manifest records the invocation as interrupted).
     """
     if not isinstance(config, RunConfig):
         raise ValueError(f"config must be a gflow RunConfig; got {type(config).__name__}.")
@@ -561,18 +646,51 @@ def sweep(
     # Only process 0 touches the folder (several processes in a multi-host sweep); the others
     # learn from it which chunk size to use and which chunks are done.
     writer = jax.process_index() == 0
-    folder = manifest = stored_layout = None
+    folder = manifest = stored_layout = lock = None
     if out is not None:
         folder = Path(out)
+        error = None
         if writer:
-            folder, manifest, stored_layout = _open_folder(out, config, record, resume)
+            try:
+                folder, manifest, stored_layout, lock = _open_folder(out, config, record, resume)
+            except ValueError as err:
+                error = err
+        _agree_ok(error)
+    try:
+        return _sweep_in(
+            dataset, config, folder, manifest, stored_layout, record, writer,
+            devices=devices, progress=progress, command=command, report=report, t_end=t_end,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _sweep_in(
+    dataset: Dataset,
+    config: RunConfig,
+    folder: Path | None,
+    manifest: dict | None,
+    stored_layout: dict | None,
+    record: dict,
+    writer: bool,
+    *,
+    devices,
+    progress: bool,
+    command,
+    report: bool,
+    t_end: float | None,
+) -> _runs.Run:
+    """`sweep` once its folder (if any) is open and locked by the writing process."""
     mesh = device_mesh(devices)
     n_devices = mesh.devices.size
+    error = None
     if stored_layout is not None and stored_layout.get("t_end") != t_end:
-        raise ValueError(
+        error = ValueError(
             f"cannot resume {folder}: it was made with t_end {stored_layout.get('t_end')} "
             f"(sgd/gd common flow time), not {t_end}."
         )
+    _agree_ok(error)
     stored_chunk = int(_agree(stored_layout["chunk_size"] if stored_layout is not None else 0))
     plan = plan_sweep(config, dataset, num_devices=n_devices, t_end=t_end)
     if stored_chunk:
@@ -602,17 +720,12 @@ def sweep(
             programs[spec] = _Program(spec, data, mesh, plan.chunk_size)
     program_of_chunk = [programs[specs[plan.point_of_chunk(i)]] for i in range(len(plan.chunks))]
     layout = _layout(plan, program_of_chunk[0].out_shapes, dataset.dim)
-    if stored_layout is not None and stored_layout != json_roundtrip(layout):
-        raise ValueError(
+    if stored_layout is not None and _comparable(stored_layout) != _comparable(layout):
+        error = ValueError(
             f"cannot resume {folder}: its axes.json describes a different layout than this "
             "gflow makes."
         )
-    finished = np.zeros(len(plan.chunks), bool)
-    if folder is not None and writer:
-        finished[_runs.finished_chunks(folder, len(plan.chunks))] = True
-    finished = _agree(finished)
-    done = np.flatnonzero(finished).tolist()
-    pending = np.flatnonzero(~finished).tolist()
+    _agree_ok(error)
 
     log = _InvocationLog(
         folder if writer else None, manifest or _new_manifest(config, plan, record), command
@@ -626,6 +739,15 @@ def sweep(
             "chunks_total": len(plan.chunks),
         }
     )
+    finished = np.zeros(len(plan.chunks), bool)
+    if folder is not None and writer:
+        if stored_layout is not None:
+            _discard_corrupt_chunks(folder, json_roundtrip(layout), log)
+        finished[_runs.finished_chunks(folder, len(plan.chunks))] = True
+    finished = _agree(finished)
+    done = np.flatnonzero(finished).tolist()
+    pending = np.flatnonzero(~finished).tolist()
+
     if folder is not None and writer and stored_layout is None:
         _runs.write_npy_atomic(folder / "t.npy", plan.t)
         _runs.write_json_atomic(folder / "axes.json", layout)
@@ -678,18 +800,28 @@ def sweep(
             log.save(len(done))
             failed = int(np.sum(arrays["status"] != OK))
             bar.update(note=f"{failed} failed run(s) in this chunk" if failed else "")
-    except KeyboardInterrupt:
-        log.invocation.update(ended=_runs.now(), state="interrupted")
-        log.save(len(done))
+    except KeyboardInterrupt as err:
+        # SIGINT, or SIGTERM where the command line turns it into an interrupt.
+        signal_name = getattr(err, "signal_name", "SIGINT")
+        log.finish("interrupted", len(done), signal=signal_name)
         raise
+    except _runs.RunFolderWriteError as err:
+        log.finish("failed", len(done), error=str(err))
+        kept = len(done) + len(log.invocation["chunks_computed"])
+        raise _runs.RunFolderWriteError(
+            f"{err}; the {kept} chunk(s) already written are kept in {folder}: free space, then "
+            "continue with resume (--resume).",
+            err.errno,
+        ) from None
     finally:
         bar.close()
-    log.invocation.update(ended=_runs.now(), state="finished")
-    log.save(len(done))
+    log.finish("finished", len(done))
     if folder is None:
         return _runs.assemble_run(
             None, config.to_dict(), log.manifest, json_roundtrip(layout), plan.t, in_memory
         )
+    # Every process reads the folder only once process 0 has written all of it.
+    _agree(np.int32(len(done) + len(pending)))
     run = _runs.load_run(folder)
     if writer and report:
         from . import _plots  # matplotlib is imported only when figures are drawn
@@ -712,14 +844,29 @@ def _new_manifest(config: RunConfig, plan: SweepPlan, record: dict) -> dict:
 
 
 class _InvocationLog:
-    """The manifest of a run folder with one more invocation (command, timestamps, timings),
-    rewritten atomically after every chunk."""
+    """The manifest of a run folder with one more invocation (command, writer, timestamps,
+    state, timings), rewritten atomically after every chunk.
+
+    States: ``running`` while it computes, then ``finished``, ``interrupted`` (SIGINT or
+    SIGTERM: ``signal`` says which) or ``failed`` (``error`` says why). An invocation still
+    ``running`` when the folder is opened again was killed (its process no longer holds the
+    folder's lock): it is marked ``killed``. The manifest's own ``state`` is that of its last
+    invocation.
+    """
 
     def __init__(self, folder: Path | None, manifest: dict, command: Sequence[str] | None):
         self.folder = folder
         self.manifest = manifest
+        for earlier in manifest.setdefault("invocations", []):
+            if isinstance(earlier, dict) and earlier.get("state") == "running":
+                earlier["state"] = "killed"
         self.invocation = {
             "command": list(sys.argv if command is None else command),
+            "writer": {
+                "process_index": jax.process_index(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },
             "started": _runs.now(),
             "ended": None,
             "state": "running",
@@ -727,12 +874,31 @@ class _InvocationLog:
             "chunks_computed": [],
             "chunk_seconds": [],
         }
-        manifest.setdefault("invocations", []).append(self.invocation)
+        manifest["invocations"].append(self.invocation)
+        manifest["state"] = "running"
+
+    def finish(self, state: str, done_before: int, **details) -> None:
+        """Record the end of the invocation. After a failed write the manifest may not be
+        writable either (a full disk): then it keeps its last state, and the error is raised
+        by the caller."""
+        self.invocation.update(ended=_runs.now(), state=state, **details)
+        self.manifest["state"] = state
+        try:
+            self.save(done_before)
+        except _runs.RunFolderWriteError:
+            if state == "finished":
+                raise
 
     def save(self, done_before: int) -> None:
-        invocations = self.manifest["invocations"]
+        invocations = [s for s in self.manifest["invocations"] if isinstance(s, dict)]
         chunk_seconds = [x for s in invocations for x in s.get("chunk_seconds", [])]
-        self.manifest["chunks_finished"] = done_before + len(self.invocation["chunks_computed"])
+        total = self.manifest.get("chunks_total")
+        if self.folder is not None and isinstance(total, int):
+            # From the disk: an interrupt can land between a chunk's rename and its record.
+            finished = len(_runs.finished_chunks(self.folder, total))
+        else:
+            finished = done_before + len(self.invocation["chunks_computed"])
+        self.manifest["chunks_finished"] = finished
         self.manifest["timings"] = {
             "compile_seconds": sum(s.get("compile_seconds") or 0.0 for s in invocations),
             "compute_seconds": float(sum(chunk_seconds)),

@@ -17,6 +17,7 @@ MAX_STEPS_REACHED = 1
 SOLVER_FAILED = 2
 NON_FINITE = 3
 SLIDING_OVERFLOW = 4
+DEAD = 5
 
 STATUS_MESSAGES = {
     OK: "ok",
@@ -27,6 +28,8 @@ STATUS_MESSAGES = {
     SLIDING_OVERFLOW: "more pairs of one neuron reached their gate boundaries in one step than "
     "the sliding "
     "solver holds (raise FlowConfig.sliding_capacity or lower dt0)",
+    DEAD: "every neuron is inactive on every training sample (dead network: lower the learning "
+    "rate or raise σ)",
 }
 
 
@@ -38,7 +41,8 @@ class Trajectory(NamedTuple):
         observables: `Observables` with a leading ``[T]`` axis.
         snapshot_t: flow times of the full-parameter snapshots ``[K]`` (init and end included).
         snapshots: `Params` with a leading ``[K]`` axis.
-        status: int32 code (`OK`, `MAX_STEPS_REACHED`, `SOLVER_FAILED`, `NON_FINITE`).
+        status: int32 code (`OK`, `MAX_STEPS_REACHED`, `SOLVER_FAILED`, `NON_FINITE`,
+            `SLIDING_OVERFLOW`; a sweep adds `DEAD`, see `gflow._sweep.run_member`).
         num_steps: solver steps (flow) or optimiser steps (SGD/GD) taken.
         sliding: the sliding solver's `gflow._sliding.SlidingRecord` (sliding pairs per neuron,
             crossings, overflow, dissipation, sliding sets at snapshots); None for other trainers.

@@ -114,7 +114,9 @@ def test_kill_minus_nine_then_resume_is_bitwise_identical(workspace):
     assert "32 run(s), 32 ok" in out
     # Only the missing chunks were computed, and the finished ones were not touched.
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert len(manifest["invocations"]) == 2 and manifest["invocations"][0]["state"] == "running"
+    # The killed invocation is recognisable as such; the folder is finished.
+    assert [i["state"] for i in manifest["invocations"]] == ["killed", "finished"]
+    assert manifest["state"] == "finished" and manifest["chunks_finished"] == CHUNKS
     computed = manifest["invocations"][1]["chunks_computed"]
     assert sorted(computed) == [i for i in range(CHUNKS) if f"chunk-{i:05d}" not in done]
     assert first.stat().st_mtime_ns == first_mtime
@@ -159,14 +161,27 @@ def test_resume_cleans_partial_chunks_and_recomputes_nothing_when_complete(works
     root, _ = workspace
     folder = tmp_path / "copy"
     shutil.copytree(root / "whole", folder)
-    # What a kill during a write leaves: a partial chunk folder and a temporary file.
-    (folder / "chunks" / ".partial-chunk-00003-x").mkdir()
-    (folder / "chunks" / ".partial-chunk-00003-x" / "P.npy").write_bytes(b"half")
-    (folder / ".manifest.json.abc.tmp").write_text("{")
+    # What a kill during a write leaves: a partial chunk folder and temporary files, under the
+    # names gflow's writers make.
+    partial = folder / "chunks" / ".partial-chunk-00003-k2x9_a0q"
+    partial.mkdir()
+    (partial / ".P.npy.gflow-0a1b2c3d.tmp").write_bytes(b"half")
+    (folder / ".manifest.json.gflow-abcd_123.tmp").write_text("{")
+    (folder / "figures" / ".loss_p0.png.gflow-zz00yy11.tmp").write_bytes(b"png")
+    # A user's files that merely look temporary are never touched.
+    mine = {
+        folder / ".notes.tmp": b"mine",
+        folder / ".manifest.json.abc.tmp": b"mine too",
+        folder / "figures" / ".draft.png.tmp": b"my figure",
+        folder / "chunks" / ".partial-mine": None,
+    }
+    for path, data in mine.items():
+        path.write_bytes(data) if data is not None else path.mkdir()
     assert main([*ARGS, "--out", str(folder), "--resume"]) == 0
     manifest = json.loads((folder / "manifest.json").read_text())
     assert (
         manifest["invocations"][-1]["chunks_computed"] == []
         and manifest["invocations"][-1]["compile_seconds"] == 0.0
     )
-    assert not [p for p in folder.rglob(".*")]
+    assert sorted(p for p in folder.rglob(".*")) == sorted(mine)
+    assert all(data is None or path.read_bytes() == data for path, data in mine.items())
