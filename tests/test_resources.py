@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gflow
+import gflow._cli._run
 from gflow import _resources
 from gflow._config import RunConfig
 from gflow._observables import training_data
@@ -181,3 +182,18 @@ def test_cli_says_when_memory_is_unknown(monkeypatch, tmp_path, capsys):
     assert lines[0].startswith("gflow run: note: the available memory cannot be read")
     assert "memory check skipped (this run needs about" in lines[0]
     assert "exists and is a file" in lines[1]
+
+
+def test_cli_reports_an_unforeseen_memory_error_in_one_line(monkeypatch, tmp_path, capsys):
+    def exhausted(**options):
+        raise MemoryError
+
+    monkeypatch.setattr(gflow._cli._run, "dataset_from_options", exhausted)
+    code = main(["run", "--dataset", "clusters", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err, captured.err
+    assert captured.err.splitlines() == [
+        "gflow run: error: ran out of memory (more than the estimate before the start foresaw); "
+        "ask for fewer seeds, records (--steps, --record-every, --save-points), a smaller --width "
+        "or --chunk-size."
+    ]

@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 from .._data import dataset_from_options
-from .._resources import count_seed_range, require_memory, seeds_memory, sweep_memory
+from .._resources import (
+    InsufficientMemory,
+    count_seed_range,
+    require_memory,
+    seeds_memory,
+    sweep_memory,
+)
 from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -355,7 +361,22 @@ def _check_memory(config, dataset, command: str) -> None:
 
 
 def execute(args: argparse.Namespace, *, sweep: bool) -> int:
-    """Resolve the configuration, load the data, run, write the folder, print the summary."""
+    """Resolve the configuration, load the data, run, write the folder, print the summary.
+
+    Memory is estimated before anything is allocated or compiled (`_check_memory`); a
+    ``MemoryError`` the estimate did not foresee is still reported in one line (exit 2).
+    """
+    try:
+        return _execute(args, sweep=sweep)
+    except MemoryError:
+        raise InsufficientMemory(
+            "ran out of memory (more than the estimate before the start foresaw); ask for fewer "
+            "seeds, records (--steps, --record-every, --save-points), a smaller --width or "
+            "--chunk-size."
+        ) from None
+
+
+def _execute(args: argparse.Namespace, *, sweep: bool) -> int:
     from gflow._runs import summarize
     from gflow._sweep import sweep as run_sweep
 
