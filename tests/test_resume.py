@@ -1,5 +1,6 @@
 """Faults: a sweep killed with SIGKILL continues with --resume to the bits of an uninterrupted
-sweep; a resume with another configuration, or a second sweep into a used folder, is refused."""
+sweep; a resume with another configuration, or a second sweep into a used folder, is
+refused."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -285,6 +286,33 @@ def test_a_full_disk_gives_one_line_and_keeps_the_written_chunks(folder, copy, c
     manifest = json.loads((copy / "manifest.json").read_text())
     assert [i["state"] for i in manifest["invocations"]] == ["failed", "finished"]
     assert manifest["state"] == "finished"
+
+
+def test_sigterm_ends_a_sweep_like_sigint(copy, capsys, monkeypatch):
+    """SIGTERM (a scheduler's stop, `kill`) arriving while chunk 2 is written: one line on
+    stderr, exit 128 + 15, every finished chunk kept, and the manifest says the invocation was
+    interrupted, and by which signal."""
+    for index in (2, 3):
+        shutil.rmtree(copy / "chunks" / f"chunk-0000{index}")
+    real = _runs.write_chunk
+
+    def then_sigterm(path, index, arrays, params):
+        written = real(path, index, arrays, params)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this thread
+        return written
+
+    monkeypatch.setattr(_runs, "write_chunk", then_sigterm)
+    assert main([*SWEEP, "--out", str(copy), "--resume"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.splitlines() == [
+        "gflow sweep: interrupted by SIGTERM; finished chunks are kept (continue with --resume)"
+    ]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+    assert sorted(p.name for p in (copy / "chunks").iterdir())[-1] == "chunk-00002"
+    manifest = json.loads((copy / "manifest.json").read_text())
+    invocation = manifest["invocations"][-1]
+    assert manifest["state"] == invocation["state"] == "interrupted"
+    assert invocation["signal"] == "SIGTERM" and invocation["ended"] is not None
+    assert manifest["chunks_finished"] == 3 and not load_run(copy).complete
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '"manifest"', "null"])
