@@ -29,10 +29,19 @@ def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{which} inputs have zero features.")
     if not np.issubdtype(x.dtype, np.number):
         raise ValueError(f"{which} inputs must be numeric; got dtype {x.dtype}.")
-    x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise ValueError(f"{which} inputs contain {bad} non-finite values (NaN or inf).")
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):
+        raise ValueError(
+            f"{which} inputs reach |x| = {float(np.max(np.abs(x))):.3g}, beyond the float32 range "
+            f"({float(np.finfo(np.float32).max):.3g}) in which a Dataset stores them."
+        )
+    if not np.any(x32):
+        raise ValueError(f"{which} inputs are all 0: there is nothing to learn from.")
+    x = x32
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
         if (
             np.issubdtype(y.dtype, np.floating)
@@ -64,8 +73,9 @@ class Dataset:
         provenance: where the numbers came from and how they were preprocessed.
         x_test, y_test: optional held-out split with the same feature count.
 
-    Construction validates: 2-d inputs, matching sample counts, finite values, labels in
-    {0, 1} with both classes present in the training split.
+    Construction validates: 2-d inputs, matching sample counts, finite values within the
+    float32 range, inputs not all 0, labels in {0, 1} with both classes present in the training
+    split.
 
     Example:
         >>> import numpy as np

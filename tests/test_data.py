@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gflow import _data
+from gflow._dataset import Dataset
 from gflow.datasets import (
     cifar_binary,
     cifar_luma,
@@ -517,6 +518,16 @@ def test_preprocess_checks_the_test_split_too(split):
             preprocess(extremes, None, "standardize")
         with pytest.raises(ValueError, match=r"'center': x_train reaches \|x\| = 1e\+308 after"):
             preprocess(extremes, None, "center")
+
+
+def test_dataset_refuses_inputs_beyond_float32_or_all_zero():
+    y = np.array([0, 1, 0])
+    with pytest.raises(ValueError, match=r"training inputs reach \|x\| = 1e\+300, beyond the"):
+        Dataset(np.full((3, 2), 1e300), y, name="huge", provenance="t")
+    with pytest.raises(ValueError, match=r"training inputs are all 0: there is nothing to learn"):
+        Dataset(np.zeros((3, 2)), y, name="zeros", provenance="t")
+    with pytest.raises(ValueError, match=r"test inputs are all 0"):
+        Dataset(np.eye(3, 2), y, name="t", provenance="t", x_test=np.zeros((3, 2)), y_test=y)
 
 
 def test_preprocess_pixels_and_none(split):
