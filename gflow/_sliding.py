@@ -29,10 +29,12 @@ projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One
    ``θ_{n+1} = θ_n + (h/2)(f_1 + f_2)``, both stages projected by Π and the result projected
    exactly back onto ``z_is = 0`` for the sliding pairs (an orthogonal projection of θ_i onto a
    linear subspace, done in the same GEMM as the update);
-5. a pair that crosses inside the step gets the fraction of the step it spends active, from
-   the linear interpolation of its z between θ_n and θ* (or, for a candidate, from its time
-   of arrival at the boundary and its side after it), in both stages: the method stays second
-   order through crossings (the error of a crossing step is O(h²), and there are finitely many);
+5. a pair that crosses inside the step gets the fraction of the step it spends active, first
+   from the linear interpolation of its z between θ_n and θ* (or, for a candidate, from its
+   time of arrival at the boundary and its side after it), in both stages; then again from the
+   quadratic through z_n, that rate and z_{n+1} of its smooth continuation, so that each event
+   time errs by O(h³); Heun's second activation in the outgoing update is z_{n+1}, or for a
+   pair with an event the value that integrates its activation over its active part exactly;
 6. problem (1) again with the crossing pairs' gates flipped gives the sliding set at the
    step's end; a pair it releases because of an event of its neuron in the step (an arrival or
    a crossing: the field jumps there) is held on its boundary until that event's time, then
@@ -41,7 +43,8 @@ projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One
    balance (`gflow._projection`): the function, the gates and the constraints are unchanged,
    the balance drift is rounding.
 
-Two gradients per step; the per-neuron problems are K×K and cost no gradient. The loop is a
+Two gradients per step (and two Gram products for z_{n+1}); the per-neuron problems are K×K and
+cost no gradient. The loop is a
 ``lax`` loop of our own rather than a diffrax solver: the sliding set is discrete state (diffrax
 would interpolate it), steps are constant and land on every save time, and the records the
 solver keeps (sliding pairs per neuron, crossings, overflow) come out of the same loop.
@@ -272,11 +275,10 @@ def box_qp(
 
 
 def _output_gradients(z, gates, V, y, output_loss):
-    """``c_is = ∂L/∂a_i(s) = (v_i·r_s)/N`` ``[N, d]`` and ``∂L/∂V = (1/N) Σ_s a(s) r_sᵀ`` of the
-    network whose hidden activations are ``a = gates · z``: the gradient, less its GEMM."""
-    a = gates * z
-    grad_o = jax.grad(lambda o: jnp.mean(output_loss(o, y)))(a @ V)
-    return grad_o @ V.T, a.T @ grad_o
+    """``c_is = ∂L/∂a_i(s) = (v_i·r_s)/N`` ``[N, d]`` and ``∂L/∂o = r/N`` ``[N, K]`` of the
+    network whose hidden activations are ``a = gates · z`` (``∂L/∂V = aᵀ ∂L/∂o``)."""
+    grad_o = jax.grad(lambda o: jnp.mean(output_loss(o, y)))((gates * z) @ V)
+    return grad_o @ V.T, grad_o
 
 
 def _gram_times(geom: Geometry, coef: jax.Array) -> jax.Array:
@@ -286,6 +288,20 @@ def _gram_times(geom: Geometry, coef: jax.Array) -> jax.Array:
     if n <= 2 * (dim + 1):  # N² d multiply-adds against 2 N (D + 1) d
         return geom.gram @ coef
     return geom.x @ (coef.T @ geom.x).T + jnp.sum(coef, axis=0, keepdims=True)
+
+
+def _first_root(z0, a, b):
+    """The root in (0, 1] of ``z0 + a τ + b τ²`` when ``z0`` and ``z0 + a + b`` differ in sign
+    (numerically stable form; the secant through the ends when the quadratic has none there)."""
+    disc = jnp.maximum(a * a - 4.0 * b * z0, 0.0)
+    q = -0.5 * (a + jnp.where(a >= 0, 1.0, -1.0) * jnp.sqrt(disc))
+    safe_q = jnp.where(q != 0, q, 1.0)
+    r1 = z0 / safe_q
+    r2 = q / jnp.where(b != 0, b, 1.0)
+    secant = z0 / jnp.where(a + b != 0, -(a + b), 1.0)
+    ok1 = (q != 0) & (r1 >= 0) & (r1 <= 1)
+    ok2 = (b != 0) & (r2 > 0) & (r2 <= 1)
+    return jnp.where(ok1, r1, jnp.where(ok2, r2, jnp.clip(secant, 0.0, 1.0)))
 
 
 def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
@@ -336,7 +352,8 @@ def sliding_step(
     # 1. The field at θ_n, sliding pairs off.
     z0 = preactivations(p, x)
     g0 = ((z0 > 0) & ~sliding).astype(dtype)
-    c0, grad_v0 = _output_gradients(z0, g0, p.V, y, output_loss)
+    c0, grad_o0 = _output_gradients(z0, g0, p.V, y, output_loss)
+    grad_v0 = (g0 * z0).T @ grad_o0
     z_dot = -_gram_times(geom, g0 * c0)
 
     # 2. Candidates. First the pairs sliding now, alone: their problem (1) gives the velocity
@@ -401,44 +418,96 @@ def sliding_step(
     lam_end, free_end, violation_end = jax.vmap(box_qp)(qp_m, qp_q_end, slides)
     slides_end = free_end & valid
     stays_on = ~free_end & (lam_end > 0.5) & valid
-    tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
-    first_event = jnp.minimum(
-        jnp.min(jnp.where(valid & ~at_start, tau_k, jnp.inf), axis=1),
-        jnp.min(jnp.where(flips, cross, jnp.inf), axis=0),
-    )
     released = at_start & ~slides_end
-    tau_release = jnp.where(
-        released & jnp.isfinite(first_event)[:, None], first_event[:, None], 0.0
-    )
-    held = released & (tau_release > 0)
+    # Candidates that cross their boundary rather than slide on (or stay at) it.
+    crossing_k = valid & ~at_start & ~slides_end & (active_k != stays_on)
 
-    # 5. The part [α, β] of the step (in units of h) each pair spends active: from the linear
-    # interpolation of z between θ_n and θ*, or, for a candidate, from its arrival (or release)
-    # time and its side after it. Its term c_is x̃_s then enters the update with the weights of
-    # the linear interpolant of c over [α, β] (Heun's ½, ½ when always active), and its
-    # activation in the second stage with β − α: a crossing step is exact to second order in h.
-    alpha = jnp.where(start_on, 0.0, jnp.where(ends_on, cross, 1.0))
-    beta = jnp.where(start_on, jnp.where(ends_on, 1.0, cross), 1.0)
-    arrive = jnp.where(at_start, tau_release, tau_k)
-    alpha_k = jnp.where(active_k | stays_on, jnp.where(active_k, 0.0, arrive), 1.0)
-    beta_k = jnp.where(active_k & ~stays_on, tau_k, 1.0)
-    alpha_k = jnp.where(slides_end, 1.0, alpha_k)
-    alpha = alpha.T.at[rows, idx].set(jnp.where(valid, alpha_k, _pick(alpha.T, idx))).T
-    beta = beta.T.at[rows, idx].set(jnp.where(valid, beta_k, _pick(beta.T, idx))).T
+    def schedule(flips, cross, tau_k):
+        """The part [α, β] of the step (in units of h) each pair spends active, for crossings
+        of ``flips`` at fractions ``cross`` and candidates arriving at ``tau_k``; also the held
+        pairs and their release times."""
+        first_event = jnp.minimum(
+            jnp.min(jnp.where(valid & ~at_start, tau_k, jnp.inf), axis=1),
+            jnp.min(jnp.where(flips, cross, jnp.inf), axis=0),
+        )
+        tau_release = jnp.where(
+            released & jnp.isfinite(first_event)[:, None], first_event[:, None], 0.0
+        )
+        held = released & (tau_release > 0)
+        arrive = jnp.where(at_start, tau_release, tau_k)
+        on_k = jnp.where(active_k | stays_on, jnp.where(active_k, 0.0, arrive), 1.0)
+        beta_k = jnp.where(active_k & ~stays_on, tau_k, 1.0)
+        ends = start_on != flips
+        alpha = jnp.where(start_on, 0.0, jnp.where(ends, cross, 1.0))
+        beta = jnp.where(start_on, jnp.where(ends, 1.0, cross), 1.0)
+
+        def at_candidates(a, a_k):
+            return a.T.at[rows, idx].set(jnp.where(valid, a_k, _pick(a.T, idx))).T
+
+        on = at_candidates(alpha, on_k)  # when the pair turns active (a landed pair: never)
+        alpha = at_candidates(alpha, jnp.where(slides_end, 1.0, on_k))
+        return alpha, at_candidates(beta, beta_k), on, held, tau_release
+
+    def coefficients(alpha, beta, held, tau_release):
+        """The step's coefficients ``[d, N]`` (θ_{n+1} = θ_n − h coefᵀX̃): each pair's term
+        ``c_is x̃_s`` with the weights of the linear interpolant of c over its [α, β] (Heun's
+        ½, ½ when always active), the sliding pairs landed on their boundaries."""
+        gates = beta - alpha
+        mid = 0.5 * (alpha + beta)
+        coef_t = (gates * ((1.0 - mid) * c0 + mid * c_star)).T
+        rows_dot = jnp.einsum("ikn,in->ik", gram_rows, coef_t)
+        # A held pair moves only after its release, at the rate it has with the sliding pairs'
+        # velocity projected (their arrivals are over by then): it lands at that fraction of the
+        # step's free motion.
+        free_motion = -h * (
+            rows_dot - jnp.einsum("ikl,il->ik", gram_k, landing(slides_end, rows_dot, z_k))
+        )
+        target = jnp.where(held, z_k + (1.0 - tau_release) * free_motion, 0.0)
+        return coef_t.at[rows, idx].add(-landing(slides_end | held, rows_dot, target))
+
+    # 5. Event times first from the linear predictor (z between θ_n and θ*, a candidate's arrival
+    # time); the second stage's activations are β − α.
+    tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
+    alpha, beta, _, held, tau_release = schedule(flips, cross, tau_k)
+    c_star, grad_o_star = _output_gradients(z_star, beta - alpha, v_star, y, output_loss)
+    own = jnp.where(start_on, 0.5 * (c0 + c_star), 0.0)
+    own_k = jnp.where(active_k, _pick(own.T, idx), 0.0)
+    rate_k = _pick(rate.T, idx)
+
+    def refine(_, carry):
+        """The step's coefficients for the given event times and z at its end; then each event
+        time again, from the quadratic through z at θ_n, its rate there and z at θ_{n+1} of the
+        pair's smooth continuation on its starting side (its own term at Heun's weights): the
+        time errs by O(h³), and so does the step."""
+        times = carry[0]
+        alpha, beta, _, held, tau_release = schedule(*times)
+        coef = coefficients(alpha, beta, held, tau_release)
+        z_end = z0 - h * _gram_times(geom, coef.T)
+        z_pre = z_end + h * jnp.diagonal(gram)[:, None] * (coef.T - own)
+        flips = (start_on != (z_pre > 0)) & ~cand
+        cross = jnp.where(flips, _first_root(z0, z_star - z0, z_pre - z_star), 0.0)
+        z_pre_k = z_k - h * jnp.einsum("ikn,in->ik", gram_rows, coef)
+        z_pre_k = z_pre_k + h * jnp.diagonal(gram_k, axis1=1, axis2=2) * (_pick(coef, idx) - own_k)
+        refined = _first_root(z_k, h * rate_k, z_pre_k - z_k - h * rate_k)
+        tau_k = jnp.where(crossing_k & ((z_k > 0) != (z_pre_k > 0)), refined, times[2])
+        return (flips, cross, tau_k), times, coef, z_end
+
+    zeros = jnp.zeros_like(z0)
+    init = ((flips, cross, tau_k), (flips, cross, tau_k), jnp.zeros_like(c0.T), zeros)
+    _, times, coef_t, z1 = jax.lax.fori_loop(0, 2, refine, init)
+    alpha, beta, on, held, tau_release = schedule(*times)
     gates = beta - alpha
-    mid = 0.5 * (alpha + beta)
-
-    c_star, grad_v_star = _output_gradients(z_star, gates, v_star, y, output_loss)
-    coef_t = (gates * ((1.0 - mid) * c0 + mid * c_star)).T
-    rows_dot = jnp.einsum("ikn,in->ik", gram_rows, coef_t)
-    # The sliding pairs land on their boundaries. A held pair moves only after its release, at
-    # the rate it has with the sliding pairs' velocity projected (their arrivals are over by
-    # then): it lands at that fraction of the step's free motion.
-    free_motion = -h * (
-        rows_dot - jnp.einsum("ikl,il->ik", gram_k, landing(slides_end, rows_dot, z_k))
+    # The outgoing weights integrate a = relu(z) against the residual. On a step with an event
+    # the pair's activation is linear on its active part [on, β] and 0 at the event, so Heun's
+    # second activation is the one that makes ½h(a_n + a*) that part's exact integral; without
+    # an event it is a at θ_{n+1} (z1, before the balance projection).
+    a0 = g0 * z0
+    event = (on > 0) | (beta < 1)
+    part = jnp.maximum(beta - on, 0.0) * (
+        jnp.where(on == 0, z0, 0.0) + jnp.where(beta == 1, z1, 0.0)
     )
-    target = jnp.where(held, z_k + (1.0 - tau_release) * free_motion, 0.0)
-    coef_t = coef_t.at[rows, idx].add(-landing(slides_end | held, rows_dot, target))
+    a_star = jnp.where(event, part - a0, jnp.where(gates > 0, z1, 0.0))
+    grad_v_star = a_star.T @ grad_o_star
     stepped = Params(
         W=p.W - h * (coef_t @ x),
         b=p.b - h * jnp.sum(coef_t, axis=1),

@@ -172,7 +172,8 @@ def drop_runs():
 def test_sliding_flow_converges_at_second_order_through_the_loss_drop(drop_runs):
     """Self-convergence of P_i through the drop (the loss falls from ln 2 to < 0.25, with tens of
     pairs sliding): the observed order over the finest three steps is ≥ 1.9 at every time after
-    the drop and ≥ 1.7 over the coarsest three (pre-asymptotic there: see docs/theory.md §8.1)."""
+    the drop and ≥ 1.8 over the coarsest three [2.10 and 1.83; 1.74 over the coarsest with the
+    event times from the linear predictor, see docs/theory.md §8.1]."""
     _, _, ts, runs = drop_runs
     traj = runs[0.025][0]
     assert float(traj.observables.loss[0]) == pytest.approx(np.log(2.0))
@@ -185,10 +186,10 @@ def test_sliding_flow_converges_at_second_order_through_the_loss_drop(drop_runs)
         return np.max(np.abs(P[a] - P[b]) / scale, axis=1)
 
     late = ts >= 100
-    fine = np.log2(err(0.1, 0.05) / err(0.05, 0.025))[late]
-    coarse = np.log2(err(0.2, 0.1) / err(0.1, 0.05))[late]
+    fine = np.log2(err(0.1, 0.05)[late] / err(0.05, 0.025)[late])
+    coarse = np.log2(err(0.2, 0.1)[late] / err(0.1, 0.05)[late])
     assert np.all(fine >= 1.9), fine
-    assert np.all(coarse >= 1.7), coarse
+    assert np.all(coarse >= 1.8), coarse
     assert np.max(err(0.05, 0.025)) < 3e-4
 
 
