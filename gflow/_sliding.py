@@ -36,9 +36,10 @@ projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One
    time errs by O(h³); Heun's second activation in the outgoing update is z_{n+1}, or for a
    pair with an event the value that integrates its activation over its active part exactly;
 6. problem (1) again with the crossing pairs' gates flipped gives the sliding set at the
-   step's end; a pair it releases because of an event of its neuron in the step (an arrival or
-   a crossing: the field jumps there) is held on its boundary until that event's time, then
-   moves at its free rate, so that such a release also costs only O(h²);
+   step's end; a pair of it whose λ, solved again at θ*, leaves [0, 1] exits smoothly inside the
+   step (`_smooth_exits`); a pair it releases because of an event of its neuron in the step
+   (an arrival or a crossing: the field jumps there) is held on its boundary until that
+   event's time, then moves at its free rate, so that such a release also costs only O(h²);
 7. each neuron is rescaled along its orbit ``(c w_i, c b_i, v_i/c)`` back to its initial
    balance (`gflow._projection`): the function, the gates and the constraints are unchanged,
    the balance drift is rounding.
@@ -304,6 +305,30 @@ def _first_root(z0, a, b):
     return jnp.where(ok1, r1, jnp.where(ok2, r2, jnp.clip(secant, 0.0, 1.0)))
 
 
+def _smooth_exits(c_star, gates_end, idx, gram_rows, gram_k, sliding, upper_bound, lam, h):
+    """Sliding pairs ``[d, K]`` whose λ leaves [0, 1] within the step: ``(exits, τ_e, z at the
+    step's end, to the upper bound)``, from λ of the end mode (sliding set ``sliding``, the
+    pairs at the upper bound ``upper_bound``) at θ* against ``lam`` at θ_n."""
+    dtype = c_star.dtype
+    k = idx.shape[1]
+    c_k = _pick(c_star.T, idx)
+    xg = jnp.einsum("ikn,in->ik", gram_rows, (gates_end * c_star).T)  # x̃_k·G_i at θ*
+    m = c_k[:, :, None] * c_k[:, None, :] * gram_k
+    both = sliding[:, :, None] & sliding[:, None, :]
+    eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), m.shape)
+    inv = jnp.where(both, jax.vmap(spd_solve)(jnp.where(both, m, eye), eye), 0.0)
+    rhs = -c_k * xg - jnp.einsum("ikl,il->ik", m, upper_bound.astype(dtype))
+    lam_star = jnp.einsum("ikl,il->ik", inv, jnp.where(sliding, rhs, 0.0))
+    upper = lam_star > 1.0
+    exits = sliding & (upper | (lam_star < 0.0))
+    bound = upper.astype(dtype)
+    span = jnp.where(exits, lam_star - lam, 1.0)
+    tau_e = jnp.where(exits, jnp.clip((bound - lam) / span, 0.0, 1.0), 0.0)
+    schur = 1.0 / jnp.where(exits, jnp.diagonal(inv, axis1=1, axis2=2), 1.0)
+    rate = schur * (lam_star - bound) / jnp.where(exits, c_k, 1.0)
+    return exits, tau_e, jnp.where(exits, 0.5 * (1.0 - tau_e) * h * rate, 0.0), upper
+
+
 def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
     """``a_t[i, idx[i, k]]``: entries ``[d, K]`` of a ``[d, N]`` array at each neuron's
     candidates."""
@@ -434,7 +459,8 @@ def sliding_step(
             released & jnp.isfinite(first_event)[:, None], first_event[:, None], 0.0
         )
         held = released & (tau_release > 0)
-        arrive = jnp.where(at_start, tau_release, tau_k)
+        tau_release = jnp.where(exits, tau_exit, tau_release)
+        arrive = jnp.where(at_start | exits, tau_release, tau_k)
         on_k = jnp.where(active_k | stays_on, jnp.where(active_k, 0.0, arrive), 1.0)
         beta_k = jnp.where(active_k & ~stays_on, tau_k, 1.0)
         ends = start_on != flips
@@ -463,13 +489,36 @@ def sliding_step(
             rows_dot - jnp.einsum("ikl,il->ik", gram_k, landing(slides_end, rows_dot, z_k))
         )
         target = jnp.where(held, z_k + (1.0 - tau_release) * free_motion, 0.0)
-        return coef_t.at[rows, idx].add(-landing(slides_end | held, rows_dot, target))
+        target = jnp.where(exits, exit_target, target)
+        return coef_t.at[rows, idx].add(-landing(slides_end | held | exits, rows_dot, target))
+
+    exits = jnp.zeros_like(valid)
+    tau_exit = exit_target = jnp.zeros_like(lam)
 
     # 5. Event times first from the linear predictor (z between θ_n and θ*, a candidate's arrival
     # time); the second stage's activations are β − α.
     tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
     alpha, beta, _, held, tau_release = schedule(flips, cross, tau_k)
     c_star, grad_o_star = _output_gradients(z_star, beta - alpha, v_star, y, output_loss)
+    # Smooth exits: λ of the end mode again at θ*, with its sliding set and bounds kept. A sliding
+    # pair whose λ leaves [0, 1] inside the step leaves its boundary at the time τ_e where the
+    # linear interpolation of λ meets the bound, with a normal velocity that grows from 0 (the
+    # sliding and free velocities agree there): its z at the step's end is ½(1 − τ_e) h ż_free(θ*),
+    # ż_free = S_kk (λ_k − bound)/c_k with S_kk the Schur complement of the other sliding pairs.
+    # Releasing it a step late instead would cost O(h²).
+    exits, tau_exit, exit_target, upper = _smooth_exits(
+        c_star,
+        (start_on != flips) & ~cand,
+        idx,
+        gram_rows,
+        gram_k,
+        slides_end,
+        stays_on,
+        lam_end,
+        h,
+    )
+    slides_end = slides_end & ~exits  # the closures above see the end mode with the exits
+    stays_on = stays_on | (exits & upper)
     own = jnp.where(start_on, 0.5 * (c0 + c_star), 0.0)
     own_k = jnp.where(active_k, _pick(own.T, idx), 0.0)
     rate_k = _pick(rate.T, idx)

@@ -339,24 +339,24 @@ def test_sliding_solver_converges_to_exact_frozen_residual_flow():
       e(h) is the error of the event-free neuron 2, hence the clean orders;
     * every neuron is second order uniformly: ``e_i(h) ≤ 2 C₀ h²`` with ``C₀ = e(h₀)/h₀²``
       [0.0099]. An event step can err by O(h²) with a coefficient that depends on where the
-      event falls inside the step, so the pairwise orders of a neuron with events swing [neuron
-      0, a sliding episode: 3.55, 2.13, 0.45] while ``e_i/h²`` stays bounded [0.0011 to 0.0037].
-      An error ``a h`` of first order fails the bound once ``a > 2 C₀ h_min = 2.5e-5`` (the
-      cascade below has a ≈ 0.01 to 0.034);
-    * the crossing of neuron 1 costs no such phase-dependent error beyond 1 % of its smooth
-      part: ``e_1/h²`` varies by less than 1 % over the four step sizes [0.005305 to 0.005327].
-      Its crossing time comes from the quadratic through z_n, ż_n and z_{n+1}, and the outgoing
-      weights integrate the pair's activation over its active part exactly; with the crossing
-      time from the linear predictor and Heun's second activation at the Euler point it
-      varied by 2.8 % [0.00880 to 0.00905];
+      event falls inside the step (below), so the pairwise orders of a neuron with events swing
+      [neuron 0: 1.90, 2.07, 1.92] while ``e_i/h²`` stays bounded. An error ``a h`` of first
+      order fails the bound once ``a > 2 C₀ h_min = 2.5e-5`` (the cascade below has a ≈ 0.01 to
+      0.034);
+    * the events cost little such phase-dependent error: ``e_i/h²`` varies over the four step
+      sizes by less than 1 % for neuron 1 (a crossing) [0.005305 to 0.005327] and by less than
+      10 % for neuron 0 (a sliding episode: an entry and a smooth exit) [0.00119 to 0.00128].
+      Each crossing time comes from the quadratic through z_n, ż_n and z_{n+1}; a smooth exit is
+      placed where λ, interpolated between θ_n and θ*, meets its bound; the outgoing weights
+      integrate a pair's activation over its active part exactly. With crossing times from the
+      linear predictor, exits seen at the next step and Heun's second activation at the Euler
+      point, they varied by 2.8 % [0.00880 to 0.00905] and by a factor 3.3 [0.0011 to 0.0037];
     * Richardson ``(4 y(h/8) − y(h/4))/3``: for the event-free neuron 2 it equals the exact state
       to 1e-10 [2.6e-12, shrinking ≈ 8× per halving: O(h³)]: the reference is exact to that
-      level and the solver's smooth error is a clean C h². For neuron 1 it is 2.5e-10 (≤ 5e-10
-      asserted; 1.4e-9 with the linear predictor): what is left is the kink that the crossing
-      puts into the z of the neuron's other pairs, which Heun's trapezoid does not see. For
-      neuron 0 [5.2e-9, about e_0(h/8)] only the bound of that error model is asserted: with
-      each step size's uncancelled part at most ``2 η_i h²``, ``η_i = max_k e_i(h_k)/h_k²``,
-      the extrapolation errs by at most ``η_i h₀²/12`` [3.1e-8];
+      level and the solver's smooth error is a clean C h². For neurons 0 and 1 it is 1.5e-10
+      and 2.5e-10 (≤ 1e-9 asserted; 5.2e-9 and 1.4e-9 before): what is left is the kink that an
+      event puts into the z of the neuron's other pairs, which Heun's trapezoid integrates with
+      an error ``½ τ(1 − τ) h²`` times the kink;
     * at the snapshot times at least h away from every event, the solver's sliding set equals
       the reference's, and its sliding pairs sit on ``z_is = 0`` to 1e-13 [4e-17].
     """
@@ -378,11 +378,10 @@ def test_sliding_solver_converges_to_exact_frozen_residual_flow():
 
     richardson = (4.0 * final[-1] - final[-2]) / 3.0
     rich_i = np.max(np.abs(richardson - exact), axis=-1)
-    assert rich_i[2] <= 1e-10 and rich_i[1] <= 5e-10, rich_i
-    scaled = err_i[:, 1] / hs**2
-    assert np.max(scaled) / np.min(scaled) - 1.0 < 0.01, scaled
-    eta = np.max(err_i / hs[:, None] ** 2, axis=0)
-    assert np.all(rich_i <= eta * hs[0] ** 2 / 12.0), (rich_i, eta)
+    assert rich_i[2] <= 1e-10 and np.all(rich_i <= 1e-9), rich_i
+    scaled = err_i / hs[:, None] ** 2
+    spread = np.max(scaled, axis=0) / np.min(scaled, axis=0) - 1.0
+    assert spread[1] < 0.01 and spread[0] < 0.1, spread
 
     event_times = np.array([e[0] for _, events in ref for e in events])
     on_boundary = 0
