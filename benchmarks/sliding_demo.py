@@ -7,7 +7,7 @@ with a float64 sliding solve at h = 0.05 from the same (float32) initialisation:
 final P_i of the neurons with P_i(t_end) above 1% of the largest. Writes
 ``results/sliding-demo.json`` (or ``--json``).
 
-    python benchmarks/sliding_demo.py [--steps 0.5,0.25] [--seeds 32]
+    python benchmarks/sliding_demo.py [--steps 0.5,0.25] [--seeds 32 (0: no sweep)]
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def main() -> None:
         )
         print(name, result["runs"][name]["P_error_max_over_max_P"], flush=True)
     args.json.write_text(json.dumps(result, indent=1))
+    if args.seeds < 1:  # --seeds 0: the solvers only
+        return
     # A sweep over seeds: one compiled program, vmapped.
     keys = jax.random.split(jax.random.key(7), args.seeds)
     p_seeds = jax.vmap(lambda k: gflow.init_params(k, cfg.width, ds.dim, cfg.sigma))(keys)
