@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import importlib.metadata
 import io
@@ -118,9 +119,9 @@ class RunFolderWriteError(ValueError):
     (28 = ENOSPC, no space left on device). The file is left as it was before the write.
     """
 
-    def __init__(self, message: str, errno: int | None):
+    def __init__(self, message: str, code: int | None):
         super().__init__(message)
-        self.errno = errno
+        self.errno = code
 
 
 def write_bytes_atomic(path, data: bytes) -> Path:
@@ -404,7 +405,7 @@ def lock_folder(path) -> FolderLock:
     except OSError as err:
         text = os.pread(fd, 4096, 0).decode(errors="replace")
         os.close(fd)
-        if err.errno in (11, 13):  # EAGAIN / EACCES: another process holds it
+        if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # held elsewhere
             holder = lock_holder(text) or "a process that has not recorded itself yet"
             raise FolderInUseError(
                 f"output folder {path} is in use by another gflow process ({holder}; lock "
@@ -501,6 +502,11 @@ def read_chunk(path, index: int, layout: dict) -> tuple[dict, dict]:
     """
     root = Path(path)
     folder = _inside(root, root / CHUNKS / chunk_name(index))
+    if not (folder / CHECKSUMS).is_file():
+        raise ValueError(
+            f"run folder chunk {folder} has no {CHECKSUMS}, so its files cannot be verified "
+            "(damaged, or written by a gflow that did not record checksums)."
+        )
     recorded = read_json(folder / CHECKSUMS, "checksums of the chunk's files").get("sha256")
     if not isinstance(recorded, dict):
         raise ValueError(f"{folder / CHECKSUMS} is corrupt: it has no 'sha256' object.")

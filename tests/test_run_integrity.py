@@ -209,7 +209,12 @@ def test_a_flipped_byte_is_detected_named_refused_and_recomputed(folder, copy, c
     assert last["chunks_computed"] == [1] and last["chunks_discarded"][0]["chunk"] == 1
 
 
-def test_every_chunk_file_has_a_checksum(folder):
+def test_every_chunk_file_has_a_checksum(folder, copy):
+    """checksums.json holds the SHA-256 of every file of its chunk; a chunk without it cannot be
+    verified and is refused."""
+    (copy / "chunks" / "chunk-00002" / "checksums.json").unlink()
+    with pytest.raises(ValueError, match=r"chunk-00002 has no checksums\.json"):
+        load_run(copy)
     layout = json.loads((folder / "axes.json").read_text())
     for chunk in sorted((folder / "chunks").iterdir()):
         sums = json.loads((chunk / "checksums.json").read_text())["sha256"]

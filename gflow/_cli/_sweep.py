@@ -37,8 +37,15 @@ config file (TOML; lists sweep):
   lr = [0.01, 0.02]
   steps = 3000
 
-Exit status 0 when at least one run finished cleanly, 1 when none did, 2 for bad input
-(including --resume of a folder made with a different configuration).
+One process writes DIR at a time (it holds DIR/gflow.lock); a second sweep into DIR meanwhile
+is refused. Every chunk file is checked against its SHA-256 and axes.json when read; --resume
+recomputes a corrupt chunk. Several hosts: every process runs the same command with
+--coordinator/--num-processes/--process-id (or --distributed under SLURM); process 0 writes
+(docs/multihost.md).
+
+Exit status 0 when at least one run finished cleanly, 1 when none did (diverged, failed or dead
+networks), 2 for bad input (including --resume of a folder made with a different configuration,
+a folder in use, or a full disk), 130 on SIGINT and 143 on SIGTERM (finished chunks are kept).
 """
 
 
