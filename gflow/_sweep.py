@@ -84,6 +84,7 @@ from ._flow import FlowConfig, gradient_flow
 from ._network import gating_pattern, init_params
 from ._observables import TrainingData, training_data
 from ._progress import Progress
+from ._resources import require_memory, sweep_memory
 from ._sgd import SGDConfig, flow_time, train_sgd
 from ._trajectory import DEAD, NON_FINITE, OK, STATUS_MESSAGES, Trajectory
 
@@ -631,15 +632,31 @@ def sweep(
         The `gflow._runs.Run` (read back from ``out`` when given).
 
     Raises:
-        ValueError: bad input, a folder in use or holding another run, or a file that cannot be
-            written (`gflow._runs.RunFolderWriteError`, e.g. a full disk: the chunks already
-            written are kept and ``resume`` continues after them).
+        ValueError: bad input (``out`` empty), a sweep whose estimated memory exceeds what the
+            machine has (`gflow._resources.InsufficientMemory`), a folder in use or holding
+            another run, or a file that cannot be written (`gflow._runs.RunFolderWriteError`,
+            e.g. a full disk: the chunks already written are kept and ``resume`` continues
+            after them).
         KeyboardInterrupt: on SIGINT (the manifest records the invocation as interrupted).
     """
     if not isinstance(config, RunConfig):
         raise ValueError(f"config must be a gflow RunConfig; got {type(config).__name__}.")
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a gflow Dataset; got {type(dataset).__name__}.")
+    if out is not None and not str(out).strip():
+        raise ValueError(f"out must name a folder; got {out!r}.")
+    # Memory, before anything is allocated (gflow._resources; where the machine's memory cannot
+    # be read the check is skipped).
+    require_memory(
+        sweep_memory(
+            config,
+            n_samples=dataset.n_samples,
+            dim=dataset.dim,
+            n_test=0 if dataset.x_test is None else int(dataset.x_test.shape[0]),
+            num_devices=len(devices) if devices is not None else jax.device_count(),
+        ),
+        "this sweep",
+    )
     # batch <= N, epochs -> steps, t_end: fail before any file or compile
     plan_sweep(config, dataset, t_end=t_end)
     record = _dataset_record(dataset)

@@ -32,8 +32,12 @@ from ._runs import CHUNKS as CHUNKS
 from ._runs import FORMAT as FORMAT
 from ._runs import NOT_RUN as NOT_RUN
 from ._runs import NOT_RUN_MESSAGE as NOT_RUN_MESSAGE
+from ._runs import FolderInUseError as FolderInUseError
+from ._runs import FolderLock as FolderLock
 from ._runs import Run as Run
+from ._runs import RunFolderWriteError as RunFolderWriteError
 from ._runs import assemble_run as assemble_run
+from ._runs import check_layout as check_layout
 from ._runs import chunk_name as chunk_name
 from ._runs import chunk_text as chunk_text
 from ._runs import create_run_folder as create_run_folder
@@ -42,6 +46,7 @@ from ._runs import drop_text as drop_text
 from ._runs import finished_chunks as finished_chunks
 from ._runs import is_run_folder as is_run_folder
 from ._runs import load_run as load_run
+from ._runs import lock_folder as lock_folder
 from ._runs import now as now
 from ._runs import point_label as point_label
 from ._runs import read_chunk as read_chunk
@@ -52,6 +57,7 @@ from ._runs import run_network as run_network
 from ._runs import status_text as status_text
 from ._runs import summarize as summarize
 from ._runs import unequal_flow_times as unequal_flow_times
+from ._runs import verify_chunks as verify_chunks
 from ._runs import versions as versions
 from ._runs import write_bytes_atomic as write_bytes_atomic
 from ._runs import write_chunk as write_chunk
@@ -63,6 +69,7 @@ from ._sweep import MESH_AXIS as MESH_AXIS
 from ._sweep import MemberSpec as MemberSpec
 from ._sweep import SweepPlan as SweepPlan
 from ._sweep import device_mesh as device_mesh
+from ._sweep import is_dead as is_dead
 from ._sweep import json_roundtrip as json_roundtrip
 from ._sweep import plan_sweep as plan_sweep
 from ._sweep import run_member as run_member

@@ -37,6 +37,7 @@ from ._sliding import geometry as geometry
 from ._sliding import sliding_step as sliding_step
 from ._sliding import solve_sliding as solve_sliding
 from ._sliding import spd_solve as spd_solve
+from ._trajectory import DEAD as DEAD
 from ._trajectory import MAX_STEPS_REACHED as MAX_STEPS_REACHED
 from ._trajectory import NON_FINITE as NON_FINITE
 from ._trajectory import OK as OK

@@ -197,3 +197,17 @@ def test_cli_reports_an_unforeseen_memory_error_in_one_line(monkeypatch, tmp_pat
         "ask for fewer seeds, records (--steps, --record-every, --save-points), a smaller --width "
         "or --chunk-size."
     ]
+
+
+def test_library_sweep_refuses_what_cannot_fit_and_an_empty_folder_name(machine, tmp_path):
+    """`gflow.sweep` itself estimates before allocating: a seed range that cannot fit is refused
+    with the estimate (nothing compiled, no folder), and so is ``out=''``."""
+    ds = gflow.datasets.dataset_from_options("clusters", n_per_class=10)
+    small = gflow.RunConfig(dataset="clusters", width=4, steps=10, seeds="0:2")
+    for bad in ("", "  "):
+        with pytest.raises(ValueError, match="out must name a folder"):
+            gflow.sweep(ds, small, out=bad)
+    huge = gflow.RunConfig(dataset="clusters", width=4, steps=10, seeds="0:200000000")
+    with pytest.raises(_resources.InsufficientMemory, match=r"this sweep would need about"):
+        gflow.sweep(ds, huge, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -54,7 +54,8 @@ RUN_EPILOG = f"""examples:
 output: DIR/report.md (figures and numbers), DIR/figures/*.png, observables as .npy under
 DIR/chunks/, everything loadable with gflow.load_run(DIR). Without --out, a fresh folder
 gflow-out/run, gflow-out/run-2, ... is used. Exit status 0 when the run finished cleanly, 1 when
-it diverged or the ODE solve failed (the folder records why), 2 for bad input.
+it diverged, the ODE solve failed or the network died (every ReLU inactive on every sample; the
+folder records why), 2 for bad input, 130 on SIGINT and 143 on SIGTERM (finished chunks kept).
 """
 
 
