@@ -34,7 +34,8 @@ projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One
    time of arrival at the boundary and its side after it), in both stages; then again from the
    quadratic through z_n, that rate and z_{n+1} of its smooth continuation, so that each event
    time errs by O(h³); Heun's second activation in the outgoing update is z_{n+1}, or for a
-   pair with an event the value that integrates its activation over its active part exactly;
+   pair with an event the value that integrates its activation over its active part exactly,
+   and for the neuron's other pairs it is corrected for the kink the event puts into their z;
 6. problem (1) again with the crossing pairs' gates flipped gives the sliding set at the
    step's end; a pair of it whose λ, solved again at θ*, leaves [0, 1] exits smoothly inside the
    step (`_smooth_exits`); a pair it releases because of an event of its neuron in the step
@@ -44,8 +45,8 @@ projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One
    balance (`gflow._projection`): the function, the gates and the constraints are unchanged,
    the balance drift is rounding.
 
-Two gradients per step (and two Gram products for z_{n+1}); the per-neuron problems are K×K and
-cost no gradient. The loop is a
+Two gradients per step (and three Gram products: z_{n+1} in two passes, the kinks); the
+per-neuron problems are K×K and cost no gradient. The loop is a
 ``lax`` loop of our own rather than a diffrax solver: the sliding set is discrete state (diffrax
 would interpolate it), steps are constant and land on every save time, and the records the
 solver keeps (sliding pairs per neuron, crossings, overflow) come out of the same loop.
@@ -556,6 +557,16 @@ def sliding_step(
         jnp.where(on == 0, z0, 0.0) + jnp.where(beta == 1, z1, 0.0)
     )
     a_star = jnp.where(event, part - a0, jnp.where(gates > 0, z1, 0.0))
+    # An event of neuron i at τ changes θ̇_i by −J x̃_k (J the jump of the pair's coefficient),
+    # which bends the z of the neuron's other pairs; the trapezoid over-counts their activation
+    # integral by ½ τ(1 − τ) h² x̃_s·Δθ̇_i: Heun's second activation takes it back.
+    flips_f, cross_f, tau_f = times
+    jump = jnp.where(flips_f, jnp.where(start_on, -c0, c0) * cross_f * (1.0 - cross_f), 0.0)
+    jump_k = jnp.where(crossing_k, jnp.where(active_k, -1.0, 1.0), 0.0) * _pick(c0.T, idx)
+    arrives = slides_end & ~at_start
+    jump_k = jnp.where(arrives, (lam_end - active_k) * _pick(c0.T, idx), jump_k)
+    jump = jump.T.at[rows, idx].add(jnp.where(valid, jump_k * tau_f * (1.0 - tau_f), 0.0)).T
+    a_star = a_star + jnp.where(event | (gates <= 0), 0.0, h * _gram_times(geom, jump))
     grad_v_star = a_star.T @ grad_o_star
     stepped = Params(
         W=p.W - h * (coef_t @ x),

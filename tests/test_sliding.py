@@ -172,7 +172,7 @@ def drop_runs():
 def test_sliding_flow_converges_at_second_order_through_the_loss_drop(drop_runs):
     """Self-convergence of P_i through the drop (the loss falls from ln 2 to < 0.25, with tens of
     pairs sliding): the observed order over the finest three steps is ≥ 1.9 at every time after
-    the drop and ≥ 1.8 over the coarsest three [2.10 and 1.83; 1.74 over the coarsest with the
+    the drop and ≥ 1.8 over the coarsest three [2.10 and 1.89; 1.74 over the coarsest with the
     event times from the linear predictor, see docs/theory.md §8.1]."""
     _, _, ts, runs = drop_runs
     traj = runs[0.025][0]
