@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._dataset import Dataset
+from ._dataset import Dataset, as_float32
 from ._validation import bounded_real as _bounded_real
 from ._validation import check_sample_counts
 from ._validation import non_negative_int as _non_negative_int
@@ -203,14 +203,14 @@ def _as_inputs(x: np.ndarray, which: str, mode: str) -> np.ndarray:
     whose float32 squared norm ``Σ_j x_j²`` underflows (they would act as 0); a set in which
     every input is 0 (nothing to train on, or to test).
     """
-    with np.errstate(over="ignore"):
-        x32 = x.astype(np.float32)
-    if not np.all(np.isfinite(x32)):
-        raise ValueError(
-            f"preprocess '{mode}': {which} reaches |x| = {_peak(x):.3g} after preprocessing, "
-            f"beyond the float32 range ({float(np.finfo(np.float32).max):.3g}) in which gflow "
-            "stores inputs; rescale the data (or use 'center-unit')."
-        )
+    x32 = as_float32(
+        x,
+        lambda: (
+            f"preprocess '{mode}': {which} reaches |x| = {_peak(x):.3g} after "
+            f"preprocessing, beyond the float32 range ({float(np.finfo(np.float32).max):.3g}) in "
+            "which gflow stores inputs; rescale the data (or use 'center-unit')."
+        ),
+    )
     with np.errstate(under="ignore"):
         square32 = np.sum(x32 * x32, axis=1, dtype=np.float32)
     lost = np.any(x != 0.0, axis=1) & ~(square32 >= np.finfo(np.float32).tiny)

@@ -9,10 +9,21 @@ accuracy can be observed along a trajectory.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
 from ._validation import check_sample_counts
+
+
+def as_float32(x: np.ndarray, beyond_range: Callable[[], str]) -> np.ndarray:
+    """``x`` as the float32 in which gflow stores inputs; ``ValueError(beyond_range())`` when a
+    value leaves the float32 range (it would become inf)."""
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    if not np.all(np.isfinite(x32)):
+        raise ValueError(beyond_range())
+    return x32
 
 
 def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -32,13 +43,13 @@ def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(x)):
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise ValueError(f"{which} inputs contain {bad} non-finite values (NaN or inf).")
-    with np.errstate(over="ignore"):
-        x32 = x.astype(np.float32)
-    if not np.all(np.isfinite(x32)):
-        raise ValueError(
-            f"{which} inputs reach |x| = {float(np.max(np.abs(x))):.3g}, beyond the float32 range "
-            f"({float(np.finfo(np.float32).max):.3g}) in which a Dataset stores them."
-        )
+    x32 = as_float32(
+        x,
+        lambda: (
+            f"{which} inputs reach |x| = {float(np.max(np.abs(x))):.3g}, beyond the float32 "
+            f"range ({float(np.finfo(np.float32).max):.3g}) in which a Dataset stores them."
+        ),
+    )
     if not np.any(x32):
         raise ValueError(f"{which} inputs are all 0: there is nothing to learn from.")
     x = x32

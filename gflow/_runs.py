@@ -80,8 +80,8 @@ PARAMS_FILE = "params_final.npz"
 _PARTIAL = ".partial-"
 _PARAM_FIELDS = ("W", "b", "V")
 # The temporary names gflow's writers make, and nothing else: `write_bytes_atomic`'s
-# ``.<target>.gflow-XXXXXXXX.tmp`` and `write_chunk`'s ``.partial-chunk-NNNNN-XXXXXXXX``
-# (XXXXXXXX: tempfile's eight random characters).
+# ``.<target>.gflow-<random>.tmp`` and `write_chunk`'s ``.partial-chunk-NNNNN-<random>``
+# (<random>: the eight random characters tempfile adds).
 _TMP_TAG = ".gflow-"
 _OWN_TMP = re.compile(r"\.(?P<target>.+)\.gflow-[a-z0-9_]{8}\.tmp")
 _OWN_PARTIAL = re.compile(r"\.partial-chunk-\d{5,}-[a-z0-9_]{8}")
@@ -127,7 +127,7 @@ class RunFolderWriteError(ValueError):
 def write_bytes_atomic(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, replace.
 
-    The temporary file is ``.<name>.gflow-XXXXXXXX.tmp``, a name only gflow makes
+    The temporary file is ``.<name>.gflow-<random>.tmp``, a name only gflow makes
     (`remove_partial_chunks` removes these and nothing else). An ``OSError`` (e.g. ENOSPC)
     becomes a `RunFolderWriteError` naming the file and the reason.
     """
@@ -305,7 +305,7 @@ def create_run_folder(path) -> Path:
 def is_own_temporary(folder: str, name: str) -> bool:
     """``name`` is a temporary name gflow's own writers make in ``folder`` (``"root"``,
     ``"figures"`` or ``"chunks"`` of a run folder): an atomic write of one of gflow's files
-    (``.<target>.gflow-XXXXXXXX.tmp``) or a chunk being assembled. A user's ``.notes.tmp`` is
+    (``.<target>.gflow-<random>.tmp``) or a chunk being assembled. A user's ``.notes.tmp`` is
     not."""
     if folder == CHUNKS:
         return _OWN_PARTIAL.fullmatch(name) is not None

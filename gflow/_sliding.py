@@ -564,9 +564,9 @@ def sliding_step(
     # integral by ½ τ(1 − τ) h² x̃_s·Δθ̇_i: Heun's second activation takes it back.
     flips_f, cross_f, tau_f = times
     jump = jnp.where(flips_f, jnp.where(start_on, -c0, c0) * cross_f * (1.0 - cross_f), 0.0)
-    jump_k = jnp.where(crossing_k, jnp.where(active_k, -1.0, 1.0), 0.0) * _pick(c0.T, idx)
+    jump_k = jnp.where(crossing_k, jnp.where(active_k, -1.0, 1.0), 0.0) * c_k
     arrives = slides_end & ~at_start
-    jump_k = jnp.where(arrives, (lam_end - active_k) * _pick(c0.T, idx), jump_k)
+    jump_k = jnp.where(arrives, (lam_end - active_k) * c_k, jump_k)
     jump = jump.T.at[rows, idx].add(jnp.where(valid, jump_k * tau_f * (1.0 - tau_f), 0.0)).T
     a_star = a_star + jnp.where(event | (gates <= 0), 0.0, h * _gram_times(geom, jump))
     grad_v_star = a_star.T @ grad_o_star
