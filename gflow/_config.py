@@ -11,7 +11,7 @@ trainer   its own keys (defaults)
 ========  =================================================================================
 sgd       lr (0.01), momentum (0.9), batch (4), steps (3000) or epochs, record_every (10)
 gd        lr (0.1), momentum (0.0), steps (3000) or epochs, record_every (10)
-flow      t_end (300.0) and save_points (301), or t_grid; solver ("tsit5"), rtol (1e-4),
+flow      t_end (300.0) and save_points (301), or t_grid; solver ("tsit5"), rtol (1e-6),
           atol (None: rtol × RMS of the initial parameters), dt0, max_steps (100000)
 ========  =================================================================================
 
