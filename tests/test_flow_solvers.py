@@ -1,5 +1,12 @@
 """Gauss–Legendre solvers of the gradient flow (`gflow.solvers`): exact balance through gate
-crossings at large steps, order on a smooth segment, agreement with Tsit5, options."""
+crossings at large steps, order on a smooth segment, agreement with Tsit5, options.
+
+All problems have the size of `_kinked_problem` (12 samples in 4 dimensions, 3 neurons), so
+that compiled programs are shared between tests: `_gauss_solve` takes the step and the end time
+as traced values (one compilation per number of stages), the Tsit5 references are the public
+solve of `_tsit5_reference` (also the one whose tolerances are re-used in
+`test_new_tolerances_and_step_sizes_reuse_the_compiled_solve`), and the large-step problem's
+public ``gauss1`` solve serves both the balance test and the dt0 test."""
 
 import diffrax
 import jax
@@ -30,9 +37,31 @@ def _kinked_problem():
     return data, p0
 
 
-@jax.jit(static_argnames=("stages", "t1"))
-def _gauss_solve(p0, data, dt, *, stages, t1):
-    """Final parameters (flat), max |Q(t) − Q(0)| over steps, and the solver state."""
+def _large_step_problem():
+    """The kinked problem's samples, 3 neurons at σ = 0.1 (init key 2), saved at t = 0, 1, ...,
+    30: through the loss drop (0.69 → 0.025) and 26 gate flips between save times."""
+    data, _ = _kinked_problem()
+    p0 = gflow.init_params(jax.random.key(2), 3, 4, 0.1, dtype=jnp.float64)
+    return data, p0, np.linspace(0.0, 30.0, 31)
+
+
+def _gauss1_constant(dt0):
+    """Implicit midpoint at constant steps through the public entry point (dt0 is traced)."""
+    return gflow.FlowConfig(solver="gauss1", adaptive=False, dt0=dt0)
+
+
+def _tsit5_reference(p0, data, t1, rtol=1e-12, atol=1e-13) -> gflow.Trajectory:
+    """Tsit5 through the public entry point, saved at 5 times on [0, t1] (tolerances traced)."""
+    ts = jnp.linspace(0.0, t1, 5)
+    traj = gflow.gradient_flow(p0, data, ts, config=gflow.FlowConfig(rtol=rtol, atol=atol))
+    assert isinstance(traj, gflow.Trajectory)
+    return traj
+
+
+@jax.jit(static_argnames=("stages",))
+def _gauss_solve(p0, data, dt, t1, *, stages):
+    """Constant steps of at most dt on [0, t1] (both traced): the result, max |Q(t) − Q(0)| over
+    the steps, the final parameters (flat) and the fractional gates met."""
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         GaussLegendre(stages=stages, gated=GATES),
@@ -41,47 +70,22 @@ def _gauss_solve(p0, data, dt, *, stages, t1):
         None,
         p0,
         args=data,
-        stepsize_controller=SaveTimeStepSize(dt=dt, step_ts=jnp.array([0.0, t1])),
-        saveat=diffrax.SaveAt(steps=True, fn=lambda t, y, args: balance(y), solver_state=True),
+        stepsize_controller=SaveTimeStepSize(dt=dt, step_ts=jnp.stack([jnp.zeros_like(t1), t1])),
+        saveat=diffrax.SaveAt(
+            steps=True,
+            fn=lambda t, y, args: (balance(y), ravel_pytree(y)[0]),
+            solver_state=True,
+        ),
         max_steps=4096,
         throw=False,
     )
-    # Unused step slots are filled with inf; the last step's parameters come from one more save.
-    q = jnp.where(jnp.isfinite(sol.ys), sol.ys, balance(p0)[None, :])
-    return sol.result, jnp.max(jnp.abs(q - balance(p0)[None, :])), sol.solver_state
-
-
-@jax.jit(static_argnames=("stages", "t1"))
-def _gauss_final(p0, data, dt, *, stages, t1):
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        GaussLegendre(stages=stages, gated=GATES),
-        0.0,
-        t1,
-        None,
-        p0,
-        args=data,
-        stepsize_controller=SaveTimeStepSize(dt=dt, step_ts=jnp.array([0.0, t1])),
-        saveat=diffrax.SaveAt(t1=True, solver_state=True),
-        max_steps=4096,
-    )
-    return ravel_pytree(jax.tree.map(lambda a: a[-1], sol.ys))[0], sol.solver_state.fractional_gates
-
-
-@jax.jit
-def _tsit5_final(p0, data, t1):
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        diffrax.Tsit5(),
-        0.0,
-        t1,
-        None,
-        p0,
-        args=data,
-        stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-13),
-        max_steps=100_000,
-    )
-    return jax.tree.map(lambda a: a[-1], sol.ys)
+    assert sol.ys is not None
+    q, flat = sol.ys
+    # Unused step slots are filled with inf; the last step ends at t1.
+    q = jnp.where(jnp.isfinite(q), q, balance(p0)[None, :])
+    final = flat[sol.stats["num_accepted_steps"] - 1]
+    dq = jnp.max(jnp.abs(q - balance(p0)[None, :]))
+    return sol.result, dq, final, sol.solver_state.fractional_gates
 
 
 def test_gated_field_is_the_flow_field_and_conserves_balance_for_any_gates():
@@ -131,13 +135,9 @@ def test_gated_field_is_the_flow_field_and_conserves_balance_for_any_gates():
 def test_balance_exact_through_gate_crossings_with_large_steps(stages):
     """Q_i is conserved to rounding at h = 1 (h·λ_max(∇²L) > 2: plain GD would be unstable),
     through dozens of gate changes and the loss drop."""
-    data = gflow.training_data(
-        gflow.gaussian_clusters(n_samples=24, dim=6, seed=0, test_samples=0), jnp.float64
-    )
-    p0 = gflow.init_params(jax.random.key(0), 5, 6, 0.1, dtype=jnp.float64)
+    data, p0, ts = _large_step_problem()
     if stages == 1:  # through the public entry point
-        ts = np.linspace(0.0, 30.0, 31)
-        cfg = gflow.FlowConfig(solver="gauss1", adaptive=False, dt0=1.0)
+        cfg = _gauss1_constant(1.0)
         traj, stats = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True)
         obs = traj.observables
         assert obs.loss[-1] < 0.05 < 0.69 < obs.loss[0]
@@ -149,9 +149,9 @@ def test_balance_exact_through_gate_crossings_with_large_steps(stages):
         # O(h^p) drift at h = 1 (~1e-3).
         assert float(np.max(gflow.balance_drift(obs))) <= 1e-10
     else:
-        result, dq, state = _gauss_solve(p0, data, 1.0, stages=2, t1=30.0)
+        result, dq, _, fractional = _gauss_solve(p0, data, 1.0, 30.0, stages=2)
         assert result == diffrax.RESULTS.successful
-        assert int(state.fractional_gates) > 0
+        assert int(fractional) > 0
         assert (
             float(dq)
             <= 1e-12 * float(jnp.max(jnp.sum(p0.W**2, axis=1) + jnp.sum(p0.V**2, axis=1))) * 1e3
@@ -162,12 +162,12 @@ def test_balance_exact_through_gate_crossings_with_large_steps(stages):
 def test_convergence_order_on_a_smooth_segment(stages, order):
     """No gate changes on [0, 0.4]: implicit midpoint is order 2, 2-stage Gauss order 4."""
     data, p0 = _kinked_problem()
-    reference = ravel_pytree(_tsit5_final(p0, data, 0.4))[0]
+    reference = ravel_pytree(_tsit5_reference(p0, data, 0.4).final_params)[0]
     hs = np.array([0.2, 0.1, 0.05])
     errors = []
     for h in hs:
-        y, fractional = _gauss_final(p0, data, h, stages=stages, t1=0.4)
-        assert int(fractional) == 0
+        result, _, y, fractional = _gauss_solve(p0, data, float(h), 0.4, stages=stages)
+        assert result == diffrax.RESULTS.successful and int(fractional) == 0
         errors.append(float(jnp.max(jnp.abs(y - reference))))
     slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
     assert abs(slope - order) < 0.25, (slope, errors)
@@ -178,12 +178,13 @@ def test_agrees_with_tsit5_through_gate_crossings(stages):
     """Through two gate changes on [0, 1] the error against Tsit5 at rtol 1e-12 falls at least
     linearly in h (the kink costs the smooth order, not convergence) and is ~1e-5 at h = 1/160."""
     data, p0 = _kinked_problem()
-    end = _tsit5_final(p0, data, 1.0)
+    end = _tsit5_reference(p0, data, 1.0).final_params
     assert np.any(gating_pattern(p0, data.x) != gating_pattern(end, data.x))
     reference = ravel_pytree(end)[0]
     errors = []
     for n in (20, 160):
-        y, fractional = _gauss_final(p0, data, 1.0 / n, stages=stages, t1=1.0)
+        result, _, y, fractional = _gauss_solve(p0, data, 1.0 / n, 1.0, stages=stages)
+        assert result == diffrax.RESULTS.successful
         assert int(fractional) > 0  # the crossings were inside steps
         errors.append(float(jnp.max(jnp.abs(y - reference)) / jnp.max(jnp.abs(reference))))
     assert errors[1] < errors[0] / 8 and errors[1] < 2e-5, errors
@@ -254,20 +255,25 @@ def test_bad_solver_arguments_are_rejected():
         )
 
 
+def _decay(t, y, lam):
+    return -lam * y
+
+
 def test_constant_steps_are_halved_where_the_stage_solve_fails():
     """y' = −λy with plain fixed-point stages (no Anderson): the sweeps contract only when
     h·λ/2 < 1, so steps of 1 at λ = 10 are retried at half length until they do, every accepted
     step is the implicit midpoint step at its own h, and the steps after a retry start again
     from dt. At λ = 10⁴ even dt/64 fails and the solve says so."""
 
-    def solve(lam):
+    def solve(lam):  # λ is passed as args: one compilation serves both values
         return diffrax.diffeqsolve(
-            diffrax.ODETerm(lambda t, y, a: -lam * y),
+            diffrax.ODETerm(_decay),
             GaussLegendre(anderson_memory=0, max_iterations=50),
             0.0,
             3.0,
             None,
             jnp.array([1.0]),
+            args=jnp.asarray(lam),
             saveat=diffrax.SaveAt(t0=True, steps=True),
             stepsize_controller=SaveTimeStepSize(dt=1.0, step_ts=jnp.array([0.0, 3.0])),
             throw=False,
@@ -292,11 +298,9 @@ def test_new_tolerances_and_step_sizes_reuse_the_compiled_solve():
     from gflow._sgd import _train
 
     data, p0 = _kinked_problem()
-    ts = jnp.linspace(0.0, 0.8, 5)
 
     def final(**kw):
-        traj = gflow.gradient_flow(p0, data, ts, config=gflow.FlowConfig(**kw))
-        return np.asarray(traj.final_params.W)
+        return np.asarray(_tsit5_reference(p0, data, 0.8, **kw).final_params.W)
 
     w_loose = final(rtol=1e-4, atol=1e-6)
     compiled = _solve._cache_size()
@@ -306,12 +310,19 @@ def test_new_tolerances_and_step_sizes_reuse_the_compiled_solve():
     err_loose, err_tight = np.abs(w_loose - w_ref).max(), np.abs(w_tight - w_ref).max()
     assert err_tight < 1e-3 * err_loose  # the new tolerance was used, not the compiled one
 
-    fixed = dict(solver="gauss2", adaptive=False)
-    w_half = final(**fixed, dt0=0.2)
+    # Constant implicit-midpoint steps on the large-step problem: dt0 = 1 and dt0 = 1/2.
+    big_data, big_p0, big_ts = _large_step_problem()
+
+    def gauss1_final(dt0):
+        traj = gflow.gradient_flow(big_p0, big_data, big_ts, config=_gauss1_constant(dt0))
+        assert isinstance(traj, gflow.Trajectory)
+        return np.asarray(traj.final_params.W)
+
+    w_unit = gauss1_final(1.0)
     compiled = _solve._cache_size()
-    w_quarter = final(**fixed, dt0=0.1)
+    w_half = gauss1_final(0.5)
     assert _solve._cache_size() == compiled
-    assert not np.array_equal(w_half, w_quarter)
+    assert not np.array_equal(w_unit, w_half)
 
     cfg = gflow.SGDConfig(steps=20, record_every=10)
     key = jax.random.key(0)

@@ -1,4 +1,9 @@
-"""Gradient flow (diffrax) and GD/SGD (optax) against each other and against the invariants."""
+"""Gradient flow (diffrax) and GD/SGD (optax) against each other and against the invariants.
+
+The tests share one problem size (`_data()`: 24 samples in 6 dimensions; 4 neurons) and a few
+static configurations, so that a few compiled programs serve the whole file: flows save at
+`N_SAVES` times under `_flow_config` (float64) or `_float32_config`; GD is one run of `GD_CFG`,
+read at the record of the wanted flow time; mini-batch SGD uses `SGD_CFG`."""
 
 import jax
 import jax.flatten_util
@@ -12,10 +17,26 @@ from gflow._sgd import _train
 from gflow.solvers import MAX_STEPS_REACHED, NON_FINITE, OK
 from gflow.theory import loss_drop_time
 
+N_SAVES = 81
+# Full-batch GD: 400 steps, a record every 50, every record kept.
+GD_CFG = gflow.SGDConfig(steps=400, record_every=50, snapshot_every=1)
+# Mini-batch SGD on `_data()`.
+SGD_CFG = gflow.SGDConfig(steps=60, record_every=10, batch_size=4, snapshot_every=2)
+
 
 def _data(n=24, dim=6, seed=0, dtype=jnp.float64):
     ds = gflow.gaussian_clusters(n_samples=n, dim=dim, seed=seed)
     return gflow.training_data(ds, dtype)
+
+
+def _flow_config(rtol=1e-6):
+    """Tsit5 in float64: rtol is traced, max_steps fits the loss-drop run."""
+    return gflow.FlowConfig(rtol=rtol, max_steps=400_000)
+
+
+def _float32_config(rtol=1e-5):
+    """Tsit5 in float32: 76 steps reach t = 5 from σ = 1e-2; t = 50 needs 1260."""
+    return gflow.FlowConfig(rtol=rtol, max_steps=256)
 
 
 def _final(traj):
@@ -27,8 +48,8 @@ def test_balance_conserved_through_loss_drop_float64():
     """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² is exact under the flow (docs/theory.md §2): drift <= 1e-8."""
     data = _data()
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-4, dtype=jnp.float64)
-    ts = np.linspace(0.0, 40.0, 81)
-    traj = gflow.gradient_flow(p0, data, ts, config=gflow.FlowConfig(rtol=1e-7, max_steps=400_000))
+    ts = np.linspace(0.0, 40.0, N_SAVES)
+    traj = gflow.gradient_flow(p0, data, ts, config=_flow_config(rtol=1e-7))
     obs = traj.observables
     # The run goes through the loss drop: loss falls from log 2 to well below it.
     assert obs.loss[0] == pytest.approx(np.log(2), abs=1e-6)
@@ -41,16 +62,28 @@ def test_balance_conserved_through_loss_drop_float64():
 
 
 def _flow_at(p0, data, t_end, rtol=1e-10):
-    ts = np.linspace(0.0, t_end, 11)
-    cfg = gflow.FlowConfig(rtol=rtol, atol=1e-12, max_steps=400_000)
-    return gflow.gradient_flow(p0, data, ts, config=cfg)
+    ts = np.linspace(0.0, t_end, N_SAVES)
+    return gflow.gradient_flow(p0, data, ts, config=_flow_config(rtol))
 
 
 def _kinked_problem():
-    """A small problem whose flow on [0, 1] crosses ReLU kinks without sliding along them."""
-    data = _data(n=12, dim=4, seed=1)
-    p0 = gflow.init_params(jax.random.key(1), 3, 4, 1.0, dtype=jnp.float64)
+    """A problem whose flow on [0, 1] crosses ReLU kinks (the gates change in 11 of the 80 save
+    intervals) without sliding along them: 4 neurons at σ = 1 (init key 2) on `_data()`."""
+    data = _data()
+    p0 = gflow.init_params(jax.random.key(2), 4, 6, 1.0, dtype=jnp.float64)
     return data, p0, 1.0
+
+
+def _gd_at(p0, data, t_end, eta, momentum=0.0):
+    """GD (with momentum β) after the k = t_end·(1−β)/η steps that cover flow time t_end: the
+    snapshot at record k / 50 of one `GD_CFG` run. Returns that record's time and parameters."""
+    steps = int(round(t_end * (1 - momentum) / eta))
+    assert steps % GD_CFG.record_every == 0 and steps <= GD_CFG.steps
+    rec = steps // GD_CFG.record_every
+    traj = gflow.train_gd(p0, data, learning_rate=float(eta), momentum=momentum, config=GD_CFG)
+    np.testing.assert_array_equal(traj.snapshot_t[rec], traj.t[rec])  # all records are kept
+    params = jax.tree.map(lambda a: a[rec], traj.snapshots)
+    return traj.t[rec], jax.flatten_util.ravel_pytree(params)[0]
 
 
 def test_gradient_descent_converges_to_flow_with_order_one():
@@ -63,12 +96,9 @@ def test_gradient_descent_converges_to_flow_with_order_one():
     etas = np.array([0.02, 0.01, 0.005, 0.0025])
     errors = []
     for eta in etas:
-        steps = int(round(t_end / eta))
-        traj = gflow.train_gd(
-            p0, data, learning_rate=eta, config=gflow.SGDConfig(steps=steps, record_every=steps)
-        )
-        np.testing.assert_allclose(traj.t[-1], t_end, rtol=1e-12)
-        errors.append(float(jnp.max(jnp.abs(_final(traj) - reference))))
+        t, params = _gd_at(p0, data, t_end, eta)
+        np.testing.assert_allclose(t, t_end, rtol=1e-12)
+        errors.append(float(jnp.max(jnp.abs(params - reference))))
     order = np.polyfit(np.log(etas), np.log(errors), 1)[0]
     assert abs(order - 1.0) <= 0.2, (order, errors)
 
@@ -80,31 +110,27 @@ def test_momentum_gd_follows_flow_at_rescaled_time():
     reference = _final(_flow_at(p0, data, t_end))
     errors = []
     for eta in (0.002, 0.0005):
-        steps = int(round(t_end * (1 - beta) / eta))
-        traj = gflow.train_gd(
-            p0,
-            data,
-            learning_rate=eta,
-            momentum=beta,
-            config=gflow.SGDConfig(steps=steps, record_every=steps),
-        )
-        np.testing.assert_allclose(traj.t[-1], t_end, rtol=1e-9)
-        errors.append(float(jnp.max(jnp.abs(_final(traj) - reference))))
+        t, params = _gd_at(p0, data, t_end, eta, momentum=beta)
+        np.testing.assert_allclose(t, t_end, rtol=1e-9)
+        errors.append(float(jnp.max(jnp.abs(params - reference))))
     assert errors[1] < 0.5 * errors[0], errors
     scale = float(jnp.max(jnp.abs(reference)))
     assert errors[1] < 0.05 * scale
 
 
 def test_sgd_full_batch_without_momentum_equals_gd():
-    data = _data(n=24, dim=6)
-    p0 = gflow.init_params(jax.random.key(2), 6, 6, 0.1, dtype=jnp.float64)
-    cfg = gflow.SGDConfig(steps=200, record_every=20, batch_size=24)
+    """SGD with B = N = 24 (a shuffled full batch each epoch) against GD, 400 steps."""
+    data = _data()
+    p0 = gflow.init_params(jax.random.key(2), 4, 6, 0.1, dtype=jnp.float64)
+    cfg = gflow.SGDConfig(steps=400, record_every=50, batch_size=24, snapshot_every=1)
     sgd = gflow.train_sgd(p0, jax.random.key(9), data, learning_rate=0.05, momentum=0.0, config=cfg)
-    gd = gflow.train_gd(p0, data, learning_rate=0.05, config=cfg)
+    gd = gflow.train_gd(p0, data, learning_rate=0.05, config=GD_CFG)
     # Same gradients up to the summation order of the shuffled full batch.
     np.testing.assert_allclose(_final(sgd), _final(gd), rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(sgd.observables.loss, gd.observables.loss, rtol=1e-10)
     np.testing.assert_array_equal(sgd.t, gd.t)
+    # The run moved: equality of two frozen trajectories would prove nothing.
+    assert float(gd.observables.loss[-1]) < 0.9 * float(gd.observables.loss[0])
 
 
 def test_sgd_minibatches_cover_each_epoch_once():
@@ -113,9 +139,10 @@ def test_sgd_minibatches_cover_each_epoch_once():
 
     key = jax.random.key(5)
     n, b = 12, 4
+    batch_indices = jax.jit(_batch_indices, static_argnums=(2, 3))  # as in the training loop
     for epoch in range(3):
         idx = np.concatenate(
-            [np.asarray(_batch_indices(key, jnp.asarray(epoch * 3 + j), n, b)) for j in range(3)]
+            [np.asarray(batch_indices(key, jnp.asarray(epoch * 3 + j), n, b)) for j in range(3)]
         )
         np.testing.assert_array_equal(np.sort(idx), np.arange(n))
 
@@ -123,29 +150,29 @@ def test_sgd_minibatches_cover_each_epoch_once():
 def test_flow_time_of_sgd_records():
     data = _data()
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-3, dtype=jnp.float64)
-    cfg = gflow.SGDConfig(steps=60, record_every=10, batch_size=4, snapshot_every=2)
+    cfg = SGD_CFG  # 60 steps, a record every 10, a snapshot every 2 records
     traj = gflow.train_sgd(
         p0, jax.random.key(1), data, learning_rate=0.01, momentum=0.9, config=cfg
     )
     np.testing.assert_allclose(traj.t, np.arange(7) * 10 * 0.01 / 0.1, rtol=1e-12)
     np.testing.assert_allclose(traj.snapshot_t, np.asarray(traj.t)[[0, 2, 4, 6]], rtol=1e-12)
     # Snapshots are the parameters whose observables were recorded at the same time.
+    observe = jax.jit(gflow.observe)
     for k, rec in enumerate([0, 2, 4, 6]):
         snap = jax.tree.map(lambda a: a[k], traj.snapshots)
-        np.testing.assert_allclose(gflow.observe(snap, data).P, traj.observables.P[rec], rtol=1e-12)
+        np.testing.assert_allclose(observe(snap, data).P, traj.observables.P[rec], rtol=1e-12)
     np.testing.assert_array_equal(traj.snapshots.W[0], p0.W)
 
 
 def test_vmap_over_seeds_equals_python_loop():
     data = _data()
     keys = jax.random.split(jax.random.key(7), 4)
-    cfg = gflow.SGDConfig(steps=40, record_every=10, batch_size=4)
 
     def one(k):
         ki, ks = jax.random.split(k)
-        p0 = gflow.init_params(ki, 5, 6, 1e-2, dtype=jnp.float64)
+        p0 = gflow.init_params(ki, 4, 6, 1e-2, dtype=jnp.float64)
         return gflow.train_sgd(
-            p0, ks, data, learning_rate=0.05, momentum=0.9, config=cfg, throw=False
+            p0, ks, data, learning_rate=0.05, momentum=0.9, config=SGD_CFG, throw=False
         )
 
     batched = jax.vmap(one)(keys)
@@ -157,20 +184,19 @@ def test_vmap_over_seeds_equals_python_loop():
         np.testing.assert_allclose(batched.snapshots.W[s], single.snapshots.W, rtol=1e-12)
 
     def one_flow(k):
-        p0 = gflow.init_params(k, 3, 6, 1e-2, dtype=jnp.float64)
-        return gflow.gradient_flow(p0, data, jnp.linspace(0.0, 2.0, 5), throw=False)
+        p0 = gflow.init_params(k, 4, 6, 1e-2, dtype=jnp.float64)
+        ts = jnp.linspace(0.0, 2.0, N_SAVES)
+        return gflow.gradient_flow(p0, data, ts, config=_flow_config(), throw=False)
 
-    flows = jax.vmap(one_flow)(keys[:2])
-    for s in range(2):
-        np.testing.assert_allclose(
-            flows.observables.P[s], one_flow(keys[s]).observables.P, rtol=1e-9
-        )
-    np.testing.assert_array_equal(flows.status, [OK, OK])
+    flows = jax.vmap(one_flow)(keys)
+    for s, k in enumerate(keys):
+        np.testing.assert_allclose(flows.observables.P[s], one_flow(k).observables.P, rtol=1e-9)
+    np.testing.assert_array_equal(flows.status, [OK] * 4)
 
 
 def test_new_values_do_not_retrace():
     data = _data()
-    cfg = gflow.SGDConfig(steps=20, record_every=10, batch_size=4)
+    cfg = SGD_CFG
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-3, dtype=jnp.float64)
     gflow.train_sgd(p0, jax.random.key(0), data, learning_rate=0.01, momentum=0.9, config=cfg)
     before = _train._cache_size()
@@ -178,33 +204,37 @@ def test_new_values_do_not_retrace():
     gflow.train_sgd(p1, jax.random.key(3), data, learning_rate=0.02, momentum=0.5, config=cfg)
     assert _train._cache_size() == before
 
-    ts = np.linspace(0.0, 1.0, 5)
-    gflow.gradient_flow(p0, data, ts)
+    ts = np.linspace(0.0, 1.0, N_SAVES)
+    gflow.gradient_flow(p0, data, ts, config=_flow_config())
     before = _solve._cache_size()
-    gflow.gradient_flow(p1, data, ts * 2.0)
+    gflow.gradient_flow(p1, data, ts * 2.0, config=_flow_config())
     assert _solve._cache_size() == before
 
 
 def test_max_steps_exhaustion_is_reported_not_truncated():
-    data = _data()
-    p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-2, dtype=jnp.float64)
-    cfg = gflow.FlowConfig(max_steps=5)
+    """In float32, [0, 50] needs 1260 steps: more than the 256 of `_float32_config`."""
+    data = _data(dtype=jnp.float32)
+    p64 = gflow.init_params(jax.random.key(0), 4, 6, 1e-2, dtype=jnp.float64)
+    p0 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
+    ts = np.linspace(0.0, 50.0, N_SAVES)
+    cfg = _float32_config()
     with pytest.raises(gflow.TrajectoryError, match="max_steps"):
-        gflow.gradient_flow(p0, data, np.linspace(0.0, 50.0, 11), config=cfg)
-    traj = gflow.gradient_flow(p0, data, np.linspace(0.0, 50.0, 11), config=cfg, throw=False)
+        gflow.gradient_flow(p0, data, ts, config=cfg)
+    traj = gflow.gradient_flow(p0, data, ts, config=cfg, throw=False)
+    assert isinstance(traj, gflow.Trajectory)
     assert int(traj.status) == MAX_STEPS_REACHED
+    assert int(traj.num_steps) == cfg.max_steps
     assert "max_steps" in gflow.status_message(traj.status)
 
 
 def test_divergence_is_a_status():
     data = _data()
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1.0, dtype=jnp.float64)
-    cfg = gflow.SGDConfig(steps=50, record_every=10)
-    traj = gflow.train_gd(p0, data, learning_rate=1e200, config=cfg, throw=False)
+    traj = gflow.train_gd(p0, data, learning_rate=1e200, config=GD_CFG, throw=False)
     assert int(traj.status) == NON_FINITE
     with pytest.raises(gflow.TrajectoryError, match="NaN or inf"):
-        gflow.train_gd(p0, data, learning_rate=1e200, config=cfg)
-    fine = gflow.train_gd(p0, data, learning_rate=1e-2, config=cfg)
+        gflow.train_gd(p0, data, learning_rate=1e200, config=GD_CFG)
+    fine = gflow.train_gd(p0, data, learning_rate=1e-2, config=GD_CFG)
     assert int(fine.status) == OK
 
 
@@ -212,12 +242,12 @@ def test_float32_and_float64_trajectories_agree():
     ds = gflow.gaussian_clusters(n_samples=24, dim=6, seed=0)
     p64 = gflow.init_params(jax.random.key(0), 4, 6, 1e-2, dtype=jnp.float64)
     p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
-    ts = np.linspace(0.0, 5.0, 6)
+    ts = np.linspace(0.0, 5.0, N_SAVES)
     a = gflow.gradient_flow(
-        p64, gflow.training_data(ds, jnp.float64), ts, config=gflow.FlowConfig(rtol=1e-8)
+        p64, gflow.training_data(ds, jnp.float64), ts, config=_flow_config(rtol=1e-8)
     )
     b = gflow.gradient_flow(
-        p32, gflow.training_data(ds, jnp.float32), ts, config=gflow.FlowConfig(rtol=1e-5)
+        p32, gflow.training_data(ds, jnp.float32), ts, config=_float32_config(rtol=1e-5)
     )
     assert b.observables.P.dtype == jnp.float32
     np.testing.assert_allclose(b.observables.P, a.observables.P, rtol=1e-3)
