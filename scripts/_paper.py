@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import gflow
+from gflow.capacity import neuron_scores
+from gflow.network import training_data
 from gflow.solvers import OK, status_message
 from gflow.trainers import SGDConfig, train_sgd
 
@@ -42,8 +44,11 @@ MOMENTUM = 0.9
 BATCH_SIZE = 4
 SIGMA = 1e-5
 WIDTH = 300
+SAMPLES = 800
 THRESHOLD = 0.95
 FLOW_TIME = 800.0
+EARLY_TIME = 50.0
+PERMUTATIONS = 9999
 CIFAR_TEST_PER_CLASS = 500
 
 # One schedule for every --quick run, so that scripts run in one process share compilations.
@@ -52,6 +57,15 @@ QUICK_WIDTH = 16
 QUICK_TIME = 300.0
 QUICK_RECORDS = 30
 QUICK_SEEDS = 2
+QUICK_EARLY_TIME = 30.0
+QUICK_PERMUTATIONS = 999
+
+OPTIONS = {
+    "width": ("--width", int, None, f"d (default {WIDTH}; quick {QUICK_WIDTH})"),
+    "samples": ("--samples", int, None, f"N (default {SAMPLES}; quick {QUICK_SAMPLES})"),
+    "sigma": ("--sigma", float, SIGMA, "init scale σ (default 1e-5)"),
+    "tau": ("--tau", float, THRESHOLD, f"cluster threshold (default {THRESHOLD:g})"),
+}
 
 
 def base_parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -115,8 +129,89 @@ def check_args(args) -> None:
         raise SystemExit(f"--seeds must be > 0; got {args.seeds}")
 
 
+def add_options(p: argparse.ArgumentParser, *names: str) -> None:
+    """Add the named `OPTIONS` (--width, --samples, --sigma, --tau) to ``p``, in order."""
+    for name in names:
+        flag, kind, default, help_text = OPTIONS[name]
+        p.add_argument(flag, type=kind, default=default, help=help_text)
+
+
+def add_alignment_options(p: argparse.ArgumentParser, note: str = "") -> None:
+    """--early-time (``note`` follows its default in the help) and --permutations."""
+    p.add_argument(
+        "--early-time",
+        type=float,
+        default=None,
+        help=f"flow time of the early alignment (default {EARLY_TIME:g}{note}; "
+        f"quick {QUICK_EARLY_TIME:g})",
+    )
+    p.add_argument(
+        "--permutations",
+        type=int,
+        default=None,
+        help=f"permutations of the p-value (default {PERMUTATIONS}; quick {QUICK_PERMUTATIONS})",
+    )
+
+
+def parse_checked(p: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """``argv`` parsed by ``p``, with the values `check_args` rejects refused."""
+    args = p.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def comma_list(text: str | None, kind, default) -> list:
+    """The comma-separated values of ``text`` as ``kind``, or ``default`` when it is empty."""
+    return [kind(v) for v in text.split(",")] if text else list(default)
+
+
 def flow_time_of(args) -> float:
     return args.time if args.time is not None else (QUICK_TIME if args.quick else FLOW_TIME)
+
+
+def width_of(args) -> int:
+    return args.width or (QUICK_WIDTH if args.quick else WIDTH)
+
+
+def samples_of(args) -> int:
+    return args.samples or (QUICK_SAMPLES if args.quick else SAMPLES)
+
+
+def seeds_of(args, full: int, quick: int = QUICK_SEEDS) -> list[int]:
+    """Seeds 0, 1, … : --seeds of them, else ``quick`` or ``full`` of them."""
+    return list(range(args.seeds or (quick if args.quick else full)))
+
+
+def early_time_of(args) -> float:
+    if args.early_time is not None:
+        return args.early_time
+    return QUICK_EARLY_TIME if args.quick else EARLY_TIME
+
+
+def permutations_of(args) -> int:
+    return args.permutations or (QUICK_PERMUTATIONS if args.quick else PERMUTATIONS)
+
+
+def sgd_options(args) -> dict:
+    """The SGD keywords of `train_lanes` and `train_final` given on the command line."""
+    return {
+        "learning_rate": args.learning_rate,
+        "momentum": args.momentum,
+        "batch_size": args.batch_size,
+    }
+
+
+def final_steps(args) -> int:
+    """SGD steps to the run's flow time."""
+    return schedule(flow_time_of(args), args.learning_rate, args.momentum, 1).steps
+
+
+def recorded_schedule(args, records: int, snapshot_every: int | None = None) -> SGDConfig:
+    """The run's `schedule` with ``records`` records (--quick: `QUICK_RECORDS`, a snapshot at
+    each), so that every quick run shares one schedule."""
+    if args.quick:
+        records, snapshot_every = QUICK_RECORDS, 1
+    return schedule(flow_time_of(args), args.learning_rate, args.momentum, records, snapshot_every)
 
 
 def load(spec: str, n_samples: int, *, seed: int = 0) -> gflow.Dataset:
@@ -133,6 +228,21 @@ def load(spec: str, n_samples: int, *, seed: int = 0) -> gflow.Dataset:
             seed=seed,
         )
     raise SystemExit(f"--dataset must be 'mnist' or 'cifar:PATH'; got {spec!r}")
+
+
+def training_set(args, n_samples: int):
+    """The --dataset task with ``n_samples`` training samples, and its training data."""
+    dataset = load(args.dataset, n_samples, seed=args.data_seed)
+    return dataset, training_data(dataset)
+
+
+def short_name(dataset: gflow.Dataset) -> str:
+    """The dataset's name up to its first ``-`` (``mnist5k``), for titles."""
+    return dataset.name.split("-")[0]
+
+
+def run_label(dataset: gflow.Dataset, n_samples: int, width: int) -> str:
+    return f"{short_name(dataset)}, N = {n_samples}, d = {width}"
 
 
 def schedule(
@@ -240,6 +350,25 @@ def train_final(
     return final, np.nonzero(finite)[0]
 
 
+def final_networks(args, data, seeds, width: int, dim: int, steps: int) -> list:
+    """(seed, final `Params`) of each run that stayed finite: init at --sigma, then ``steps``
+    steps of the command line's SGD (`train_final`)."""
+    params0 = init_lanes(seeds, args.sigma, width, dim)
+    finals, ok = train_final(data, params0, seeds, steps=steps, **sgd_options(args))
+    return [(seeds[i], lane(finals, i)) for i in ok]
+
+
+def nearest_record(t, time: float) -> int:
+    """Index of the record whose flow time is closest to ``time``."""
+    return int(np.argmin(np.abs(np.asarray(t) - time)))
+
+
+def early_scores(traj, params0: gflow.Params, data, i: int, j: int):
+    """Observables of lane ``i`` at record ``j``, and that lane's `neuron_scores` there."""
+    early_obs = lane(lane(traj.observables, i), j)
+    return early_obs, neuron_scores(lane(params0, i), early_obs, data)
+
+
 def lane(tree, i: int):
     """Lane ``i`` of a stacked pytree, as NumPy arrays (slicing on the host compiles nothing)."""
     return jax.tree.map(lambda a: np.asarray(a)[i], tree)
@@ -276,6 +405,16 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         for r in rows:
             w.writerow({k: to_builtin(v) for k, v in r.items()})
     return path
+
+
+def write_outputs(
+    out: Path, name: str, rows: list[dict], record: dict, checks: dict, clock: Clock
+) -> int:
+    """``name``.csv (``rows``) and ``name``.json (``record``, ``checks``, ``clock``'s timings);
+    returns the exit status, 0 when every check holds."""
+    write_csv(out / f"{name}.csv", rows)
+    write_json(out / f"{name}.json", {**record, "checks": checks, "seconds": clock.seconds})
+    return 0 if all(checks.values()) else 1
 
 
 def figure(ncols: int = 1, *, width: float = 4.6, height: float = 3.6):

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
 from gflow.capacity import neuron_clusters
-from gflow.network import training_data
 
 NAME = "fig3a_clusters_vs_n"
 
@@ -39,52 +38,30 @@ def parse(argv):
         default=None,
         help="comma-separated N (default 100,200,400,800,1600; quick 32,64)",
     )
-    p.add_argument("--sigma", type=float, default=_paper.SIGMA, help="init scale σ (default 1e-5)")
-    p.add_argument(
-        "--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)"
-    )
-    args = p.parse_args(argv)
-    _paper.check_args(args)
-    return args
-
-
-def _ints(text, default):
-    return [int(v) for v in text.split(",")] if text else list(default)
+    _paper.add_options(p, "sigma", "tau")
+    return _paper.parse_checked(p, argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
-    widths = _ints(args.widths, (8, 16) if args.quick else (30, 100, 300))
-    sizes = _ints(
-        args.sizes, (32, _paper.QUICK_SAMPLES) if args.quick else (100, 200, 400, 800, 1600)
+    widths = _paper.comma_list(args.widths, int, (8, 16) if args.quick else (30, 100, 300))
+    sizes = _paper.comma_list(
+        args.sizes, int, (32, _paper.QUICK_SAMPLES) if args.quick else (100, 200, 400, 800, 1600)
     )
-    seeds = list(range(args.seeds or (_paper.QUICK_SEEDS if args.quick else 3)))
-    steps = _paper.schedule(_paper.flow_time_of(args), args.learning_rate, args.momentum, 1).steps
+    seeds = _paper.seeds_of(args, 3)
+    steps = _paper.final_steps(args)
     clock = _paper.Clock()
     rows = []
     for n in sizes:
-        dataset = _paper.load(args.dataset, n, seed=args.data_seed)
-        data = training_data(dataset)
+        dataset, data = _paper.training_set(args, n)
         for d in widths:
-            params0 = _paper.init_lanes(seeds, args.sigma, d, dataset.dim)
-            finals, ok = _paper.train_final(
-                data,
-                params0,
-                seeds,
-                learning_rate=args.learning_rate,
-                momentum=args.momentum,
-                batch_size=args.batch_size,
-                steps=steps,
-            )
+            finals = _paper.final_networks(args, data, seeds, d, dataset.dim, steps)
             clock.lap("training")
-            for i in ok:
-                final = _paper.lane(finals, i)
+            for seed, final in finals:
                 clusters = neuron_clusters(final, threshold=args.tau)
                 metrics = {k: float(v) for k, v in _paper.evaluate(final, data).items()}
-                rows.append(
-                    {"N": n, "d": d, "seed": seeds[i], "clusters": clusters.count, **metrics}
-                )
+                rows.append({"N": n, "d": d, "seed": seed, "clusters": clusters.count, **metrics})
             clock.lap("clustering")
             print(
                 f"N={n:5d} d={d:4d}: clusters "
@@ -122,7 +99,7 @@ def main(argv=None) -> int:
     ax.set_xlabel("training samples N")
     ax.set_ylabel(f"clusters at τ = {args.tau:g} (end of training)")
     ax.set_title(
-        f"{dataset.name.split('-')[0]}: effective capacity vs N ({len(seeds)} seeds)", fontsize=9
+        f"{_paper.short_name(dataset)}: effective capacity vs N ({len(seeds)} seeds)", fontsize=9
     )
     ax.legend(fontsize=8)
     _paper.save(fig, out / f"{NAME}.png")
@@ -131,9 +108,10 @@ def main(argv=None) -> int:
         "all_lanes_finished": len(rows) == len(sizes) * len(widths) * len(seeds),
     }
     clock.lap("plotting")
-    _paper.write_csv(out / f"{NAME}.csv", rows)
-    _paper.write_json(
-        out / f"{NAME}.json",
+    return _paper.write_outputs(
+        out,
+        NAME,
+        rows,
         {
             "figure": "3a",
             "settings": _paper.settings(
@@ -147,11 +125,10 @@ def main(argv=None) -> int:
             ),
             "rows": rows,
             "summary": summary,
-            "checks": checks,
-            "seconds": clock.seconds,
         },
+        checks,
+        clock,
     )
-    return 0 if all(checks.values()) else 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
 from gflow.capacity import neuron_clusters
-from gflow.network import training_data
 from gflow.theory import loss_drop_time
 
 NAME = "fig3b_clusters_over_time"
@@ -38,14 +37,8 @@ def parse(argv):
         default=None,
         help="comma-separated σ (default 1e-5,1e-4,1e-3,1e-2; quick 1e-5,1e-2)",
     )
-    p.add_argument("--width", type=int, default=None, help="d (default 300; quick 16)")
-    p.add_argument("--samples", type=int, default=None, help="N (default 800; quick 64)")
-    p.add_argument(
-        "--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)"
-    )
-    args = p.parse_args(argv)
-    _paper.check_args(args)
-    return args
+    _paper.add_options(p, "width", "samples", "tau")
+    return _paper.parse_checked(p, argv)
 
 
 def snapshot_before_drop(t_snap: np.ndarray, t_drop: float) -> int:
@@ -59,37 +52,19 @@ def snapshot_before_drop(t_snap: np.ndarray, t_drop: float) -> int:
 def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
-    sigmas = (
-        [float(s) for s in args.sigmas.split(",")]
-        if args.sigmas
-        else ([1e-5, 1e-2] if args.quick else [1e-5, 1e-4, 1e-3, 1e-2])
+    sigmas = _paper.comma_list(
+        args.sigmas, float, [1e-5, 1e-2] if args.quick else [1e-5, 1e-4, 1e-3, 1e-2]
     )
-    width = args.width or (_paper.QUICK_WIDTH if args.quick else _paper.WIDTH)
-    n = args.samples or (_paper.QUICK_SAMPLES if args.quick else 800)
-    n_seeds = args.seeds or (1 if args.quick else 3)
-    records = _paper.QUICK_RECORDS if args.quick else 40
-    config = _paper.schedule(
-        _paper.flow_time_of(args),
-        args.learning_rate,
-        args.momentum,
-        records,
-        1 if args.quick else 2,
-    )
+    width = _paper.width_of(args)
+    n = _paper.samples_of(args)
+    n_seeds = len(_paper.seeds_of(args, 3, quick=1))
+    config = _paper.recorded_schedule(args, 40, 2)
     clock = _paper.Clock()
-    dataset = _paper.load(args.dataset, n, seed=args.data_seed)
-    data = training_data(dataset)
+    dataset, data = _paper.training_set(args, n)
     lanes = [(s, seed) for s in sigmas for seed in range(n_seeds)]
     seeds = [seed for _, seed in lanes]
     params0 = _paper.init_lanes(seeds, [s for s, _ in lanes], width, dataset.dim)
-    traj, ok = _paper.train_lanes(
-        data,
-        params0,
-        seeds,
-        learning_rate=args.learning_rate,
-        momentum=args.momentum,
-        batch_size=args.batch_size,
-        config=config,
-    )
+    traj, ok = _paper.train_lanes(data, params0, seeds, config=config, **_paper.sgd_options(args))
     clock.lap("training")
     t = np.asarray(traj.t[0])
     t_snap = np.asarray(traj.snapshot_t[0])
@@ -153,9 +128,7 @@ def main(argv=None) -> int:
     ax.set_xticks(x, [f"{s:g}" for s in sigmas])
     ax.set_xlabel("init scale σ")
     ax.set_ylabel(f"clusters at τ = {args.tau:g}")
-    ax.set_title(
-        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, {n_seeds} seed(s)", fontsize=9
-    )
+    ax.set_title(f"{_paper.run_label(dataset, n, width)}, {n_seeds} seed(s)", fontsize=9)
     ax.legend(fontsize=7)
     colours = {f"{s:g}": f"C{j}" for j, s in enumerate(sigmas)}
     for key, counts in curves.items():
@@ -176,9 +149,10 @@ def main(argv=None) -> int:
         "init_clusters_at_most_width": all(r["clusters_init"] <= width for r in rows),
         "all_lanes_finished": len(rows) == len(lanes),
     }
-    _paper.write_csv(out / f"{NAME}.csv", rows)
-    _paper.write_json(
-        out / f"{NAME}.json",
+    return _paper.write_outputs(
+        out,
+        NAME,
+        rows,
         {
             "figure": "3b",
             "settings": _paper.settings(
@@ -195,11 +169,10 @@ def main(argv=None) -> int:
             "summary": summary,
             "snapshot_t": t_snap,
             "clusters_along_training": curves,
-            "checks": checks,
-            "seconds": clock.seconds,
         },
+        checks,
+        clock,
     )
-    return 0 if all(checks.values()) else 1
 
 
 if __name__ == "__main__":

@@ -24,79 +24,44 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
-from gflow.capacity import neuron_scores, score_quality
-from gflow.network import training_data
+from gflow.capacity import score_quality
 from gflow.theory import loss_drop_time
 
 NAME = "fig4_norm_vs_alignment"
-EARLY_TIME = 50.0
-QUICK_EARLY_TIME = 30.0
 
 
 def parse(argv):
     p = _paper.base_parser(NAME, __doc__)
-    p.add_argument("--width", type=int, default=None, help="d (default 300; quick 16)")
-    p.add_argument("--samples", type=int, default=None, help="N (default 800; quick 64)")
-    p.add_argument("--sigma", type=float, default=_paper.SIGMA, help="init scale σ (default 1e-5)")
-    p.add_argument(
-        "--early-time",
-        type=float,
-        default=None,
-        help=f"flow time of the early alignment (default {EARLY_TIME:g}: 500 steps at η = 0.01, "
-        f"a quarter of the loss-drop time or less; quick {QUICK_EARLY_TIME:g})",
+    _paper.add_options(p, "width", "samples", "sigma")
+    _paper.add_alignment_options(
+        p, note=": 500 steps at η = 0.01, a quarter of the loss-drop time or less"
     )
-    p.add_argument(
-        "--permutations",
-        type=int,
-        default=None,
-        help="permutations of the p-value (default 9999; quick 999)",
-    )
-    args = p.parse_args(argv)
-    _paper.check_args(args)
-    return args
+    return _paper.parse_checked(p, argv)
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
-    width = args.width or (_paper.QUICK_WIDTH if args.quick else _paper.WIDTH)
-    n = args.samples or (_paper.QUICK_SAMPLES if args.quick else 800)
-    seeds = list(range(args.seeds or (_paper.QUICK_SEEDS if args.quick else 1)))
-    early = (
-        args.early_time
-        if args.early_time is not None
-        else (QUICK_EARLY_TIME if args.quick else EARLY_TIME)
-    )
-    permutations = args.permutations or (999 if args.quick else 9999)
+    width = _paper.width_of(args)
+    n = _paper.samples_of(args)
+    seeds = _paper.seeds_of(args, 1)
+    early = _paper.early_time_of(args)
+    permutations = _paper.permutations_of(args)
     flow_time = _paper.flow_time_of(args)
     if not 0 < early < flow_time:
         raise SystemExit(f"--early-time must lie in (0, {flow_time:g}); got {early}")
-    config = (
-        _paper.schedule(flow_time, args.learning_rate, args.momentum, _paper.QUICK_RECORDS, 1)
-        if args.quick
-        else _paper.schedule(flow_time, args.learning_rate, args.momentum, 80)
-    )
+    config = _paper.recorded_schedule(args, 80)
     clock = _paper.Clock()
-    dataset = _paper.load(args.dataset, n, seed=args.data_seed)
-    data = training_data(dataset)
+    dataset, data = _paper.training_set(args, n)
     params0 = _paper.init_lanes(seeds, args.sigma, width, dataset.dim)
-    traj, ok = _paper.train_lanes(
-        data,
-        params0,
-        seeds,
-        learning_rate=args.learning_rate,
-        momentum=args.momentum,
-        batch_size=args.batch_size,
-        config=config,
-    )
+    traj, ok = _paper.train_lanes(data, params0, seeds, config=config, **_paper.sgd_options(args))
     clock.lap("training")
     t = np.asarray(traj.t[0])
-    j_early = int(np.argmin(np.abs(t - early)))
+    j_early = _paper.nearest_record(t, early)
     results, neuron_rows = [], []
     for i in ok:
         obs = traj.observables
-        early_obs = _paper.lane(_paper.lane(obs, i), j_early)
-        scores = neuron_scores(_paper.lane(params0, i), early_obs, data)
+        _, scores = _paper.early_scores(traj, params0, data, i, j_early)
         final_P = np.asarray(obs.P[i, -1], dtype=np.float64)
         quality = score_quality(scores, final_P, permutations=permutations, seed=seeds[i])
         t_drop = loss_drop_time(t, np.asarray(obs.loss[i]), fraction=0.5)
@@ -147,8 +112,7 @@ def main(argv=None) -> int:
         ax.set_title(f"ρ = {r0[key]['rho']:.2f}, p = {r0[key]['p_value']:.1g}", fontsize=9)
     fig.colorbar(sc, ax=axes[1], label="log10 final P_i")
     fig.suptitle(
-        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}, σ = {args.sigma:g}, "
-        f"seed {seeds[ok[0]]}",
+        f"{_paper.run_label(dataset, n, width)}, σ = {args.sigma:g}, seed {seeds[ok[0]]}",
         fontsize=9,
     )
     _paper.save(fig, out / f"{NAME}.png")
@@ -162,9 +126,10 @@ def main(argv=None) -> int:
             if q["p_value"] is not None
         ),
     }
-    _paper.write_csv(out / f"{NAME}.csv", neuron_rows)
-    _paper.write_json(
-        out / f"{NAME}.json",
+    return _paper.write_outputs(
+        out,
+        NAME,
+        neuron_rows,
         {
             "figure": "4",
             "settings": _paper.settings(
@@ -179,11 +144,10 @@ def main(argv=None) -> int:
                 dataset_name=dataset.describe(),
             ),
             "results": results,
-            "checks": checks,
-            "seconds": clock.seconds,
         },
+        checks,
+        clock,
     )
-    return 0 if all(checks.values()) else 1
 
 
 if __name__ == "__main__":

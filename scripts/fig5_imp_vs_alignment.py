@@ -31,24 +31,18 @@ from gflow.capacity import (
     imp,
     kept_by_imp,
     mann_whitney_auc,
-    neuron_scores,
     per_round_fraction,
     pruned_per_neuron,
     spearman_test,
 )
-from gflow.network import training_data
 
 NAME = "fig5_imp_vs_alignment"
 SPARSITIES = (0.2, 0.5, 0.7)
-EARLY_TIME = 50.0
-QUICK_EARLY_TIME = 30.0
 
 
 def parse(argv):
     p = _paper.base_parser(NAME, __doc__)
-    p.add_argument("--width", type=int, default=None, help="d (default 300; quick 16)")
-    p.add_argument("--samples", type=int, default=None, help="N (default 800; quick 64)")
-    p.add_argument("--sigma", type=float, default=_paper.SIGMA, help="init scale σ (default 1e-5)")
+    _paper.add_options(p, "width", "samples", "sigma")
     p.add_argument(
         "--sparsities", default=None, help="comma-separated targets s (default 0.2,0.5,0.7)"
     )
@@ -56,22 +50,8 @@ def parse(argv):
     p.add_argument(
         "--rewind-step", type=int, default=0, help="rewind survivors to this step (default 0: init)"
     )
-    p.add_argument(
-        "--early-time",
-        type=float,
-        default=None,
-        help=f"flow time of the early alignment (default {EARLY_TIME:g}; "
-        f"quick {QUICK_EARLY_TIME:g})",
-    )
-    p.add_argument(
-        "--permutations",
-        type=int,
-        default=None,
-        help="permutations of the p-value (default 9999; quick 999)",
-    )
-    args = p.parse_args(argv)
-    _paper.check_args(args)
-    return args
+    _paper.add_alignment_options(p)
+    return _paper.parse_checked(p, argv)
 
 
 def check_imp(result, targets, n_weights: int) -> dict:
@@ -112,47 +92,26 @@ def check_imp(result, targets, n_weights: int) -> dict:
 def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
-    width = args.width or (_paper.QUICK_WIDTH if args.quick else _paper.WIDTH)
-    n = args.samples or (_paper.QUICK_SAMPLES if args.quick else 800)
-    targets = (
-        [float(s) for s in args.sparsities.split(",")] if args.sparsities else list(SPARSITIES)
-    )
-    early = (
-        args.early_time
-        if args.early_time is not None
-        else (QUICK_EARLY_TIME if args.quick else EARLY_TIME)
-    )
-    permutations = args.permutations or (999 if args.quick else 9999)
-    flow_time = _paper.flow_time_of(args)
+    width = _paper.width_of(args)
+    n = _paper.samples_of(args)
+    targets = _paper.comma_list(args.sparsities, float, SPARSITIES)
+    early = _paper.early_time_of(args)
+    permutations = _paper.permutations_of(args)
     seeds = (
         [0, 1] if args.quick else [0]
     )  # lane 0 is pruned; quick keeps two lanes to share fig4's compilation
-    config = (
-        _paper.schedule(flow_time, args.learning_rate, args.momentum, _paper.QUICK_RECORDS, 1)
-        if args.quick
-        else _paper.schedule(flow_time, args.learning_rate, args.momentum, 80)
-    )
+    config = _paper.recorded_schedule(args, 80)
     clock = _paper.Clock()
-    dataset = _paper.load(args.dataset, n, seed=args.data_seed)
-    data = training_data(dataset)
+    dataset, data = _paper.training_set(args, n)
     params0 = _paper.init_lanes(seeds, args.sigma, width, dataset.dim)
-    traj, ok = _paper.train_lanes(
-        data,
-        params0,
-        seeds,
-        learning_rate=args.learning_rate,
-        momentum=args.momentum,
-        batch_size=args.batch_size,
-        config=config,
-    )
+    traj, ok = _paper.train_lanes(data, params0, seeds, config=config, **_paper.sgd_options(args))
     if 0 not in ok:
         raise SystemExit("the dense run diverged; lower --lr")
     clock.lap("dense training")
     t = np.asarray(traj.t[0])
-    j_early = int(np.argmin(np.abs(t - early)))
+    j_early = _paper.nearest_record(t, early)
     p0 = _paper.lane(params0, 0)
-    early_obs = _paper.lane(_paper.lane(traj.observables, 0), j_early)
-    scores = neuron_scores(p0, early_obs, data)
+    early_obs, scores = _paper.early_scores(traj, params0, data, 0, j_early)
     cos_early = scores["cos_delta_early"]
 
     _, k_batch = _paper.lane_keys(seeds)
@@ -252,15 +211,16 @@ def main(argv=None) -> int:
         ax.set_xlabel(f"cos δ_i at t = {t[j_early]:g}")
         ax.set_ylabel(f"pruned incoming weights (of {dataset.dim})")
     fig.suptitle(
-        f"{dataset.name.split('-')[0]}, N = {n}, d = {width}: IMP ({args.rounds} rounds, "
+        f"{_paper.run_label(dataset, n, width)}: IMP ({args.rounds} rounds, "
         f"rewind step {args.rewind_step}); blue κ = +1, orange κ = −1",
         fontsize=9,
     )
     _paper.save(fig, out / f"{NAME}.png")
     clock.lap("plotting")
-    _paper.write_csv(out / f"{NAME}.csv", rows)
-    _paper.write_json(
-        out / f"{NAME}.json",
+    return _paper.write_outputs(
+        out,
+        NAME,
+        rows,
         {
             "figure": "5",
             "settings": _paper.settings(
@@ -282,11 +242,10 @@ def main(argv=None) -> int:
                 "test_accuracy": float(traj.observables.test_accuracy[0, -1]),
             },
             "per_sparsity": per_target,
-            "checks": checks,
-            "seconds": clock.seconds,
         },
+        checks,
+        clock,
     )
-    return 0 if all(checks.values()) else 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _paper  # noqa: E402
 
 from gflow.capacity import WEIGHTINGS, merge_report, neuron_clusters
-from gflow.network import training_data
 
 NAME = "table_g_merging"
 
@@ -35,20 +34,14 @@ def parse(argv):
     p.add_argument(
         "--sizes", default=None, help="comma-separated N (default 200,800,4000; quick 32,64)"
     )
-    p.add_argument("--width", type=int, default=None, help="d (default 300; quick 16)")
-    p.add_argument("--sigma", type=float, default=_paper.SIGMA, help="init scale σ (default 1e-5)")
-    p.add_argument(
-        "--tau", type=float, default=_paper.THRESHOLD, help="cluster threshold (default 0.95)"
-    )
+    _paper.add_options(p, "width", "sigma", "tau")
     p.add_argument(
         "--save-params",
         action="store_true",
         help="also write each final network as params_N<N>_seed<s>.npz (W, b, V; for "
         "gflow capacity --params)",
     )
-    args = p.parse_args(argv)
-    _paper.check_args(args)
-    return args
+    return _paper.parse_checked(p, argv)
 
 
 def _pct(v) -> str:
@@ -79,46 +72,33 @@ def markdown(rows: list[dict], title: str) -> str:
 def main(argv=None) -> int:
     args = parse(argv)
     out = _paper.prepare_out(args.out)
-    sizes = (
-        [int(v) for v in args.sizes.split(",")]
-        if args.sizes
-        else ([32, _paper.QUICK_SAMPLES] if args.quick else [200, 800, 4000])
+    sizes = _paper.comma_list(
+        args.sizes, int, [32, _paper.QUICK_SAMPLES] if args.quick else [200, 800, 4000]
     )
-    width = args.width or (_paper.QUICK_WIDTH if args.quick else _paper.WIDTH)
-    seeds = list(range(args.seeds or (_paper.QUICK_SEEDS if args.quick else 2)))
-    steps = _paper.schedule(_paper.flow_time_of(args), args.learning_rate, args.momentum, 1).steps
+    width = _paper.width_of(args)
+    seeds = _paper.seeds_of(args, 2)
+    steps = _paper.final_steps(args)
     clock = _paper.Clock()
     rows = []
     for n in sizes:
-        dataset = _paper.load(args.dataset, n, seed=args.data_seed)
-        data = training_data(dataset)
-        params0 = _paper.init_lanes(seeds, args.sigma, width, dataset.dim)
-        finals, ok = _paper.train_final(
-            data,
-            params0,
-            seeds,
-            learning_rate=args.learning_rate,
-            momentum=args.momentum,
-            batch_size=args.batch_size,
-            steps=steps,
-        )
+        dataset, data = _paper.training_set(args, n)
+        finals = _paper.final_networks(args, data, seeds, width, dataset.dim, steps)
         clock.lap("training")
-        for i in ok:
-            final = _paper.lane(finals, i)
+        for seed, final in finals:
             if args.save_params:
-                np.savez(out / f"params_N{n}_seed{seeds[i]}.npz", W=final.W, b=final.b, V=final.V)
+                np.savez(out / f"params_N{n}_seed{seed}.npz", W=final.W, b=final.b, V=final.V)
             clusters = neuron_clusters(final, threshold=args.tau)
             for weighting in WEIGHTINGS:
                 report = merge_report(final, data, weighting=weighting, clusters=clusters)
-                rows.append({"N": n, "seed": seeds[i], **report._asdict()})
+                rows.append({"N": n, "seed": seed, **report._asdict()})
                 print(
-                    f"N={n} seed {seeds[i]} ({weighting}): {report.clusters} clusters of {width}; "
+                    f"N={n} seed {seed} ({weighting}): {report.clusters} clusters of {width}; "
                     "test acc "
                     f"{report.test_accuracy:.4f} → {report.test_accuracy_merged:.4f}; max |Δo| "
                     f"{report.max_logit_change:.3g} ≤ {report.max_bound:.3g}"
                 )
         clock.lap("merging")
-    name = dataset.name.split("-")[0]
+    name = _paper.short_name(dataset)
     table = markdown(
         rows,
         f"Merging at τ = {args.tau:g}: {name}, d = {width}, σ = {args.sigma:g}, flow time "
@@ -157,9 +137,10 @@ def main(argv=None) -> int:
         ),
         "all_lanes_finished": len(rows) == len(sizes) * len(seeds) * len(WEIGHTINGS),
     }
-    _paper.write_csv(out / f"{NAME}.csv", rows)
-    _paper.write_json(
-        out / f"{NAME}.json",
+    status = _paper.write_outputs(
+        out,
+        NAME,
+        rows,
         {
             "table": "Appendix G",
             "settings": _paper.settings(
@@ -172,12 +153,12 @@ def main(argv=None) -> int:
                 steps=steps,
             ),
             "rows": rows,
-            "checks": checks,
-            "seconds": clock.seconds,
         },
+        checks,
+        clock,
     )
     print(table)
-    return 0 if all(checks.values()) else 1
+    return status
 
 
 if __name__ == "__main__":
