@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from gflow import _data
-from gflow._dataset import Dataset
 from gflow.datasets import (
+    Dataset,
     cifar_binary,
     cifar_luma,
     gaussian_clusters,

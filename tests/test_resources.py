@@ -15,9 +15,7 @@ import pytest
 
 import gflow
 import gflow._cli._run
-from gflow import _resources
-from gflow._config import RunConfig
-from gflow._observables import training_data
+from gflow import RunConfig, _resources, training_data
 from gflow._resources import (
     InsufficientMemory,
     MemoryEstimate,
@@ -28,8 +26,8 @@ from gflow._resources import (
     seeds_memory,
     sweep_memory,
 )
-from gflow._sweep import MemberSpec, run_members
 from gflow.cli import main
+from gflow.runs import MemberSpec, run_members
 
 GIB = 2**30
 

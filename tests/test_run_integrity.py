@@ -25,10 +25,10 @@ import pytest
 
 import gflow
 from gflow import _runs
-from gflow._trajectory import DEAD, OK
 from gflow.cli import main
 from gflow.datasets import dataset_from_options
 from gflow.runs import RunConfig, load_run, sweep
+from gflow.solvers import DEAD, OK
 
 # Full-batch GD, one run per chunk: the program of `gflow run` with the same options, so that
 # one compilation serves every test of this file.

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import subprocess
@@ -32,7 +31,7 @@ from gflow.benchmarking import (
     write_report,
 )
 
-from ._common import EXIT_CHECK_FAILED, EXIT_OK, UsageError
+from ._common import EXIT_CHECK_FAILED, EXIT_OK, UsageError, add_command
 
 # Measured on 2026-12-03 (benchmarks/README.md, `--quick`): 231–299 s of CPU time, most of it
 # XLA compilation and Algorithm 1's calls, which do not spread over cores; 14.5 min of wall time
@@ -116,7 +115,7 @@ def _reexec_with_threads(threads: int) -> int:
     if sys.argv[1:2] != ["bench"]:
         raise UsageError("--threads re-runs the command line; use it from the gflow command")
     env, cores = thread_environment(threads)
-    code = "import sys; from gflow._cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from gflow.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run(
         python_command("-c", code, *sys.argv[1:]),
         env=env,
@@ -179,15 +178,16 @@ def _handler(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "bench",
+        _handler,
         help="time seed sweeps, the ODE, stable cells and sweep memory against NumPy/PyTorch loops",
         description=(__doc__ or "").split("\n\n")[0]
         + " Same-run ratios, medians of repeats, compile time apart.",
         epilog="examples:\n  gflow bench --quick --json bench.json\n"
         "  gflow bench --json full.json --dataset cifar:/path/to/cifar-10-batches-py\n"
         "  gflow bench --only sweep --seeds 1,32 --json sweep.json\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--json", required=True, metavar="FILE", help="where to write the JSON report"
@@ -277,4 +277,3 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    parser.set_defaults(handler=_handler)

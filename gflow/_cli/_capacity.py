@@ -19,6 +19,7 @@ from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     UsageError,
+    add_command,
     add_dataset_options,
     add_numerics_options,
     apply_dtype,
@@ -40,8 +41,10 @@ _DEFAULT_T_END = 800.0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "capacity",
+        run,
         help="clusters of aligned neurons, merged accuracy and norm pruning of one network",
         description="Train one network (or take one run of a run or sweep folder, or load W, b, V "
         "from an npz) and report its effective capacity: clusters at cosine threshold tau "
@@ -49,7 +52,6 @@ def register(subparsers) -> None:
         "cluster into one neuron with a bound on the logit change, and accuracy after removing "
         "the neurons of smallest P_i = |w_i||v_i|.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_options(p)
     add_numerics_options(p)
@@ -134,7 +136,6 @@ def register(subparsers) -> None:
         help="fractions of neurons removed by norm pruning (comma separated)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(handler=run)
 
 
 def _fractions(text: str) -> list[float]:
@@ -152,9 +153,9 @@ def _fractions(text: str) -> list[float]:
 def _train(args, data, dim: int, dtype):
     import jax
 
-    from gflow._network import init_params
-    from gflow._sgd import SGDConfig, train_sgd
-    from gflow._sweep import steps_to_flow_time
+    from gflow.network import init_params
+    from gflow.runs import steps_to_flow_time
+    from gflow.trainers import SGDConfig, train_sgd
 
     positive("--lr", args.lr)
     if not 0 <= args.momentum < 1:
@@ -243,11 +244,11 @@ def run(args) -> int:
         raise UsageError("give --run or --params, not both")
     if args.point is not None and args.run is None:
         raise UsageError("--point selects a run of a folder: give --run DIR too")
-    from gflow._capacity import capacity_report, load_network_npz
-    from gflow._observables import training_data
+    from gflow import training_data
+    from gflow.capacity import capacity_report, load_network_npz
 
     if args.run is not None:
-        from gflow._runs import load_run, run_network
+        from gflow.runs import load_run, run_network
 
         try:
             apply_dtype(argparse.Namespace(dtype=load_run(args.run).config["dtype"]))

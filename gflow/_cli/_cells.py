@@ -3,7 +3,6 @@ plateau reported apart, and the Cover bound."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -12,7 +11,14 @@ import time
 
 import numpy as np
 
-from ._common import EXIT_OK, UsageError, add_dataset_options, dataset_from_args, positive
+from ._common import (
+    EXIT_OK,
+    UsageError,
+    add_command,
+    add_dataset_options,
+    dataset_from_args,
+    positive,
+)
 from ._validate import check_json_path
 
 _EXAMPLES = """examples:
@@ -42,8 +48,10 @@ LEGEND = {
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "cells",
+        run,
         help="count the fixed points of the target map (Algorithm 1 on faces or cells), "
         "its 2-cycles and plateau, and the Cover bound",
         description="Push M random probes through the target map until K_t, the number of "
@@ -54,7 +62,6 @@ def register(subparsers) -> None:
         "plateau K_t are reported apart; each printed column is explained below the table. The "
         "Cover bound C(N, D) = 2 Σ_{k<D} binom(N−1, k) bounds the number of cells.",
         epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_options(p)
     p.add_argument(
@@ -106,7 +113,6 @@ def register(subparsers) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", metavar="FILE", default=None, help="write the results as JSON")
-    p.set_defaults(handler=run)
 
 
 def _check_args(args) -> None:
@@ -226,9 +232,14 @@ def run(args) -> int:
     import jax.numpy as jnp
 
     from gflow import training_data
-    from gflow._cells import cover_bound, log10_cover_bound, stable_cells, stable_faces
-    from gflow._faces import DEFAULT_CAPACITY
-    from gflow._progress import Progress
+    from gflow.cells import (
+        DEFAULT_CAPACITY,
+        cover_bound,
+        log10_cover_bound,
+        stable_cells,
+        stable_faces,
+    )
+    from gflow.runs import Progress
 
     if args.capacity is None:
         args.capacity = DEFAULT_CAPACITY

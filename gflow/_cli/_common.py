@@ -64,7 +64,7 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, default: str = "mnis
 
 def dataset_from_args(args: argparse.Namespace):
     """Build the `Dataset` the data options describe (`gflow.datasets.dataset_from_options`)."""
-    from gflow._data import dataset_from_options
+    from gflow.datasets import dataset_from_options
 
     return dataset_from_options(
         args.dataset,
@@ -103,6 +103,21 @@ def output_folder(text: str) -> str:
             f"must name a folder; got {text!r} (use --out . for the current directory)"
         )
     return text
+
+
+def add_command(
+    subparsers, name: str, handler, *, help: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """The subcommand ``gflow NAME``: its parser (epilog printed as written), run by ``handler``."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_output_options(parser: argparse.ArgumentParser, *, default: str) -> None:

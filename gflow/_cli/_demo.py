@@ -6,6 +6,7 @@ import argparse
 
 from .._flow import DEFAULT_SLIDING_STEP, FlowConfig
 from ._common import (
+    add_command,
     add_dataset_options,
     add_numerics_options,
     add_output_options,
@@ -29,12 +30,13 @@ shows its elapsed time on stderr (--quiet: only the summary).
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "demo",
+        main,
         help="train on the embedded MNIST digits by ODE and SGD; summary and figures",
         description="Silent alignment, unlocking and the race on real digits, ODE against SGD.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="smaller problem (under a minute)")
     p.add_argument(
@@ -73,11 +75,10 @@ def register(subparsers) -> None:
     add_dataset_options(p)
     add_numerics_options(p)
     add_output_options(p, default="gflow-out/demo")
-    p.set_defaults(handler=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from gflow._demo import DemoConfig, format_summary, run_demo
+    from gflow.runs import DemoConfig, format_summary, run_demo
 
     if args.n_per_class is None and args.dataset == "mnist":
         args.n_per_class = 200 if args.quick else 500

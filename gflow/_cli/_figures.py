@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import EXIT_OK
+from ._common import EXIT_OK, add_command
 
 FIGURES_EPILOG = """examples:
   gflow figures gflow-out/run          # after changing gflow's figures, or of an unfinished sweep
@@ -16,8 +16,7 @@ recomputed; runs that failed or were not computed yet are left out of the number
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from gflow._plots import write_outputs
-    from gflow._runs import load_run
+    from gflow.runs import load_run, write_outputs
 
     run = load_run(args.folder)
     paths = write_outputs(run)
@@ -35,18 +34,18 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "figures",
+        _handle,
         help="re-draw the figures and report of a run folder",
         description="Re-draw the figures (norms P_i per seed, cos δ_i, loss and accuracy, final "
         "P_i against early cos δ_i, and for a sweep loss-drop time and final loss against the "
         "swept parameter), summary.json and report.md of a run folder written by gflow run or "
         "gflow sweep.",
         epilog=FIGURES_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "folder", metavar="DIR", help="run folder (holds config.json, axes.json, chunks/)"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final line")
-    parser.set_defaults(handler=_handle)

@@ -22,6 +22,7 @@ from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     UsageError,
+    add_command,
     add_dataset_options,
     add_numerics_options,
     add_output_options,
@@ -91,7 +92,7 @@ def _integer(text: str) -> int:
 
 def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
     """Every `RunConfig` key as a flag (list-valued for a sweep), plus --config."""
-    from gflow._config import COMMON_DEFAULTS, TRAINER_DEFAULTS
+    from gflow.runs import COMMON_DEFAULTS, TRAINER_DEFAULTS
 
     sgd, gd, flow = TRAINER_DEFAULTS["sgd"], TRAINER_DEFAULTS["gd"], TRAINER_DEFAULTS["flow"]
     number = real_list if sweep else _real
@@ -259,7 +260,7 @@ def resolve_run(args: argparse.Namespace, *, sweep: bool):
     every point (`gflow._sweep.steps_to_flow_time`); ``--save-points N`` then sets the number
     of records (N − 1 intervals, default as for the flow), and --steps/--epochs are refused.
     """
-    from gflow._config import TRAINER_DEFAULTS, RunConfig, keys, read_config_file
+    from gflow.runs import TRAINER_DEFAULTS, RunConfig, keys, read_config_file
 
     values: dict = {}
     source = "the command line"
@@ -304,7 +305,7 @@ def resolve_run(args: argparse.Namespace, *, sweep: bool):
 
 def _fresh_folder(base: str, resume: bool) -> Path:
     """``base``, or ``base-2``, ``base-3``... : the first that holds no run (``base`` to resume)."""
-    from gflow._runs import is_run_folder
+    from gflow.runs import is_run_folder
 
     if resume:
         return Path(base)
@@ -316,7 +317,7 @@ def _fresh_folder(base: str, resume: bool) -> Path:
 
 
 def _summary_lines(run, folder: Path, summary: list[dict]) -> list[str]:
-    from gflow._runs import drop_text, unequal_flow_times
+    from gflow.runs import drop_text, unequal_flow_times
 
     total, ok = run.status.size, int(run.ok.sum())
     lines = [f"{total} run(s), {ok} ok  →  {folder}"]
@@ -378,8 +379,8 @@ def execute(args: argparse.Namespace, *, sweep: bool) -> int:
 
 
 def _execute(args: argparse.Namespace, *, sweep: bool) -> int:
-    from gflow._runs import summarize
-    from gflow._sweep import sweep as run_sweep
+    from gflow.runs import summarize
+    from gflow.runs import sweep as run_sweep
 
     config, t_end = resolve_run(args, sweep=sweep)
     apply_dtype(argparse.Namespace(dtype=config.dtype))
@@ -403,16 +404,16 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "run",
+        _handle,
         help="simulate one configuration (SGD, GD or the ODE) and write a run folder with figures",
         description="Simulate one network from one seed with SGD, full-batch GD or the "
         "gradient-flow ODE; record per-neuron observables (norms P_i, alignment cos δ_i, balance "
         "Q_i, cells) along the way; write them, the final weights, figures and a report to a "
         "run folder.",
         epilog=RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_options(parser, sweep=False)
     suppress_defaults(parser)
-    parser.set_defaults(handler=_handle)

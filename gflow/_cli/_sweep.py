@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import UsageError
+from ._common import UsageError, add_command
 from ._run import add_config_options, execute, suppress_defaults
 
 SWEEP_EPILOG = """examples:
@@ -73,14 +73,15 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "sweep",
+        _handle,
         help="many seeds × hyper-parameters, chunked, sharded over devices, resumable",
         description="Run the product of init scales σ, learning rates η and momenta β, each for "
         "many seeds, in one compiled program per configuration; stream each finished chunk of runs "
         "to the output folder; continue an interrupted sweep with --resume.",
         epilog=SWEEP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_options(parser, sweep=True)
     multi = parser.add_argument_group("multi-host (jax.distributed)")
@@ -93,4 +94,3 @@ def register(subparsers) -> None:
     multi.add_argument("--num-processes", type=int, metavar="N", help="number of processes")
     multi.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1")
     suppress_defaults(parser)
-    parser.set_defaults(handler=_handle)

@@ -10,7 +10,6 @@ identity that checks the implementation) or ``claim`` (a statement of the paper)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     UsageError,
+    add_command,
     add_dataset_options,
     dataset_from_args,
     positive,
@@ -42,8 +42,10 @@ exit status: 0 every identity and every claim holds, 1 one fails, 2 bad input
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "validate",
+        run,
         help="check the paper's claims (alignment, unlocking, racing) against a float64 ODE run",
         description="Simulate the gradient flow in float64 and compare every prediction of the "
         "theory (docs/theory.md §2–§5) with the simulation. Two tables: identities (exact; they "
@@ -51,7 +53,6 @@ def register(subparsers) -> None:
         "measured, relative error, tolerance and verdict. The defaults (embedded MNIST, 25 "
         "samples per class, d=50, the sliding solver at h=0.25) take about two minutes on 2 cores.",
         epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_options(p)
     p.set_defaults(n_per_class=25)
@@ -130,7 +131,6 @@ def register(subparsers) -> None:
         "--json", metavar="FILE", default=None, help="write the checks and the report as JSON"
     )
     o.add_argument("--quiet", action="store_true", help="print only the table")
-    p.set_defaults(handler=run)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -273,8 +273,8 @@ def _jsonable(value):
 def _stable_cell_summary(data, args, *, enabled: bool = True) -> dict:
     import jax
 
-    from gflow._cells import log10_cover_bound, stable_cells
-    from gflow._progress import Progress
+    from gflow.cells import log10_cover_bound, stable_cells
+    from gflow.runs import Progress
 
     per_kappa: dict[int, list[int]] = {1: [], -1: []}
     fixed: dict[int, list[float]] = {1: [], -1: []}
@@ -372,7 +372,7 @@ class heartbeat:
     """
 
     def __init__(self, label: str, *, enabled: bool, interval: float = 5.0, stream=None):
-        from gflow._progress import Progress
+        from gflow.runs import Progress
 
         self.bar = Progress(1, label=label, unit="step", enabled=enabled, stream=stream)
         self.interval = interval
@@ -380,7 +380,7 @@ class heartbeat:
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
-        from gflow._progress import format_duration
+        from gflow.runs import format_duration
 
         while not self._stop.wait(self.interval):
             self.bar.note(f"running, {format_duration(self.bar.clock() - self.bar.started)}")
@@ -410,7 +410,7 @@ def run(args) -> int:
     import jax.numpy as jnp
 
     from gflow import FlowConfig, gradient_flow, init_params, training_data
-    from gflow._theory import CheckSettings, loss_drop_estimate, validate_trajectory
+    from gflow.theory import CheckSettings, loss_drop_estimate, validate_trajectory
 
     dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
     if args.solver == "sliding":
