@@ -28,6 +28,12 @@ from ._plots import write_outputs as write_outputs
 from ._progress import Activity as Activity
 from ._progress import Progress as Progress
 from ._progress import format_duration as format_duration
+from ._resources import InsufficientMemory as InsufficientMemory
+from ._resources import MemoryEstimate as MemoryEstimate
+from ._resources import count_seed_range as count_seed_range
+from ._resources import require_memory as require_memory
+from ._resources import seeds_memory as seeds_memory
+from ._resources import sweep_memory as sweep_memory
 from ._runs import CHUNKS as CHUNKS
 from ._runs import FORMAT as FORMAT
 from ._runs import NOT_RUN as NOT_RUN

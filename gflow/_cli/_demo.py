@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._flow import DEFAULT_SLIDING_STEP, FlowConfig
+from ..solvers import DEFAULT_SLIDING_STEP, FlowConfig
 from ._common import (
     add_command,
     add_dataset_options,

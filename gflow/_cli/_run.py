@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .._data import dataset_from_options
-from .._resources import (
+from ..datasets import dataset_from_options
+from ..runs import (
     InsufficientMemory,
     count_seed_range,
     require_memory,

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .._flow import DEFAULT_SLIDING_STEP
+from ..solvers import DEFAULT_SLIDING_STEP
 from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
