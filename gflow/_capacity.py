@@ -1,39 +1,15 @@
 """Effective capacity: aligned-neuron clusters, merging and norm pruning (docs/theory.md §6).
 
-Augmented vectors. Neuron i acts on the augmented input x̃ = (x, 1) through w̃_i = (w_i, b_i):
-z_i(x) = w̃_i·x̃. Relu is positively homogeneous, so for every x
+Neurons of one outgoing alignment κ are clustered by complete linkage on the cosine similarity
+of their augmented vectors ``w̃_i = (w_i, b_i)`` at threshold τ, so every pair in a cluster has
+cos ≥ τ. Cluster C merges into one neuron ``û_C = Σ_{j∈C} w̃_j / ‖Σ_{j∈C} w̃_j‖``,
+``v_C = Σ_{j∈C} ‖w̃_j‖ v_j``, which changes the logits by at most
 
-    v_i relu(w̃_i·x̃) = ‖w̃_i‖ v_i relu(ŵ̃_i·x̃),        ŵ̃_i = w̃_i/‖w̃_i‖.
+    ‖x̃‖ Σ_C Σ_{j∈C} ‖w̃_j‖ ‖v_j‖ ‖ŵ̃_j − û_C‖,        ‖ŵ̃_j − û_C‖ ≤ √(2(1−τ)).
 
-Clusters (the paper's Section 4). Within each outgoing alignment κ (docs/theory.md §3), neurons are
-grouped by **complete linkage** on the cosine similarity of their augmented vectors at
-threshold τ: the clusters are built by repeatedly joining the two clusters whose *least*
-similar pair of members is the most similar, while that similarity is ≥ τ. Hence every pair of
-neurons in one cluster has cos ≥ τ. Connected components of the graph "cos ≥ τ" (single
-linkage) were not used: they chain, so a cluster could hold two neurons at any angle and the
-merge bound below would be void. The number of clusters is the effective capacity.
-
-Merging. Cluster C becomes one neuron with direction û_C = Σ_{j∈C} w̃_j / ‖Σ_{j∈C} w̃_j‖ (the
-norm-weighted mean of the unit vectors ŵ̃_j, normalised) and outgoing weight
-v_C = Σ_{j∈C} ‖w̃_j‖ v_j; optionally rebalanced to ‖w̃_C‖ = ‖v_C‖ (same function). The change
-of the logits is bounded, because relu is 1-Lipschitz, by
-
-    ‖o_merged(x) − o(x)‖ ≤ Σ_C Σ_{j∈C} ‖w̃_j‖ ‖v_j‖ |(ŵ̃_j − û_C)·x̃|
-                        ≤ ‖x̃‖ Σ_C Σ_{j∈C} ‖w̃_j‖ ‖v_j‖ ‖ŵ̃_j − û_C‖,
-
-and complete linkage gives cos(ŵ̃_j, û_C) ≥ τ (û_C is a positive combination of vectors each
-at cos ≥ τ from ŵ̃_j, and ‖Σ α_k ŵ̃_k‖ ≤ Σ α_k), so ‖ŵ̃_j − û_C‖ ≤ √(2(1−τ)) for every member.
-Neurons with identical directions merge exactly.
-
-A refinement (``weighting="contribution"``): w̃_C = u_C = Σ_j P̃_j ŵ̃_j / Σ_j P̃_j with
-P̃_j = ‖w̃_j‖‖v_j‖, *not* normalised (‖u_C‖ ≤ 1), same v_C. Linearising relu around the
-cluster's direction, Σ_j ‖w̃_j‖ v_j (ŵ̃_j·x̃) = v_C (u_C·x̃) when the v_j of the cluster are
-parallel (they converge to one angle per κ, docs/theory.md §3), so the first-order error of the
-merge cancels and only the curvature of the cluster remains. The same bound holds with u_C in
-place of û_C (relu is 1-Lipschitz whatever the vector's norm), and u_C, a convex combination of unit
-vectors each within √(2(1−τ)) of ŵ̃_j, stays within that radius too.
-
-Norm pruning. Neurons with the smallest P_i = ‖w_i‖‖v_i‖ are removed (masked to zero).
+Norm pruning masks to zero the neurons of smallest ``P_i = ‖w_i‖‖v_i‖``. Complete linkage, the
+bound, and the ``"contribution"`` weighting that cancels the merge's first-order error:
+docs/theory.md §6.
 """
 
 from __future__ import annotations
@@ -138,7 +114,7 @@ def _canonical_order(augmented: np.ndarray, V: np.ndarray) -> np.ndarray:
 def neuron_clusters(params: Params, *, threshold: float = 0.95) -> Clusters:
     """Clusters of neurons with the same κ whose augmented vectors pairwise reach cos ≥ τ.
 
-    Complete linkage (module docstring): every pair inside a cluster has
+    Complete linkage (docs/theory.md §6): every pair inside a cluster has
     cos(w̃_i, w̃_j) ≥ τ, so merging is covered by the bound of `merge_logit_bound`. Neurons
     with w̃_i = 0 are singletons. The result is deterministic and does not depend on the order
     of the neurons: they are processed in a canonical order (lexicographic in their values),
@@ -209,7 +185,7 @@ def merged_directions(params: Params, labels: jax.Array, *, weighting: str = "no
     ``"norm"`` (docs/theory.md §6): û_C = Σ_{j∈C} w̃_j / ‖Σ_{j∈C} w̃_j‖, the normalised
     ‖w̃_j‖-weighted mean of the unit vectors ŵ̃_j.
     ``"contribution"``: u_C = Σ_j P̃_j ŵ̃_j / Σ_j P̃_j with P̃_j = ‖w̃_j‖‖v_j‖, not normalised
-    (module docstring: cancels the merge's first-order error).
+    (docs/theory.md §6: cancels the merge's first-order error).
     """
     _check_weighting(weighting)
     d = params.W.shape[0]
@@ -282,7 +258,7 @@ def merge_logit_bound(
     per_sample_direction: bool = True,
     weighting: str = "norm",
 ) -> jax.Array:
-    """Upper bound on ‖o_merged(x_s) − o(x_s)‖₂ for every sample, ``[N]`` (module docstring).
+    """Upper bound on ‖o_merged(x_s) − o(x_s)‖₂ for every sample, ``[N]`` (docs/theory.md §6).
 
     With ``per_sample_direction`` (default) the bound is Σ_j ‖w̃_j‖‖v_j‖ |(ŵ̃_j − û_C(j))·x̃_s|;
     otherwise the Cauchy–Schwarz form ‖x̃_s‖ Σ_j ‖w̃_j‖‖v_j‖ ‖ŵ̃_j − û_C(j)‖, which is larger.

@@ -1,30 +1,15 @@
 """Cells of the input space and the stable cells of the target map (docs/theory.md §3, Appendix D).
 
-With ``b = 0`` the directions ``w ∈ R^D`` that share a gating pattern ``g(s) = 1[w·x_s > 0]``
-form a cone, a *cell*; the N hyperplanes ``w·x_s = 0`` cut R^D into at most
-``C(N, D) = 2 Σ_{k=0}^{D−1} binom(N−1, k)`` of them (Lemma 3.1, Cover 1965). The target map of a
-pattern for an outgoing alignment κ,
+With ``b = 0`` the directions ``w`` that share a gating pattern ``g(s) = 1[w·x_s > 0]`` form a
+cone, a *cell*; the cell is **stable** for κ iff ``gate(T_κ(g)) = g``, with the target
 
-    T_κ(g) = κ Σ_{s: g(s)=1} ỹ_s x_s / ‖Σ_{s: g(s)=1} ỹ_s x_s‖,
+    T_κ(g) = κ Σ_{s: g(s)=1} ỹ_s x_s / ‖Σ_{s: g(s)=1} ỹ_s x_s‖.
 
-names the direction the incoming weights of a neuron in that cell turn to (Lemma 3.4); the cell
-is **stable** for κ iff ``gate(T_κ(g)) = g``.
-
-Patterns over N samples are stored bit-packed, 32 samples per ``uint32`` word (sample ``s`` is
-bit ``s mod 32`` of word ``s // 32``), so that 100 000 patterns over 4 000 samples take 50 MB
-instead of 1.6 GB of floats. The gate itself is always `gflow._network.gating_pattern` and the
-target always `gflow._observables.target_directions`: this module only packs, compares, hashes
-and iterates.
-
-`stable_cells` is Algorithm 1 of the paper (Appendix D): M probes uniform on S^{D−1} are pushed
-through ``u ← T_κ(gate(u))`` until the number K_t of distinct patterns among them stops
-decreasing. Since ``T_κ(gate(u))`` depends on ``u`` only through its pattern, every iteration
-maps each *distinct* pattern once (in chunks of ``chunk`` probes, so memory stays at
-``[chunk, N]`` floats) and copies the result to the probes that share it.
-
-`stable_faces` is Algorithm 1 on the faces (g, S) of the sliding flow, with the projected target
-map of `gflow._faces` (docs/theory.md §3, §8); it reports fixed points (stable faces), 2-cycles
-and the plateau K_t apart.
+`stable_cells` is Algorithm 1 of the paper: probes pushed through ``u ← T_κ(gate(u))`` until
+the number K_t of distinct patterns stops decreasing; `stable_faces` is Algorithm 1 on the faces
+(g, S) of the sliding flow (`gflow._faces`, docs/theory.md §3.1) and reports fixed points,
+2-cycles and the plateau K_t apart. Patterns are stored bit-packed, 32 samples per ``uint32``
+word, and each distinct pattern is mapped once per iteration: docs/numerics.md §3.
 """
 
 from __future__ import annotations
@@ -1969,11 +1954,11 @@ def stable_faces(
     As `stable_cells`, with the face map in place of the cell map: M probes uniform on S^{D−1}
     start in their cells ``(gate(u), ∅)``; each iteration records K_t, the number of distinct
     faces among the probes, and replaces every face f by Φ_κ(f) (jump to the projected target
-    ``P_κ(g, S)`` of eq. (F.1); the attracting samples it moves across and the sliding ones are
-    decided by the minimal-norm problem). It stops when K_t has not decreased for ``patience``
-    iterations. Then each probe's face is classified: a **fixed point** (a stable face, criterion
-    (a)–(c) of `gflow._faces`), on a **2-cycle**, or neither; the plateau K_t is reported apart
-    and is not a count of stable faces.
+    ``P_κ(g, S)`` of docs/theory.md eq. (3.1); the attracting samples it moves across and the
+    sliding ones are decided by the minimal-norm problem). It stops when K_t has not decreased for
+    ``patience`` iterations. Then each probe's face is classified: a **fixed point** (a stable
+    face, criterion (a)–(c) of docs/theory.md §3.1), on a **2-cycle**, or neither; the plateau K_t
+    is reported apart and is not a count of stable faces.
 
     Args:
         data: `TrainingData` (its dtype sets the precision; float64 recommended: signs within

@@ -1,56 +1,9 @@
-"""Mini-batch momentum SGD, K steps at a time: an exact reformulation for seed sweeps
-(docs/theory.md §1).
+"""Mini-batch momentum SGD, K steps at a time: an exact reformulation for seed sweeps.
 
-`gflow._sgd.train_sgd` takes one optax step at a time: every step reads the first-layer weights
-``W [d, D]`` to form the pre-activations of a batch of B samples, and reads and writes ``W``
-and its momentum ``M`` again to apply the update. With B = 4 that is a matrix–vector product
-in disguise, bound by memory traffic. This module takes the *same* steps — optax.sgd
-semantics, ``m ← g + β m``, ``θ ← θ − η m``, gradients of the batch mean of the cross-entropy
-loss of `gflow._network`, batches from `gflow._sgd._batch_indices` — but touches ``W`` and
-``M`` only once per chunk of K steps.
-
-**The reformulation.** Inside a chunk that starts from ``(W_0, M_0)``, the gradient of step j
-is ``G_j = δ_jᵀ X_j`` with ``X_j ∈ R^{B×D}`` the batch and ``δ_j ∈ R^{B×d}`` the back-propagated
-errors ``δ_j(s, i) = g_i(s) (v_i·r_s) / B`` (docs/theory.md §1). Unrolling the momentum recursion,
-
-    M_k = β^k M_0 + Σ_{j<k} β^{k−1−j} G_j
-    W_k = W_0 − η (a_k M_0 + Σ_{j<k} c_{kj} G_j),     a_k = Σ_{i=1}^{k} β^i,
-                                                     c_{kj} = Σ_{l=0}^{k−1−j} β^l,
-
-so the pre-activations of step k's batch are
-
-    X_k W_kᵀ = X_k W_0ᵀ − η a_k X_k M_0ᵀ − η Σ_{j<k} c_{kj} (X_k X_jᵀ) δ_j.
-
-One GEMM ``[K·B, D] × [D, 2d]`` gives ``X W_0ᵀ`` and ``X M_0ᵀ`` for every sample of the chunk;
-the ``K·B × K·B`` Gram matrix of the chunk's inputs carries the interaction of the steps; each
-step then only works on ``B × d`` arrays; one GEMM ``[2d, K·B] × [K·B, D]`` closes the chunk
-with ``W_K`` and ``M_K``. The sum over j < k is taken in two levels (blocks of L ≈ √K steps:
-one product per block for the earlier blocks, then step by step inside the block) so that no
-step has to read the errors of the whole chunk. The bias b and the outgoing weights V are small and
-are updated step
-by step exactly as optax does. The result equals the per-step trajectory up to float rounding
-(the sums are only associated differently); a ReLU gate that sits within rounding of zero may
-of course flip either way in either implementation.
-
-**The sample basis.** Every update of ``W`` is a combination of training inputs, so
-``W(t) = W(0) + C_W(t)ᵀ X`` and ``M(t) = C_M(t)ᵀ X`` with per-sample coefficients
-``C ∈ R^{N×d}``; with the Gram matrix ``G = X Xᵀ`` the pre-activations of any sample are
-``X W(t)ᵀ = X W(0)ᵀ + G C_W``. Keeping ``C`` and ``G C`` instead of ``W`` and ``M``
-(``basis="samples"``, `_SampleState`) turns the opening GEMM into row lookups and the closing
-one into ``G[:, idx] [K·B-row weights]`` of ``[N, K·B] × [K·B, 2d]``: ``4·B·N`` FLOPs per
-neuron-step against ``8·B·D``, plus ``X W(0)ᵀ`` and the final ``W`` once per run. At the
-paper's N = 800, D = 1024 that is 2.6 times fewer FLOPs per step; with N ≫ D the weight basis
-stays cheaper (`resolve_basis` picks). Both give the per-step trajectory up to float rounding.
-
-**Seeds.** With one data order shared by all seeds (`train_sgd_seeds_shared_order`), the seeds
-are stacked along the neuron axis: the two GEMMs become ``[K·B, D] × [D, 2·S·d]`` and back, the
-Gram matrix is computed once for all seeds, and the per-step work is ``[B, K·B] × [K·B, S·d]``.
-With a data order per seed (`train_sgd_chunked_seeds`) every seed is a ``vmap`` lane of the
-one-seed kernel.
-
-Recording happens at chunk boundaries, so ``chunk`` must divide ``config.record_every``. The
-``"norms"`` observation mode records only ‖w_i‖, ‖v_i‖ and b_i (`NeuronNorms`), which costs one
-pass over ``W`` per record instead of `observe`'s pass over the whole dataset.
+The steps of `gflow._sgd.train_sgd` (optax.sgd, docs/theory.md §1), with ``W`` and its momentum
+``M`` read and written once per chunk of K steps: step k's pre-activations are
+``X_k W_0ᵀ − η a_k X_k M_0ᵀ − η Σ_{j<k} c_{kj} (X_k X_jᵀ) δ_j``. Derivation, the sample basis
+(``basis="samples"``), seeds and records: docs/numerics.md §2.
 
 Example:
     >>> from gflow import gaussian_clusters, init_params, training_data
@@ -110,7 +63,7 @@ class _State(NamedTuple):
 
 
 class _ChunkCoefficients(NamedTuple):
-    """Unrolled momentum coefficients of one chunk of K steps (see the module docstring)."""
+    """Unrolled momentum coefficients of one chunk of K steps (docs/numerics.md §2.1)."""
 
     a: jax.Array  # [K]      a_k = Σ_{i=1}^{k} β^i
     c: jax.Array  # [K, K]   c_{kj} = Σ_{l=0}^{k−1−j} β^l for j < k, else 0
@@ -227,7 +180,7 @@ def _chunk_errors(
 
     ``start [K·B, S·d]`` holds ``x_s·w_i(0) − η a_k x_s·m_i(0)`` for every sample of the chunk
     (row block k = step k) and ``gram [K·B, K·B]`` the inner products of the chunk's inputs;
-    both are all a step needs to form its pre-activations ``X_k W_kᵀ`` (module docstring).
+    both are all a step needs to form its pre-activations ``X_k W_kᵀ`` (docs/numerics.md §2.1).
     Returns the errors ``δ [K·B, S·d]`` of every step and the updated ``b, V, mb, mV``.
     """
     k_steps, batch = y.shape
@@ -311,8 +264,8 @@ def _run_chunk(
 ) -> _State:
     """K momentum-SGD steps of S stacked seeds on the batches ``x [K, B, D]``, ``y [K, B]``.
 
-    ``W`` and ``M`` are read once (opening GEMM) and written once (closing GEMM); see the
-    module docstring for the algebra.
+    ``W`` and ``M`` are read once (opening GEMM) and written once (closing GEMM); see
+    docs/numerics.md §2.1 for the algebra.
     """
     k_steps, batch, dim = x.shape
     _, seeds, width, _ = state.WM.shape
@@ -353,7 +306,8 @@ class _SampleState(NamedTuple):
     and ``M(t) = C_M(t)ᵀ X`` (momentum starts at zero) with coefficients ``C [N, S·d]``; then
     ``X W(t)ᵀ = X W(0)ᵀ + G C_W`` (``G = X Xᵀ``) is a row lookup and no ``[d, D]`` array is
     touched during training. Per chunk the coefficients move by ``C ← A C + Δ`` with
-    ``A = [[1, −η a_K], [0, β^K]]`` (module docstring) and ``Δ`` nonzero on the chunk's rows only.
+    ``A = [[1, −η a_K], [0, β^K]]`` (docs/numerics.md §2.1) and ``Δ`` nonzero on the chunk's rows
+    only.
     In the eigenbasis of A, ``U = C_W + γ C_M`` with ``γ = −η a_K / (1 − β^K)`` only accumulates
     (``U ← U + Δ_W + γ Δ_M``) and ``C_M ← β^K C_M + Δ_M`` only decays, which is kept as a
     scalar: ``C_M = s Ĉ_M``. So a chunk writes the chunk's rows of ``Ĉ`` and adds one GEMM's
@@ -717,7 +671,7 @@ def train_sgd_chunked(
     Same steps, batches and records as ``train_sgd(params0, key, data, learning_rate=η,
     momentum=β, config=config)`` (optax.sgd: m ← g + β m, θ ← θ − η m; flow time
     ``t = k·η/(1−β)``, docs/theory.md §1), equal up to float rounding, with ``W`` read and written
-    once per chunk instead of once per step (module docstring).
+    once per chunk instead of once per step (docs/numerics.md §2).
 
     Args:
         params0: initial `Params` ``W [d, D]``, ``b [d]``, ``V [d, 2]``.

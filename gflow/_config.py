@@ -1,34 +1,11 @@
 """The resolved configuration of a run or sweep: what is simulated, validated once, at construction.
 
 A `RunConfig` names everything that determines the numbers of a run folder: the data options,
-the network width d and init scale σ, the trainer and its options, the dtype, the seeds and the
+the width d and init scale σ, the trainer and its options, the dtype, the seeds and the
 seed-chunk size. ``sigma``, ``lr`` and ``momentum`` are tuples: a sweep runs their Cartesian
 product ("points", σ-major), each for every seed. Keys that do not apply to the chosen trainer
-are ``None`` in the resolved configuration and may not be set:
-
-========  =================================================================================
-trainer   its own keys (defaults)
-========  =================================================================================
-sgd       lr (0.01), momentum (0.9), batch (4), steps (3000) or epochs, record_every (10)
-gd        lr (0.1), momentum (0.0), steps (3000) or epochs, record_every (10)
-flow      t_end (300.0) and save_points (301), or t_grid; solver ("tsit5"), rtol (1e-6),
-          atol (None: rtol × RMS of the initial parameters), dt0, max_steps (100000)
-========  =================================================================================
-
-The SGD and GD defaults cover the same flow time t = k·η/(1−β) = 300 as the flow default
-(docs/theory.md §1); SGD with momentum 0.9 and batch 4 follows the paper's CIFAR-10 protocol (§7),
-whose learning-rate value was lost: 0.01 is gflow's choice.
-
-A configuration file is TOML with these keys at the top level (``-`` may stand for ``_``)::
-
-    trainer = "sgd"
-    dataset = "mnist"
-    width = 50
-    sigma = 1e-5            # or a list, for a sweep: [1e-5, 1e-4]
-    lr = [0.01, 0.02]
-    seeds = "0:64"          # or a list of integers
-    steps = 3000
-    record_every = 10
+are ``None`` and may not be set. Each trainer's keys and defaults (all three cover the flow time
+t = k·η/(1−β) = 300, docs/theory.md §1) and the TOML configuration file: docs/numerics.md §5.
 
 Example:
     >>> cfg = RunConfig(trainer="gd", width=8, sigma=1e-3, lr=(0.05, 0.1), seeds="0:4")
@@ -163,7 +140,7 @@ def parse_seeds(value) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines the numbers of a run or sweep (see the module docstring).
+    """Everything that determines the numbers of a run or sweep (docs/numerics.md §5).
 
     Fields left ``None`` take the trainer's default; fields that do not apply to the trainer
     must stay ``None``. Construction validates every value and raises ``ValueError`` naming the

@@ -1,58 +1,17 @@
 """Faces of the gate arrangement and the stable faces of the projected target map
-(docs/theory.md §3, §8).
+(docs/theory.md §3.1, §8).
 
-Through the loss drop a neuron reaches the boundary ``z_is = 0`` of a sample and slides along it
-(docs/theory.md §8), so it need not sit in an open cell. A **face** is a pair ``(g, S)`` of
-disjoint sets of samples, the active ones and the ones on their boundary:
+A face ``(g, S)`` holds the directions active on g, on their boundary on S and inactive on the
+other samples (``S = ∅``: the open cells). A neuron in it moves along the projected target
 
-    F(g, S) = {w : w·x_s > 0 (s ∈ g),  w·x_s = 0 (s ∈ S),  w·x_s < 0 (all other s)};
+    λ* = argmin_{λ ∈ [0,1]^S} ‖S(g) + Σ_{s∈S} λ_s ỹ_s x_s‖²,
+    P_κ(g, S) = κ (S(g) + Σ_{s∈S} λ*_s ỹ_s x_s),         S(g) = Σ_{s∈g} ỹ_s x_s,      (3.1)
 
-``S = ∅`` gives the open cells of §3. With a trained bias the same holds for θ = (w, b) and the
-inputs x̃_s = (x_s, 1) (`face_inputs`).
-
-**The projected target.** Under the phase-1 dynamics of §3 (p ≈ ½, r_s ≈ (ỹ_s/2)(−1, 1)) the
-jump coefficients of §8 are ``c_is = (v_i·r_s)/N = −κ ỹ_s (v_i1 − v_i2)/(2N)`` with
-``κ = sign(v_i1 − v_i2)``: one positive factor times ``−κ ỹ_s``, before v̂_i has even aligned.
-Problem (8.1) at a point of F(g, S) is then, up to that factor,
-
-    λ* = argmin_{λ ∈ [0,1]^S} ‖S(g) + Σ_{s∈S} λ_s ỹ_s x_s‖²,                          (F.1)
-    P_κ(g, S) = κ (S(g) + Σ_{s∈S} λ*_s ỹ_s x_s),         S(g) = Σ_{s∈g} ỹ_s x_s,
-
-and the incoming weights move along ``+P``: the minimal-norm velocity, the same at every point
-of the face. (F.1) is the box QP ``M_kl = ỹ_k ỹ_l x_k·x_l``, ``q_k = ỹ_k x_k·S(g)`` solved by
-`gflow._sliding.box_qp`, the sliding solver's per-neuron problem. λ* does not depend on κ, so
-``P_{−κ} = −P_κ``; for ``S = ∅``, ``P/‖P‖`` is the cell's target T_κ(g) (Lemma 3.4).
-
-**Stable face.** ``(g, S)`` is stable for κ iff
-
-(a) every s ∈ S attracts: ``κ ỹ_s = −1``, i.e. ``c_is > 0`` (only such pairs slide, §8);
-(b) every ``λ*_s`` lies strictly inside (0, 1): the velocity is orthogonal to x_s, the pair slides;
-(c) P lies in the face's closed cone: ``P·x_s ≥ 0`` on g and ``≤ 0`` off g ∪ S (on S it is 0).
-
-Then a neuron at ``w_0 ∈ F(g, S)`` moves along ``w(t) = w_0 + k(t) P`` with k increasing (the
-velocity is P wherever it is in the face), which stays in F(g, S) (a relatively open convex cone
-plus a point of its closure), and ``ŵ → P/‖P‖``: the face's target. For ``S = ∅`` this is the
-stable cell of Definition 3.5. Signs are judged against ``τ_s = γ·‖P‖·‖x_s‖`` with γ the
-rounding of a dot product of D + K terms (`boundary_tolerance`): within τ_s a sample counts as
-on its boundary.
-
-**The face map** Φ_κ (Algorithm 1 on faces). The open-cell map ``g ↦ gate(T_κ(g))`` jumps to the
-target; Φ_κ(g, S) jumps to P. A sample whose side P changes (by more than τ_s) flips, unless it
-attracts: the attracting samples that flip and the samples of S become *candidates*, put on
-their boundary; (F.1) over the candidates, with the flipped gates elsewhere, decides each one
-(λ* = 1 active, 0 inactive, strictly between: sliding, the new S), as the sliding solver's step
-decides its candidates. Repelling samples in S (``κ ỹ_s = +1``) are released first, inactive
-(the closed kink ``relu'(0) = 0``). Φ_κ(g, S) = (g, S) iff (g, S) is stable: with (a)–(c) no
-sample flips and (F.1) returns the same interior λ*; conversely a flip of a non-attracting sample
-changes g, and an attracting sample s that P pushes across would get the multiplier
-``ỹ_s x_s·P_κ`` of the wrong sign at its old bound, so nothing flips and (b) must hold.
-
-At most ``capacity`` (K) candidates per face: with more, S and the flips nearest their boundary
-(smallest ``|P·x_s|/‖x_s‖``) are kept and the others flip as in the open-cell map; the face's
-``overflow`` flag says so, and an overflowing face is never reported stable.
-
-All functions are pure and jittable (``capacity`` static); rows are faces: ``active`` and
-``sliding`` are ``bool [M, N]``, ``kappa`` is ±1 per row or one scalar.
+problem (3.1) of docs/theory.md. The face is stable for κ iff (a) every s ∈ S attracts, (b)
+every λ*_s lies strictly inside (0, 1), (c) P lies in the face's closed cone; the face map Φ_κ
+fixes exactly the stable faces. Derivation, tolerances, the face map and its capacity K:
+docs/theory.md §3.1. All functions are pure and jittable (``capacity`` static); rows are faces:
+``active`` and ``sliding`` are ``bool [M, N]``, ``kappa`` is ±1 per row or one scalar.
 """
 
 from __future__ import annotations
@@ -91,7 +50,7 @@ def attracting(kappa: ArrayLike, signed_labels: ArrayLike) -> jax.Array:
 def boundary_tolerance(target: jax.Array, x: jax.Array, capacity: int) -> jax.Array:
     """``τ_s = (D + K + 2) ε ‖P‖ ‖x_s‖`` ``[M, N]``: the rounding bound γ_{D+K} of ``P·x_s``
     (D products, and the K sliding terms that cancel on the boundary); within it a sample counts
-    as on its boundary (module doc)."""
+    as on its boundary (docs/theory.md §3.1)."""
     n_terms = x.shape[1] + capacity + 2
     eps = jnp.finfo(x.dtype).eps
     norm_p = jnp.sqrt(jnp.sum(target * target, axis=1))
@@ -100,7 +59,7 @@ def boundary_tolerance(target: jax.Array, x: jax.Array, capacity: int) -> jax.Ar
 
 
 class FaceProjection(NamedTuple):
-    """Problem (F.1) of each face (module doc).
+    """Problem (3.1) of each face (docs/theory.md §3.1).
 
     Attributes:
         target: ``[M, D]`` the projected target P_κ(g, S) (not normalised: the velocity up to one
@@ -127,7 +86,7 @@ def _rows(kappa: ArrayLike, m: int, dtype) -> jax.Array:
 
 
 def _solve_faces(base, index, valid, kappa, x, signed_labels) -> FaceProjection:
-    """(F.1) for active samples ``base`` and the samples ``index`` (``valid`` slots) on their
+    """(3.1) for active samples ``base`` and the samples ``index`` (``valid`` slots) on their
     boundary."""
     dtype = x.dtype
     m, k = index.shape
@@ -172,7 +131,7 @@ def project_targets(
     *,
     capacity: int = DEFAULT_CAPACITY,
 ) -> FaceProjection:
-    """The projected target ``P_κ(g, S)`` of each face, eq. (F.1) (module doc, docs/theory.md §8).
+    """The projected target ``P_κ(g, S)`` of each face, eq. (3.1) (docs/theory.md §3.1, §8).
 
     Args:
         active, sliding: ``bool [M, N]`` g and S (a sample in both counts as sliding).
@@ -195,7 +154,7 @@ def project_targets(
 
 
 class FaceTest(NamedTuple):
-    """The stable-face criterion (a)–(c) of the module doc, per face.
+    """The stable-face criterion (a)–(c) of docs/theory.md §3.1, per face.
 
     Attributes:
         stable: ``bool [M]`` (a), (b) and (c) hold and S fits the capacity.
@@ -213,7 +172,8 @@ class FaceTest(NamedTuple):
 
 
 class FaceStep(NamedTuple):
-    """One step of the face map Φ_κ (module doc), and the criterion at the face it starts from.
+    """One step of the face map Φ_κ (docs/theory.md §3.1), and the criterion at the face it starts
+    from.
 
     Attributes:
         active, sliding: ``bool [M, N]`` the image face (g', S').
@@ -240,9 +200,9 @@ def face_step(
     capacity: int = DEFAULT_CAPACITY,
 ) -> FaceStep:
     """One step of the face map ``Φ_κ(g, S) = (g', S')`` and the stable-face test of (g, S)
-    (module doc, docs/theory.md §3, §8). Arguments as `project_targets`.
+    (docs/theory.md §3.1, §8). Arguments as `project_targets`.
 
-    Two problems (F.1): at (g, S), which gives P, criterion (a)–(c), and the samples P moves
+    Two problems (3.1): at (g, S), which gives P, criterion (a)–(c), and the samples P moves
     across; then over the candidates (S and the attracting samples that flip) with the flipped
     gates elsewhere, which decides each candidate. Both run as one ``lax.scan`` body, so the
     compiled program holds one box QP (its compile time grows with K).
@@ -313,8 +273,8 @@ def stable_face_test(
     *,
     capacity: int = DEFAULT_CAPACITY,
 ) -> FaceTest:
-    """Whether each face ``(g, S)`` is stable for κ: conditions (a)–(c) of the module doc
-    (docs/theory.md §3, §8). Arguments as `project_targets`; computed by `face_step`."""
+    """Whether each face ``(g, S)`` is stable for κ: conditions (a)–(c) of docs/theory.md
+    §3.1 (and §8). Arguments as `project_targets`; computed by `face_step`."""
     return face_step(active, sliding, kappa, x, signed_labels, capacity=capacity).test
 
 
@@ -327,8 +287,8 @@ def map_faces(
     *,
     capacity: int = DEFAULT_CAPACITY,
 ) -> FaceStep:
-    """One step of the face map ``Φ_κ(g, S) = (g', S')`` (module doc, docs/theory.md §3, §8):
+    """One step of the face map ``Φ_κ(g, S) = (g', S')`` (docs/theory.md §3.1, §8):
     jump to ``P_κ(g, S)``; the samples it moves across flip, the attracting ones and S are decided
-    by (F.1). Its fixed points are the stable faces. Arguments as `project_targets`; the same
+    by (3.1). Its fixed points are the stable faces. Arguments as `project_targets`; the same
     compiled program as `face_step`."""
     return face_step(active, sliding, kappa, x, signed_labels, capacity=capacity)

@@ -74,7 +74,7 @@ class FlowConfig:
         solver: one of ``tsit5`` (default), ``dopri5``, ``dopri8``, ``bosh3``, ``heun``,
             ``ralston``, ``midpoint`` (explicit), ``euler`` (fixed step only), or the implicit
             ``gauss1`` (implicit midpoint, order 2) and ``gauss2`` (2-stage Gauss–Legendre,
-            order 4), which conserve the balance exactly (see `gflow._gauss`), or ``sliding``:
+            order 4), which conserve the balance exactly (docs/numerics.md §1.2), or ``sliding``:
             the sliding-mode integrator of the nonsmooth flow (`gflow._sliding`; constant steps
             ``dt0``, two gradients per step, exact sliding along gate boundaries, balance to
             rounding).
@@ -202,7 +202,8 @@ def gated_loss(params: Params, gates: jax.Array, x: jax.Array, y: jax.Array) -> 
 
     Equal to `loss` when ``gates = gating_pattern(params, x)``. For any fixed g the output is
     unchanged by ``(w_i, b_i, v_i) → (c w_i, c b_i, v_i / c)``, so ``Q_i'·∇L_g = 0`` at every θ:
-    a Gauss–Legendre step with the gates held conserves every balance Q_i exactly (`gflow._gauss`).
+    a Gauss–Legendre step with the gates held conserves every balance Q_i exactly
+    (docs/numerics.md §1.2).
     """
     a = gates.astype(x.dtype) * preactivations(params, x)
     logp = jax.nn.log_softmax(a @ params.V, axis=-1)

@@ -1,59 +1,16 @@
 """Gauss–Legendre collocation for the gradient flow, as a diffrax solver (docs/theory.md §1, §2).
 
-Why an implicit method. The gradient field of docs/theory.md §1 jumps wherever a gate
-``g_i(s) = 1[w_i·x_s + b_i > 0]`` flips, and the flow crosses such hyperplanes thousands of times
-on its way through the loss drop (and may slide along them: a Filippov system). An explicit
-adaptive solver (Tsit5 + PID) reads every jump as a local error ``~h·|Δf|`` and shrinks its
-step until that is below tolerance: it crawls at ``h·λ_max(∇²L) ≈ 0.05``, limited by the jumps,
-not by stability. Its balance drift (docs/theory.md §2) is proportional to its local error.
+An s-stage method with step h and tableau ``(A, b, c)`` solves for stage values
 
-An s-stage Gauss–Legendre method with step h and tableau ``(A, b, c)`` solves for stage values
+    Y_j = y_0 + h Σ_l a_jl f(Y_l),   j = 1..s,        y_1 = y_0 + h Σ_j b_j f(Y_j)
 
-    Y_j = y_0 + h Σ_l a_jl f(Y_l),   j = 1..s,        y_1 = y_0 + h Σ_j b_j f(Y_j).
-
-s = 1 is the implicit midpoint rule (order 2: ``Y = (y_0 + y_1)/2``); s = 2 has order 4 on smooth
-pieces (``c = ½ ∓ √3/6``, ``A = [[¼, ¼ − √3/6], [¼ + √3/6, ¼]]``, ``b = (½, ½)``).
-
-Exact balance. Each sample's term of the network output, ``v_i g_i(s) (w_i·x_s + b_i)``, is
-unchanged by ``(w_i, b_i, v_i) → (c w_i, c b_i, v_i / c)`` for any *fixed* gate values g, so the
-field ``f_g = −∇L_g`` of the network with frozen gates satisfies ``Q_i'(θ)·f_g(θ) = 0`` at every θ
-and for every g; the true field is ``f = f_{g(θ)}``. ``Q_i = ‖w_i‖² + b_i² − ‖v_i‖²`` is
-quadratic, and Gauss methods (``b_i a_ij + b_j a_ji = b_i b_j``) conserve every quadratic first
-integral for any step size, using only ``Q'(Y_j)·f(Y_j) = 0`` at the stages. For the midpoint
-rule: ``Q(y_1) − Q(y_0) = (y_1 − y_0)ᵀ A_Q (y_1 + y_0) = 2h f(Y)ᵀ A_Q Y = 0``. The drift is then
-set by the residual of the stage equations and by rounding, not by the step.
-
-Gates within a step. With a discontinuous f the stage equations may have no solution (a stage
-on a hyperplane that the flow slides along), and fixed-point iteration stalls at a residual
-``~h|Δf|``. Holding the gates at the predicted stage's, or re-solving with the solution's own,
-makes the discrete flow chatter across such hyperplanes with a biased duty cycle (measured on
-CIFAR N = 200, d = 50: the largest neurons' directions off by 1–5 % after the loss drop at
-h = 0.25–0.5, about 6× the error of what follows). Given a `GatedField`, each stage gets, once
-per step and from the predicted stage, a band of width ``δ ∝ h`` around each gate hyperplane;
-inside it the gate is the ramp ``½ + z/δ`` of the stage's own pre-activation z (a Filippov convex
-combination), outside it the ReLU gate. The field is then Lipschitz in the stage, the stage
-equations always have a solution, a crossing inside the step is weighted by the part of the step
-spent active, and sliding gates (several samples pinning one neuron) settle together on their
-sliding values. Gate values enter the gradient as constants, so Q stays exact whatever they are.
-
-Stage solve. Fixed-point iteration ``Z ← h A f(y_0 + Z)`` on the stage increments costs s
-gradient evaluations per sweep and no Jacobian, and contracts when ``h ρ(A) λ_max(∇²L) < 1``
-(ρ(A) = ½ for midpoint, ≈ 0.29 for s = 2), the same kind of limit as GD's ``η < 2/λ_max``.
-Anderson acceleration (memory m; Walker & Ni, SIAM J. Numer. Anal. 49, 2011) is a least-squares
-secant method on the last m residual differences: it handles the few stiff directions of the
-loss Hessian beyond that limit. The first guess extrapolates the previous step's stage
-derivatives linearly in time (O(h²) per derivative); corrector minus predictor,
-``h Σ b_j (K_j − K_j^pred)`` (O(h³), Milne's device), is the local-error estimate handed to an
-adaptive controller. The stage equations count as solved when every component of the residual
-is within ``stage_atol + stage_rtol·|y_0|`` (or a magnitude the `GatedField` defines; max
-norm: one component cannot hide in an average).
-A stage solve that does not converge within ``max_iterations`` sweeps returns an infinite error
-estimate (an adaptive controller rejects the step and shrinks it) and the result
-``nonlinear_divergence``; `SaveTimeStepSize` then retries the step at half length (the
-solve stops only when that fails too, at ``dt/64``).
-
-Saved states should be step end points (`SaveTimeStepSize`, or ``ClipStepSizeController``'s
-``step_ts`` when adaptive): the linear interpolation between steps does not conserve Q.
+(s = 1: the implicit midpoint rule, order 2; s = 2: order 4 on smooth pieces). Every balance
+``Q_i`` is conserved for any step size, since each frozen-gate field ``f_g`` has
+``Q_i'·f_g = 0``; given a `GatedField`, each stage's gates are ramps in a band ``δ ∝ h`` around
+their hyperplanes, fixed once per step from the predicted stage; the stages are solved by
+Anderson-accelerated fixed-point iteration. Why an implicit method, the exact balance, the gates
+within a step and the stage solve: docs/numerics.md §1. Saved states should be step end points
+(`SaveTimeStepSize`): the linear interpolation between steps does not conserve Q.
 """
 
 from __future__ import annotations
@@ -142,7 +99,8 @@ class GaussLegendre(diffrax.AbstractAdaptiveSolver):
         max_iterations: stage-solve sweeps per step (each costs ``stages`` evaluations).
         anderson_memory: residual differences kept by Anderson acceleration (0: plain
             fixed-point iteration).
-        gated: optional `GatedField`: hold its gates fixed within each step (module doc).
+        gated: optional `GatedField`: hold its gates fixed within each step (docs/numerics.md
+            §1.3).
 
     Example:
         >>> solver = GaussLegendre(stages=2)

@@ -1,27 +1,12 @@
 """Iterative magnitude pruning with rewinding: lottery tickets (Frankle & Carbin 2019;
 docs/theory.md §6).
 
-Semantics (those of open_lth's ``sparse_global`` strategy and its branches):
-
-* **Prunable weights** are the entries of W and V. Biases are never pruned (the convention of
-  Frankle & Carbin and open_lth); a neuron whose whole row of W is pruned still has b_i.
-* **One round** trains under the current mask, then prunes globally (W and V pooled) the
-  weights with the smallest |θ| among those still alive, rewinds the survivors to their values
-  at the rewinding step k (k = 0: the initialisation), and retrains under the new mask.
-* **Schedule.** R rounds reach the target sparsity s; each prunes the fraction
-  q = 1 − (1−s)^{1/R} of the remaining weights. Counts are integers: after round r exactly
-  round(n·(1 − (1−s)^{r/R})) of the n prunable weights are pruned, so the sparsity after the
-  last round is round(n·s)/n exactly. Ties in |θ| are broken by position (stable sort).
-* **Masked training.** SGD with momentum (optax), the mask applied to the gradient, to the
-  update and to the parameters every step, so pruned weights stay exactly 0 and their momentum
-  stays 0. The optimiser state is reset at the rewinding point; the mini-batch order of steps
-  k, k+1, ... is the same in every round (same key).
-* **Controls** (open_lth branches): random pruning (each tensor's IMP mask shuffled, which keeps
-  the per-tensor sparsity) trained from the same rewound weights, and random reinitialisation
-  (fresh N(0, σ²) weights under the IMP mask).
-
-Masks are `Params` of booleans with the parameters' shapes, so everything runs inside one jit
-with fixed shapes and vmaps over seeds, target sparsities or learning rates.
+Each round trains under the current mask, prunes globally (W and V pooled, biases never) the
+alive weights of smallest |θ|, rewinds the survivors to their values at step k and retrains; R
+rounds reach sparsity s, each pruning the fraction ``q = 1 − (1−s)^{1/R}`` of the remaining
+weights. Controls: random pruning and random reinitialisation. Masks are `Params` of booleans,
+so everything runs inside one jit and vmaps over seeds, sparsities or learning rates. Semantics
+(open_lth's ``sparse_global``), integer counts and masked training: docs/numerics.md §4.
 """
 
 from __future__ import annotations
@@ -386,7 +371,7 @@ def imp(
     controls: bool = True,
     throw: bool = True,
 ) -> IMPResult:
-    """Iterative magnitude pruning with rewinding and its two control branches (module docstring).
+    """Iterative magnitude pruning with rewinding and its control branches (docs/numerics.md §4).
 
     Args:
         params0: initial dense `Params` θ_0.

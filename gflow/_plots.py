@@ -1,22 +1,10 @@
 """Figures of recorded trajectories and of run folders, as plain functions of NumPy arrays.
 
-Every function draws one PNG with matplotlib's Agg canvas (no pyplot, no global backend
-change, no display needed), writes it atomically (`gflow._runs.write_bytes_atomic`) and returns
-the path. Inputs are the arrays a `gflow.Trajectory` or a loaded run folder holds: a time grid
-``t [T]`` and per-neuron series ``[T, d]`` (time first).
-
-Figures (docs/theory.md §1, §2, §4, §5, §7):
-
-* `plot_norms`: P_i = ‖w_i‖‖v_i‖ against t on a log scale, one panel per seed — exponential
-  unlocking (§4) shows as straight lines, the race (§5) as a few lines pulling away.
-* `plot_cos_delta`: cos δ_i = cos ∠(w_i, e_i) against t — silent alignment (§2, §3).
-* `plot_loss`: training loss (and test loss, accuracies) against t, one colour per seed.
-* `plot_overlay`: ODE against SGD/GD on the flow-time axis t = k·η/(1−β) (§1).
-* `plot_final_vs_early`: final P_i against early cos δ_i (the paper's figure 4, §7).
-* `plot_settings`: loss-drop time and final loss against the swept hyper-parameter.
-
-`draw_run_figures` and `write_outputs` draw all of them for a run folder (`gflow._runs`), whose
-module never imports this one (figures depend on runs, not the reverse).
+Every function draws one PNG with matplotlib's Agg canvas (no pyplot, no display needed), writes
+it atomically and returns the path; inputs are a time grid ``t [T]`` and per-neuron series
+``[T, d]``. `plot_norms`, `plot_cos_delta`, `plot_loss`, `plot_overlay`, `plot_final_vs_early`
+and `plot_settings`, with the theory each shows: docs/numerics.md §8. `draw_run_figures` and
+`write_outputs` draw all of them for a run folder.
 
 Example:
     >>> import numpy as np

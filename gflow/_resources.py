@@ -1,23 +1,10 @@
 """Memory a run or sweep will need, estimated before anything is allocated or compiled.
 
-A sweep (`gflow._sweep`) holds, at its peak, roughly the sum of:
-
-* **data**: the ``[N + N_test, D]`` inputs, as the float32 `gflow.Dataset` on the host and as
-  one copy of the simulation dtype per device;
-* **program**: one chunk of ``C`` members in the compiled program. Per member: its parameters
-  ``θ = (W [d, D], b [d], V [d, 2])``, a few parameter-sized buffers of the trainer (gradient,
-  momentum, snapshots; the stages of the ODE solver), the ``[d, N + N_test]`` activations of
-  the forward and backward passes, and its records;
-* **results**: the records and final parameters of every member, ``points × seeds`` of them,
-  which the finished sweep reads back (`gflow.load_run`);
-* **bookkeeping**: the seeds as Python integers and per-member inputs, and the flow-time grid.
-
-A record (one time point of `gflow.Observables`) holds 13 values per neuron and 4 scalars, so
-``T`` records of a width-``d`` network take about ``T·(13·d + 4)`` numbers. The estimate is an
-upper bound of the right order (within a small factor), not a measurement: its purpose is to
-refuse, in one line and before any work, a request that cannot fit (``--seeds 0:2000000000``,
-``--steps 1000000000000``, ``--width 100000000``) instead of failing with ``MemoryError`` or
-compiling for minutes.
+A sweep's peak is roughly the sum of its data, one chunk of members in the compiled program, the
+records and final parameters of every member, and bookkeeping; ``T`` records of a width-``d``
+network take about ``T·(13·d + 4)`` numbers. The estimate is an upper bound of the right order,
+made to refuse in one line, before any work, a request that cannot fit. Each term:
+docs/numerics.md §7.
 
 Example:
     >>> from gflow._config import RunConfig
@@ -156,7 +143,7 @@ def sweep_memory(
     config: RunConfig, *, n_samples: int, dim: int, n_test: int, num_devices: int = 1
 ) -> MemoryEstimate:
     """Estimate the peak memory of `gflow._sweep.sweep` (``config`` on N samples of dimension
-    D, ``n_test`` held out, members split over ``num_devices``); see the module docstring.
+    D, ``n_test`` held out, members split over ``num_devices``); see docs/numerics.md §7.
 
     Reads only sizes from ``config`` (no seed list, time grid or array is built).
     """

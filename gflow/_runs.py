@@ -1,40 +1,12 @@
 """Run folders: what a run or sweep leaves on disk, written so that nothing is lost, and read back.
 
-Layout of a run folder::
-
-    config.json          the resolved `RunConfig` (every key; None where it does not apply)
-    axes.json            the plan: hyper-parameter points, seeds, member order, seed chunks,
-                         and for every stored field its axes, per-run shape and dtype
-    t.npy                flow time of each record, [point, time] (t = k·η/(1−β) for SGD/GD)
-    manifest.json        versions (gflow, jax, jaxlib, optax, diffrax, ...), backend, devices,
-                         dtype, seeds, dataset fingerprint, the folder's ``state`` (running,
-                         finished, interrupted, failed), invocations (command line, writer,
-                         start/end timestamps, state, compile and per-chunk timings)
-    gflow.lock           held (``flock``) by the one process writing the folder (`lock_folder`)
-    chunks/chunk-00000/  one folder per finished chunk of runs ("members"):
-        <field>.npy          observables [member, time(, neuron)] (`gflow.Observables` names)
-        status.npy           status per member (0 ok, 1 max steps, 2 solver failed, 3 non-finite,
-                             4 sliding overflow, 5 dead network)
-        num_steps.npy        solver or optimiser steps per member
-        params_final.npz     final W [member, neuron, input], b, V
-        checksums.json       SHA-256 of every file above, recorded when it was written
-    summary.json         per-point numbers of `summarize` (finished, successful runs only)
-    figures/*.png        `gflow._plots` figures
-    report.md            the figures and numbers, readable on its own
-
-Members are the runs of the sweep, point-major: member ``m = point · S + seed_index``. A chunk
-is a fixed number of consecutive members (the last one padded inside the computation), so one
-compiled program serves them all.
-
-Nothing is ever half-written: every file goes to a temporary name in its own folder and is
-moved into place with ``os.replace``; a chunk is assembled in a hidden ``chunks/.partial-*``
-folder and renamed to ``chunks/chunk-NNNNN`` only when complete. A killed sweep therefore
-leaves only whole chunks, and ``--resume`` continues after them.
-
-Nothing is read back unchecked: every chunk file must match the SHA-256 recorded in its chunk's
-``checksums.json`` and the shape and dtype that ``axes.json`` gives it, and the field names of
-``axes.json`` must be plain identifiers (no path can leave the folder). A corrupt chunk is
-named in a ``ValueError``; ``--resume`` recomputes it.
+A run folder holds ``config.json`` (the resolved `RunConfig`), ``axes.json`` (the plan and every
+field's axes, shape and dtype), ``t.npy``, ``manifest.json``, the lock ``gflow.lock``, one
+``chunks/chunk-NNNNN/`` folder per finished chunk of members (``m = point · S + seed_index``)
+with its ``checksums.json`` (SHA-256), ``summary.json``, ``figures/`` and ``report.md``. Every
+file is written atomically (``os.replace``); every chunk read back is checked against its
+checksums and ``axes.json``. Layout, lock, checksums, resume and status codes:
+docs/run_folders.md.
 
 Example:
     >>> run = load_run("gflow-out/sweep")  # doctest: +SKIP

@@ -1,55 +1,16 @@
 """A sliding-mode (Filippov) integrator of the ReLU gradient flow (docs/theory.md §8, §8.1).
 
-The field ``−∇L`` jumps across the hyperplanes ``z_is = w_i·x_s + b_i = 0``. Across one of them
-only neuron i's incoming block ``θ_i = (w_i, b_i)`` sees the jump: the term of sample s changes
-by ``c_is x̃_s`` with ``x̃_s = (x_s, 1)`` and ``c_is = (v_i·r_s)/N``. The Filippov velocity is the
-minimal-norm element of ``−∂L``; it splits into one small problem per neuron,
+The Filippov velocity is the minimal-norm element of ``−∂L``; it splits into one problem per
+neuron over its candidate pairs ``S_i`` (``x̃_s = (x_s, 1)``, ``c_is = (v_i·r_s)/N``),
 
-    min_λ ‖G_i + Σ_{s∈S_i} λ_s c_is x̃_s‖²,   λ ∈ [0, 1]^{|S_i|}                (1)
+    min_λ ‖G_i + Σ_{s∈S_i} λ_s c_is x̃_s‖²,   λ ∈ [0, 1]^{|S_i|}                (8.1)
 
-with ``G_i`` the gradient of θ_i with the gates of the candidate pairs ``S_i`` set to 0. A
-``λ_s`` strictly inside (0, 1) is a pair that *slides*: the velocity is orthogonal to ``x̃_s``,
-so ``z_is`` stays 0. A ``λ_s`` at a bound is a pair that leaves (or crosses) its boundary on
-that bound's side. Sliding needs ``c_is > 0`` (activating sample s would raise the loss: the
-kink of L points up, L is locally the maximum of its two C² pieces and the flow is unique);
-pairs with ``c_is ≤ 0`` repel or are crossed.
-
-While the sliding set is fixed, each constraint ``x̃_s·θ_i = 0`` is linear in θ_i, so the
-sliding motion is the smooth ODE ``θ̇_i = −Π_i ∇_{θ_i} L_g(θ)`` with a *constant* orthogonal
-projection ``Π_i`` onto ``{x̃_s : s sliding}^⊥`` and the gates g frozen. One step of length h:
-
-1. one gradient at θ_n (gates g_n, sliding pairs off): the jump coefficients ``c``, the
-   pre-activation rates ``ż`` and the outgoing gradient;
-2. candidates per neuron: the pairs sliding now, and those with ``c > 0`` whose z reaches 0
-   within the step along the linear predictor ``z + τ h ż``; at most K per neuron (a static
-   ``capacity``), more is an overflow, reported and never silent;
-3. problem (1) for every neuron at once (`box_qp`, vmapped), giving the Filippov velocity at
-   θ_n with every candidate on its boundary, and the new sliding set;
-4. Heun with the sliding set frozen: predictor ``θ* = θ_n + h f_1``, one gradient at θ*, and
-   ``θ_{n+1} = θ_n + (h/2)(f_1 + f_2)``, both stages projected by Π and the result projected
-   exactly back onto ``z_is = 0`` for the sliding pairs (an orthogonal projection of θ_i onto a
-   linear subspace, done in the same GEMM as the update);
-5. a pair that crosses inside the step gets the fraction of the step it spends active, first
-   from the linear interpolation of its z between θ_n and θ* (or, for a candidate, from its
-   time of arrival at the boundary and its side after it), in both stages; then again from the
-   quadratic through z_n, that rate and z_{n+1} of its smooth continuation, so that each event
-   time errs by O(h³); Heun's second activation in the outgoing update is z_{n+1}, or for a
-   pair with an event the value that integrates its activation over its active part exactly,
-   and for the neuron's other pairs it is corrected for the kink the event puts into their z;
-6. problem (1) again with the crossing pairs' gates flipped gives the sliding set at the
-   step's end; a pair of it whose λ, solved again at θ*, leaves [0, 1] exits smoothly inside the
-   step (`_smooth_exits`); a pair it releases because of an event of its neuron in the step
-   (an arrival or a crossing: the field jumps there) is held on its boundary until that
-   event's time, then moves at its free rate, so that such a release also costs only O(h²);
-7. each neuron is rescaled along its orbit ``(c w_i, c b_i, v_i/c)`` back to its initial
-   balance (`gflow._projection`): the function, the gates and the constraints are unchanged,
-   the balance drift is rounding.
-
-Two gradients per step (and three Gram products: z_{n+1} in two passes, the kinks); the
-per-neuron problems are K×K and cost no gradient. The loop is a
-``lax`` loop of our own rather than a diffrax solver: the sliding set is discrete state (diffrax
-would interpolate it), steps are constant and land on every save time, and the records the
-solver keeps (sliding pairs per neuron, crossings, overflow) come out of the same loop.
+where a ``λ_s`` strictly inside (0, 1) is a pair that slides (``z_is`` stays 0). While the
+sliding set is fixed the motion is the smooth ODE ``θ̇_i = −Π_i ∇_{θ_i} L_g(θ)`` with a constant
+projection ``Π_i``; a step of length h is Heun's method on it, with the events (crossings,
+arrivals, exits) placed inside the step, then a balance rescaling: second order, two gradients
+per step. The algorithm (steps 1–7), why it is second order, and why a ``lax`` loop of its own
+rather than a diffrax solver: docs/theory.md §8.1.
 """
 
 from __future__ import annotations
@@ -339,7 +300,7 @@ def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
-    """Problem (1) of every neuron for the candidate pairs ``idx`` ``[d, K]`` (``valid`` marks
+    """Problem (8.1) of every neuron for the candidate pairs ``idx`` ``[d, K]`` (``valid`` marks
     the real ones), each on its boundary; also returns their ``c``, whether they are active
     now, and their Gram block ``[d, K, K]``.
 
@@ -368,7 +329,7 @@ def sliding_step(
     capacity: int,
     output_loss: Callable = logit_loss,
 ) -> tuple[SlidingState, StepReport]:
-    """One step of the sliding integrator (module doc, steps 1–7); ``q_ref`` ``[d]`` is the
+    """One step of the sliding integrator (docs/theory.md §8.1, steps 1–7); ``q_ref`` ``[d]`` is the
     balance each neuron is projected back to."""
     p, sliding = state
     x, y, gram = geom
@@ -384,7 +345,7 @@ def sliding_step(
     grad_v0 = (g0 * z0).T @ grad_o0
     z_dot = -_gram_times(geom, g0 * c0)
 
-    # 2. Candidates. First the pairs sliding now, alone: their problem (1) gives the velocity
+    # 2. Candidates. First the pairs sliding now, alone: their problem (8.1) gives the velocity
     # the flow has before any new pair arrives, and so each pair's rate on its present side
     # (own gate included): the arrival time of a pair heading to its boundary is exact to O(h²).
     active = g0 > 0
@@ -402,7 +363,7 @@ def sliding_step(
     valid = jnp.isfinite(neg_score)
     overflow = jnp.any(jnp.sum(candidate, axis=0) > capacity)
 
-    # 3. Problem (1) per neuron, with every candidate on its boundary: the mode after the
+    # 3. Problem (8.1) per neuron, with every candidate on its boundary: the mode after the
     # candidates' arrivals, which drives the predictor.
     at_start = _pick(sliding.T, idx) & valid  # candidates sliding at θ_n
     lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q = _neuron_problems(
@@ -432,7 +393,7 @@ def sliding_step(
     v_star = p.V - h * grad_v0
 
     # Crossings of the other pairs (from the linear interpolation of z between θ_n and θ*) also
-    # change problem (1): solved again with their gates flipped, it gives the mode at the end
+    # change problem (8.1): solved again with their gates flipped, it gives the mode at the end
     # of the step. A pair sliding at θ_n that this mode releases was released by the neuron's
     # first event in the step (an arrival or a crossing: the field jumps there), so it stays on
     # its boundary until then: without this, a release caused by an event is a first-order error.

@@ -1,51 +1,11 @@
 """Sweeps: seeds × hyper-parameters in one compiled program, chunked, sharded and resumable.
 
 A sweep runs every hyper-parameter point (the product σ × η × β of a `RunConfig`) for every
-seed. Each run ("member") is one trainer call (`gflow.train_sgd`, `gflow.train_gd` or
-`gflow.gradient_flow`) from ``init_params(key(seed), d, D, σ)``; the seed also fixes the SGD
-batch order, so a seed means the same initial weights at every point of the sweep.
-
-How the work is laid out:
-
-* **One program.** Members are taken point-major (``m = point·S + seed_index``) and cut into
-  chunks of ``chunk_size`` consecutive members. A chunk is one call of one jitted,
-  ``jax.vmap``-ed function of ``(seed, σ, η, β)`` arrays: the hyper-parameters are traced
-  values, so every chunk of every point reuses the same compilation (compiled ahead of time,
-  once; the last chunk is padded with copies of its last member, which are dropped).
-* **Equal flow time.** SGD/GD settings with a fixed step count end at different flow times
-  t = kη/(1−β); ``sweep(..., t_end=T)`` gives each point k = T(1−β)/η steps instead
-  (`steps_to_flow_time`, docs/theory.md §1), one compiled program per step count.
-* **Bounded memory.** Only one chunk's trajectories exist at a time; each finished chunk is
-  written to the run folder (`gflow._runs`) and released, however many seeds.
-* **Sharded.** The member axis is split over all local devices with a ``jax.sharding.Mesh`` of
-  one axis named ``'seed'`` (``NamedSharding(mesh, PartitionSpec('seed'))``; the data are
-  replicated), so the chunk size is rounded up to a multiple of the device count.
-* **Failures are values.** A member whose parameters become NaN/inf (status NON_FINITE) or
-  whose ODE solve fails (SOLVER_FAILED, MAX_STEPS_REACHED) is marked in ``status.npy`` and
-  left out of every summary; the other members of its chunk are unaffected.
-* **Resumable and reproducible.** Results depend only on the configuration, the data and the
-  seeds (no wall-clock or device-order randomness): rerunning gives identical numbers, and a
-  sweep killed at any moment continues with ``resume=True`` (``gflow sweep --resume``) from
-  its last finished chunk, to the same bits as an uninterrupted sweep.
-
-Several devices on one machine need nothing: all local devices are used. On CPU, XLA can
-pretend to have several (useful to test sharding)::
-
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 gflow sweep --seeds 0:64 ...
-
-Several machines (multi-host, one process per host, all processes run the same command and
-see the same output folder, e.g. a shared filesystem; process 0 writes the files)::
-
-    # on host i of n (i = 0 .. n-1), host0 reachable on port 1234 from all hosts:
-    gflow sweep --coordinator host0:1234 --num-processes n --process-id i \\
-        --seeds 0:1024 --sigma 1e-5,1e-4 --out /shared/sweep
-    # under SLURM or Open MPI the three values are detected:
-    srun gflow sweep --distributed --seeds 0:1024 --out /shared/sweep
-
-Both call ``jax.distributed.initialize(...)`` before any computation; the mesh then spans
-``jax.devices()`` of all hosts, each host feeds its own shards
-(``jax.make_array_from_callback``) and results are gathered with
-``jax.experimental.multihost_utils.process_allgather``.
+seed; each run ("member") is one trainer call from ``init_params(key(seed), d, D, σ)``. Members
+``m = point·S + seed_index`` are cut into chunks, each one call of one jitted, vmapped program
+sharded over the devices along the axis ``'seed'``; ``t_end=T`` gives each point
+``k = T(1−β)/η`` steps (docs/theory.md §1). How the work is laid out: docs/numerics.md §6; the
+run folder: docs/run_folders.md; several hosts: docs/multihost.md.
 
 Example:
     >>> ds = gflow.load_dataset("clusters", n_samples=64, dim=8)  # doctest: +SKIP

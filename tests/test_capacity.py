@@ -216,7 +216,7 @@ def test_logit_bound_holds_on_random_networks(seed, tau, weighting):
 def test_contribution_weighting_cancels_the_first_order_error():
     # One cluster of neurons at angle ~ε around a direction, outgoing weights parallel. Where every
     # member's gate agrees, relu is linear on the cluster: the contribution merge is then exact,
-    # while the norm merge errs by O(ε) (module docstring of gflow.capacity).
+    # while the norm merge errs by O(ε) (docs/theory.md §6).
     rng = np.random.default_rng(8)
     centre = rng.normal(size=6)
     offsets = rng.normal(size=(5, 6))

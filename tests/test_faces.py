@@ -2,8 +2,8 @@
 docs/theory.md §3, §8).
 
 Checked against closed forms (two samples whose open cells 2-cycle), brute-force enumeration of
-the box problem (F.1) and of the criterion on tiny problems, the open-cell map of
-`gflow.cells`, and the sliding solver's motion of neurons started in a face.
+the box problem (3.1) of docs/theory.md §3.1 and of the criterion on tiny problems, the open-cell
+map of `gflow.cells`, and the sliding solver's motion of neurons started in a face.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_open_cells_two_cycle_where_the_face_map_has_a_fixed_point():
 
 
 def brute_projection(base, sliding, kappa, x, ytil):
-    """Problem (F.1) by enumeration: every sample of S at 0, at 1 or free (the free ones by least
+    """Problem (3.1) by enumeration: every sample of S at 0, at 1 or free (the free ones by least
     squares), the feasible point of least norm; then criterion (a)–(c) with exact signs."""
     s_idx = np.flatnonzero(sliding)
     a = (ytil[s_idx, None] * x[s_idx]).T  # columns ỹ_s x_s
@@ -183,7 +183,7 @@ def test_projection_and_criterion_match_enumeration(tiny_faces):
     test = step.test
     stable = []
     for i in range(active.shape[0]):
-        # (F.1) as the sliding solver poses it drops repelling samples from S: compare like for like
+        # (3.1) as the sliding solver poses it drops repelling samples from S: compare like for like
         held = sliding[i] & (kappa[i] * ytil < 0)
         p, lam, s_idx, ok = brute_projection(active[i] & ~sliding[i], held, kappa[i], x, ytil)
         ok = ok and bool(np.all(~sliding[i] | held))
@@ -201,7 +201,7 @@ def test_projection_and_criterion_match_enumeration(tiny_faces):
     stable = np.array(stable)
     assert stable.sum() >= 5 and (~stable).sum() >= 5  # both outcomes are exercised
     assert sliding[stable].any()  # some stable faces slide
-    # Φ(f) = f exactly on the stable faces (the module's "iff"), a second implementation
+    # Φ(f) = f exactly on the stable faces (docs/theory.md §3.1's "iff"), a second implementation
     fixed = np.all(np.asarray(step.active) == active, axis=1) & np.all(
         np.asarray(step.sliding) == sliding, axis=1
     )
