@@ -5,7 +5,9 @@ time), constant steps h, h/2, h/4 of ``FlowConfig(solver="sliding")``; records e
 time, gradient evaluations, balance drift, sliding pairs and crossings, the self-convergence
 errors of P_i at t_end and over the trajectory, and perturbed starts (1e-12, 1e-8 relative)
 integrated at the finest step (or ``--perturb-step``). Writes ``results/sliding-cifar.json`` (or
-``--json``).
+``--json``), each run's arrays over time (``…-h{h}.npz``: P_i, loss, sliding pairs, crossings) and
+the figure (``.png``) of the loss, the largest P_i and the sliding-set size against t; with
+``--figure-only`` it redraws the figure from the arrays already written.
 
     python benchmarks/sliding_flow.py --dataset cifar:/path/to/cifar10.npz [--steps 0.5,0.25,0.125]
 """
@@ -25,6 +27,65 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import gflow  # noqa: E402
+
+
+def arrays_path(out: Path, h: float) -> Path:
+    """Where the run at step ``h`` keeps its per-time arrays (next to the JSON)."""
+    return out.with_name(f"{out.stem}-h{h:g}.npz")
+
+
+def save_arrays(path: Path, **arrays) -> None:
+    np.savez_compressed(path, **arrays)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def figure(path: Path, runs: dict[float, dict[str, np.ndarray]], top: int = 12) -> Path:
+    """Loss, the ``top`` largest P_i (at t_end of the finest step), the sliding-set size and the
+    gap between the P_i of successive steps against t, one line style per step h."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = sorted(runs, reverse=True)
+    finest = runs[steps[-1]]
+    largest = np.argsort(finest["P"][-1])[-top:]
+    fig = Figure(figsize=(18, 4.2), layout="constrained")
+    loss_ax, p_ax, s_ax, e_ax = fig.subplots(1, 4)
+    styles = [":", "--", "-", "-."]
+    for k, h in enumerate(steps):
+        r, ls = runs[h], styles[k % len(styles)]
+        loss_ax.plot(r["t"], r["loss"], ls, color="k", label=f"h = {h:g}")
+        p_ax.plot(r["t"], r["P"][:, largest], ls, lw=1)
+        p_ax.set_prop_cycle(None)
+        if "sliding" in r:
+            s_ax.plot(r["t"], r["sliding"], ls, color="k", label=f"h = {h:g}")
+    loss_ax.set(xlabel="t", ylabel="loss L(t)", title="loss")
+    p_ax.set(
+        xlabel="t",
+        ylabel=r"$P_i = \|w_i\|\,|v_i|$",
+        yscale="log",
+        title=f"the {top} largest $P_i$ at $t_{{end}}$",
+    )
+    s_ax.set(xlabel="t", ylabel="(neuron, sample) pairs", title="pairs sliding on their boundaries")
+    scale = np.max(np.abs(finest["P"]), axis=0)
+    for k, (a, b) in enumerate(zip(steps, steps[1:])):
+        gap = np.max(np.abs(runs[a]["P"] - runs[b]["P"]) / scale, axis=1)
+        e_ax.semilogy(
+            runs[a]["t"], gap, styles[k % len(styles)], color="k", label=f"h = {a:g} vs {b:g}"
+        )
+    e_ax.set(
+        xlabel="t",
+        ylabel=r"$\max_i |\Delta P_i(t)| / \max_t P_i$",
+        title="self-convergence of the $P_i$",
+    )
+    for ax in (loss_ax, s_ax, e_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path
 
 
 def run(
@@ -73,6 +134,14 @@ def run(
         traj, stats, seconds = solve(params0, h)
         obs = traj.observables
         P[h] = np.asarray(obs.P)
+        save_arrays(
+            arrays_path(out, h),
+            t=ts,
+            P=P[h],
+            loss=np.asarray(obs.loss),
+            sliding=np.asarray(traj.sliding.sliding).sum(axis=1),
+            crossings=np.asarray(traj.sliding.crossings),
+        )
         result["runs"][str(h)] = {
             "h": h,
             "seconds_incl_compile": seconds,
@@ -96,6 +165,7 @@ def run(
             flush=True,
         )
         out.write_text(json.dumps(result, indent=1))
+    figure(out.with_suffix(".png"), {h: load_arrays(arrays_path(out, h)) for h in steps})
     scale = np.max(np.abs(P[steps[-1]]), axis=0)
     conv = []
     for a, b in zip(steps, steps[1:]):
@@ -164,8 +234,19 @@ def main() -> None:
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "sliding-cifar.json"
     )
+    parser.add_argument(
+        "--figure-only",
+        action="store_true",
+        help="redraw the figure from the arrays of --steps already written, run nothing",
+    )
     args = parser.parse_args()
     steps = [float(s) for s in args.steps.split(",")]
+    if args.figure_only:
+        figure(
+            args.json.with_suffix(".png"),
+            {h: load_arrays(arrays_path(args.json, h)) for h in steps},
+        )
+        return
     perturbations = [float(s) for s in args.perturbations.split(",") if s]
     run(
         args.dataset,
