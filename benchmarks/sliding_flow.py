@@ -81,6 +81,8 @@ def figure(path: Path, runs: dict[float, dict[str, np.ndarray]], top: int = 12) 
         ylabel=r"$\max_i |\Delta P_i(t)| / \max_t P_i$",
         title="self-convergence of the $P_i$",
     )
+    if not any("sliding" in r for r in runs.values()):
+        s_ax.text(0.5, 0.5, "not recorded in these runs", ha="center", transform=s_ax.transAxes)
     for ax in (loss_ax, s_ax, e_ax):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
