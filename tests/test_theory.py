@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gflow._theory as theory_impl  # its validate_trajectory, replaced in one test
+import gflow.theory  # its validate_trajectory, which gflow validate calls, replaced in one test
 from gflow import (
     Dataset,
     FlowConfig,
@@ -604,7 +604,7 @@ def test_validate_exit_status(monkeypatch, capsys, verdicts, status):
             for i, (kind, ok) in enumerate(verdicts)
         ], {}
 
-    monkeypatch.setattr(theory_impl, "validate_trajectory", fake_checks)
+    monkeypatch.setattr(gflow.theory, "validate_trajectory", fake_checks)
     assert main(["validate", *TINY, "--probe-seeds", "0", "--quiet"]) == status
     printed = capsys.readouterr().out
     assert ("FAIL" in printed) == (status == 1)
