@@ -34,10 +34,6 @@ def arrays_path(out: Path, h: float) -> Path:
     return out.with_name(f"{out.stem}-h{h:g}.npz")
 
 
-def save_arrays(path: Path, **arrays) -> None:
-    np.savez_compressed(path, **arrays)
-
-
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
@@ -122,6 +118,7 @@ def run(
         "runs": {},
     }
     P = {}
+    arrays: dict[float, dict[str, np.ndarray]] = {}
 
     def solve(p0, h):
         cfg = gflow.FlowConfig(
@@ -136,14 +133,14 @@ def run(
         traj, stats, seconds = solve(params0, h)
         obs = traj.observables
         P[h] = np.asarray(obs.P)
-        save_arrays(
-            arrays_path(out, h),
-            t=ts,
-            P=P[h],
-            loss=np.asarray(obs.loss),
-            sliding=np.asarray(traj.sliding.sliding).sum(axis=1),
-            crossings=np.asarray(traj.sliding.crossings),
-        )
+        arrays[h] = {
+            "t": ts,
+            "P": P[h],
+            "loss": np.asarray(obs.loss),
+            "sliding": np.asarray(traj.sliding.sliding).sum(axis=1),
+            "crossings": np.asarray(traj.sliding.crossings),
+        }
+        np.savez_compressed(arrays_path(out, h), **arrays[h])
         result["runs"][str(h)] = {
             "h": h,
             "seconds_incl_compile": seconds,
@@ -151,10 +148,10 @@ def run(
             "num_steps": int(stats.num_steps),
             "evaluations": int(stats.evaluations),
             "balance_drift": float(gflow.balance_drift(obs).max()),
-            "loss": np.asarray(obs.loss).tolist(),
+            "loss": arrays[h]["loss"].tolist(),
             "t": ts.tolist(),
-            "sliding_pairs": np.asarray(traj.sliding.sliding).sum(axis=1).tolist(),
-            "crossings": np.asarray(traj.sliding.crossings).tolist(),
+            "sliding_pairs": arrays[h]["sliding"].tolist(),
+            "crossings": arrays[h]["crossings"].tolist(),
             "qp_violation_max": float(np.max(np.asarray(traj.sliding.qp_violation))),
             "dissipation_end": float(traj.sliding.dissipation[-1]),
             "P_end": P[h][-1].tolist(),
@@ -167,7 +164,7 @@ def run(
             flush=True,
         )
         out.write_text(json.dumps(result, indent=1))
-    figure(out.with_suffix(".png"), {h: load_arrays(arrays_path(out, h)) for h in steps})
+    figure(out.with_suffix(".png"), arrays)
     scale = np.max(np.abs(P[steps[-1]]), axis=0)
     conv = []
     for a, b in zip(steps, steps[1:]):
