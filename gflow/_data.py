@@ -82,11 +82,22 @@ def _test_fraction(value) -> float:
 
 
 def _class_groups(
-    class1, class2, available: Sequence[int] | np.ndarray
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Validate the two groups of source classes that form class 1 and class 2."""
-    groups = []
-    for name, group in (("class1", class1), ("class2", class2)):
+    class1, class2, available: Sequence[int] | np.ndarray, groups=None
+) -> tuple[tuple[int, ...], ...]:
+    """Validate the groups of source classes that form the task's classes: ``class1`` and
+    ``class2`` (the paper's binary task), or K ≥ 2 ``groups`` (group k becomes label k)."""
+    if groups is None:
+        named = [("class1", class1), ("class2", class2)]
+    else:
+        try:
+            groups = list(groups)
+        except TypeError:
+            raise ValueError(f"groups must be a sequence of groups; got {groups!r}.") from None
+        if len(groups) < 2:
+            raise ValueError(f"groups must name at least 2 classes; got {len(groups)}.")
+        named = [(f"group {k + 1}", g) for k, g in enumerate(groups)]
+    result: list[tuple[int, ...]] = []
+    for name, group in named:
         try:
             members = tuple(int(c) for c in group)
         except (TypeError, ValueError):
@@ -103,11 +114,28 @@ def _class_groups(
                 f"{name} names source labels {missing} that the data does not contain; "
                 f"available: {sorted(int(a) for a in available)}."
             )
-        groups.append(members)
-    overlap = sorted(set(groups[0]) & set(groups[1]))
-    if overlap:
-        raise ValueError(f"class1 and class2 must be disjoint; both contain {overlap}.")
-    return groups[0], groups[1]
+        for (other, _), earlier in zip(named, result):
+            overlap = sorted(set(earlier) & set(members))
+            if overlap:
+                raise ValueError(f"{other} and {name} must be disjoint; both contain {overlap}.")
+        result.append(members)
+    return tuple(result)
+
+
+def _groups_name(groups, namer: Callable) -> str:
+    """``"0to4-vs-5to9"``: the groups' names joined by ``-vs-``."""
+    return "-vs-".join(namer(g) for g in groups)
+
+
+def _groups_note(groups, what: str, namer: Callable | None = None) -> str:
+    """Which source labels form which class, for a provenance string."""
+
+    def member(g):
+        return f"{namer(g)} {g}" if namer else f"{what} {g}"
+
+    if len(groups) == 2:
+        return f"class 1 (ỹ=+1) = {member(groups[0])}, class 2 (ỹ=−1) = {member(groups[1])}"
+    return "; ".join(f"label {k} = {member(g)}" for k, g in enumerate(groups))
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -699,8 +727,7 @@ def _binary_task(
     x_test,
     labels_test,
     *,
-    class1,
-    class2,
+    groups,
     n_per_class,
     test_per_class,
     rng,
@@ -708,8 +735,9 @@ def _binary_task(
     pixel_max,
     features=None,
 ):
-    """Group source labels into class 1 (label 0) / class 2 (label 1), subsample, map the kept
-    rows through ``features`` (e.g. :func:`cifar_luma`), preprocess."""
+    """Group source labels into the task's classes (group k → label k; for two groups class 1
+    is label 0 and class 2 label 1), subsample ``n_per_class`` per class, map the kept rows
+    through ``features`` (e.g. :func:`cifar_luma`), preprocess."""
     if mode not in PREPROCESS_MODES:
         raise ValueError(f"preprocess mode must be one of {PREPROCESS_MODES}; got {mode!r}.")
     features = features or (lambda rows: rows)
@@ -721,10 +749,12 @@ def _binary_task(
         if x is None:
             picks.append((None, None))
             continue
-        idx1 = _pick_evenly(rng, labels, class1, n, field, f"class 1 {class1}")
-        idx2 = _pick_evenly(rng, labels, class2, n, field, f"class 2 {class2}")
-        idx = np.concatenate([idx1, idx2])
-        y = np.concatenate([np.zeros(len(idx1), np.int32), np.ones(len(idx2), np.int32)])
+        picked = [
+            _pick_evenly(rng, labels, g, n, field, f"class {k + 1} {g}")
+            for k, g in enumerate(groups)
+        ]
+        idx = np.concatenate(picked)
+        y = np.concatenate([np.full(len(p), k, np.int32) for k, p in enumerate(picked)])
         order = rng.permutation(len(idx))  # no class-sorted order reaches SGD batches
         picks.append((features(x[idx[order]]), y[order]))
     (xtr, ytr), (xte, yte) = picks
@@ -752,40 +782,54 @@ def _digit_group_name(members: Sequence[int]) -> str:
 
 
 def _split_note(y_train, y_test, how: str) -> str:
-    n1, n2 = np.bincount(y_train, minlength=2)
+    counts = np.bincount(y_train, minlength=2)
     test = "no test split" if y_test is None else f"test {len(y_test)} ({how})"
-    return f"train N={len(y_train)} ({n1} class 1 / {n2} class 2), {test}"
+    if len(counts) == 2:
+        return f"train N={len(y_train)} ({counts[0]} class 1 / {counts[1]} class 2), {test}"
+    return f"train N={len(y_train)} ({' / '.join(str(c) for c in counts)} per class), {test}"
 
 
 def _digits_from_pool(
-    pixels, digits, *, stem, source, class1, class2, n_per_class, test_fraction, seed, preprocess
+    pixels,
+    digits,
+    *,
+    stem,
+    source,
+    class1,
+    class2,
+    n_per_class,
+    test_fraction,
+    seed,
+    preprocess,
+    groups=None,
 ) -> Dataset:
-    class1, class2 = _class_groups(class1, class2, np.unique(digits))
+    groups = _class_groups(class1, class2, np.unique(digits), groups)
     n_per_class = _optional_positive_int("n_per_class", n_per_class)
     test_fraction = _test_fraction(test_fraction)
     rng = np.random.default_rng(seed)
-    train_idx, test_idx = _stratified_split(rng, digits, class1 + class2, test_fraction)
+    train_idx, test_idx = _stratified_split(rng, digits, sum(groups, ()), test_fraction)
     has_test = test_idx.size > 0
     xtr, ytr, xte, yte = _binary_task(
         pixels[train_idx],
         digits[train_idx],
         pixels[test_idx] if has_test else None,
         digits[test_idx] if has_test else None,
-        class1=class1,
-        class2=class2,
+        groups=groups,
         n_per_class=n_per_class,
         test_per_class=None,
         rng=rng,
         mode=preprocess,
         pixel_max=_PIXEL_MAX,
     )
-    name = f"{stem}-{_digit_group_name(class1)}-vs-{_digit_group_name(class2)}"
+    name = f"{stem}-{_groups_name(groups, _digit_group_name)}"
     provenance = (
-        f"{source}; class 1 (ỹ=+1) = digits {class1}, class 2 (ỹ=−1) = digits {class2}; "
+        f"{source}; {_groups_note(groups, 'digits')}; "
         f"{_split_note(ytr, yte, f'stratified {test_fraction:g} per digit')}, seed {seed}; "
         f"{_preprocess_note(preprocess, _PIXEL_MAX)}"
     )
-    return Dataset(xtr, ytr, name=name, provenance=provenance, x_test=xte, y_test=yte)
+    return Dataset(
+        xtr, ytr, name=name, provenance=provenance, x_test=xte, y_test=yte, classes=len(groups)
+    )
 
 
 # --------------------------------------------------------------------------- real-data builders
@@ -799,13 +843,16 @@ def mnist_default(
     test_fraction: float = 0.2,
     seed: int = 0,
     preprocess: str = "center-unit",
+    groups=None,
 ) -> Dataset:
     """The embedded real default: 5000 MNIST digits (500 per digit) as a binary task.
 
     Digits in ``class1`` form the paper's class 1 (label 0, ``ỹ = +1``), digits in ``class2``
-    class 2 (label 1, ``ỹ = −1``); default 0–4 vs 5–9. A stratified ``test_fraction`` of each
-    digit is held out first (seeded), then ``n_per_class`` training samples per binary class are
-    drawn evenly over its digits (``None``: all held-in samples, 2000 + 2000 by default).
+    class 2 (label 1, ``ỹ = −1``); default 0–4 vs 5–9. ``groups`` (a sequence of K ≥ 2 digit
+    groups, group k → label k) replaces them for a K-class task, e.g. ``((0,), (1,), (2,))``.
+    A stratified ``test_fraction`` of each digit is held out first (seeded), then ``n_per_class``
+    training samples per class are drawn evenly over its digits (``None``: all held-in samples,
+    2000 + 2000 by default).
     Inputs are 784 pixels scaled to [0, 1], then :func:`preprocess` with ``preprocess``.
 
     Example:
@@ -828,6 +875,7 @@ def mnist_default(
         test_fraction=test_fraction,
         seed=seed,
         preprocess=preprocess,
+        groups=groups,
     )
 
 
@@ -840,6 +888,7 @@ def csv_digits(
     test_fraction: float = 0.2,
     seed: int = 0,
     preprocess: str = "center-unit",
+    groups=None,
 ) -> Dataset:
     """Like :func:`mnist_default`, from a digits CSV read by :func:`read_csv_digits`.
 
@@ -857,6 +906,7 @@ def csv_digits(
         test_fraction=test_fraction,
         seed=seed,
         preprocess=preprocess,
+        groups=groups,
     )
 
 
@@ -877,6 +927,7 @@ def mnist_idx(
     test_per_class: int | None = None,
     seed: int = 0,
     preprocess: str = "center-unit",
+    groups=None,
 ) -> Dataset:
     """Binary task from the original MNIST idx files in ``directory``.
 
@@ -904,27 +955,28 @@ def mnist_idx(
         raise ValueError(f"MNIST idx directory {d} holds only one of the t10k images/labels files.")
     x, labels = read_mnist_idx(found["train-images-idx3-ubyte"], found["train-labels-idx1-ubyte"])
     xt, labels_t = (None, None) if test_paths[0] is None else read_mnist_idx(*test_paths)
-    class1, class2 = _class_groups(class1, class2, np.unique(labels))
+    groups = _class_groups(class1, class2, np.unique(labels), groups)
     xtr, ytr, xte, yte = _binary_task(
         x,
         labels,
         xt,
         labels_t,
-        class1=class1,
-        class2=class2,
+        groups=groups,
         n_per_class=_optional_positive_int("n_per_class", n_per_class),
         test_per_class=_optional_positive_int("test_per_class", test_per_class),
         rng=np.random.default_rng(seed),
         mode=preprocess,
         pixel_max=_PIXEL_MAX,
     )
-    name = f"mnist-{_digit_group_name(class1)}-vs-{_digit_group_name(class2)}"
+    name = f"mnist-{_groups_name(groups, _digit_group_name)}"
     provenance = (
-        f"MNIST idx files in {d}; class 1 (ỹ=+1) = digits {class1}, class 2 (ỹ=−1) = digits "
-        f"{class2}; {_split_note(ytr, yte, 't10k files')}, seed {seed}; "
+        f"MNIST idx files in {d}; {_groups_note(groups, 'digits')}; "
+        f"{_split_note(ytr, yte, 't10k files')}, seed {seed}; "
         f"{_preprocess_note(preprocess, _PIXEL_MAX)}"
     )
-    return Dataset(xtr, ytr, name=name, provenance=provenance, x_test=xte, y_test=yte)
+    return Dataset(
+        xtr, ytr, name=name, provenance=provenance, x_test=xte, y_test=yte, classes=len(groups)
+    )
 
 
 def _cifar_source(source) -> tuple[tuple, str]:
@@ -951,6 +1003,7 @@ def cifar_binary(
     test_per_class: int | None = 1000,
     seed: int = 0,
     preprocess: str = "center-unit",
+    groups=None,
 ) -> Dataset:
     """The paper's CIFAR-10 binary task (docs/theory.md §7) from a local copy.
 
@@ -973,7 +1026,7 @@ def cifar_binary(
             f"CIFAR source {source}: rows must have {_CIFAR_ROW} = 3×32×32 values; got "
             f"{x.shape[1]}."
         )
-    class1, class2 = _class_groups(class1, class2, np.unique(labels))
+    groups = _class_groups(class1, class2, np.unique(labels), groups)
     n_per_class = _optional_positive_int("n_per_class", n_per_class)
     test_per_class = _optional_positive_int("test_per_class", test_per_class)
     xtr, ytr, xte, yte = _binary_task(
@@ -981,8 +1034,7 @@ def cifar_binary(
         labels,
         xt,
         labels_t,
-        class1=class1,
-        class2=class2,
+        groups=groups,
         n_per_class=n_per_class,
         test_per_class=test_per_class,
         rng=np.random.default_rng(seed),
@@ -994,14 +1046,16 @@ def cifar_binary(
     def group(members):
         return "+".join(CIFAR10_CLASSES[m] if m < len(CIFAR10_CLASSES) else str(m) for m in members)
 
-    name = f"cifar10-{group(class1)}-vs-{group(class2)}" + ("" if grayscale else "-rgb")
+    name = f"cifar10-{_groups_name(groups, group)}" + ("" if grayscale else "-rgb")
     colour = "grayscale luma 0.299R+0.587G+0.114B (D=1024)" if grayscale else "RGB (D=3072)"
     provenance = (
-        f"{source_note}; class 1 (ỹ=+1) = {group(class1)} {class1}, class 2 (ỹ=−1) = "
-        f"{group(class2)} {class2}; {colour}; {_split_note(ytr, yte, 'source test set')}, "
+        f"{source_note}; {_groups_note(groups, 'classes', group)}; {colour}; "
+        f"{_split_note(ytr, yte, 'source test set')}, "
         f"seed {seed}; {_preprocess_note(preprocess, _PIXEL_MAX)}"
     )
-    return Dataset(xtr, ytr, name=name, provenance=provenance, x_test=xte, y_test=yte)
+    return Dataset(
+        xtr, ytr, name=name, provenance=provenance, x_test=xte, y_test=yte, classes=len(groups)
+    )
 
 
 def npz_dataset(path, **options) -> Dataset:
@@ -1018,7 +1072,7 @@ def npz_dataset(path, **options) -> Dataset:
     )
     if not binary:
         return _call_with_options(cifar_binary, f"npz:{path} (CIFAR-like)", path, **options)
-    grouping = sorted({"class1", "class2"} & set(options))
+    grouping = sorted({"class1", "class2", "groups"} & set(options))
     if grouping:
         raise ValueError(
             f"npz file {path} has binary labels 0/1, used as given: {', '.join(grouping)} "
@@ -1050,8 +1104,7 @@ def _npz_binary(
         labels,
         xt,
         labels_t,
-        class1=(0,),
-        class2=(1,),
+        groups=((0,), (1,)),
         n_per_class=_optional_positive_int("n_per_class", n_per_class),
         test_per_class=_optional_positive_int("test_per_class", test_per_class),
         rng=np.random.default_rng(seed),
@@ -1262,20 +1315,28 @@ def load_dataset(spec: str, **options) -> Dataset:
 
 
 def parse_classes(text: str) -> dict:
-    """``"0,1,2,3,4/5,6,7,8,9"`` → ``{"class1": (0, 1, 2, 3, 4), "class2": (5, 6, 7, 8, 9)}``.
+    """``"0,1,2,3,4/5,6,7,8,9"`` → ``{"class1": (0, 1, 2, 3, 4), "class2": (5, 6, 7, 8, 9)}``;
+    with K > 2 ``/``-separated groups, ``{"groups": (...)}`` for a K-class task.
 
     Example:
         >>> parse_classes("3/8")
         {'class1': (3,), 'class2': (8,)}
+        >>> parse_classes("0/1/2")
+        {'groups': ((0,), (1,), (2,))}
     """
     try:
-        a, b = text.split("/")
-        return {
-            "class1": tuple(int(c) for c in a.split(",")),
-            "class2": tuple(int(c) for c in b.split(",")),
-        }
+        parts = text.split("/")
+        groups = tuple(tuple(int(c) for c in part.split(",")) for part in parts)
+        if len(groups) < 2:
+            raise ValueError
     except ValueError:
-        raise ValueError(f"classes must look like 0,1,2,3,4/5,6,7,8,9; got {text!r}") from None
+        raise ValueError(
+            f"classes must look like 0,1,2,3,4/5,6,7,8,9 (one '/'-separated group per class); "
+            f"got {text!r}"
+        ) from None
+    if len(groups) == 2:
+        return {"class1": groups[0], "class2": groups[1]}
+    return {"groups": groups}
 
 
 def dataset_from_options(

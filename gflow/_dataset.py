@@ -1,9 +1,9 @@
 """The dataset type every trainer and analysis in gflow consumes.
 
-A binary classification set `{(x_s, c_s)}` (docs/theory.md §1). Labels are stored as integers
-`y_s ∈ {0, 1}`: `0` is the paper's class 1 (signed label `ỹ = +1`), `1` is class 2
-(`ỹ = −1`). An optional held-out split travels with the training split so that test loss and
-accuracy can be observed along a trajectory.
+A classification set `{(x_s, c_s)}` (docs/theory.md §1) with K ≥ 2 classes. Labels are stored as
+integers `y_s ∈ {0, …, K − 1}`. For the paper's binary task (K = 2) `0` is class 1 (signed label
+`ỹ = +1`) and `1` is class 2 (`ỹ = −1`). An optional held-out split travels with the training
+split so that test loss and accuracy can be observed along a trajectory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def as_float32(x: np.ndarray, beyond_range: Callable[[], str]) -> np.ndarray:
     return x32
 
 
-def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_split(x, y, which: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim != 2:
@@ -66,27 +66,28 @@ def _check_split(x, y, which: str) -> tuple[np.ndarray, np.ndarray]:
             )
     y = y.astype(np.int32)
     values = set(np.unique(y).tolist())
-    if not values <= {0, 1}:
-        raise ValueError(
-            f"{which} labels must be 0 (class 1) or 1 (class 2); got values {sorted(values)}."
-        )
+    if not values <= set(range(classes)):
+        allowed = "0 (class 1) or 1 (class 2)" if classes == 2 else f"0 … {classes - 1}"
+        raise ValueError(f"{which} labels must be {allowed}; got values {sorted(values)}.")
     return x, y
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A validated binary classification dataset.
+    """A validated classification dataset (binary unless ``classes`` says otherwise).
 
     Attributes:
         x: float32 inputs ``[N, D]``.
-        y: int32 labels ``[N]`` in ``{0, 1}`` (0 = class 1, ỹ = +1; 1 = class 2, ỹ = −1).
+        y: int32 labels ``[N]`` in ``{0, …, K − 1}``; for K = 2, 0 = class 1 (ỹ = +1) and
+            1 = class 2 (ỹ = −1).
         name: short identifier (``"mnist5k-0to4-vs-5to9"``, ``"clusters"``...).
         provenance: where the numbers came from and how they were preprocessed.
         x_test, y_test: optional held-out split with the same feature count.
+        classes: K ≥ 2, the number of classes (default 2).
 
     Construction validates: 2-d inputs, matching sample counts, finite values within the
-    float32 range, inputs not all 0, labels in {0, 1} with both classes present in the training
-    split.
+    float32 range, inputs not all 0, labels in {0, …, K − 1} with every class present in the
+    training split.
 
     Example:
         >>> import numpy as np
@@ -101,22 +102,31 @@ class Dataset:
     provenance: str
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    classes: int = 2
 
     def __post_init__(self):
-        x, y = _check_split(self.x, self.y, "training")
-        counts = np.bincount(y, minlength=2)
-        if counts.min() == 0:
+        if not isinstance(self.classes, int) or isinstance(self.classes, bool) or self.classes < 2:
+            raise ValueError(f"classes K must be an integer >= 2; got {self.classes!r}.")
+        x, y = _check_split(self.x, self.y, "training", self.classes)
+        counts = np.bincount(y, minlength=self.classes)
+        if counts.min() == 0 and self.classes == 2:
             missing = "class 1 (label 0)" if counts[0] == 0 else "class 2 (label 1)"
             raise ValueError(
                 f"training labels contain only one class: {missing} has no samples; "
                 "a binary task needs both."
+            )
+        if counts.min() == 0:
+            empty = [int(k) for k in np.flatnonzero(counts == 0)]
+            raise ValueError(
+                f"training labels leave classes {empty} without samples; a {self.classes}-class "
+                "task needs every class."
             )
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
         if (self.x_test is None) != (self.y_test is None):
             raise ValueError("x_test and y_test must be given together (or both omitted).")
         if self.x_test is not None:
-            xt, yt = _check_split(self.x_test, self.y_test, "test")
+            xt, yt = _check_split(self.x_test, self.y_test, "test", self.classes)
             if xt.shape[1] != x.shape[1]:
                 raise ValueError(
                     f"test inputs have {xt.shape[1]} features but training inputs have "
@@ -141,14 +151,21 @@ class Dataset:
 
     @property
     def signed_labels(self) -> np.ndarray:
-        """ỹ_s = +1 for class 1 (label 0), −1 for class 2 (label 1)."""
+        """ỹ_s = +1 for class 1 (label 0), −1 for class 2 (label 1); all 0 for K > 2 classes,
+        where the paper's signed sums are not defined (docs/theory.md §9)."""
+        if self.classes != 2:
+            return np.zeros(self.y.shape, np.float32)
         return (1 - 2 * self.y).astype(np.float32)
 
-    def class_counts(self) -> tuple[int, int]:
-        c = np.bincount(self.y, minlength=2)
-        return int(c[0]), int(c[1])
+    def class_counts(self) -> tuple[int, ...]:
+        c = np.bincount(self.y, minlength=self.classes)
+        return tuple(int(v) for v in c)
 
     def describe(self) -> str:
-        n1, n2 = self.class_counts()
+        counts = self.class_counts()
         test = f", test N={self.x_test.shape[0]}" if self.x_test is not None else ""
-        return f"{self.name}: N={self.n_samples} ({n1} class 1 / {n2} class 2), D={self.dim}{test}"
+        if self.classes == 2:
+            per_class = f"{counts[0]} class 1 / {counts[1]} class 2"
+        else:
+            per_class = f"{self.classes} classes: " + " / ".join(str(c) for c in counts)
+        return f"{self.name}: N={self.n_samples} ({per_class}), D={self.dim}{test}"

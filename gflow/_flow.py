@@ -29,8 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._gauss import GatedField, GaussLegendre, SaveTimeStepSize, default_stage_rtol
-from ._network import Params, gating_pattern, loss, preactivations, residuals
-from ._observables import TrainingData, observe
+from ._network import (
+    PAPER,
+    Model,
+    Params,
+    gate_slopes,
+    gating_pattern,
+    logit_loss,
+    loss,
+    preactivations,
+    residuals,
+)
+from ._observables import TrainingData, check_labels, observe
 from ._projection import BalanceProjection
 from ._sliding import solve_sliding
 from ._trajectory import (
@@ -186,34 +196,38 @@ class FlowConfig:
             )
 
 
-def vector_field(t, params: Params, data: TrainingData) -> Params:
+def vector_field(t, params: Params, data: TrainingData, model: Model = PAPER) -> Params:
     """f(t, θ) = −∇L(θ), the gradient-flow vector field, handed to ``diffrax.ODETerm``."""
     del t
-    grad = jax.grad(loss)(params, data.x, data.y)
+    grad = jax.grad(loss)(params, data.x, data.y, model)
     return jax.tree.map(jnp.negative, grad)
 
 
-def gated_loss(params: Params, gates: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+def gated_loss(
+    params: Params, gates: jax.Array, x: jax.Array, y: jax.Array, model: Model = PAPER
+) -> jax.Array:
     """L of the network whose gates are held at ``gates`` ``[N, d]`` in [0, 1] (docs/theory.md §1, g
     fixed).
 
         a_i(s) = g_i(s) z_i(x_s),   o(x_s) = Σ_i v_i a_i(s),   L_g = (1/N) Σ_s −log
         softmax(o(x_s))_{c_s}
 
-    Equal to `loss` when ``gates = gating_pattern(params, x)``. For any fixed g the output is
-    unchanged by ``(w_i, b_i, v_i) → (c w_i, c b_i, v_i / c)``, so ``Q_i'·∇L_g = 0`` at every θ:
-    a Gauss–Legendre step with the gates held conserves every balance Q_i exactly
-    (docs/numerics.md §1.2).
+    (for the leaky ReLU a_i(s) = (α + (1 − α) g_i(s)) z_i(x_s); for the square loss
+    ℓ = ½‖o − e_c‖²). Equal to `loss` when ``gates = gating_pattern(params, x)``. For any fixed g
+    the output is unchanged by ``(w_i, b_i, v_i) → (c w_i, c b_i, v_i / c)``, so
+    ``Q_i'·∇L_g = 0`` at every θ: a Gauss–Legendre step with the gates held conserves every
+    balance Q_i exactly (docs/numerics.md §1.2).
     """
-    a = gates.astype(x.dtype) * preactivations(params, x)
-    logp = jax.nn.log_softmax(a @ params.V, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1)[:, 0])
+    a = gate_slopes(gates.astype(x.dtype), model) * preactivations(params, x)
+    return jnp.mean(logit_loss(a @ params.V, y, model))
 
 
-def gated_field(t, params: Params, data: TrainingData, gates: jax.Array) -> Params:
+def gated_field(
+    t, params: Params, data: TrainingData, gates: jax.Array, model: Model = PAPER
+) -> Params:
     """``−∇L_g(θ)``: the flow's field with the gates held at ``gates`` (`gated_loss`)."""
     del t
-    grad = jax.grad(gated_loss)(params, gates, data.x, data.y)
+    grad = jax.grad(gated_loss)(params, gates, data.x, data.y, model)
     return jax.tree.map(jnp.negative, grad)
 
 
@@ -224,12 +238,15 @@ def ramp_gates(params: Params, data: TrainingData, band: jax.Array) -> jax.Array
     return jnp.where(band > 0, jnp.clip(0.5 + z / jnp.where(band > 0, band, 1.0), 0.0, 1.0), hard)
 
 
-def banded_field(t, params: Params, data: TrainingData, band: jax.Array) -> Params:
+def banded_field(
+    t, params: Params, data: TrainingData, band: jax.Array, model: Model = PAPER
+) -> Params:
     """``−∇L_g(θ)`` with g = `ramp_gates` (θ, band), the gates held constant in the gradient."""
-    return gated_field(t, params, data, jax.lax.stop_gradient(ramp_gates(params, data, band)))
+    gates = jax.lax.stop_gradient(ramp_gates(params, data, band))
+    return gated_field(t, params, data, gates, model)
 
 
-def gate_band(t, params: Params, data: TrainingData, velocity: Params, width):
+def gate_band(t, params: Params, data: TrainingData, velocity: Params, width, model: Model = PAPER):
     """Width δ ``[N, d]`` of the band around each gate hyperplane in which a Gauss stage at θ,
     standing for ``width`` of time, uses a fractional gate (`ramp_gates`); and how many of the
     stage's own pre-activations lie in it.
@@ -248,8 +265,11 @@ def gate_band(t, params: Params, data: TrainingData, velocity: Params, width):
     x = data.x
     z = preactivations(params, x)
     z_dot = x @ velocity.W.T + velocity.b[None, :]
+    jump = 1.0 - model.slope  # the gate's share of the activation's slope
     self_rate = (
-        jnp.abs(residuals(params, x, data.y) @ params.V.T) * (jnp.sum(x * x, axis=1) + 1.0)[:, None]
+        jump
+        * jnp.abs(residuals(params, x, data.y, model) @ params.V.T)
+        * (jnp.sum(x * x, axis=1) + 1.0)[:, None]
     )
     band = width * jnp.maximum(jnp.abs(z_dot), self_rate / x.shape[0])
     return band, jnp.sum(jnp.abs(z) < 0.5 * band, dtype=jnp.int32)
@@ -269,6 +289,35 @@ def neuron_magnitude(params: Params) -> Params:
 
 
 GATES = GatedField(hold=gate_band, field=banded_field, magnitude=neuron_magnitude)
+
+
+def gated_field_of(model: Model) -> GatedField:
+    """`GATES` for the network ``model`` computes (a piecewise-linear activation)."""
+    if model == PAPER:
+        return GATES
+    return GatedField(
+        hold=functools.partial(gate_band, model=model),
+        field=functools.partial(banded_field, model=model),
+        magnitude=neuron_magnitude,
+    )
+
+
+def check_model(model: Model, config: FlowConfig) -> None:
+    """``ValueError`` when ``config.solver`` cannot integrate the flow of ``model``: the Gauss,
+    projected and sliding solvers are built on a piecewise-linear, positively homogeneous
+    activation (ReLU or leaky ReLU) of the network itself, not its linearisation."""
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a gflow Model; got {type(model).__name__}.")
+    special = (
+        f"solver={config.solver!r}"
+        if config.solver in _GAUSS or config.solver == SLIDING
+        else ("project_balance" if config.project_balance else None)
+    )
+    if special is not None and not model.piecewise_linear:
+        raise ValueError(
+            f"{special} needs a ReLU or leaky-ReLU network (gates, balance); the model is "
+            f"{model.describe()}: use an explicit solver (tsit5, dopri5, dopri8, ...)."
+        )
 
 
 def check_time_grid(ts, name: str = "ts") -> np.ndarray:
@@ -364,7 +413,7 @@ def _rms(params: Params):
     return jnp.sqrt(sum(jnp.sum(a * a) for a in leaves) / sum(a.size for a in leaves))
 
 
-def _gauss_solver(params0: Params, config: FlowConfig) -> GaussLegendre:
+def _gauss_solver(params0: Params, config: FlowConfig, model: Model) -> GaussLegendre:
     dtype = params0.W.dtype
     rtol = config.stage_rtol if config.stage_rtol is not None else default_stage_rtol(dtype)
     atol = config.stage_atol if config.stage_atol is not None else rtol * _rms(params0)
@@ -374,7 +423,7 @@ def _gauss_solver(params0: Params, config: FlowConfig) -> GaussLegendre:
         stage_atol=atol,
         max_iterations=config.stage_max_iterations or 50,
         anderson_memory=8 if config.anderson_memory is None else config.anderson_memory,
-        gated=GATES,
+        gated=gated_field_of(model),
     )
 
 
@@ -396,6 +445,7 @@ def _solve(
     snap_ts: jax.Array,
     tol: _Tolerances,
     config: FlowConfig,
+    model: Model,
 ) -> tuple[Trajectory, FlowStats]:
     gauss = config.solver in _GAUSS
     dt0 = None if config.dt0 is None else tol.dt0
@@ -403,7 +453,7 @@ def _solve(
     # never interpolated (interpolation would not conserve the balance).
     step_ts = jnp.sort(jnp.concatenate([ts, snap_ts]))
     if gauss:
-        solver = _gauss_solver(params0, config)
+        solver = _gauss_solver(params0, config, model)
         if config.adaptive:
             pid = diffrax.PIDController(
                 rtol=tol.rtol, atol=_absolute_tolerance(params0, config, tol)
@@ -426,7 +476,7 @@ def _solve(
             controller = diffrax.ConstantStepSize()
     saveat = diffrax.SaveAt(
         subs=[
-            diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: observe(y, args)),
+            diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: observe(y, args, model)),
             diffrax.SubSaveAt(ts=snap_ts),
         ],
         solver_state=gauss or config.project_balance,
@@ -436,7 +486,9 @@ def _solve(
         # integer observables (kappa, active, cell_hash); the filled entries are overwritten.
         warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field),
+            diffrax.ODETerm(
+                vector_field if model == PAPER else functools.partial(vector_field, model=model)
+            ),
             solver,
             t0=ts[0],
             t1=ts[-1],
@@ -498,8 +550,19 @@ def _solve(
     return traj, stats
 
 
+@functools.cache
+def _sliding_model_options(model: Model) -> dict:
+    return {"output_loss": functools.partial(logit_loss, model=model), "slope": model.slope}
+
+
+def _sliding_model(model: Model) -> dict:
+    """The options of `solve_sliding` that describe ``model`` (none for the paper's, so that its
+    compiled solve is shared); one cached set per model, so that repeated solves reuse theirs."""
+    return {} if model == PAPER else _sliding_model_options(model)
+
+
 def _solve_sliding(
-    params0: Params, data: TrainingData, ts, snapshot_times, config: FlowConfig
+    params0: Params, data: TrainingData, ts, snapshot_times, config: FlowConfig, model: Model
 ) -> tuple[Trajectory, FlowStats]:
     """The ``sliding`` solver (`gflow._sliding.solve_sliding`) on the save grid ``ts``, with the
     snapshot times merged into its step grid."""
@@ -532,6 +595,7 @@ def _solve_sliding(
         config.dt0,
         capacity=capacity,
         max_steps=config.max_steps,
+        **_sliding_model(model),
     )
     status = jnp.where(
         sol.steps_needed > config.max_steps,
@@ -574,6 +638,7 @@ def gradient_flow(
     config: FlowConfig = FlowConfig(),
     throw: bool = True,
     return_stats: bool = False,
+    model: Model = PAPER,
 ) -> Trajectory | tuple[Trajectory, FlowStats]:
     """Integrate θ̇ = −∇L(θ) from ``params0``, recording `Observables` at each time in ``ts``.
 
@@ -586,6 +651,8 @@ def gradient_flow(
         throw: raise `TrajectoryError` if the solve did not reach ``ts[-1]`` cleanly. Under
             ``jax.vmap`` nothing is raised: read ``status`` per seed instead.
         return_stats: also return the solve's `FlowStats` (steps, gradient evaluations).
+        model: the `Model` whose loss L is (activation, loss, K from ``V``'s width, or a
+            linearised twin); default the paper's ReLU network with cross-entropy.
 
     Returns:
         A `Trajectory` (and `FlowStats` with ``return_stats``). A solve that stops early
@@ -608,8 +675,10 @@ def gradient_flow(
         The sliding-mode solver of the nonsmooth flow (docs/theory.md §8.1) is selected the same
         way, ``FlowConfig(solver="sliding", adaptive=False, dt0=0.25)``: 2 gradients per step.
     """
+    check_model(model, config)
+    check_labels(data, params0)
     if config.solver == SLIDING:
-        traj, stats = _solve_sliding(params0, data, ts, snapshot_times, config)
+        traj, stats = _solve_sliding(params0, data, ts, snapshot_times, config, model)
         if throw:
             raise_if_failed(traj)
         return (traj, stats) if return_stats else traj
@@ -623,7 +692,7 @@ def gradient_flow(
         ts_arr = jnp.asarray(grid, dtype)
         snap = jnp.asarray(_snapshot_grid(grid, snapshot_times), dtype)
     static, tol = _split_config(config, params0.W.dtype)
-    traj, stats = _solve(params0, data, ts_arr, snap, tol, static)
+    traj, stats = _solve(params0, data, ts_arr, snap, tol, static, model)
     if throw:
         raise_if_failed(traj)
     return (traj, stats) if return_stats else traj

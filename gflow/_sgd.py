@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._network import Params, loss
-from ._observables import TrainingData, observe
+from ._network import PAPER, Model, Params, loss
+from ._observables import TrainingData, check_labels, observe
 from ._trajectory import NON_FINITE, OK, Trajectory, raise_if_failed
 
 
@@ -108,14 +108,20 @@ def _batch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int) -> 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _train(
-    params0: Params, key: jax.Array, data: TrainingData, learning_rate, momentum, config: SGDConfig
+    params0: Params,
+    key: jax.Array,
+    data: TrainingData,
+    learning_rate,
+    momentum,
+    config: SGDConfig,
+    model: Model = PAPER,
 ) -> Trajectory:
     dtype = params0.W.dtype
     lr = jnp.asarray(learning_rate, dtype)
     beta = jnp.asarray(momentum, dtype)
     optimizer = optax.sgd(learning_rate=lr, momentum=beta)
     n = data.x.shape[0]
-    grad_fn = jax.grad(loss)
+    grad_fn = jax.grad(functools.partial(loss, model=model))
 
     def step(carry, k):
         params, opt_state = carry
@@ -132,7 +138,7 @@ def _train(
 
     def record(carry, j):
         params, opt_state, snaps = carry
-        obs = observe(params, data)
+        obs = observe(params, data, model)
         slot = jnp.searchsorted(snap_records, j)
         slot = jnp.minimum(slot, n_snap - 1)
         take = snap_records[slot] == j
@@ -148,7 +154,7 @@ def _train(
     (params, _, snaps), obs = jax.lax.scan(record, carry, jnp.arange(config.num_records - 1))
     params = cast(Params, params)  # optax types the carry as its own generic Params
     # The last record (k = steps) has no steps after it.
-    last = observe(params, data)
+    last = observe(params, data, model)
     obs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), obs, last)
     snaps = jax.tree.map(lambda buf, p: buf.at[-1].set(p), snaps, params)
 
@@ -173,6 +179,7 @@ def train_sgd(
     momentum=0.0,
     config: SGDConfig,
     throw: bool = True,
+    model: Model = PAPER,
 ) -> Trajectory:
     """Mini-batch SGD (``config.batch_size = B``) or full-batch GD (``B = None``) with momentum.
 
@@ -187,14 +194,16 @@ def train_sgd(
         momentum: β in [0, 1).
         config: `SGDConfig` (steps, record interval, batch size, snapshots).
         throw: raise `TrajectoryError` if the run diverged (not under vmap).
+        model: the `Model` whose loss is descended (default the paper's; see `gradient_flow`).
     """
     check_hyperparameters(learning_rate, momentum)
+    check_labels(data, params0)
     if config.batch_size is not None and config.batch_size > data.x.shape[0]:
         raise ValueError(
             f"batch_size ({config.batch_size}) must not exceed the number of samples N "
             f"({data.x.shape[0]})."
         )
-    traj = _train(params0, key, data, learning_rate, momentum, config)
+    traj = _train(params0, key, data, learning_rate, momentum, config, model)
     return raise_if_failed(traj) if throw else traj
 
 
@@ -206,6 +215,7 @@ def train_gd(
     momentum=0.0,
     config: SGDConfig,
     throw: bool = True,
+    model: Model = PAPER,
 ) -> Trajectory:
     """Full-batch gradient descent: `train_sgd` with ``batch_size=None`` (the flow's Euler
     scheme)."""
@@ -219,4 +229,5 @@ def train_gd(
         momentum=momentum,
         config=config,
         throw=throw,
+        model=model,
     )

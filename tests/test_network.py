@@ -156,7 +156,7 @@ assert net.closed_form_gradient(p, x, y).W.shape == (4, 3)
 assert net.gating_pattern(p, np.asarray(x)).shape == (6, 4)
 for call in (
     lambda: net.residuals(p, x[:5], y),  # 5 inputs, 6 labels: "samples" disagree
-    lambda: net.logit_loss(jnp.zeros((6, 3)), y),  # 3 logits per sample, not 2
+    lambda: net.logit_loss(jnp.zeros((5, 3)), y),  # logits of 5 samples, 6 labels
     lambda: net.loss(p, x, y.astype(jnp.float32)),  # labels must be integers
 ):
     try:
@@ -170,7 +170,7 @@ for call in (
 
 def test_shape_annotations_are_checked_at_run_time():
     """The jaxtyping annotations of the model's functions hold on correct calls and reject
-    mismatched sample counts, a wrong number of logits and float labels (beartype)."""
+    mismatched sample counts (inputs or logits against labels) and float labels (beartype)."""
     import subprocess
     import sys
 
