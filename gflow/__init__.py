@@ -40,11 +40,13 @@ from ._flow import gradient_flow as gradient_flow
 from ._flow import vector_field as vector_field
 from ._imp import IMPConfig as IMPConfig
 from ._imp import imp as imp
+from ._network import Model as Model
 from ._network import Params as Params
 from ._network import accuracy as accuracy
 from ._network import closed_form_gradient as closed_form_gradient
 from ._network import gating_pattern as gating_pattern
 from ._network import init_params as init_params
+from ._network import linearised as linearised
 from ._network import logits as logits
 from ._network import loss as loss
 from ._network import preactivations as preactivations
