@@ -211,6 +211,21 @@ def modes(eps_list, reinit: bool) -> list[tuple[str, float, bool]]:
 # --------------------------------------------------------------------------- measurement
 
 
+def constant_inputs(x) -> np.ndarray:
+    """Input coordinates equal on every training sample, ``[D]``: ∂L/∂W_ij = 0 for them at all
+    times, so those weights keep their initial values whatever happens elsewhere."""
+    x = np.asarray(x)
+    return np.all(x == x[:1], axis=0)
+
+
+def constant_pixel_share(selected: Params | None, constant: np.ndarray) -> float:
+    """Share of a perturbed set's weights that sit on constant inputs (NaN: no set)."""
+    if selected is None:
+        return float("nan")
+    on_constant = int(np.sum(np.asarray(selected.W)[:, constant]))
+    return on_constant / set_size(selected)
+
+
 def neuron_sizes(params: Params) -> np.ndarray:
     """P_i = ‖w_i‖ ‖v_i‖, ``[..., d]``."""
     W, V = np.asarray(params.W, np.float64), np.asarray(params.V, np.float64)
@@ -306,6 +321,7 @@ def summarise(runs: list[dict], sparsities, labels) -> list[dict]:
         "spearman_P_P0",
         "head_start_ticket",
         "head_start_rest",
+        "constant_pixel_share",
         "test_accuracy",
         "ticket_test_accuracy",
     )
@@ -324,7 +340,11 @@ def summarise(runs: list[dict], sparsities, labels) -> list[dict]:
                 stats = {}
                 for k in keys:
                     v = np.array([r[k] for r in mine], np.float64)
-                    stats[k] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
+                    v = v[np.isfinite(v)]
+                    stats[k] = {
+                        "mean": float(v.mean()) if v.size else float("nan"),
+                        "std": float(v.std()) if v.size else float("nan"),
+                    }
                 excess = np.mean([r["ticket_share"] - r["chance_share"] for r in mine])
                 stats["retained_excess_share"] = float(excess / base) if base > 0 else float("nan")
                 stats["seeds"] = len(mine)
@@ -482,6 +502,7 @@ def main(argv=None) -> int:
     steps = _paper.final_steps(args)
     clock = _paper.Clock()
     dataset, data = _paper.training_set(args, n)
+    constant = constant_inputs(data.x)
     dim = dataset.dim
     params0 = _paper.init_lanes(seeds, args.sigma, width, dim)
     _, k_batch = _paper.lane_keys(seeds)
@@ -547,6 +568,9 @@ def main(argv=None) -> int:
                     "perturbation": lane["perturbation"],
                     "eps": lane["eps"],
                     "perturbed_weights": int(touched.sum()),
+                    "constant_pixel_share": constant_pixel_share(
+                        None if unperturbed else sets[(seed, j, arm)], constant
+                    ),
                     "ticket_neurons": int(ticket.sum()),
                     **run_metrics(
                         P_final[k],
@@ -642,10 +666,10 @@ def plot(out: Path, summary, targets, labels, dataset, n, width, seeds) -> None:
     for ax, (key, title) in zip(axes, panels):
         for c, s in enumerate(targets):
             cells = [cell for cell in summary if cell["target_sparsity"] == s]
-            base = cells[0][PLAIN][key]["mean"]
+            base = cells[0][PLAIN][key]
             for arm, style in zip(ARMS, ("-o", "--s")):
-                y = [base] + [cell[arm][key]["mean"] for cell in cells[1:]]
-                e = [0.0] + [cell[arm][key]["std"] for cell in cells[1:]]
+                y = [base["mean"]] + [cell[arm][key]["mean"] for cell in cells[1:]]
+                e = [base["std"]] + [cell[arm][key]["std"] for cell in cells[1:]]
                 ax.errorbar(
                     x,
                     y,
