@@ -11,6 +11,11 @@ projection ``Π_i``; a step of length h is Heun's method on it, with the events 
 arrivals, exits) placed inside the step, then a balance rescaling: second order, two gradients
 per step. The algorithm (steps 1–7), why it is second order, and why a ``lax`` loop of its own
 rather than a diffrax solver: docs/theory.md §8.1.
+
+With a leaky ReLU of slope α (``a = z (α + (1 − α) g)``, the ``slope`` of `sliding_step` and
+`solve_sliding`) a pair's term is ``(α + (1 − α) g_is) c_is x̃_s``: the field jumps by
+``(1 − α) c_is x̃_s``, which takes the place of ``c_is x̃_s`` in (8.1) and in the events, and the
+continuous part ``α c_is x̃_s`` enters every step at Heun's weights.
 """
 
 from __future__ import annotations
@@ -239,10 +244,27 @@ def box_qp(
     return lam, free, jnp.maximum(violation, 0.0)
 
 
-def _output_gradients(z, gates, V, y, output_loss):
+def _leak(gates, slope: float):
+    """``α + (1 − α) g``: the factor of a pair's pre-activation in its activation
+    ``a = z (α + (1 − α) g)`` and of its coefficient in the gradient of θ_i, for gates ``g``
+    (booleans, or the fraction of a step spent active) and the leaky slope ``α`` (``g`` itself,
+    unchanged, for the ReLU, α = 0)."""
+    if slope == 0:
+        return gates
+    return slope + (1.0 - slope) * gates
+
+
+def _jump(c, slope: float):
+    """``(1 − α) c``: the jump of a pair's coefficient across its boundary (``c`` itself for the
+    ReLU), the ``c_is`` of problem (8.1)."""
+    return c if slope == 0 else (1.0 - slope) * c
+
+
+def _output_gradients(z, gates, V, y, output_loss, slope: float = 0.0):
     """``c_is = ∂L/∂a_i(s) = (v_i·r_s)/N`` ``[N, d]`` and ``∂L/∂o = r/N`` ``[N, K]`` of the
-    network whose hidden activations are ``a = gates · z`` (``∂L/∂V = aᵀ ∂L/∂o``)."""
-    grad_o = jax.grad(lambda o: jnp.mean(output_loss(o, y)))((gates * z) @ V)
+    network whose hidden activations are ``a = z (α + (1 − α) gates)`` (`_leak`;
+    ``∂L/∂V = aᵀ ∂L/∂o``)."""
+    grad_o = jax.grad(lambda o: jnp.mean(output_loss(o, y)))((_leak(gates, slope) * z) @ V)
     return grad_o @ V.T, grad_o
 
 
@@ -269,14 +291,16 @@ def _first_root(z0, a, b):
     return jnp.where(ok1, r1, jnp.where(ok2, r2, jnp.clip(secant, 0.0, 1.0)))
 
 
-def _smooth_exits(c_star, gates_end, idx, gram_rows, gram_k, sliding, upper_bound, lam, h):
+def _smooth_exits(c_star, coef_off, idx, gram_rows, gram_k, sliding, upper_bound, lam, h):
     """Sliding pairs ``[d, K]`` whose λ leaves [0, 1] within the step: ``(exits, τ_e, z at the
     step's end, to the upper bound)``, from λ of the end mode (sliding set ``sliding``, the
-    pairs at the upper bound ``upper_bound``) at θ* against ``lam`` at θ_n."""
+    pairs at the upper bound ``upper_bound``) at θ* against ``lam`` at θ_n; ``c_star`` ``[N, d]``
+    are the jumps ``(1 − α) c_is`` at θ*, ``coef_off`` the field's coefficients there with the
+    candidates on their inactive side."""
     dtype = c_star.dtype
     k = idx.shape[1]
     c_k = _pick(c_star.T, idx)
-    xg = jnp.einsum("ikn,in->ik", gram_rows, (gates_end * c_star).T)  # x̃_k·G_i at θ*
+    xg = jnp.einsum("ikn,in->ik", gram_rows, coef_off.T)  # x̃_k·G_i at θ*
     m = c_k[:, :, None] * c_k[:, None, :] * gram_k
     both = sliding[:, :, None] & sliding[:, None, :]
     eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), m.shape)
@@ -301,8 +325,8 @@ def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
 
 def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
     """Problem (8.1) of every neuron for the candidate pairs ``idx`` ``[d, K]`` (``valid`` marks
-    the real ones), each on its boundary; also returns their ``c``, whether they are active
-    now, and their Gram block ``[d, K, K]``.
+    the real ones), each on its boundary, with the jumps ``c0`` ``[N, d]`` (``(1 − α) c_is``);
+    also returns their ``c``, whether they are active now, and their Gram block ``[d, K, K]``.
 
     ``x̃_k·G_i`` comes from the rates ``z_dot = −X̃ X̃ᵀ coef`` with the active candidates' own
     terms removed; unused slots get ``M = 1, q = 1`` (λ = 0, inert). The problem's ``M, q``
@@ -328,9 +352,16 @@ def sliding_step(
     *,
     capacity: int,
     output_loss: Callable = logit_loss,
+    slope: float = 0.0,
 ) -> tuple[SlidingState, StepReport]:
     """One step of the sliding integrator (docs/theory.md §8.1, steps 1–7); ``q_ref`` ``[d]`` is the
-    balance each neuron is projected back to."""
+    balance each neuron is projected back to.
+
+    ``slope`` α ∈ [0, 1) makes the hidden activation the leaky ReLU ``a = z (α + (1 − α) g)``:
+    a pair's term in the gradient of θ_i is ``(α + (1 − α) g_is) c_is x̃_s``, so the field jumps
+    across ``z_is = 0`` by ``(1 − α) c_is x̃_s`` and problem (8.1) has ``(1 − α) c_is`` for
+    ``c_is`` (`_leak`, `_jump`); the part ``α c_is x̃_s`` is continuous there and enters every
+    step at Heun's weights. α = 0 is the ReLU."""
     p, sliding = state
     x, y, gram = geom
     n, d = sliding.shape
@@ -341,9 +372,10 @@ def sliding_step(
     # 1. The field at θ_n, sliding pairs off.
     z0 = preactivations(p, x)
     g0 = ((z0 > 0) & ~sliding).astype(dtype)
-    c0, grad_o0 = _output_gradients(z0, g0, p.V, y, output_loss)
-    grad_v0 = (g0 * z0).T @ grad_o0
-    z_dot = -_gram_times(geom, g0 * c0)
+    c0, grad_o0 = _output_gradients(z0, g0, p.V, y, output_loss, slope)
+    grad_v0 = (_leak(g0, slope) * z0).T @ grad_o0
+    z_dot = -_gram_times(geom, _leak(g0, slope) * c0)
+    j0 = _jump(c0, slope)  # the jump coefficients of problem (8.1)
 
     # 2. Candidates. First the pairs sliding now, alone: their problem (8.1) gives the velocity
     # the flow has before any new pair arrives, and so each pair's rate on its present side
@@ -353,7 +385,7 @@ def sliding_step(
         sliding.T.astype(dtype), capacity
     )  # (top_k of int8 is 30x slower on CPUs)
     valid_s = _pick(sliding.T, idx_s)
-    lam_s, _, _, c_s, *_ = _neuron_problems(idx_s, valid_s, c0, active, z_dot, gram, valid_s)
+    lam_s, _, _, c_s, *_ = _neuron_problems(idx_s, valid_s, j0, active, z_dot, gram, valid_s)
     rate = z_dot - jnp.einsum("ikn,ik->ni", gram[idx_s], jnp.where(valid_s, lam_s * c_s, 0.0))
     towards = jnp.where(active, rate < 0, rate > 0) & ~sliding
     tau = jnp.where(towards, -z0 / jnp.where(towards, h * rate, 1.0), jnp.inf)
@@ -367,7 +399,7 @@ def sliding_step(
     # candidates' arrivals, which drives the predictor.
     at_start = _pick(sliding.T, idx) & valid  # candidates sliding at θ_n
     lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q = _neuron_problems(
-        idx, valid, c0, active, z_dot, gram, at_start
+        idx, valid, j0, active, z_dot, gram, at_start
     )
     slides = free & valid
     gram_rows = gram[idx]  # [d, K, N]
@@ -402,7 +434,7 @@ def sliding_step(
     ends_on = z_star > 0
     flips = (start_on != ends_on) & ~cand
     cross = jnp.where(flips, z0 / jnp.where(flips, z0 - z_star, 1.0), 0.0)
-    flip_coef = jnp.where(flips, jnp.where(ends_on, c0, -c0), 0.0)
+    flip_coef = jnp.where(flips, jnp.where(ends_on, j0, -j0), 0.0)
     qp_q_end = qp_q + jnp.where(valid, c_k * jnp.einsum("ikn,ni->ik", gram_rows, flip_coef), 0.0)
     lam_end, free_end, violation_end = jax.vmap(box_qp)(qp_m, qp_q_end, slides)
     slides_end = free_end & valid
@@ -444,7 +476,10 @@ def sliding_step(
         ½, ½ when always active), the sliding pairs landed on their boundaries."""
         gates = beta - alpha
         mid = 0.5 * (alpha + beta)
-        coef_t = (gates * ((1.0 - mid) * c0 + mid * c_star)).T
+        coef = gates * ((1.0 - mid) * j0 + mid * j_star)
+        if slope != 0:  # the continuous part α c x̃ of every pair, at Heun's weights
+            coef = coef + slope * 0.5 * (c0 + c_star)
+        coef_t = coef.T
         rows_dot = jnp.einsum("ikn,in->ik", gram_rows, coef_t)
         # A held pair moves only after its release, at the rate it has with the sliding pairs'
         # velocity projected (their arrivals are over by then): it lands at that fraction of the
@@ -463,7 +498,8 @@ def sliding_step(
     # time); the second stage's activations are β − α.
     tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
     alpha, beta, _, held, tau_release = schedule(flips, cross, tau_k)
-    c_star, grad_o_star = _output_gradients(z_star, beta - alpha, v_star, y, output_loss)
+    c_star, grad_o_star = _output_gradients(z_star, beta - alpha, v_star, y, output_loss, slope)
+    j_star = _jump(c_star, slope)
     # Smooth exits: λ of the end mode again at θ*, with its sliding set and bounds kept. A sliding
     # pair whose λ leaves [0, 1] inside the step leaves its boundary at the time τ_e where the
     # linear interpolation of λ meets the bound, with a normal velocity that grows from 0 (the
@@ -471,8 +507,8 @@ def sliding_step(
     # ż_free = S_kk (λ_k − bound)/c_k with S_kk the Schur complement of the other sliding pairs.
     # Releasing it a step late instead would cost O(h²).
     exits, tau_exit, exit_target, upper = _smooth_exits(
-        c_star,
-        (start_on != flips) & ~cand,
+        j_star,
+        _leak((start_on != flips) & ~cand, slope) * c_star,
         idx,
         gram_rows,
         gram_k,
@@ -483,8 +519,14 @@ def sliding_step(
     )
     slides_end = slides_end & ~exits  # the closures above see the end mode with the exits
     stays_on = stays_on | (exits & upper)
-    own = jnp.where(start_on, 0.5 * (c0 + c_star), 0.0)
-    own_k = jnp.where(active_k, _pick(own.T, idx), 0.0)
+    # Each pair's own term at Heun's weights on its starting side (α of it on the inactive side).
+    if slope == 0:
+        own = jnp.where(start_on, 0.5 * (c0 + c_star), 0.0)
+        own_k = jnp.where(active_k, _pick(own.T, idx), 0.0)
+    else:
+        mean_c = 0.5 * (c0 + c_star)
+        own = _leak(start_on, slope) * mean_c
+        own_k = _leak(active_k, slope) * _pick(mean_c.T, idx)
     rate_k = _pick(rate.T, idx)
 
     def refine(_, carry):
@@ -524,12 +566,17 @@ def sliding_step(
     # which bends the z of the neuron's other pairs; the trapezoid over-counts their activation
     # integral by ½ τ(1 − τ) h² x̃_s·Δθ̇_i: Heun's second activation takes it back.
     flips_f, cross_f, tau_f = times
-    jump = jnp.where(flips_f, jnp.where(start_on, -c0, c0) * cross_f * (1.0 - cross_f), 0.0)
+    jump = jnp.where(flips_f, jnp.where(start_on, -j0, j0) * cross_f * (1.0 - cross_f), 0.0)
     jump_k = jnp.where(crossing_k, jnp.where(active_k, -1.0, 1.0), 0.0) * c_k
     arrives = slides_end & ~at_start
     jump_k = jnp.where(arrives, (lam_end - active_k) * c_k, jump_k)
     jump = jump.T.at[rows, idx].add(jnp.where(valid, jump_k * tau_f * (1.0 - tau_f), 0.0)).T
-    a_star = a_star + jnp.where(event | (gates <= 0), 0.0, h * _gram_times(geom, jump))
+    kink = h * _gram_times(geom, jump)
+    a_star = a_star + jnp.where(event | (gates <= 0), 0.0, kink)
+    if slope != 0:
+        # The leaky activation is (1 − α) relu(z) + α z: the part α z of every pair is the
+        # trapezoid of z, with Heun's second value z_{n+1} less the kinks of the neuron's events.
+        a_star = (1.0 - slope) * a_star + slope * (z1 + kink)
     grad_v_star = a_star.T @ grad_o_star
     stepped = Params(
         W=p.W - h * (coef_t @ x),
@@ -564,7 +611,7 @@ class SlidingSolution(NamedTuple):
     final_finite: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss"))
+@functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss", "slope"))
 def solve_sliding(
     params0: Params,
     data: TrainingData,
@@ -576,13 +623,16 @@ def solve_sliding(
     capacity: int,
     max_steps: int,
     output_loss: Callable = logit_loss,
+    slope: float = 0.0,
 ) -> SlidingSolution:
     """Integrate the flow with `sliding_step` over ``grid`` (sorted times, save and snapshot
     times together), in equal steps of at most ``h`` between consecutive grid times.
 
     Observables are recorded at ``grid[save_pos]``, parameters and sliding sets at
     ``grid[snap_pos]``. At most ``max_steps`` steps are taken (``steps_needed`` says how many
-    the grid wanted).
+    the grid wanted). ``slope`` α ∈ [0, 1) integrates the network with the leaky ReLU
+    ``a = z (α + (1 − α) g)`` in place of the ReLU (`sliding_step`); the observables are those
+    of `observe`, which evaluates the ReLU network.
     """
     geom = geometry(data.x, data.y)
     dtype = params0.W.dtype
@@ -614,7 +664,9 @@ def solve_sliding(
 
         def body(_, c):
             st, cross, cross_max, over, viol, diss, dfc = c
-            st, rep = sliding_step(st, dt, geom, q_ref, capacity=capacity, output_loss=output_loss)
+            st, rep = sliding_step(
+                st, dt, geom, q_ref, capacity=capacity, output_loss=output_loss, slope=slope
+            )
             return (
                 st,
                 cross + rep.crossings,

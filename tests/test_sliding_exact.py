@@ -132,9 +132,16 @@ def box_problem(G, X, c):
     return found[0]
 
 
-def mode_matrix(xt, r, side):
+def leak_weights(side, alpha):
+    """A pair's factor in the field, ``α + (1 − α) g``, off its boundary (sliding pairs: 0, their
+    z and their term's component normal to the constraints vanish)."""
+    return np.where(side > 0, 1.0, np.where(side == 0, 0.0, alpha))
+
+
+def mode_matrix(xt, r, side, alpha=0.0):
     """The linear field ``ẏ = M y``, ``y = (θ_i, v_i)``, of one neuron whose pairs are active
-    (side +1), inactive (−1) or sliding (0)."""
+    (side +1), inactive (−1) or sliding (0); with the leaky slope ``alpha`` an inactive pair
+    contributes ``alpha`` times its active term."""
     n, p = xt.shape
     on, sl = side > 0, side == 0
     proj = np.eye(p)
@@ -142,14 +149,21 @@ def mode_matrix(xt, r, side):
         xs = xt[sl]
         proj -= xs.T @ np.linalg.solve(xs @ xs.T, xs)
     m = np.zeros((p + 2, p + 2))
-    m[:p, p:] = -proj @ xt[on].T @ r[on] / n
-    m[p:, :p] = -r[on].T @ xt[on] / n
+    if alpha == 0:
+        m[:p, p:] = -proj @ xt[on].T @ r[on] / n
+        m[p:, :p] = -r[on].T @ xt[on] / n
+    else:
+        wr = leak_weights(side, alpha)[:, None] * r
+        m[:p, p:] = -proj @ xt.T @ wr / n
+        m[p:, :p] = -wr.T @ xt / n
     return m
 
 
-def event_matrix(xt, r, side):
+def event_matrix(xt, r, side, alpha=0.0):
     """Rows F with ``F y > 0`` exactly while the mode holds: ``side_s z_s`` for the pairs off
-    their boundary, ``μ_s`` (λ_s > 0) and ``c_s − μ_s`` (λ_s < 1) for the sliding ones."""
+    their boundary, ``μ_s`` (λ_s > 0) and ``c_s − μ_s`` (λ_s < 1) for the sliding ones. With the
+    leaky slope α the sliding pair's total coefficient is ``μ_s = α c_s + λ_s (1 − α) c_s``, and
+    λ_s > 0 reads ``μ_s − α c_s > 0``."""
     n, p = xt.shape
     rows, keys = [], []
     for s in np.flatnonzero(side != 0):
@@ -159,19 +173,23 @@ def event_matrix(xt, r, side):
     if sl.any():
         on = side > 0
         xs = xt[sl]
-        g_of_v = xt[on].T @ r[on] / n  # G = g_of_v @ v
+        if alpha == 0:
+            g_of_v = xt[on].T @ r[on] / n  # G = g_of_v @ v
+        else:
+            g_of_v = xt.T @ (leak_weights(side, alpha)[:, None] * r) / n
         mu_of_v = -np.linalg.solve(xs @ xs.T, xs @ g_of_v)  # μ = mu_of_v @ v
         c_of_v = r[sl] / n  # c = c_of_v @ v
         for k, s in enumerate(np.flatnonzero(sl)):
-            rows.append(np.concatenate([np.zeros(p), mu_of_v[k]]))
+            rows.append(np.concatenate([np.zeros(p), mu_of_v[k] - alpha * c_of_v[k]]))
             keys.append(("lam0", s))
             rows.append(np.concatenate([np.zeros(p), c_of_v[k] - mu_of_v[k]]))
             keys.append(("lam1", s))
     return np.array(rows), keys
 
 
-def new_mode(xt, r, side, y, kind, s):
-    """The mode after an event ``(kind, s)`` at state y (module doc)."""
+def new_mode(xt, r, side, y, kind, s, alpha=0.0):
+    """The mode after an event ``(kind, s)`` at state y (module doc); with the leaky slope α the
+    candidates' inactive terms ``α c x̃`` belong to G and the jumps are ``(1 − α) c``."""
     n, p = xt.shape
     side = side.copy()
     c = r @ y[p:] / n
@@ -190,14 +208,17 @@ def new_mode(xt, r, side, y, kind, s):
         off = side.copy()
         off[cand] = -1
         on = off > 0
-        G = (r[on] @ y[p:]) @ xt[on] / n
-        for q, a in zip(cand, box_problem(G, xt[cand], c[cand])):
+        if alpha == 0:
+            G = (r[on] @ y[p:]) @ xt[on] / n
+        else:
+            G = (leak_weights(off, alpha) * c) @ xt
+        for q, a in zip(cand, box_problem(G, xt[cand], (1.0 - alpha) * c[cand])):
             side[q] = {"0": -1, "1": 1, "F": 0}[a]
     return side
 
 
-def exact_neuron(xt, r, theta0, v0, t_end, scan=1e-3):
-    """Exact solution of one neuron on [0, t_end].
+def exact_neuron(xt, r, theta0, v0, t_end, scan=1e-3, alpha=0.0):
+    """Exact solution of one neuron on [0, t_end] (with the leaky slope ``alpha``).
 
     Returns ``(segments, events)``: segments ``(t_start, t_stop, side, y_start, M)`` with
     ``y(t) = expm((t − t_start) M) y_start`` on each, and the events ``(t, kind, s, side)``.
@@ -210,8 +231,8 @@ def exact_neuron(xt, r, theta0, v0, t_end, scan=1e-3):
     t = 0.0
     segments, events = [], []
     while True:
-        m = mode_matrix(xt, r, side)
-        f, keys = event_matrix(xt, r, side)
+        m = mode_matrix(xt, r, side, alpha)
+        f, keys = event_matrix(xt, r, side, alpha)
         taus = np.linspace(0.0, t_end - t, max(int(np.ceil((t_end - t) / scan)), 1) + 1)
         step = scipy.linalg.expm((taus[1] - taus[0]) * m)
         ys = [y]
@@ -236,7 +257,7 @@ def exact_neuron(xt, r, theta0, v0, t_end, scan=1e-3):
         segments.append((t, t + tau, side.copy(), y.copy(), m))
         y = scipy.linalg.expm(tau * m) @ y
         t += tau
-        side = new_mode(xt, r, side, y, kind, s)
+        side = new_mode(xt, r, side, y, kind, s, alpha)
         if np.any(side == 0):  # land on the sliding constraints (they hold to rounding already)
             xs = xt[side == 0]
             y[:p] -= xs.T @ np.linalg.solve(xs @ xs.T, xs @ y[:p])
@@ -274,15 +295,18 @@ def classify(events, theta0, xt):
 # ---------------------------------------------------------------------------------------------
 
 
-def _reference(x, W, V):
+def _reference(x, W, V, alpha=0.0):
     xt = np.hstack([x, np.ones((x.shape[0], 1))])
     r = RESIDUALS[LABELS]
-    return xt, [exact_neuron(xt, r, np.append(W[i], 0.0), V[i], T_END) for i in range(W.shape[0])]
+    return xt, [
+        exact_neuron(xt, r, np.append(W[i], 0.0), V[i], T_END, alpha=alpha)
+        for i in range(W.shape[0])
+    ]
 
 
-def _solve(x, W, V, hs):
+def _solve(x, W, V, hs, slope=0.0):
     """Snapshots ``[levels, K, d, D + 3]`` (rows ``(w_i, b_i, v_i)``) and sliding masks
-    ``[levels, K, N, d]`` of `solve_sliding` at every step size."""
+    ``[levels, K, N, d]`` of `solve_sliding` at every step size (leaky slope ``slope``)."""
     d, dim = W.shape
     data = TrainingData(
         x=jnp.asarray(x),
@@ -305,6 +329,7 @@ def _solve(x, W, V, hs):
             capacity=8,
             max_steps=100_000,
             output_loss=frozen_residual_loss,
+            slope=slope,
         )
         assert not np.any(sol.record.overflow)
         assert int(sol.steps_needed) == round(T_END / h)
