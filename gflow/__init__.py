@@ -12,6 +12,7 @@ from . import capacity as capacity
 from . import cells as cells
 from . import datasets as datasets
 from . import network as network
+from . import regimes as regimes
 from . import runs as runs
 from . import solvers as solvers
 from . import theory as theory

@@ -15,7 +15,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gflow"
 LAYERS = {
     0: ("_network", "_observables", "_data", "_dataset", "_validation"),  # model, data
     1: ("_flow", "_gauss", "_projection", "_sliding", "_trajectory", "_sgd", "_chunked"),
-    2: ("_theory", "_race", "_cells", "_faces", "_capacity", "_imp", "_tickets", "_discretisation"),
+    2: (
+        "_theory",
+        "_race",
+        "_cells",
+        "_faces",
+        "_capacity",
+        "_imp",
+        "_tickets",
+        "_discretisation",
+        "_regimes",
+    ),
     3: ("_config", "_sweep", "_runs", "_demo", "_plots", "_progress", "_resources"),
 }
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}
@@ -31,6 +41,7 @@ PUBLIC = {
     "cells": ("_cells", "_faces"),
     "capacity": ("_capacity", "_imp", "_tickets"),
     "analysis": ("_discretisation",),
+    "regimes": ("_regimes",),
     "benchmarking": ("_benchmarking",),
     "runs": ("_config", "_sweep", "_runs", "_demo", "_plots", "_progress", "_resources"),
     "cli": ("_cli",),
