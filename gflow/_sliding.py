@@ -107,7 +107,7 @@ def geometry(x: jax.Array, y: jax.Array) -> Geometry:
     return Geometry(x=x, y=y, gram=gram)
 
 
-def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+def spd_solve(a: jax.Array, b: jax.Array, size=None) -> jax.Array:
     """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]`` or
     ``[K, m]``: Gauss–Jordan elimination without pivoting (stable for such matrices, as Cholesky
     is), in plain XLA ops.
@@ -117,6 +117,12 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     seen to deadlock (K = 32, N = 1000, d = 50). The elimination loop is not unrolled: unrolled,
     the ten solves of a step doubled its compile time (12.8 s → 26.7 s on a 2-core CPU, d = 20,
     K = 16) and saved only 6–16 % of the step's run time.
+
+    ``size`` (an integer, may be traced; default K) says that only the leading ``size`` rows and
+    columns of ``a`` differ from the identity's: the elimination stops there, and the result is
+    the same to the bit (an identity pivot whose column is ``e_j`` changes nothing). The sliding
+    solver's problems are padded to K with identity rows behind the used candidate slots, so
+    its solves run over the slots in use, not over K.
 
     Example:
         >>> A, r = jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0])
@@ -133,11 +139,17 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
         b = (b - column * jnp.expand_dims(bj, tuple(range(b.ndim - 1)))).at[j].set(bj)
         return a, b
 
-    return jax.lax.fori_loop(0, a.shape[-1], eliminate, (a, b))[1]
+    stop = a.shape[-1] if size is None else jnp.minimum(size, a.shape[-1])
+    return jax.lax.fori_loop(0, stop, eliminate, (a, b))[1]
 
 
 def box_qp(
-    M: jax.Array, q: jax.Array, free0: jax.Array | None = None, *, max_iterations: int | None = None
+    M: jax.Array,
+    q: jax.Array,
+    free0: jax.Array | None = None,
+    size=None,
+    *,
+    max_iterations: int | None = None,
 ):
     """``argmin_{λ ∈ [0,1]^K} ½ λᵀMλ + qᵀλ`` for a positive semidefinite ``M`` ``[K, K]``.
 
@@ -148,7 +160,9 @@ def box_qp(
     ends in finitely many iterations at a KKT point (the global minimum: the problem is convex).
     ``M`` may be singular: the free sub-problems get a jitter of 10ε on the diagonal.
     ``free0`` (booleans ``[K]``) starts the working set with those variables free (a warm start:
-    the previous step's sliding pairs), from the feasible point λ = 0.
+    the previous step's sliding pairs), from the feasible point λ = 0. ``size`` (`spd_solve`)
+    bounds the slots that can be free: variables from ``size`` on must have ``M = 1``, ``q > 0``
+    (inert, λ = 0) and not be in ``free0``.
 
     Returns:
         ``(λ, free, violation)``: the minimiser; which variables are strictly between their
@@ -178,7 +192,7 @@ def box_qp(
     def free_inverse(free):
         """``H = (M + jitter)_FF⁻¹`` padded with zeros: the working set's inverse."""
         both = free[:, None] & free[None, :]
-        return jnp.where(both, spd_solve(jnp.where(both, reg, eye), eye), 0.0)
+        return jnp.where(both, spd_solve(jnp.where(both, reg, eye), eye, size), 0.0)
 
     def body(carry):
         it, lam, lower, upper, _, h_inv = carry
@@ -237,7 +251,7 @@ def box_qp(
     # The working set's solution once more from scratch: the rank-one updates' rounding stays out.
     fixed = upper.astype(dtype)
     both = free[:, None] & free[None, :]
-    exact = spd_solve(jnp.where(both, reg, eye), jnp.where(free, -q - M @ fixed, fixed))
+    exact = spd_solve(jnp.where(both, reg, eye), jnp.where(free, -q - M @ fixed, fixed), size)
     lam = jnp.where(free, jnp.clip(exact, 0.0, 1.0), lam)
     grad = M @ lam + q
     violation = jnp.max(jnp.where(free, jnp.abs(grad), jnp.where(lower, -grad, grad)) / scale)
@@ -304,7 +318,7 @@ def _smooth_exits(c_star, coef_off, idx, gram_rows, gram_k, sliding, upper_bound
     m = c_k[:, :, None] * c_k[:, None, :] * gram_k
     both = sliding[:, :, None] & sliding[:, None, :]
     eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), m.shape)
-    inv = jnp.where(both, jax.vmap(spd_solve)(jnp.where(both, m, eye), eye), 0.0)
+    inv = jnp.where(both, _solves(jnp.where(both, m, eye), eye, sliding), 0.0)
     rhs = -c_k * xg - jnp.einsum("ikl,il->ik", m, upper_bound.astype(dtype))
     lam_star = jnp.einsum("ikl,il->ik", inv, jnp.where(sliding, rhs, 0.0))
     upper = lam_star > 1.0
@@ -315,6 +329,19 @@ def _smooth_exits(c_star, coef_off, idx, gram_rows, gram_k, sliding, upper_bound
     schur = 1.0 / jnp.where(exits, jnp.diagonal(inv, axis1=1, axis2=2), 1.0)
     rate = schur * (lam_star - bound) / jnp.where(exits, c_k, 1.0)
     return exits, tau_e, jnp.where(exits, 0.5 * (1.0 - tau_e) * h * rate, 0.0), upper
+
+
+def _slots_in_use(mask: jax.Array) -> jax.Array:
+    """``1 + max{k : mask_ik}`` over all neurons ``i`` (``mask`` ``[d, K]``; 0 if none): the
+    slots beyond are identity padding in every neuron's problem."""
+    k = mask.shape[-1]
+    return jnp.max(jnp.where(mask, jnp.arange(1, k + 1), 0))
+
+
+def _solves(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
+    """`spd_solve` of every neuron's ``a`` ``[d, K, K]``, ``b`` ``[d, K]`` or ``[d, K, K]``, whose
+    rows and columns outside ``mask`` ``[d, K]`` are the identity's, over the slots in use."""
+    return jax.vmap(spd_solve, in_axes=(0, 0, None))(a, b, _slots_in_use(mask))
 
 
 def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
@@ -340,7 +367,8 @@ def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
         both, c_k[:, :, None] * c_k[:, None, :] * gram_k, jnp.eye(idx.shape[1], dtype=c_k.dtype)
     )
     qp_q = jnp.where(valid, c_k * xg, 1.0)
-    lam, free, violation = jax.vmap(box_qp)(qp_m, qp_q, free0 & valid)
+    solve = jax.vmap(box_qp, in_axes=(0, 0, 0, None))
+    lam, free, violation = solve(qp_m, qp_q, free0 & valid, _slots_in_use(valid))
     return lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q
 
 
@@ -412,7 +440,7 @@ def sliding_step(
             mask[:, :, None] & mask[:, None, :], gram_k, jnp.eye(capacity, dtype=dtype)
         )
         rhs = jnp.where(mask, rows_dot_coef - (z_k - target) / h, 0.0)
-        return jnp.where(mask, jax.vmap(spd_solve)(gram_mask, rhs), 0.0)
+        return jnp.where(mask, _solves(gram_mask, rhs, mask), 0.0)
 
     # 4. Stage 1: the Filippov velocity at θ_n (candidates at λ, not at their present gates),
     # landed. It differs from the coefficients g0·c0 only at the candidates, by `delta`; so
@@ -436,7 +464,9 @@ def sliding_step(
     cross = jnp.where(flips, z0 / jnp.where(flips, z0 - z_star, 1.0), 0.0)
     flip_coef = jnp.where(flips, jnp.where(ends_on, j0, -j0), 0.0)
     qp_q_end = qp_q + jnp.where(valid, c_k * jnp.einsum("ikn,ni->ik", gram_rows, flip_coef), 0.0)
-    lam_end, free_end, violation_end = jax.vmap(box_qp)(qp_m, qp_q_end, slides)
+    lam_end, free_end, violation_end = jax.vmap(box_qp, in_axes=(0, 0, 0, None))(
+        qp_m, qp_q_end, slides, _slots_in_use(valid)
+    )
     slides_end = free_end & valid
     stays_on = ~free_end & (lam_end > 0.5) & valid
     released = at_start & ~slides_end
