@@ -25,7 +25,7 @@ import numpy as np
 from jax.core import Tracer
 
 from ._network import Params, accuracy, logits
-from ._observables import TrainingData, outgoing_alignment, safe_norm
+from ._observables import TrainingData, class_alignment, safe_norm
 
 # --------------------------------------------------------------------------- clusters
 
@@ -137,7 +137,7 @@ def neuron_clusters(params: Params, *, threshold: float = 0.95) -> Clusters:
     tau = _check_threshold(threshold)
     aug = np.asarray(augmented_weights(params), dtype=np.float64)
     V = np.asarray(params.V, dtype=np.float64)
-    kappa = np.asarray(outgoing_alignment(params.V))
+    kappa = np.asarray(class_alignment(params.V))
     order = _canonical_order(aug, V)
     unit = _unit_rows(aug[order])
     sim = unit @ unit.T

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data import PREPROCESS_MODES
+from ._data import PREPROCESS_MODES, parse_classes
 from ._flow import SLIDING, FlowConfig, check_time_grid
+from ._network import LOSSES, Model, parse_activation
 from ._sgd import SGDConfig
 from ._validation import is_int as _is_int
 from ._validation import non_negative_int as _non_negative_int
@@ -40,6 +41,8 @@ _COMMON_KEYS = (
     "trainer",
     "dataset",
     "classes",
+    "loss",
+    "activation",
     "n_per_class",
     "preprocess",
     "data_seed",
@@ -71,6 +74,8 @@ TRAINER_DEFAULTS: dict[str, dict] = {
 COMMON_DEFAULTS = {
     "dataset": "mnist",
     "classes": None,
+    "loss": "cross_entropy",
+    "activation": "relu",
     "n_per_class": None,
     "preprocess": "center-unit",
     "data_seed": 0,
@@ -150,7 +155,10 @@ class RunConfig:
         trainer: ``"sgd"`` (mini-batch SGD with momentum), ``"gd"`` (full batch) or ``"flow"``
             (the ODE θ̇ = −∇L, docs/theory.md §1).
         dataset, classes, n_per_class, preprocess, data_seed: data options of ``gflow
-            --dataset`` (spec string, ``"A/B"`` digit grouping, samples per class, mode, seed).
+            --dataset`` (spec string, ``"A/B"`` digit grouping, or ``"A/B/C…"`` for K ≥ 3
+            classes, samples per class, mode, seed).
+        loss: ``"cross_entropy"`` (softmax, the paper's) or ``"square"`` (`gflow.Model`).
+        activation: ``"relu"`` (the paper's), ``"leaky_relu:α"`` or ``"softplus:β"``.
         width: hidden width d.
         sigma: init scales σ (``W, V ~ N(0, σ²)``, ``b = 0``); a tuple is swept.
         orthogonal_init: mutually orthogonal rows of W at init.
@@ -171,6 +179,8 @@ class RunConfig:
     trainer: str = "sgd"
     dataset: str | None = None
     classes: str | None = None
+    loss: str | None = None
+    activation: str | None = None
     n_per_class: int | None = None
     preprocess: str | None = None
     data_seed: int | None = None
@@ -273,6 +283,14 @@ class RunConfig:
             for s, lr, m in itertools.product(sigmas, lrs, moms)
         ]
 
+    def model(self) -> Model:
+        """The `Model` of this run: its activation and loss."""
+        return dataclasses.replace(parse_activation(str(self.activation)), loss=str(self.loss))
+
+    def num_classes(self) -> int:
+        """K, the number of classes the ``classes`` grouping makes (2 without one)."""
+        return 2 if self.classes is None else self.classes.count("/") + 1
+
     def data_options(self) -> dict:
         """The data keys (dataset, classes, n_per_class, preprocess, data_seed)."""
         return {
@@ -350,13 +368,21 @@ def _normalise(v: dict) -> dict:
             "dataset must be a spec string such as 'mnist', 'clusters' or 'npz:PATH'; got "
             f"{v['dataset']!r}."
         )
-    if v["classes"] is not None and not (
-        isinstance(v["classes"], str) and v["classes"].count("/") == 1
-    ):
+    if v["classes"] is not None:
+        if not isinstance(v["classes"], str):
+            raise ValueError(
+                "classes must look like '0,1,2,3,4/5,6,7,8,9' (class 1 / class 2; one "
+                f"'/'-separated group per class); got {v['classes']!r}."
+            )
+        parse_classes(v["classes"])
+    if v["loss"] not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {v['loss']!r}.")
+    if not isinstance(v["activation"], str):
         raise ValueError(
-            "classes must look like '0,1,2,3,4/5,6,7,8,9' (class 1 / class 2); got "
-            f"{v['classes']!r}."
+            f"activation must look like relu, leaky_relu:ALPHA or softplus:BETA; got "
+            f"{v['activation']!r}."
         )
+    parse_activation(v["activation"])
     if v["n_per_class"] is not None:
         out["n_per_class"] = _positive_int("n_per_class", v["n_per_class"])
     if v["preprocess"] not in PREPROCESS_MODES:
@@ -451,8 +477,14 @@ def read_config_file(path) -> dict:
         raise ValueError(f"config file {p} is not valid TOML: {err}") from None
 
 
+# Keys a configuration written before they existed lacks: it meant their defaults.
+_LATER_KEYS = {"loss": COMMON_DEFAULTS["loss"], "activation": COMMON_DEFAULTS["activation"]}
+
+
 def config_differences(stored: Mapping, requested: Mapping) -> list[str]:
-    """``key: stored → requested`` for each key whose value differs between two config dicts."""
+    """``key: stored → requested`` for each key whose value differs between two config dicts
+    (a key a stored configuration lacks, from before it existed, counts as its default)."""
+    stored = {**_LATER_KEYS, **stored}
     names = sorted(set(stored) | set(requested))
     return [
         f"{k}: {stored.get(k)!r} there, {requested.get(k)!r} requested"

@@ -145,16 +145,27 @@ class Dataset:
         """D, the input dimension."""
         return int(self.x.shape[1])
 
+    def require_binary(self, what: str) -> None:
+        """``ValueError`` naming ``what`` when the task has K > 2 classes: the paper's closed
+        forms (signed labels ỹ, κ = ±1, cells' targets T_κ) are written for two."""
+        if self.classes != 2:
+            raise ValueError(
+                f"{what} is not covered by the theory for K = {self.classes} classes: its closed "
+                "forms (signed labels, κ = ±1, the targets T_κ) are the paper's binary ones "
+                "(docs/theory.md §9 says what carries over); use two class groups."
+            )
+
     @property
     def has_test(self) -> bool:
         return self.x_test is not None
 
     @property
     def signed_labels(self) -> np.ndarray:
-        """ỹ_s = +1 for class 1 (label 0), −1 for class 2 (label 1); all 0 for K > 2 classes,
-        where the paper's signed sums are not defined (docs/theory.md §9)."""
+        """ỹ_s = +1 for class 1 (label 0), −1 for class 2 (label 1); NaN for K > 2 classes, where
+        the paper's signed sums are not defined (docs/theory.md §9), so that no binary closed
+        form returns a number for them."""
         if self.classes != 2:
-            return np.zeros(self.y.shape, np.float32)
+            return np.full(self.y.shape, np.nan, np.float32)
         return (1 - 2 * self.y).astype(np.float32)
 
     def class_counts(self) -> tuple[int, ...]:

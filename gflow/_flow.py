@@ -313,6 +313,11 @@ def check_model(model: Model, config: FlowConfig) -> None:
         if config.solver in _GAUSS or config.solver == SLIDING
         else ("project_balance" if config.project_balance else None)
     )
+    if config.solver == SLIDING and model != PAPER:
+        raise ValueError(
+            "solver='sliding' records the paper's ReLU cross-entropy observables; the model is "
+            f"{model.describe()}: use gauss1/gauss2 or an explicit solver."
+        )
     if special is not None and not model.piecewise_linear:
         raise ValueError(
             f"{special} needs a ReLU or leaky-ReLU network (gates, balance); the model is "

@@ -41,7 +41,7 @@ from . import _runs
 from ._config import RunConfig, config_differences
 from ._dataset import Dataset
 from ._flow import FlowConfig, gradient_flow
-from ._network import gating_pattern, init_params
+from ._network import PAPER, Model, gating_pattern, init_params
 from ._observables import TrainingData, training_data
 from ._progress import Progress
 from ._resources import require_memory, sweep_memory
@@ -214,13 +214,20 @@ class MemberSpec:
     sgd: SGDConfig | None = None
     flow: FlowConfig | None = None
     save_times: tuple | None = None
+    classes: int = 2
+    model: Model = PAPER
 
     @classmethod
     def of(
-        cls, config: RunConfig, n_samples: int, dim: int, sgd: SGDConfig | None = None
+        cls,
+        config: RunConfig,
+        n_samples: int,
+        dim: int,
+        sgd: SGDConfig | None = None,
+        classes: int = 2,
     ) -> MemberSpec:
-        """The spec of ``config``'s members (``sgd`` replaces its `SGDConfig`, e.g. one point's
-        step count under a common flow time)."""
+        """The spec of ``config``'s members on data of K = ``classes`` classes (``sgd`` replaces
+        its `SGDConfig`, e.g. one point's step count under a common flow time)."""
         flow = config.trainer == "flow"
         return cls(
             trainer=config.trainer,
@@ -231,6 +238,8 @@ class MemberSpec:
             sgd=None if flow else (sgd if sgd is not None else config.sgd_config(n_samples)),
             flow=config.flow_config() if flow else None,
             save_times=tuple(config.save_times().tolist()) if flow else None,
+            classes=classes,
+            model=config.model(),
         )
 
 
@@ -252,10 +261,16 @@ def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
         sigma,
         orthogonal=spec.orthogonal_init,
         dtype=jnp.dtype(spec.dtype),
+        classes=spec.classes,
     )
     if spec.flow is not None:
         traj = gradient_flow(
-            params0, data, np.asarray(spec.save_times), config=spec.flow, throw=False
+            params0,
+            data,
+            np.asarray(spec.save_times),
+            config=spec.flow,
+            throw=False,
+            model=spec.model,
         )
         assert isinstance(traj, Trajectory)  # return_stats=False: no FlowStats
     else:
@@ -268,6 +283,7 @@ def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
             momentum=momentum,
             config=spec.sgd,
             throw=False,
+            model=spec.model,
         )
     obs = traj.observables
     # Weights can stay finite while the recorded loss or P_i = ‖w_i‖‖v_i‖ overflow: diverged too.
@@ -275,7 +291,8 @@ def run_member(data: TrainingData, seed, sigma, lr, momentum, spec: MemberSpec):
         [jnp.all(jnp.isfinite(a)) for a in (obs.loss, obs.P, obs.Q, obs.w_norm, obs.v_norm, obs.b)]
     )
     status = jnp.where((traj.status == OK) & ~jnp.all(recorded), NON_FINITE, traj.status)
-    status = jnp.where((status == OK) & is_dead(traj.final_params, data.x), DEAD, status)
+    if spec.model.activation == "relu":  # a leaky or smooth activation never closes every path
+        status = jnp.where((status == OK) & is_dead(traj.final_params, data.x), DEAD, status)
     return obs, traj.final_params, status.astype(traj.status.dtype), traj.num_steps
 
 
@@ -688,6 +705,7 @@ def _sweep_in(
             dataset.n_samples,
             dataset.dim,
             None if plan.sgd_configs is None else plan.sgd_configs[p],
+            classes=dataset.classes,
         )
         for p in range(len(plan.points))
     ]

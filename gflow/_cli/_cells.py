@@ -244,6 +244,7 @@ def run(args) -> int:
     if args.capacity is None:
         args.capacity = DEFAULT_CAPACITY
     dataset = dataset_from_args(args)
+    dataset.require_binary("gflow cells")
     data = training_data(dataset, jnp.float64 if dtype == "float64" else jnp.float32)
     kappas = {"both": (1, -1), "+1": (1,), "-1": (-1,)}[args.kappa]
     what = (

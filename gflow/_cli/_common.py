@@ -44,7 +44,8 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, default: str = "mnis
         "--classes",
         default=None,
         metavar="A/B",
-        help="digit grouping for MNIST sources, e.g. 0,1,2,3,4/5,6,7,8,9 (default) or 3/8",
+        help="grouping of source labels into classes, one '/'-separated group per class: "
+        "0,1,2,3,4/5,6,7,8,9 (default), 3/8, or 0/1/2 for three classes",
     )
     group.add_argument(
         "--n-per-class",

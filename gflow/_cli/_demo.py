@@ -96,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
     )
     dtype = apply_dtype(args)
     dataset = dataset_from_args(args)
+    dataset.require_binary("gflow demo")
     out = prepare_output_dir(args.out)
     log = (lambda *_: None) if args.quiet else print
     summary = run_demo(dataset, config, out, dtype=dtype, log=log, progress=not args.quiet)

@@ -122,6 +122,18 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         f"(default {COMMON_DEFAULTS['sigma'][0]:g}){many}",
     )
     model.add_argument(
+        "--loss",
+        metavar="{cross_entropy,square}",
+        help="softmax cross-entropy (default, the paper's) or the square loss ½‖o − e_c‖²",
+    )
+    model.add_argument(
+        "--activation",
+        metavar="ACT",
+        help="relu (default, the paper's), leaky_relu:ALPHA (slope α on z < 0) or "
+        "softplus:BETA (log(1 + e^{βz})/β); the theory's closed forms are the paper's for relu "
+        "with cross-entropy (docs/theory.md §9)",
+    )
+    model.add_argument(
         "--orthogonal-init",
         action="store_true",
         default=None,

@@ -424,6 +424,7 @@ def run(args) -> int:
     else:
         config = FlowConfig(solver=args.solver, rtol=args.rtol, max_steps=args.max_steps)
     dataset = dataset_from_args(args)
+    dataset.require_binary("gflow validate")
     data = training_data(dataset, dtype)
     estimate = loss_drop_estimate(data, args.sigma)
     t_end = args.t_end if args.t_end is not None else args.horizon_factor * estimate

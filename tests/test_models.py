@@ -1,0 +1,136 @@
+"""The generalised model (docs/theory.md §9): K classes, square loss, leaky ReLU, softplus — the
+gradient against its closed form, the phase-1 targets against the paper's for K = 2 and the
+simplex for K > 2, the balance conserved exactly when the activation is homogeneous."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gflow
+from gflow.network import Model, closed_form_gradient, loss, phase1_targets
+
+MODELS = [
+    Model(),
+    Model(loss="square"),
+    Model("leaky_relu", slope=0.2),
+    Model("softplus", beta=4.0),
+]
+
+
+@pytest.fixture(scope="module")
+def three():
+    ds = gflow.mnist_default(n_per_class=12, groups=((0,), (1,), (7,)))
+    return gflow.training_data(ds, jnp.float64)  # float64: tests/conftest.py enables it
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.describe())
+@pytest.mark.parametrize("classes", [2, 3])
+def test_gradient_matches_closed_form(model, classes):
+    rng = np.random.default_rng(classes)
+    x = jnp.asarray(rng.normal(size=(30, 6)))
+    y = jnp.asarray(np.arange(30) % classes)
+    p = gflow.init_params(jax.random.key(1), 7, 6, 0.7, dtype=jnp.float64, classes=classes)
+    auto = jax.grad(loss)(p, x, y, model)
+    closed = closed_form_gradient(p, x, y, model)
+    for a, b in zip(auto, closed):
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-12 * float(jnp.max(jnp.abs(a)))
+
+
+def test_phase1_targets_reduce_to_the_papers_for_two_classes():
+    data = gflow.training_data(gflow.mnist_default(n_per_class=15), jnp.float64)
+    p = gflow.init_params(jax.random.key(2), 9, data.x.shape[1], 1.0, dtype=jnp.float64)
+    gates = gflow.gating_pattern(p, data.x)
+    u1, v1, s1 = phase1_targets(gates, data, 2)
+    signed = gflow.network.cell_signed_sums(gates, data)
+    norm = jnp.linalg.norm(signed, axis=1)
+    n = data.x.shape[0]
+    np.testing.assert_allclose(2 * s1, np.sqrt(2.0) * norm / n, rtol=1e-12)
+    cos = jnp.abs(jnp.sum(u1 * signed, axis=1)) / norm
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(jnp.abs(v1), 1 / np.sqrt(2.0), rtol=1e-12)
+
+
+def test_cross_entropy_targets_lie_in_the_simplex_plane(three):
+    """r_s(0) = 1/K − e_c sums to 0 over classes, so v₁ ⟂ (1, …, 1); a cell holding one class only
+    has v₁ ∝ e_c − 1/K, a vertex of the regular simplex."""
+    y = np.asarray(three.y)
+    gates = jnp.stack([y == 0, y == 2, np.ones_like(y, bool)], axis=1)
+    _, v1, _ = phase1_targets(gates, three, 3)
+    np.testing.assert_allclose(jnp.sum(v1, axis=1), 0.0, atol=1e-12)
+    for col, c in ((0, 0), (1, 2)):
+        vertex = np.eye(3)[c] - 1 / 3
+        vertex /= np.linalg.norm(vertex)
+        np.testing.assert_allclose(v1[col], vertex, atol=1e-12)
+    _, v_sq, _ = phase1_targets(gates, three, 3, Model(loss="square"))
+    np.testing.assert_allclose(v_sq[0], np.eye(3)[0], atol=1e-12)  # square loss: −r(0) = e_c
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.describe())
+def test_balance_rate_vanishes_iff_the_activation_is_homogeneous(model, three):
+    """dQ_i/dt = −2(⟨θ_i, ∇_{θ_i}L⟩ − ⟨v_i, ∇_{v_i}L⟩), zero by Euler's identity when σ(λz) =
+    λσ(z), pointwise along any trajectory."""
+    p = gflow.init_params(jax.random.key(5), 6, three.x.shape[1], 0.7, dtype=jnp.float64, classes=3)
+    g = closed_form_gradient(p, three.x, three.y, model)
+    incoming = jnp.sum(p.W * g.W, axis=1) + p.b * g.b
+    outgoing = jnp.sum(p.V * g.V, axis=1)
+    rate = -2 * (incoming - outgoing)
+    scale = float(jnp.max(jnp.abs(outgoing)))
+    if model.homogeneous:
+        assert float(jnp.max(jnp.abs(rate))) <= 1e-12 * scale
+    else:
+        assert float(jnp.max(jnp.abs(rate))) >= 1e-3 * scale
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.describe())
+def test_balance_is_conserved_iff_the_activation_is_homogeneous(model, three):
+    p0 = gflow.init_params(
+        jax.random.key(3), 6, three.x.shape[1], 0.3, dtype=jnp.float64, classes=3
+    )
+    cfg = gflow.FlowConfig(solver="dopri8", rtol=1e-10, max_steps=20_000)
+    traj = gflow.gradient_flow(p0, three, np.linspace(0.0, 0.5, 5), config=cfg, model=model)
+    drift = float(gflow.balance_drift(traj.observables).max())
+    assert traj.observables.loss[-1] < traj.observables.loss[0]
+    if model.homogeneous:
+        assert drift <= 1e-8, drift
+    else:
+        assert drift >= 1e-6, drift  # softplus: Q_i moves (8e-5 here)
+
+
+@pytest.mark.parametrize("model", [Model(), Model(loss="square")], ids=lambda m: m.describe())
+def test_gd_approaches_the_flow_at_first_order_for_three_classes(model, three):
+    p0 = gflow.init_params(
+        jax.random.key(4), 6, three.x.shape[1], 1.0, dtype=jnp.float64, classes=3
+    )
+    t_end = 0.5
+    cfg = gflow.FlowConfig(solver="dopri8", rtol=1e-10, max_steps=20_000)
+    ref = gflow.gradient_flow(p0, three, np.array([0.0, t_end]), config=cfg, model=model)
+    errors = []
+    for eta in (0.02, 0.01):
+        steps = int(round(t_end / eta))
+        gd = gflow.train_gd(
+            p0,
+            three,
+            learning_rate=eta,
+            model=model,
+            config=gflow.SGDConfig(steps=steps, record_every=steps),
+        )
+        errors.append(float(jnp.max(jnp.abs(gd.observables.P[-1] - ref.observables.P[-1]))))
+    ratio = errors[0] / errors[1]
+    assert 1.7 < ratio < 2.3, (errors, ratio)
+
+
+def test_labels_beyond_the_outputs_are_refused(three):
+    p0 = gflow.init_params(jax.random.key(0), 4, three.x.shape[1], 0.1)  # K = 2, labels reach 2
+    with pytest.raises(ValueError, match="K = 2 outputs"):
+        gflow.train_gd(
+            p0, three, learning_rate=0.1, config=gflow.SGDConfig(steps=2, record_every=1)
+        )
+
+
+def test_run_config_builds_the_model_and_classes():
+    cfg = gflow.RunConfig(classes="0/1/2", loss="square", activation="leaky_relu:0.1")
+    assert cfg.num_classes() == 3
+    assert cfg.model() == Model("leaky_relu", slope=0.1, loss="square")
+    with pytest.raises(ValueError, match="activation"):
+        gflow.RunConfig(activation="tanh")
