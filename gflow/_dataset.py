@@ -152,7 +152,7 @@ class Dataset:
             raise ValueError(
                 f"{what} is not covered by the theory for K = {self.classes} classes: its closed "
                 "forms (signed labels, κ = ±1, the targets T_κ) are the paper's binary ones "
-                "(docs/theory.md §9 says what carries over); use two class groups."
+                "(docs/theory.md §10 says what carries over); use two class groups."
             )
 
     @property
@@ -162,7 +162,7 @@ class Dataset:
     @property
     def signed_labels(self) -> np.ndarray:
         """ỹ_s = +1 for class 1 (label 0), −1 for class 2 (label 1); NaN for K > 2 classes, where
-        the paper's signed sums are not defined (docs/theory.md §9), so that no binary closed
+        the paper's signed sums are not defined (docs/theory.md §10), so that no binary closed
         form returns a number for them."""
         if self.classes != 2:
             return np.full(self.y.shape, np.nan, np.float32)

@@ -313,11 +313,6 @@ def check_model(model: Model, config: FlowConfig) -> None:
         if config.solver in _GAUSS or config.solver == SLIDING
         else ("project_balance" if config.project_balance else None)
     )
-    if config.solver == SLIDING and model != PAPER:
-        raise ValueError(
-            "solver='sliding' records the paper's ReLU cross-entropy observables; the model is "
-            f"{model.describe()}: use gauss1/gauss2 or an explicit solver."
-        )
     if special is not None and not model.piecewise_linear:
         raise ValueError(
             f"{special} needs a ReLU or leaky-ReLU network (gates, balance); the model is "
@@ -557,7 +552,11 @@ def _solve(
 
 @functools.cache
 def _sliding_model_options(model: Model) -> dict:
-    return {"output_loss": functools.partial(logit_loss, model=model), "slope": model.slope}
+    return {
+        "output_loss": functools.partial(logit_loss, model=model),
+        "slope": model.slope,
+        "model": model,
+    }
 
 
 def _sliding_model(model: Model) -> dict:

@@ -1,4 +1,4 @@
-"""The network and its loss as pure JAX functions (docs/theory.md §1, §9).
+"""The network and its loss as pure JAX functions (docs/theory.md §1, §10).
 
     z_i(x) = w_i·x + b_i,   a_i = σ(z_i),   o(x) = Σ_i v_i a_i(x) ∈ R^K
     p = softmax(o),   ℓ_s = −log p_{c_s},   L = (1/N) Σ_s ℓ_s
@@ -103,7 +103,7 @@ LOSSES = ("cross_entropy", "square")
 @dataclasses.dataclass(frozen=True)
 class Model:
     """What the network computes from its parameters: the activation, the loss, and optionally the
-    point of a linearisation (docs/theory.md §9).
+    point of a linearisation (docs/theory.md §10).
 
     Attributes:
         activation: ``"relu"`` (default, the paper's), ``"leaky_relu"`` (σ(z) = z for z > 0,
@@ -222,7 +222,7 @@ def parse_activation(text: str) -> Model:
 
 def linearised(params0: Params, model: Model = PAPER) -> Model:
     """The linearised twin of ``model`` at ``params0``: f_lin(θ) = f(θ₀) + J(θ₀)(θ − θ₀)
-    (docs/theory.md §9.3). Train it with any trainer by passing it as ``model``."""
+    (docs/theory.md §10.4). Train it with any trainer by passing it as ``model``."""
     if model.anchor is not None:
         raise ValueError("the model is already linearised.")
     return dataclasses.replace(model, anchor=params0)

@@ -84,7 +84,7 @@ class Observables(NamedTuple):
             equal hash).
         e_norm: ‖e_i‖ with e_i = −(1/N) Σ_s g_i(s)(v̂_i·r_s) x_s (§2; ẇ_i = ‖v_i‖ e_i).
         cos_delta: cos ∠(w_i, e_i) (§2).
-        target_strength: ‖Σ_{s∈E_i} ỹ_s x_s‖ / N; for another model (§9) √2‖u_i‖ with u_i the
+        target_strength: ‖Σ_{s∈E_i} ỹ_s x_s‖ / N; for another model (§10) √2‖u_i‖ with u_i the
             phase-1 drive `phase1_drive`.
         cos_target: cos ∠(w_i, T_κ(g_i)), the target of the current cell (§3, §4); for another
             model cos ∠(w_i, u_i).
@@ -145,7 +145,7 @@ def _unit_rows(V: jax.Array) -> jax.Array:
 
 def error_vectors(params: Params, data: TrainingData, model: Model = PAPER) -> jax.Array:
     """e_i = −(1/N) Σ_s g_i(s) (v̂_i·r_s) x_s for every neuron, ``[d, D]`` (docs/theory.md §2;
-    g_i(s) becomes σ'(z_i(s)) for another activation, §9)."""
+    g_i(s) becomes σ'(z_i(s)) for another activation, §10)."""
     n = data.x.shape[0]
     r = residuals(params, data.x, data.y, model)
     weights = _slopes(params, data, model) * (r @ _unit_rows(params.V).T)  # [N, d]
@@ -154,14 +154,14 @@ def error_vectors(params: Params, data: TrainingData, model: Model = PAPER) -> j
 
 def initial_residuals(data: TrainingData, classes: int, model: Model = PAPER) -> jax.Array:
     """r_s(0) = ∂ℓ_s/∂o at o = 0, ``[N, K]``: 1/K − e_{c_s} (cross-entropy) or −e_{c_s} (square
-    loss); the residual of phase 1, while the network's output is negligible (docs/theory.md §9)."""
+    loss); the residual of phase 1, while the network's output is negligible (docs/theory.md §10)."""
     zero = jnp.zeros((data.x.shape[0], classes), data.x.dtype)
     return output_residuals(zero, data.y, model)
 
 
 def phase1_drive(params: Params, data: TrainingData, model: Model = PAPER) -> jax.Array:
     """u_i = M_{g_i} v̂_i = −(1/N) Σ_s σ'(z_i(s)) (r_s(0)·v̂_i) x_s, ``[d, D]``: the direction in
-    which phase 1 pulls w_i in its current cell (docs/theory.md §9.1). For the paper's binary
+    which phase 1 pulls w_i in its current cell (docs/theory.md §10.1). For the paper's binary
     model and an aligned v̂_i it is (1/(√2N)) κ_i Σ_{s∈E_i} ỹ_s x_s."""
     n = data.x.shape[0]
     r0 = initial_residuals(data, params.V.shape[-1], model)
@@ -173,7 +173,7 @@ def phase1_targets(
     gates: jax.Array, data: TrainingData, classes: int, model: Model = PAPER
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The attracting phase-1 fixed direction of each cell: the top singular triple of
-    M_g = −(1/N) Σ_s σ'_s x_s r_s(0)ᵀ ``[D, K]`` (docs/theory.md §9.1).
+    M_g = −(1/N) Σ_s σ'_s x_s r_s(0)ᵀ ``[D, K]`` (docs/theory.md §10.1).
 
     In a cell of pattern g ``[N, d]`` (σ'_s = α + (1 − α) g_s for the leaky ReLU) and with b = 0,
     phase 1 is the linear system ẇ = M_g v, v̇ = M_gᵀ w, so (w, v) turns towards
@@ -231,7 +231,7 @@ def _test_metrics(params: Params, data: TrainingData, model: Model):
 def _targets(params: Params, data: TrainingData, gates: jax.Array, model: Model):
     """(target vector, target_strength) of `observe`: the paper's κ_i Σ_{E_i} ỹ_s x_s and
     ‖Σ_{E_i} ỹ_s x_s‖/N for its binary model; otherwise u_i = `phase1_drive` and √2‖u_i‖, which
-    agree with them for an aligned v̂_i (docs/theory.md §9.1)."""
+    agree with them for an aligned v̂_i (docs/theory.md §10.1)."""
     if model.is_paper and params.V.shape[-1] == 2:
         signed = cell_signed_sums(gates, data)
         kappa = outgoing_alignment(params.V)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ._gauss import equal_steps
-from ._network import Params, balance, logit_loss, preactivations
+from ._network import PAPER, Model, Params, balance, logit_loss, preactivations
 from ._observables import Observables, TrainingData, observe
 from ._projection import balance_defect, rescale_to_balance
 
@@ -654,6 +654,7 @@ def solve_sliding(
     max_steps: int,
     output_loss: Callable = logit_loss,
     slope: float = 0.0,
+    model: Model = PAPER,
 ) -> SlidingSolution:
     """Integrate the flow with `sliding_step` over ``grid`` (sorted times, save and snapshot
     times together), in equal steps of at most ``h`` between consecutive grid times.
@@ -662,7 +663,8 @@ def solve_sliding(
     ``grid[snap_pos]``. At most ``max_steps`` steps are taken (``steps_needed`` says how many
     the grid wanted). ``slope`` α ∈ [0, 1) integrates the network with the leaky ReLU
     ``a = z (α + (1 − α) g)`` in place of the ReLU (`sliding_step`); the observables are those
-    of `observe`, which evaluates the ReLU network.
+    of `observe` for ``model``, which must be the network that ``output_loss`` and ``slope``
+    describe (`gflow.gradient_flow` passes the three together).
     """
     geom = geometry(data.x, data.y)
     dtype = params0.W.dtype
@@ -713,7 +715,7 @@ def solve_sliding(
         )
         buffers = snapshot(buffers, state, j)
         out = (
-            observe(state.params, data),
+            observe(state.params, data, model),
             jnp.sum(state.sliding, axis=0, dtype=jnp.int32),
             cross,
             cross_max,
@@ -734,7 +736,7 @@ def solve_sliding(
         interval, carry0, jnp.arange(1, grid.shape[0])
     )
     first = (
-        observe(params0, data),
+        observe(params0, data, model),
         jnp.zeros((d,), jnp.int32),
         zero_i,
         zero_i,

@@ -1,6 +1,6 @@
 """The model and its observables: parameters, the `Model` (activation, loss, linearisation), loss,
 closed-form gradient, gating patterns, the per-neuron quantities recorded along a trajectory
-(docs/theory.md §1–§4, §9)."""
+(docs/theory.md §1–§4, §10)."""
 
 from ._network import ACTIVATIONS as ACTIVATIONS
 from ._network import LOSSES as LOSSES

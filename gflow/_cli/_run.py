@@ -131,7 +131,7 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         metavar="ACT",
         help="relu (default, the paper's), leaky_relu:ALPHA (slope α on z < 0) or "
         "softplus:BETA (log(1 + e^{βz})/β); the theory's closed forms are the paper's for relu "
-        "with cross-entropy (docs/theory.md §9)",
+        "with cross-entropy (docs/theory.md §10)",
     )
     model.add_argument(
         "--orthogonal-init",
