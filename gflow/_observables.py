@@ -154,7 +154,8 @@ def error_vectors(params: Params, data: TrainingData, model: Model = PAPER) -> j
 
 def initial_residuals(data: TrainingData, classes: int, model: Model = PAPER) -> jax.Array:
     """r_s(0) = ∂ℓ_s/∂o at o = 0, ``[N, K]``: 1/K − e_{c_s} (cross-entropy) or −e_{c_s} (square
-    loss); the residual of phase 1, while the network's output is negligible (docs/theory.md §10)."""
+    loss); the residual of phase 1, while the network's output is negligible (docs/theory.md
+    §10)."""
     zero = jnp.zeros((data.x.shape[0], classes), data.x.dtype)
     return output_residuals(zero, data.y, model)
 

@@ -82,19 +82,20 @@ def test_balance_rate_vanishes_iff_the_activation_is_homogeneous(model, three):
         assert float(jnp.max(jnp.abs(rate))) >= 1e-3 * scale
 
 
-@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.describe())
-def test_balance_is_conserved_iff_the_activation_is_homogeneous(model, three):
+def test_softplus_moves_the_balance_along_the_flow(three):
+    """Along a Dopri8 solve for K = 3 the softplus network's Q_i drifts (8e-5 by t = 0.5, where
+    the ReLU and leaky ReLU keep it to 2e-15 on the same solve); the homogeneous models'
+    conservation is tested along the sliding integrator below and through the loss drop in
+    tests/test_trainers.py and tests/test_sliding*.py."""
     p0 = gflow.init_params(
         jax.random.key(3), 6, three.x.shape[1], 0.3, dtype=jnp.float64, classes=3
     )
     cfg = gflow.FlowConfig(solver="dopri8", rtol=1e-10, max_steps=20_000)
-    traj = gflow.gradient_flow(p0, three, np.linspace(0.0, 0.5, 5), config=cfg, model=model)
-    drift = float(gflow.balance_drift(traj.observables).max())
+    traj = gflow.gradient_flow(
+        p0, three, np.linspace(0.0, 0.5, 5), config=cfg, model=Model("softplus", beta=4.0)
+    )
     assert traj.observables.loss[-1] < traj.observables.loss[0]
-    if model.homogeneous:
-        assert drift <= 1e-8, drift
-    else:
-        assert drift >= 1e-6, drift  # softplus: Q_i moves (8e-5 here)
+    assert float(gflow.balance_drift(traj.observables).max()) >= 1e-6
 
 
 @pytest.mark.parametrize("model", [Model(), Model(loss="square")], ids=lambda m: m.describe())
@@ -106,16 +107,15 @@ def test_gd_approaches_the_flow_at_first_order_for_three_classes(model, three):
     cfg = gflow.FlowConfig(solver="dopri8", rtol=1e-10, max_steps=20_000)
     ref = gflow.gradient_flow(p0, three, np.array([0.0, t_end]), config=cfg, model=model)
     errors = []
-    for eta in (0.02, 0.01):
-        steps = int(round(t_end / eta))
+    for eta, at in ((0.02, 1), (0.01, 2)):  # t = 0.5 at record `at` (one compiled program)
         gd = gflow.train_gd(
             p0,
             three,
             learning_rate=eta,
             model=model,
-            config=gflow.SGDConfig(steps=steps, record_every=steps),
+            config=gflow.SGDConfig(steps=50, record_every=25),
         )
-        errors.append(float(jnp.max(jnp.abs(gd.observables.P[-1] - ref.observables.P[-1]))))
+        errors.append(float(jnp.max(jnp.abs(gd.observables.P[at] - ref.observables.P[-1]))))
     ratio = errors[0] / errors[1]
     assert 1.7 < ratio < 2.3, (errors, ratio)
 
@@ -136,20 +136,17 @@ def test_run_config_builds_the_model_and_classes():
         gflow.RunConfig(activation="tanh")
 
 
-@pytest.mark.parametrize(
-    "model",
-    [Model("leaky_relu", slope=0.2), Model("leaky_relu", slope=0.1, loss="square")],
-    ids=lambda m: m.describe(),
-)
-def test_sliding_integrator_follows_other_models_at_second_order(model, three):
+def test_sliding_integrator_follows_other_models_at_second_order(three):
     """The sliding integrator with the model's jumps (1 − α)c and loss, for K = 3: second-order
-    convergence to Dopri8 (error ratios 3.7–3.9 per halving of h, measured), balance to
-    rounding, and observables of the model itself (the loss agrees with the reference's)."""
+    convergence to Dopri8 (error ratios 3.5 and 3.9 per halving of h, measured), balance to
+    rounding, and observables of the model itself (the loss agrees with the reference's). The
+    leaky ReLU under cross-entropy is tested in tests/test_sliding_leaky.py."""
+    model = Model("leaky_relu", slope=0.1, loss="square")
     p0 = gflow.init_params(
         jax.random.key(3), 6, three.x.shape[1], 0.3, dtype=jnp.float64, classes=3
     )
     ts = np.linspace(0.0, 0.5, 3)
-    tight = gflow.FlowConfig(solver="dopri8", rtol=1e-12, atol=1e-14, max_steps=50_000)
+    tight = gflow.FlowConfig(solver="dopri8", rtol=1e-10, atol=1e-12, max_steps=20_000)
     ref = gflow.gradient_flow(p0, three, ts, config=tight, model=model).observables
     errors = []
     for h in (0.02, 0.01, 0.005):
@@ -160,3 +157,53 @@ def test_sliding_integrator_follows_other_models_at_second_order(model, three):
         np.testing.assert_allclose(obs.loss, ref.loss, rtol=1e-6)
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     assert np.all(orders >= 1.8), (errors, orders)
+
+
+def test_ten_class_mnist_outgoing_weights_keep_their_offset_from_the_simplex_plane():
+    """Under softmax cross-entropy Σ_k r_sk = 0 for every sample, so d/dt (1·v_i) =
+    −(1/N) Σ_s σ(z_is) (1·r_s) = 0: each neuron's offset from the simplex plane is a first
+    integral of the flow for every K (docs/theory.md §10.1), and v̂_i falls into the plane as
+    ‖v_i‖ grows. GD conserves a linear first integral exactly, so on 10-class MNIST it holds to
+    rounding. (The sliding integrator rescales (θ_i, v_i) to keep Q_i, which moves 1·v_i by its
+    local error: on this problem to t = 120 the drift is 4.3e-7, 1.1e-7, 2.7e-8 at h = 0.2, 0.1,
+    0.05, second order.)"""
+    ds = gflow.mnist_default(n_per_class=10, groups=tuple((k,) for k in range(10)))
+    data = gflow.training_data(ds, jnp.float64)
+    p0 = gflow.init_params(
+        jax.random.key(0), 8, data.x.shape[1], 1e-3, dtype=jnp.float64, classes=10
+    )
+    offset0 = jnp.sum(p0.V, axis=-1)
+    gd = gflow.train_gd(
+        p0,
+        data,
+        learning_rate=0.1,
+        config=gflow.SGDConfig(steps=1200, record_every=400, snapshot_every=1),
+    )
+    V = gd.snapshots.V  # [time, d, K]
+    scale = float(jnp.max(jnp.abs(V)))
+    assert float(jnp.max(jnp.abs(jnp.sum(V, axis=-1) - offset0))) <= 1e-13 * scale
+    grown = jnp.argmax(gd.observables.v_norm[-1])
+    assert gd.observables.v_norm[-1, grown] > 100 * gd.observables.v_norm[0, grown]
+    unit = V[-1, grown] / jnp.linalg.norm(V[-1, grown])
+    assert abs(float(jnp.sum(unit))) / np.sqrt(10) < 1e-2
+    assert gd.observables.loss[-1] < gd.observables.loss[0]
+
+
+def test_run_command_trains_three_classes_with_the_square_loss(tmp_path):
+    """`gflow run --classes 0/1/2 --loss square --activation leaky_relu:0.1`: a run folder whose
+    network has K = 3 outputs and whose configuration records the model; the loss falls."""
+    from gflow.cli import main
+
+    out = tmp_path / "three"
+    args = ["run", "--classes", "0/1/2", "--loss", "square", "--activation", "leaky_relu:0.1"]
+    args += ["--n-per-class", "10", "--width", "4", "--sigma", "0.1", "--steps", "40"]
+    args += ["--out", str(out), "--quiet"]
+    assert main(args) == 0
+    run = gflow.load_run(out)
+    assert run.final_params.V.shape[-1] == 3
+    assert gflow.RunConfig.from_mapping(run.config).model() == Model(
+        "leaky_relu", slope=0.1, loss="square"
+    )
+    assert np.all(run.ok)
+    loss = run.observables["loss"][0, 0]
+    assert loss[-1] < loss[0]
