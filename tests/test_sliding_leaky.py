@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_sliding import _orthogonal_problem  # T3's problem
 from test_sliding_exact import (
     H0,
     LEVELS,
@@ -156,21 +157,6 @@ def test_leaky_sliding_pair_stays_on_its_boundary_and_follows_the_reduced_motion
     assert np.all(orders > 1.95), (errors, orders)  # [2.0016, 2.0008]
     assert errors[-1] < 5e-8  # [2.0e-8]
     assert abs(want[0] - (-5.0)) > 0.05  # the motion is not trivial
-
-
-def _orthogonal_problem():
-    """Six orthogonal inputs of unequal norms in R⁶ (three per class), 4 neurons at σ = 0.5 (the
-    problem of `tests/test_sliding.py`'s T3)."""
-    x = 2.0 * jnp.diag(jnp.array([1.0, 1.3, 0.8, 1.1, 0.9, 1.2]))
-    y = jnp.array([0, 0, 0, 1, 1, 1], jnp.int32)
-    data = TrainingData(
-        x=x,
-        y=y,
-        signed_labels=jnp.where(y == 0, 1.0, -1.0),
-        x_test=jnp.zeros((0, 6)),
-        y_test=jnp.zeros((0,), jnp.int32),
-    )
-    return data, gflow.init_params(jax.random.key(0), 4, 6, 0.5, dtype=jnp.float64)
 
 
 def test_leaky_flow_before_sliding_matches_dopri8():
