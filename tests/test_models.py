@@ -24,6 +24,13 @@ def three():
     return gflow.training_data(ds, jnp.float64)  # float64: tests/conftest.py enables it
 
 
+def _start(three, key: int, sigma: float):
+    """Six float64 neurons with K = 3 outputs for the three-class task."""
+    return gflow.init_params(
+        jax.random.key(key), 6, three.x.shape[1], sigma, dtype=jnp.float64, classes=3
+    )
+
+
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.describe())
 @pytest.mark.parametrize("classes", [2, 3])
 def test_gradient_matches_closed_form(model, classes):
@@ -70,7 +77,7 @@ def test_cross_entropy_targets_lie_in_the_simplex_plane(three):
 def test_balance_rate_vanishes_iff_the_activation_is_homogeneous(model, three):
     """dQ_i/dt = −2(⟨θ_i, ∇_{θ_i}L⟩ − ⟨v_i, ∇_{v_i}L⟩), zero by Euler's identity when σ(λz) =
     λσ(z), pointwise along any trajectory."""
-    p = gflow.init_params(jax.random.key(5), 6, three.x.shape[1], 0.7, dtype=jnp.float64, classes=3)
+    p = _start(three, 5, 0.7)
     g = closed_form_gradient(p, three.x, three.y, model)
     incoming = jnp.sum(p.W * g.W, axis=1) + p.b * g.b
     outgoing = jnp.sum(p.V * g.V, axis=1)
@@ -87,9 +94,7 @@ def test_softplus_moves_the_balance_along_the_flow(three):
     the ReLU and leaky ReLU keep it to 2e-15 on the same solve); the homogeneous models'
     conservation is tested along the sliding integrator below and through the loss drop in
     tests/test_trainers.py and tests/test_sliding*.py."""
-    p0 = gflow.init_params(
-        jax.random.key(3), 6, three.x.shape[1], 0.3, dtype=jnp.float64, classes=3
-    )
+    p0 = _start(three, 3, 0.3)
     cfg = gflow.FlowConfig(solver="dopri8", rtol=1e-10, max_steps=20_000)
     traj = gflow.gradient_flow(
         p0, three, np.linspace(0.0, 0.5, 5), config=cfg, model=Model("softplus", beta=4.0)
@@ -100,9 +105,7 @@ def test_softplus_moves_the_balance_along_the_flow(three):
 
 @pytest.mark.parametrize("model", [Model(), Model(loss="square")], ids=lambda m: m.describe())
 def test_gd_approaches_the_flow_at_first_order_for_three_classes(model, three):
-    p0 = gflow.init_params(
-        jax.random.key(4), 6, three.x.shape[1], 1.0, dtype=jnp.float64, classes=3
-    )
+    p0 = _start(three, 4, 1.0)
     t_end = 0.5
     cfg = gflow.FlowConfig(solver="dopri8", rtol=1e-10, max_steps=20_000)
     ref = gflow.gradient_flow(p0, three, np.array([0.0, t_end]), config=cfg, model=model)
@@ -142,9 +145,7 @@ def test_sliding_integrator_follows_other_models_at_second_order(three):
     rounding, and observables of the model itself (the loss agrees with the reference's). The
     leaky ReLU under cross-entropy is tested in tests/test_sliding_leaky.py."""
     model = Model("leaky_relu", slope=0.1, loss="square")
-    p0 = gflow.init_params(
-        jax.random.key(3), 6, three.x.shape[1], 0.3, dtype=jnp.float64, classes=3
-    )
+    p0 = _start(three, 3, 0.3)
     ts = np.linspace(0.0, 0.5, 3)
     tight = gflow.FlowConfig(solver="dopri8", rtol=1e-10, atol=1e-12, max_steps=20_000)
     ref = gflow.gradient_flow(p0, three, ts, config=tight, model=model).observables
