@@ -28,9 +28,8 @@ import jax.numpy as jnp
 from ._network import Params, balance
 
 
-def rescale_to_balance(params: Params, q) -> Params:
-    """Rescale each neuron ``(w_i, b_i, v_i) → (c_i w_i, c_i b_i, v_i / c_i)`` so that its
-    balance is ``q_i`` ``[d]`` (module doc); the network function is unchanged.
+def balance_scale(params: Params, q):
+    """The factors ``c_i`` ``[d]`` of `rescale_to_balance` (module doc).
 
     The root ``u = c²`` is taken in the form without cancellation: ``(Q + s)/(2a)`` for Q ≥ 0,
     ``2‖v‖²/(s − Q)`` for Q < 0, with ``s = sqrt(Q² + 4a‖v‖²)``.
@@ -39,7 +38,14 @@ def rescale_to_balance(params: Params, q) -> Params:
     v2 = jnp.sum(params.V**2, axis=1)
     s = jnp.sqrt(q * q + 4.0 * a * v2)
     u = jnp.where(q >= 0, (q + s) / (2.0 * a), 2.0 * v2 / (s - q))
-    c = jnp.sqrt(u)
+    return jnp.sqrt(u)
+
+
+def rescale_to_balance(params: Params, q) -> Params:
+    """Rescale each neuron ``(w_i, b_i, v_i) → (c_i w_i, c_i b_i, v_i / c_i)`` so that its
+    balance is ``q_i`` ``[d]`` (module doc, `balance_scale`); the network function is
+    unchanged."""
+    c = balance_scale(params, q)
     return Params(W=params.W * c[:, None], b=params.b * c, V=params.V / c[:, None])
 
 

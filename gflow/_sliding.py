@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from ._gauss import equal_steps
 from ._network import PAPER, Model, Params, balance, logit_loss, preactivations
 from ._observables import Observables, TrainingData, observe
-from ._projection import balance_defect, rescale_to_balance
+from ._projection import balance_defect, balance_scale
 
 
 class SlidingState(NamedTuple):
@@ -40,10 +40,15 @@ class SlidingState(NamedTuple):
         params: the network `Params`.
         sliding: ``[N, d]`` booleans, pair (s, i) sits on its gate boundary ``z_is = 0`` and
             slides along it.
+        z: ``[N, d]`` the pre-activations ``z_is = w_i·x_s + b_i`` at ``params``, carried
+            from the step that made them (each step knows its end point's ``z`` from products
+            with the Gram matrix, which saves the product with the data), or ``None`` to
+            compute them.
     """
 
     params: Params
     sliding: jax.Array
+    z: jax.Array | None = None
 
 
 class StepReport(NamedTuple):
@@ -344,6 +349,25 @@ def _solves(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
     return jax.vmap(spd_solve, in_axes=(0, 0, None))(a, b, _slots_in_use(mask))
 
 
+def _compact(mask: jax.Array, first: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
+    """Each neuron's pairs of ``mask`` ``[N, d]`` in ``capacity`` slots: ``(idx, valid)``
+    ``[d, K]``, the pairs of ``first`` before the others, each group in sample order; slots past
+    a neuron's count are not ``valid`` and hold 0. Pairs past the capacity are left out (the
+    caller reports the overflow).
+
+    A stable partition by binary searches in the running counts: no sort, whose CPU cost
+    (``lax.top_k`` sorts every row) would exceed the rest of the step."""
+    n, d = mask.shape
+    on = mask.T
+    order = jnp.concatenate([on & first.T, on & ~first.T], axis=1)  # [d, 2N]
+    counts = jnp.cumsum(order, axis=1, dtype=jnp.int32)
+    slot = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (d, capacity))
+    # The first position whose running count exceeds the slot, back to its sample.
+    pos = jax.vmap(lambda c, k: jnp.searchsorted(c, k, side="right", method="scan"))(counts, slot)
+    valid = slot < counts[:, -1:]
+    return jnp.where(valid, jnp.where(pos >= n, pos - n, pos), 0), valid
+
+
 def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
     """``a_t[i, idx[i, k]]``: entries ``[d, K]`` of a ``[d, N]`` array at each neuron's
     candidates."""
@@ -390,7 +414,7 @@ def sliding_step(
     across ``z_is = 0`` by ``(1 − α) c_is x̃_s`` and problem (8.1) has ``(1 − α) c_is`` for
     ``c_is`` (`_leak`, `_jump`); the part ``α c_is x̃_s`` is continuous there and enters every
     step at Heun's weights. α = 0 is the ReLU."""
-    p, sliding = state
+    p, sliding, z0 = state
     x, y, gram = geom
     n, d = sliding.shape
     capacity = min(capacity, n)
@@ -398,7 +422,7 @@ def sliding_step(
     rows = jnp.arange(d)[:, None]
 
     # 1. The field at θ_n, sliding pairs off.
-    z0 = preactivations(p, x)
+    z0 = preactivations(p, x) if z0 is None else z0
     g0 = ((z0 > 0) & ~sliding).astype(dtype)
     c0, grad_o0 = _output_gradients(z0, g0, p.V, y, output_loss, slope)
     grad_v0 = (_leak(g0, slope) * z0).T @ grad_o0
@@ -409,18 +433,14 @@ def sliding_step(
     # the flow has before any new pair arrives, and so each pair's rate on its present side
     # (own gate included): the arrival time of a pair heading to its boundary is exact to O(h²).
     active = g0 > 0
-    _, idx_s = jax.lax.top_k(
-        sliding.T.astype(dtype), capacity
-    )  # (top_k of int8 is 30x slower on CPUs)
-    valid_s = _pick(sliding.T, idx_s)
+    idx_s, valid_s = _compact(sliding, sliding, capacity)
     lam_s, _, _, c_s, *_ = _neuron_problems(idx_s, valid_s, j0, active, z_dot, gram, valid_s)
     rate = z_dot - jnp.einsum("ikn,ik->ni", gram[idx_s], jnp.where(valid_s, lam_s * c_s, 0.0))
     towards = jnp.where(active, rate < 0, rate > 0) & ~sliding
     tau = jnp.where(towards, -z0 / jnp.where(towards, h * rate, 1.0), jnp.inf)
     tau = jnp.where(sliding, 0.0, tau)
     candidate = sliding | (towards & (c0 > 0) & (tau <= 1.0))
-    neg_score, idx = jax.lax.top_k(-jnp.where(candidate, tau, jnp.inf).T, capacity)
-    valid = jnp.isfinite(neg_score)
+    idx, valid = _compact(candidate, sliding, capacity)  # the pairs sliding now first
     overflow = jnp.any(jnp.sum(candidate, axis=0) > capacity)
 
     # 3. Problem (8.1) per neuron, with every candidate on its boundary: the mode after the
@@ -494,7 +514,7 @@ def sliding_step(
         beta = jnp.where(start_on, jnp.where(ends, 1.0, cross), 1.0)
 
         def at_candidates(a, a_k):
-            return a.T.at[rows, idx].set(jnp.where(valid, a_k, _pick(a.T, idx))).T
+            return a.T.at[rows, jnp.where(valid, idx, n)].set(a_k, mode="drop").T
 
         on = at_candidates(alpha, on_k)  # when the pair turns active (a landed pair: never)
         alpha = at_candidates(alpha, jnp.where(slides_end, 1.0, on_k))
@@ -613,8 +633,9 @@ def sliding_step(
         b=p.b - h * jnp.sum(coef_t, axis=1),
         V=p.V - 0.5 * h * (grad_v0 + grad_v_star),
     )
-    # 6. Back to the balance.
-    new = rescale_to_balance(stepped, q_ref)
+    # 6. Back to the balance: the rescaling θ_i → c_i θ_i scales neuron i's pre-activations.
+    scale = balance_scale(stepped, q_ref)
+    new = Params(W=stepped.W * scale[:, None], b=stepped.b * scale, V=stepped.V / scale[:, None])
     moved = sum(jnp.sum((a - b) ** 2) for a, b in zip(new, p))
     new_sliding = jnp.zeros((d, n), bool).at[rows, idx].max(slides_end).T
     report = StepReport(
@@ -626,7 +647,7 @@ def sliding_step(
         dissipation=moved / h,
         balance_defect=balance_defect(new, stepped),
     )
-    return SlidingState(new, new_sliding), report
+    return SlidingState(new, new_sliding, z1 * scale), report
 
 
 class SlidingSolution(NamedTuple):
@@ -671,7 +692,7 @@ def solve_sliding(
     h = jnp.asarray(h, dtype)
     q_ref = balance(params0)
     n, d = data.x.shape[0], params0.W.shape[0]
-    state0 = SlidingState(params0, jnp.zeros((n, d), bool))
+    state0 = SlidingState(params0, jnp.zeros((n, d), bool), preactivations(params0, data.x))
     zero_i = jnp.asarray(0, jnp.int32)
     zero_f = jnp.asarray(0.0, dtype)
 
@@ -713,6 +734,9 @@ def solve_sliding(
         state, cross, cross_max, over, viol, dissipation, defect = jax.lax.fori_loop(
             0, allowed, body, init
         )
+        # The carried pre-activations again from the data at every grid time: their rounding
+        # does not accumulate over more than one interval.
+        state = state._replace(z=preactivations(state.params, data.x))
         buffers = snapshot(buffers, state, j)
         out = (
             observe(state.params, data, model),
