@@ -318,7 +318,7 @@ def _smooth_exits(c_star, coef_off, idx, gram_rows, gram_k, sliding, upper_bound
     candidates on their inactive side."""
     dtype = c_star.dtype
     k = idx.shape[1]
-    c_k = _pick(c_star.T, idx)
+    c_k = _pick(c_star, idx)
     xg = jnp.einsum("ikn,in->ik", gram_rows, coef_off.T)  # x̃_k·G_i at θ*
     m = c_k[:, :, None] * c_k[:, None, :] * gram_k
     both = sliding[:, :, None] & sliding[:, None, :]
@@ -368,10 +368,10 @@ def _compact(mask: jax.Array, first: jax.Array, capacity: int) -> tuple[jax.Arra
     return jnp.where(valid, jnp.where(pos >= n, pos - n, pos), 0), valid
 
 
-def _pick(a_t: jax.Array, idx: jax.Array) -> jax.Array:
-    """``a_t[i, idx[i, k]]``: entries ``[d, K]`` of a ``[d, N]`` array at each neuron's
-    candidates."""
-    return jnp.take_along_axis(a_t, idx, axis=1)
+def _pick(a: jax.Array, idx: jax.Array) -> jax.Array:
+    """``a[idx[i, k], i]``: entries ``[d, K]`` of an ``[N, d]`` array at each neuron's
+    candidates (gathered in place: no transposed copy of ``a``)."""
+    return a[idx, jnp.arange(idx.shape[0])[:, None]]
 
 
 def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
@@ -382,10 +382,10 @@ def _neuron_problems(idx, valid, c0, active, z_dot, gram, free0):
     ``x̃_k·G_i`` comes from the rates ``z_dot = −X̃ X̃ᵀ coef`` with the active candidates' own
     terms removed; unused slots get ``M = 1, q = 1`` (λ = 0, inert). The problem's ``M, q``
     come last."""
-    c_k = _pick(c0.T, idx)
-    active_k = _pick(active.T, idx) & valid
+    c_k = _pick(c0, idx)
+    active_k = _pick(active, idx) & valid
     gram_k = gram[idx[:, :, None], idx[:, None, :]]
-    xg = -_pick(z_dot.T, idx) - jnp.einsum("ikl,il->ik", gram_k, jnp.where(active_k, c_k, 0.0))
+    xg = -_pick(z_dot, idx) - jnp.einsum("ikl,il->ik", gram_k, jnp.where(active_k, c_k, 0.0))
     both = valid[:, :, None] & valid[:, None, :]
     qp_m = jnp.where(
         both, c_k[:, :, None] * c_k[:, None, :] * gram_k, jnp.eye(idx.shape[1], dtype=c_k.dtype)
@@ -445,13 +445,13 @@ def sliding_step(
 
     # 3. Problem (8.1) per neuron, with every candidate on its boundary: the mode after the
     # candidates' arrivals, which drives the predictor.
-    at_start = _pick(sliding.T, idx) & valid  # candidates sliding at θ_n
+    at_start = _pick(sliding, idx) & valid  # candidates sliding at θ_n
     lam, free, violation, c_k, active_k, gram_k, qp_m, qp_q = _neuron_problems(
         idx, valid, j0, active, z_dot, gram, at_start
     )
     slides = free & valid
     gram_rows = gram[idx]  # [d, K, N]
-    z_k = _pick(z0.T, idx)
+    z_k = _pick(z0, idx)
 
     def landing(mask, rows_dot_coef, target):
         """ω ``[d, K]`` such that θ_i − h(coef_i − Σ_k ω_ik x̃_k)ᵀ has ``z_ik = target`` on
@@ -467,7 +467,7 @@ def sliding_step(
     # θ* has z* = z0 + h ż − h Σ_k x̃_s·x̃_k delta_ik without a second product with the data.
     delta = jnp.where(valid, (lam - active_k) * c_k, 0.0)
     delta = delta - landing(
-        slides, -_pick(z_dot.T, idx) + jnp.einsum("ikl,il->ik", gram_k, delta), 0.0
+        slides, -_pick(z_dot, idx) + jnp.einsum("ikl,il->ik", gram_k, delta), 0.0
     )
     z_star = z0 + h * (z_dot - jnp.einsum("ikn,ik->ni", gram_rows, delta))
     v_star = p.V - h * grad_v0
@@ -477,7 +477,7 @@ def sliding_step(
     # of the step. A pair sliding at θ_n that this mode releases was released by the neuron's
     # first event in the step (an arrival or a crossing: the field jumps there), so it stays on
     # its boundary until then: without this, a release caused by an event is a first-order error.
-    cand = jnp.zeros((d, n), bool).at[rows, idx].max(valid).T
+    cand = jnp.zeros((n, d), bool).at[idx, rows].max(valid)
     start_on = z0 > 0
     ends_on = z_star > 0
     flips = (start_on != ends_on) & ~cand
@@ -514,7 +514,7 @@ def sliding_step(
         beta = jnp.where(start_on, jnp.where(ends, 1.0, cross), 1.0)
 
         def at_candidates(a, a_k):
-            return a.T.at[rows, jnp.where(valid, idx, n)].set(a_k, mode="drop").T
+            return a.at[jnp.where(valid, idx, n), rows].set(a_k, mode="drop")
 
         on = at_candidates(alpha, on_k)  # when the pair turns active (a landed pair: never)
         alpha = at_candidates(alpha, jnp.where(slides_end, 1.0, on_k))
@@ -546,7 +546,7 @@ def sliding_step(
 
     # 5. Event times first from the linear predictor (z between θ_n and θ*, a candidate's arrival
     # time); the second stage's activations are β − α.
-    tau_k = jnp.clip(_pick(tau.T, idx), 0.0, 1.0)
+    tau_k = jnp.clip(_pick(tau, idx), 0.0, 1.0)
     alpha, beta, _, held, tau_release = schedule(flips, cross, tau_k)
     c_star, grad_o_star = _output_gradients(z_star, beta - alpha, v_star, y, output_loss, slope)
     j_star = _jump(c_star, slope)
@@ -572,12 +572,12 @@ def sliding_step(
     # Each pair's own term at Heun's weights on its starting side (α of it on the inactive side).
     if slope == 0:
         own = jnp.where(start_on, 0.5 * (c0 + c_star), 0.0)
-        own_k = jnp.where(active_k, _pick(own.T, idx), 0.0)
+        own_k = jnp.where(active_k, _pick(own, idx), 0.0)
     else:
         mean_c = 0.5 * (c0 + c_star)
         own = _leak(start_on, slope) * mean_c
-        own_k = _leak(active_k, slope) * _pick(mean_c.T, idx)
-    rate_k = _pick(rate.T, idx)
+        own_k = _leak(active_k, slope) * _pick(mean_c, idx)
+    rate_k = _pick(rate, idx)
 
     def refine(_, carry):
         """The step's coefficients for the given event times and z at its end; then each event
@@ -592,7 +592,7 @@ def sliding_step(
         flips = (start_on != (z_pre > 0)) & ~cand
         cross = jnp.where(flips, _first_root(z0, z_star - z0, z_pre - z_star), 0.0)
         z_pre_k = z_k - h * jnp.einsum("ikn,in->ik", gram_rows, coef)
-        z_pre_k = z_pre_k + h * jnp.diagonal(gram_k, axis1=1, axis2=2) * (_pick(coef, idx) - own_k)
+        z_pre_k = z_pre_k + h * jnp.diagonal(gram_k, axis1=1, axis2=2) * (jnp.take_along_axis(coef, idx, axis=1) - own_k)
         refined = _first_root(z_k, h * rate_k, z_pre_k - z_k - h * rate_k)
         tau_k = jnp.where(crossing_k & ((z_k > 0) != (z_pre_k > 0)), refined, times[2])
         return (flips, cross, tau_k), times, coef, z_end
@@ -620,7 +620,7 @@ def sliding_step(
     jump_k = jnp.where(crossing_k, jnp.where(active_k, -1.0, 1.0), 0.0) * c_k
     arrives = slides_end & ~at_start
     jump_k = jnp.where(arrives, (lam_end - active_k) * c_k, jump_k)
-    jump = jump.T.at[rows, idx].add(jnp.where(valid, jump_k * tau_f * (1.0 - tau_f), 0.0)).T
+    jump = jump.at[idx, rows].add(jnp.where(valid, jump_k * tau_f * (1.0 - tau_f), 0.0))
     kink = h * _gram_times(geom, jump)
     a_star = a_star + jnp.where(event | (gates <= 0), 0.0, kink)
     if slope != 0:
@@ -637,7 +637,7 @@ def sliding_step(
     scale = balance_scale(stepped, q_ref)
     new = Params(W=stepped.W * scale[:, None], b=stepped.b * scale, V=stepped.V / scale[:, None])
     moved = sum(jnp.sum((a - b) ** 2) for a, b in zip(new, p))
-    new_sliding = jnp.zeros((d, n), bool).at[rows, idx].max(slides_end).T
+    new_sliding = jnp.zeros((n, d), bool).at[idx, rows].max(slides_end)
     report = StepReport(
         crossings=jnp.sum((gates > 0) & (gates < 1), dtype=jnp.int32),
         overflow=overflow,
