@@ -8,7 +8,7 @@ save time is ``max_i |P_i − P_i^ref| / max_t P_i^ref``. Each run's time includ
 
     python benchmarks/sliding_vs_gd.py --dataset cifar:PATH \
         [--reference benchmarks/results/sliding-cifar-h0.0625.npz] [--saves 20] [--h 0.125]
-        [--eta 0.025]
+        [--eta 0.025] [--capacity 16] [--runs sliding,gd]
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=20, help="the reference's first save times")
     parser.add_argument("--h", type=float, default=0.125)
     parser.add_argument("--eta", type=float, default=0.025, help="rounded so records land on t")
-    parser.add_argument("--capacity", type=int, default=32)
+    parser.add_argument("--capacity", type=int, default=16)
+    parser.add_argument("--runs", default="sliding,gd", help="which of sliding, gd to run")
     parser.add_argument("--json", type=Path, default=RESULTS / "sliding-vs-gd.json")
     args = parser.parse_args()
     ds = gflow.load_dataset(args.dataset, n_per_class=400)
@@ -59,21 +60,27 @@ def main() -> None:
         "t": t_ref.tolist(),
     }
 
-    cfg = gflow.FlowConfig(
-        solver="sliding", adaptive=False, dt0=args.h, sliding_capacity=args.capacity
-    )
-    start = time.perf_counter()
-    traj, stats = gflow.gradient_flow(p0, data, t_ref, config=cfg, return_stats=True)
-    P = np.asarray(jax.block_until_ready(traj.observables.P))
-    err = _errors(P, P_ref, scale)
-    out["sliding"] = {
-        "h": args.h,
-        "seconds": time.perf_counter() - start,
-        "steps": int(stats.num_steps),
-        "gradients": int(stats.evaluations),
-        "error": err.tolist(),
-    }
-    print("sliding", {k: v for k, v in out["sliding"].items() if k != "error"}, err.max())
+    runs = args.runs.split(",")
+    if "sliding" in runs:
+        cfg = gflow.FlowConfig(
+            solver="sliding", adaptive=False, dt0=args.h, sliding_capacity=args.capacity
+        )
+        start = time.perf_counter()
+        traj, stats = gflow.gradient_flow(p0, data, t_ref, config=cfg, return_stats=True)
+        P = np.asarray(jax.block_until_ready(traj.observables.P))
+        err = _errors(P, P_ref, scale)
+        out["sliding"] = {
+            "h": args.h,
+            "capacity": args.capacity,
+            "seconds": time.perf_counter() - start,
+            "steps": int(stats.num_steps),
+            "gradients": int(stats.evaluations),
+            "error": err.tolist(),
+        }
+        print("sliding", {k: v for k, v in out["sliding"].items() if k != "error"}, err.max())
+    if "gd" not in runs:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        return
 
     per = max(1, round((t_ref[1] - t_ref[0]) / args.eta))
     steps = per * (args.saves - 1)

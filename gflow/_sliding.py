@@ -572,11 +572,8 @@ def sliding_step(
     # Each pair's own term at Heun's weights on its starting side (α of it on the inactive side).
     if slope == 0:
         own = jnp.where(start_on, 0.5 * (c0 + c_star), 0.0)
-        own_k = jnp.where(active_k, _pick(own, idx), 0.0)
     else:
-        mean_c = 0.5 * (c0 + c_star)
-        own = _leak(start_on, slope) * mean_c
-        own_k = _leak(active_k, slope) * _pick(mean_c, idx)
+        own = _leak(start_on, slope) * 0.5 * (c0 + c_star)
     rate_k = _pick(rate, idx)
 
     def refine(_, carry):
@@ -591,8 +588,8 @@ def sliding_step(
         z_pre = z_end + h * jnp.diagonal(gram)[:, None] * (coef.T - own)
         flips = (start_on != (z_pre > 0)) & ~cand
         cross = jnp.where(flips, _first_root(z0, z_star - z0, z_pre - z_star), 0.0)
-        z_pre_k = z_k - h * jnp.einsum("ikn,in->ik", gram_rows, coef)
-        z_pre_k = z_pre_k + h * jnp.diagonal(gram_k, axis1=1, axis2=2) * (jnp.take_along_axis(coef, idx, axis=1) - own_k)
+        # The candidates that cross are off their boundary at θ_n, on the side `start_on` says.
+        z_pre_k = _pick(z_pre, idx)
         refined = _first_root(z_k, h * rate_k, z_pre_k - z_k - h * rate_k)
         tau_k = jnp.where(crossing_k & ((z_k > 0) != (z_pre_k > 0)), refined, times[2])
         return (flips, cross, tau_k), times, coef, z_end
