@@ -550,21 +550,6 @@ def _solve(
     return traj, stats
 
 
-@functools.cache
-def _sliding_model_options(model: Model) -> dict:
-    return {
-        "output_loss": functools.partial(logit_loss, model=model),
-        "slope": model.slope,
-        "model": model,
-    }
-
-
-def _sliding_model(model: Model) -> dict:
-    """The options of `solve_sliding` that describe ``model`` (none for the paper's, so that its
-    compiled solve is shared); one cached set per model, so that repeated solves reuse theirs."""
-    return {} if model == PAPER else _sliding_model_options(model)
-
-
 def _solve_sliding(
     params0: Params, data: TrainingData, ts, snapshot_times, config: FlowConfig, model: Model
 ) -> tuple[Trajectory, FlowStats]:
@@ -599,7 +584,7 @@ def _solve_sliding(
         config.dt0,
         capacity=capacity,
         max_steps=config.max_steps,
-        **_sliding_model(model),
+        model=model,
     )
     status = jnp.where(
         sol.steps_needed > config.max_steps,

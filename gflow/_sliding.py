@@ -659,7 +659,7 @@ class SlidingSolution(NamedTuple):
     final_finite: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss", "slope"))
+@functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss"))
 def solve_sliding(
     params0: Params,
     data: TrainingData,
@@ -670,20 +670,28 @@ def solve_sliding(
     *,
     capacity: int,
     max_steps: int,
-    output_loss: Callable = logit_loss,
-    slope: float = 0.0,
     model: Model = PAPER,
+    output_loss: Callable | None = None,
 ) -> SlidingSolution:
     """Integrate the flow with `sliding_step` over ``grid`` (sorted times, save and snapshot
     times together), in equal steps of at most ``h`` between consecutive grid times.
 
     Observables are recorded at ``grid[save_pos]``, parameters and sliding sets at
     ``grid[snap_pos]``. At most ``max_steps`` steps are taken (``steps_needed`` says how many
-    the grid wanted). ``slope`` α ∈ [0, 1) integrates the network with the leaky ReLU
-    ``a = z (α + (1 − α) g)`` in place of the ReLU (`sliding_step`); the observables are those
-    of `observe` for ``model``, which must be the network that ``output_loss`` and ``slope``
-    describe (`gflow.gradient_flow` passes the three together).
+    the grid wanted). ``model`` is the network integrated and observed: a ReLU, or a leaky
+    ReLU of slope α, integrated as ``a = z (α + (1 − α) g)`` (`sliding_step`), with its loss.
+    ``output_loss`` ``(o [N, K], y) → [N]`` replaces the model's loss of the outputs in the
+    field only (a loss no `Model` describes, such as the frozen-residual problem of the exact
+    tests; the observables stay those of ``model``).
     """
+    if not model.piecewise_linear:
+        raise ValueError(
+            f"the sliding solver needs a ReLU or leaky-ReLU network; the model is "
+            f"{model.describe()}."
+        )
+    slope = model.slope
+    if output_loss is None:
+        output_loss = functools.partial(logit_loss, model=model)
     geom = geometry(data.x, data.y)
     dtype = params0.W.dtype
     h = jnp.asarray(h, dtype)

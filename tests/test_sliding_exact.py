@@ -47,7 +47,7 @@ import numpy as np
 import scipy.linalg
 import scipy.optimize
 
-from gflow.network import Params, TrainingData
+from gflow.network import Model, Params, TrainingData
 from gflow.solvers import solve_sliding
 
 RESIDUALS = np.array([[-0.60, 0.25], [0.35, -0.50]])
@@ -329,7 +329,7 @@ def _solve(x, W, V, hs, slope=0.0):
             capacity=8,
             max_steps=100_000,
             output_loss=frozen_residual_loss,
-            slope=slope,
+            model=Model("leaky_relu", slope=slope) if slope else Model(),
         )
         assert not np.any(sol.record.overflow)
         assert int(sol.steps_needed) == round(T_END / h)

@@ -45,7 +45,15 @@ def _leaky_field(t, params, args):
 def _solve_leaky(p0, data, ts, h, slope, capacity=16):
     pos = jnp.arange(len(ts))
     return solve_sliding(
-        p0, data, jnp.asarray(ts), pos, pos, h, capacity=capacity, max_steps=10**6, slope=slope
+        p0,
+        data,
+        jnp.asarray(ts),
+        pos,
+        pos,
+        h,
+        capacity=capacity,
+        max_steps=10**6,
+        model=gflow.Model("leaky_relu", slope=slope) if slope else gflow.Model(),
     )
 
 
