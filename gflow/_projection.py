@@ -41,12 +41,16 @@ def balance_scale(params: Params, q):
     return jnp.sqrt(u)
 
 
-def rescale_to_balance(params: Params, q) -> Params:
-    """Rescale each neuron ``(w_i, b_i, v_i) → (c_i w_i, c_i b_i, v_i / c_i)`` so that its
-    balance is ``q_i`` ``[d]`` (module doc, `balance_scale`); the network function is
-    unchanged."""
-    c = balance_scale(params, q)
+def rescaled(params: Params, c) -> Params:
+    """Each neuron ``(w_i, b_i, v_i) → (c_i w_i, c_i b_i, v_i / c_i)`` for ``c`` ``[d]`` > 0: the
+    network function and its gates are unchanged."""
     return Params(W=params.W * c[:, None], b=params.b * c, V=params.V / c[:, None])
+
+
+def rescale_to_balance(params: Params, q) -> Params:
+    """`rescaled` so that each neuron's balance is ``q_i`` ``[d]`` (module doc,
+    `balance_scale`)."""
+    return rescaled(params, balance_scale(params, q))
 
 
 def balance_defect(before: Params, after: Params):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from ._gauss import equal_steps
 from ._network import PAPER, Model, Params, balance, logit_loss, preactivations
 from ._observables import Observables, TrainingData, observe
-from ._projection import balance_defect, balance_scale
+from ._projection import balance_defect, balance_scale, rescaled
 
 
 class SlidingState(NamedTuple):
@@ -632,7 +632,7 @@ def sliding_step(
     )
     # 6. Back to the balance: the rescaling θ_i → c_i θ_i scales neuron i's pre-activations.
     scale = balance_scale(stepped, q_ref)
-    new = Params(W=stepped.W * scale[:, None], b=stepped.b * scale, V=stepped.V / scale[:, None])
+    new = rescaled(stepped, scale)
     moved = sum(jnp.sum((a - b) ** 2) for a, b in zip(new, p))
     new_sliding = jnp.zeros((n, d), bool).at[idx, rows].max(slides_end)
     report = StepReport(
