@@ -306,7 +306,9 @@ def check_labels(data: TrainingData, params: Params) -> None:
     for which, y in (("training", data.y), ("test", data.y_test)):
         if isinstance(y, jax.core.Tracer) or y.size == 0:
             continue
-        top = int(jnp.max(y))
+        # NumPy, not jnp: inside a caller's jit a jnp reduction of these (concrete) labels
+        # would be traced.
+        top = int(np.max(np.asarray(y)))
         if top >= classes:
             raise ValueError(
                 f"{which} labels reach {top} but the network has K = {classes} outputs (V is "

@@ -124,11 +124,25 @@ def test_gd_approaches_the_flow_at_first_order_for_three_classes(model, three):
 
 
 def test_labels_beyond_the_outputs_are_refused(three):
+    """Also inside a caller's jit (data closed over, as a vmapped sweep has them), where the
+    check must read the concrete labels without tracing them; right-sized networks run there."""
+    gd_cfg = gflow.SGDConfig(steps=2, record_every=1)
+    flow_cfg = gflow.FlowConfig(solver="euler", adaptive=False, dt0=0.5)
+    ts = jnp.linspace(0.0, 1.0, 3)
+
+    def gd(p):
+        return gflow.train_gd(p, three, learning_rate=0.1, config=gd_cfg).observables.loss
+
+    def flow(p):
+        return gflow.gradient_flow(p, three, ts, config=flow_cfg, throw=False).observables.loss
+
     p0 = gflow.init_params(jax.random.key(0), 4, three.x.shape[1], 0.1)  # K = 2, labels reach 2
-    with pytest.raises(ValueError, match="K = 2 outputs"):
-        gflow.train_gd(
-            p0, three, learning_rate=0.1, config=gflow.SGDConfig(steps=2, record_every=1)
-        )
+    for run in (gd, jax.jit(gd), jax.jit(flow)):
+        with pytest.raises(ValueError, match="K = 2 outputs"):
+            run(p0)
+    p3 = gflow.init_params(jax.random.key(0), 4, three.x.shape[1], 0.1, classes=3)
+    for run in (gd, flow):
+        np.testing.assert_allclose(jax.jit(run)(p3), run(p3), rtol=1e-12)
 
 
 def test_run_config_builds_the_model_and_classes():
