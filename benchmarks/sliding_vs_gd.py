@@ -78,27 +78,24 @@ def main() -> None:
             "error": err.tolist(),
         }
         print("sliding", {k: v for k, v in out["sliding"].items() if k != "error"}, err.max())
-    if "gd" not in runs:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
-        return
-
-    per = max(1, round((t_ref[1] - t_ref[0]) / args.eta))
-    steps = per * (args.saves - 1)
-    eta = float(t_ref[-1] / steps)
-    start = time.perf_counter()
-    gd = gflow.train_gd(
-        p0, data, learning_rate=eta, config=gflow.SGDConfig(steps=steps, record_every=per)
-    )
-    P = np.asarray(jax.block_until_ready(gd.observables.P))
-    err = _errors(P, P_ref, scale)
-    out["gd"] = {
-        "eta": eta,
-        "seconds": time.perf_counter() - start,
-        "steps": steps,
-        "gradients": steps,
-        "error": err.tolist(),
-    }
-    print("gd", {k: v for k, v in out["gd"].items() if k != "error"}, err.max())
+    if "gd" in runs:
+        per = max(1, round((t_ref[1] - t_ref[0]) / args.eta))
+        steps = per * (args.saves - 1)
+        eta = float(t_ref[-1] / steps)
+        start = time.perf_counter()
+        gd = gflow.train_gd(
+            p0, data, learning_rate=eta, config=gflow.SGDConfig(steps=steps, record_every=per)
+        )
+        P = np.asarray(jax.block_until_ready(gd.observables.P))
+        err = _errors(P, P_ref, scale)
+        out["gd"] = {
+            "eta": eta,
+            "seconds": time.perf_counter() - start,
+            "steps": steps,
+            "gradients": steps,
+            "error": err.tolist(),
+        }
+        print("gd", {k: v for k, v in out["gd"].items() if k != "error"}, err.max())
     args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
