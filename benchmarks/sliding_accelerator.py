@@ -39,11 +39,20 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from sliding_flow import (  # noqa: E402
+    CIFAR_SAMPLES,
+    CIFAR_SAVES,
+    CIFAR_T_END,
+    cifar_start,
+    gd_grid,
+    run_arrays,
+    sliding_config,
+)
+
 import gflow  # noqa: E402
 from gflow.runs import DemoConfig, estimated_drop_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-CIFAR_SAMPLES, CIFAR_WIDTH, CIFAR_SIGMA, CIFAR_T_END, CIFAR_SAVES = 800, 300, 1e-5, 743.0, 61
 
 
 def export_task(spec: str, path: Path) -> None:
@@ -117,12 +126,6 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def _sliding(h: float, capacity: int) -> gflow.FlowConfig:
-    return gflow.FlowConfig(
-        solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000, sliding_capacity=capacity
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export-task", type=Path, default=None)
@@ -179,7 +182,7 @@ def main() -> None:
     demo = {}
     for name, config in (
         ("tsit5 rtol=1e-4", gflow.FlowConfig(rtol=1e-4, max_steps=200_000)),
-        ("sliding h=0.5", _sliding(0.5, 24)),
+        ("sliding h=0.5", sliding_config(0.5, 24)),
     ):
 
         def call(config=config):
@@ -201,7 +204,9 @@ def main() -> None:
     # 2. The seed sweep as one compiled program (the first size now, the others last).
     sweeps: dict = {}
     sweep = jax.jit(
-        jax.vmap(lambda p: gflow.gradient_flow(p, data, ts, config=_sliding(0.25, 24), throw=False))
+        jax.vmap(
+            lambda p: gflow.gradient_flow(p, data, ts, config=sliding_config(0.25, 24), throw=False)
+        )
     )
 
     def run_sweep(seeds: int) -> None:
@@ -242,17 +247,13 @@ def main() -> None:
             run_sweep(seeds)
         return
     cifar_data = load_task(args.task)
-    params0 = gflow.init_params(
-        jax.random.key(3), CIFAR_WIDTH, cifar_data.x.shape[1], CIFAR_SIGMA, dtype=jnp.float64
-    )
+    params0 = cifar_start(cifar_data.x.shape[1])
     cts = np.linspace(0.0, args.cifar_t_end, CIFAR_SAVES)
     gd_runs: dict = {}
     gd_P: dict[float, np.ndarray] = {}
     gd_per_step = None
     for eta_asked in (float(s) for s in args.gd_etas.split(",") if s):
-        per = max(1, round((cts[1] - cts[0]) / eta_asked))
-        steps = per * (CIFAR_SAVES - 1)
-        eta = float(cts[-1] / steps)
+        per, steps, eta = gd_grid(cts, eta_asked)
         if gd_per_step is not None and left() < 1.5 * gd_per_step * steps + 60:
             gd_runs[f"{eta:.6g}"] = f"skipped: {left():.0f} s left"
             write("cifar_gd", gd_runs)
@@ -289,29 +290,28 @@ def main() -> None:
             continue
         (traj, stats), seconds = _timed(
             lambda h=h: gflow.gradient_flow(
-                params0, cifar_data, cts, config=_sliding(h, 32), return_stats=True, throw=False
+                params0,
+                cifar_data,
+                cts,
+                config=sliding_config(h, 32),
+                return_stats=True,
+                throw=False,
             )
         )
         obs = traj.observables
-        P[h] = np.asarray(obs.P)
+        arrays = run_arrays(traj, cts)
+        P[h] = arrays["P"]
         per_step = seconds / int(stats.num_steps) if per_step is None else per_step
-        np.savez_compressed(
-            args.out / f"cifar-h{h:g}.npz",
-            t=cts,
-            P=P[h],
-            loss=np.asarray(obs.loss),
-            sliding=np.asarray(traj.sliding.sliding).sum(axis=1),
-            crossings=np.asarray(traj.sliding.crossings),
-        )
+        np.savez_compressed(args.out / f"cifar-h{h:g}.npz", **arrays)
         run = {
             "seconds_incl_compile_if_first": seconds,
             "status": gflow.status_message(traj.status),
             "num_steps": int(stats.num_steps),
             "evaluations": int(stats.evaluations),
             "balance_drift": float(gflow.balance_drift(obs).max()),
-            "loss_end": float(obs.loss[-1]),
+            "loss_end": float(arrays["loss"][-1]),
             "overflow": bool(np.any(np.asarray(traj.sliding.overflow))),
-            "sliding_pairs_max": int(np.asarray(traj.sliding.sliding).sum(axis=1).max()),
+            "sliding_pairs_max": int(arrays["sliding"].max()),
         }
         others = {f"h={g:g}": P[g] for g in P if g != h}
         others.update({f"gd eta={eta:.6g}": gP for eta, gP in gd_P.items()})

@@ -28,6 +28,40 @@ jax.config.update("jax_enable_x64", True)
 
 import gflow  # noqa: E402
 
+CIFAR_SAMPLES, CIFAR_WIDTH, CIFAR_SIGMA, CIFAR_SEED = 800, 300, 1e-5, 3
+CIFAR_T_END, CIFAR_SAVES = 743.0, 61
+
+
+def cifar_start(dim: int, width: int = CIFAR_WIDTH, sigma: float = CIFAR_SIGMA) -> gflow.Params:
+    """The CIFAR runs' start (float64): every script compares runs from this one."""
+    return gflow.init_params(jax.random.key(CIFAR_SEED), width, dim, sigma, dtype=jnp.float64)
+
+
+def sliding_config(h: float, capacity: int) -> gflow.FlowConfig:
+    """Constant steps of at most h, no step limit in practice."""
+    return gflow.FlowConfig(
+        solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000, sliding_capacity=capacity
+    )
+
+
+def gd_grid(t: np.ndarray, eta: float) -> tuple[int, int, float]:
+    """GD steps per save interval, steps in all and the learning rate, η rounded so that GD's
+    records land on the save times ``t`` (equally spaced from 0)."""
+    per = max(1, round((t[1] - t[0]) / eta))
+    steps = per * (len(t) - 1)
+    return per, steps, float(t[-1] / steps)
+
+
+def run_arrays(traj, ts: np.ndarray) -> dict[str, np.ndarray]:
+    """What a run keeps over time (``…-h{h}.npz``): t, P_i, loss, sliding pairs, crossings."""
+    return {
+        "t": ts,
+        "P": np.asarray(traj.observables.P),
+        "loss": np.asarray(traj.observables.loss),
+        "sliding": np.asarray(traj.sliding.sliding).sum(axis=1),
+        "crossings": np.asarray(traj.sliding.crossings),
+    }
+
 
 def arrays_path(out: Path, h: float) -> Path:
     """Where the run at step ``h`` keeps its per-time arrays (next to the JSON)."""
@@ -101,7 +135,7 @@ def run(
 ) -> dict:
     ds = gflow.load_dataset(dataset, n_per_class=samples // 2)
     data = gflow.training_data(ds, jnp.float64)
-    params0 = gflow.init_params(jax.random.key(3), width, ds.dim, sigma, dtype=jnp.float64)
+    params0 = cifar_start(ds.dim, width, sigma)
     ts = np.linspace(0.0, t_end, saves)
     result: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -121,9 +155,7 @@ def run(
     arrays: dict[float, dict[str, np.ndarray]] = {}
 
     def solve(p0, h):
-        cfg = gflow.FlowConfig(
-            solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000, sliding_capacity=capacity
-        )
+        cfg = sliding_config(h, capacity)
         start = time.perf_counter()
         traj, stats = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True, throw=False)
         jax.block_until_ready(traj)
@@ -132,14 +164,8 @@ def run(
     for h in steps:
         traj, stats, seconds = solve(params0, h)
         obs = traj.observables
-        P[h] = np.asarray(obs.P)
-        arrays[h] = {
-            "t": ts,
-            "P": P[h],
-            "loss": np.asarray(obs.loss),
-            "sliding": np.asarray(traj.sliding.sliding).sum(axis=1),
-            "crossings": np.asarray(traj.sliding.crossings),
-        }
+        arrays[h] = run_arrays(traj, ts)
+        P[h] = arrays[h]["P"]
         np.savez_compressed(arrays_path(out, h), **arrays[h])
         result["runs"][str(h)] = {
             "h": h,
@@ -217,11 +243,11 @@ def main() -> None:
         "--dataset", required=True, help="cifar:PATH (a cifar-10-batches-py folder or an .npz)"
     )
     parser.add_argument("--steps", default="0.5,0.25,0.125")
-    parser.add_argument("--samples", type=int, default=800)
-    parser.add_argument("--width", type=int, default=300)
-    parser.add_argument("--sigma", type=float, default=1e-5)
-    parser.add_argument("--t-end", type=float, default=743.0)
-    parser.add_argument("--saves", type=int, default=61)
+    parser.add_argument("--samples", type=int, default=CIFAR_SAMPLES)
+    parser.add_argument("--width", type=int, default=CIFAR_WIDTH)
+    parser.add_argument("--sigma", type=float, default=CIFAR_SIGMA)
+    parser.add_argument("--t-end", type=float, default=CIFAR_T_END)
+    parser.add_argument("--saves", type=int, default=CIFAR_SAVES)
     parser.add_argument("--perturbations", default="1e-12,1e-8")
     parser.add_argument("--capacity", type=int, default=16, help="FlowConfig.sliding_capacity")
     parser.add_argument(

@@ -23,6 +23,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from sliding_flow import CIFAR_SAMPLES, cifar_start, sliding_config  # noqa: E402
+
 import gflow  # noqa: E402
 
 
@@ -34,17 +36,15 @@ def main() -> None:
     parser.add_argument("--neuron", type=int, default=169)
     parser.add_argument("--out", type=Path, default=Path("paths"))
     args = parser.parse_args()
-    ds = gflow.load_dataset(args.dataset, n_per_class=400)
+    ds = gflow.load_dataset(args.dataset, n_per_class=CIFAR_SAMPLES // 2)
     data = gflow.training_data(ds, jnp.float64)
-    p0 = gflow.init_params(jax.random.key(3), 300, ds.dim, 1e-5, dtype=jnp.float64)
+    p0 = cifar_start(ds.dim)
     ts = np.concatenate([np.arange(0.0, 200.0, 5.0), np.arange(200.0, args.t_end + 0.25, 0.5)])
     snaps = np.arange(205.0, args.t_end, 5.0)
     args.out.mkdir(parents=True, exist_ok=True)
     P = {}
     for h in (float(s) for s in args.steps.split(",")):
-        cfg = gflow.FlowConfig(
-            solver="sliding", adaptive=False, dt0=h, max_steps=10_000_000, sliding_capacity=32
-        )
+        cfg = sliding_config(h, 32)
         start = time.perf_counter()
         traj = gflow.gradient_flow(p0, data, ts, config=cfg, snapshot_times=snaps, throw=False)
         jax.block_until_ready(traj)

@@ -25,6 +25,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from sliding_flow import CIFAR_SAMPLES, cifar_start, gd_grid  # noqa: E402
+
 import gflow  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,9 +47,9 @@ def main() -> None:
     parser.add_argument("--runs", default="sliding,gd", help="which of sliding, gd to run")
     parser.add_argument("--json", type=Path, default=RESULTS / "sliding-vs-gd.json")
     args = parser.parse_args()
-    ds = gflow.load_dataset(args.dataset, n_per_class=400)
+    ds = gflow.load_dataset(args.dataset, n_per_class=CIFAR_SAMPLES // 2)
     data = gflow.training_data(ds, jnp.float64)
-    p0 = gflow.init_params(jax.random.key(3), 300, ds.dim, 1e-5, dtype=jnp.float64)
+    p0 = cifar_start(ds.dim)
     with np.load(args.reference) as f:
         t_ref, P_ref = f["t"][: args.saves], f["P"]
     scale = np.max(P_ref, axis=0)
@@ -79,9 +81,7 @@ def main() -> None:
         }
         print("sliding", {k: v for k, v in out["sliding"].items() if k != "error"}, err.max())
     if "gd" in runs:
-        per = max(1, round((t_ref[1] - t_ref[0]) / args.eta))
-        steps = per * (args.saves - 1)
-        eta = float(t_ref[-1] / steps)
+        per, steps, eta = gd_grid(t_ref, args.eta)
         start = time.perf_counter()
         gd = gflow.train_gd(
             p0, data, learning_rate=eta, config=gflow.SGDConfig(steps=steps, record_every=per)
