@@ -114,14 +114,52 @@ def geometry(x: jax.Array, y: jax.Array) -> Geometry:
 
 def spd_solve(a: jax.Array, b: jax.Array, size=None) -> jax.Array:
     """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]`` or
+    ``[K, m]``.
+
+    On the CPU by `gauss_jordan` (a loop over the pivots in use); on an accelerator by one batched
+    LU factorisation with partial pivoting (`jnp.linalg.solve`). On a GPU every iteration of a
+    loop whose trip count is known only at run time costs a round trip to the host to read its
+    condition, which made the pivot loops most of the sliding step's time there (docs/theory.md
+    §8.1); on the CPU a LAPACK call inside these loops, run concurrently with other work of the
+    step, was seen to deadlock (K = 32, N = 1000, d = 50), and the loop over the slots in use is
+    also the faster of the two there. Both are backward stable for such matrices and agree to
+    rounding; only the branch of the platform compiled for is lowered.
+
+    ``size`` (`gauss_jordan`) says that only the leading ``size`` rows and columns of ``a`` differ
+    from the identity's; the result does not depend on it beyond rounding.
+
+    Example:
+        >>> A, r = jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0])
+        >>> [float(v) for v in spd_solve(A, r)]
+        [0.5, 0.0]
+    """
+    return jax.lax.platform_dependent(
+        a, b, cpu=lambda a, b: gauss_jordan(a, b, size), default=lu_solve
+    )
+
+
+def lu_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a⁻¹ b`` for ``a`` ``[K, K]`` and ``b`` ``[K]`` or ``[K, m]`` by one LU factorisation with
+    partial pivoting (`jnp.linalg.solve`; batched under `jax.vmap`).
+
+    Example:
+        >>> A, r = jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0])
+        >>> [float(v) for v in lu_solve(A, r)]
+        [0.5, 0.0]
+    """
+    if b.ndim == a.ndim - 1:
+        return jnp.linalg.solve(a, b[..., None])[..., 0]
+    return jnp.linalg.solve(a, b)
+
+
+def gauss_jordan(a: jax.Array, b: jax.Array, size=None) -> jax.Array:
+    """``a⁻¹ b`` for a symmetric positive definite ``a`` ``[K, K]`` and ``b`` ``[K]`` or
     ``[K, m]``: Gauss–Jordan elimination without pivoting (stable for such matrices, as Cholesky
     is), in plain XLA ops.
 
-    The small systems of the sliding solver are solved here rather than by LAPACK: on XLA's CPU
-    runtime a LAPACK call inside these loops, run concurrently with other work of the step, was
-    seen to deadlock (K = 32, N = 1000, d = 50). The elimination loop is not unrolled: unrolled,
-    the ten solves of a step doubled its compile time (12.8 s → 26.7 s on a 2-core CPU, d = 20,
-    K = 16) and saved only 6–16 % of the step's run time.
+    The elimination loop is not unrolled: unrolled, the ten solves of a step doubled its compile
+    time (12.8 s → 26.7 s on a 2-core CPU, d = 20, K = 16) and saved only 6–16 % of the step's
+    run time.
 
     ``size`` (an integer, may be traced; default K) says that only the leading ``size`` rows and
     columns of ``a`` differ from the identity's: the elimination stops there, and the result is
@@ -131,7 +169,7 @@ def spd_solve(a: jax.Array, b: jax.Array, size=None) -> jax.Array:
 
     Example:
         >>> A, r = jnp.array([[4.0, 2.0], [2.0, 3.0]]), jnp.array([2.0, 1.0])
-        >>> [float(v) for v in spd_solve(A, r)]
+        >>> [float(v) for v in gauss_jordan(A, r)]
         [0.5, 0.0]
     """
 
@@ -165,7 +203,7 @@ def box_qp(
     ends in finitely many iterations at a KKT point (the global minimum: the problem is convex).
     ``M`` may be singular: the free sub-problems get a jitter of 10ε on the diagonal.
     ``free0`` (booleans ``[K]``) starts the working set with those variables free (a warm start:
-    the previous step's sliding pairs), from the feasible point λ = 0. ``size`` (`spd_solve`)
+    the previous step's sliding pairs), from the feasible point λ = 0. ``size`` (`gauss_jordan`)
     bounds the slots that can be free: variables from ``size`` on must have ``M = 1``, ``q > 0``
     (inert, λ = 0) and not be in ``free0``.
 

@@ -33,7 +33,9 @@ from ._sliding import SlidingSolution as SlidingSolution
 from ._sliding import SlidingState as SlidingState
 from ._sliding import StepReport as StepReport
 from ._sliding import box_qp as box_qp
+from ._sliding import gauss_jordan as gauss_jordan
 from ._sliding import geometry as geometry
+from ._sliding import lu_solve as lu_solve
 from ._sliding import sliding_step as sliding_step
 from ._sliding import solve_sliding as solve_sliding
 from ._sliding import spd_solve as spd_solve

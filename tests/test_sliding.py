@@ -13,7 +13,14 @@ import pytest
 
 import gflow
 from gflow.network import Params, TrainingData, balance, preactivations
-from gflow.solvers import OK, SLIDING_OVERFLOW, box_qp, solve_sliding
+from gflow.solvers import (
+    OK,
+    SLIDING_OVERFLOW,
+    box_qp,
+    gauss_jordan,
+    lu_solve,
+    solve_sliding,
+)
 
 
 def _enumerate_qp(M, q):
@@ -68,6 +75,37 @@ def test_box_qp_solves_each_variable_to_its_own_scale():
     lam, free, _ = jax.jit(box_qp)(jnp.asarray(M), jnp.asarray(q))
     np.testing.assert_allclose(np.asarray(lam), [0.5, 0.3], rtol=1e-12)
     assert bool(free.all())
+
+
+def test_gauss_jordan_and_lu_solve_agree_on_padded_spd_systems():
+    """The CPU's elimination over the slots in use and the accelerators' batched LU solve the
+    sliding solver's systems (SPD blocks padded with identity rows, scales spanning decades) to
+    the same answer, and that answer solves the system; the elimination is unchanged to the bit
+    by stopping at the used slots."""
+    rng = np.random.default_rng(3)
+    k, used = 12, 7
+    a = rng.normal(size=(40, used, used + 3))
+    scale = 10.0 ** rng.uniform(-6, 2, size=(40, used))
+    blocks = np.einsum("nij,nkj->nik", a, a) * scale[:, :, None] * scale[:, None, :]
+    m = np.broadcast_to(np.eye(k), (40, k, k)).copy()
+    m[:, :used, :used] = blocks
+    b = rng.normal(size=(40, k, 3))
+    full = jax.vmap(gauss_jordan)(jnp.asarray(m), jnp.asarray(b))
+    cut = jax.vmap(gauss_jordan, in_axes=(0, 0, None))(jnp.asarray(m), jnp.asarray(b), used)
+    lu = jax.vmap(lu_solve)(jnp.asarray(m), jnp.asarray(b))
+    assert np.array_equal(np.asarray(full), np.asarray(cut))
+    # Each solution is judged on its own scale: relative residual of every right-hand side.
+    for x in (np.asarray(cut), np.asarray(lu)):
+        residual = np.einsum("nij,njm->nim", m, x) - b
+        bound = np.einsum("nij,njm->nim", np.abs(m), np.abs(x)) + np.abs(b)
+        assert np.max(np.abs(residual) / bound) < 1e-13
+    cond = np.linalg.cond(m)
+    rel = np.linalg.norm(np.asarray(cut) - np.asarray(lu), axis=1) / np.linalg.norm(
+        np.asarray(lu), axis=1
+    )
+    assert np.all(rel.max(axis=1) < 1e-15 * cond * 1e3), (rel.max(), cond.max())
+    vector = jax.vmap(lu_solve)(jnp.asarray(m), jnp.asarray(b[:, :, 0]))
+    np.testing.assert_allclose(np.asarray(vector), np.asarray(lu)[:, :, 0], rtol=1e-12)
 
 
 def _two_sample_data():
@@ -167,6 +205,27 @@ def drop_runs():
             compiled = solve_sliding._cache_size()
     assert solve_sliding._cache_size() == compiled  # h is traced: one compilation for all three
     return data, p0, ts, runs
+
+
+def test_sliding_flow_is_the_same_with_the_accelerators_solve(drop_runs, monkeypatch):
+    """The drop problem's flow (h = 0.2) with every small system solved by the batched LU of the
+    accelerators (forced here on the CPU) follows the CPU's trajectory: the two solves differ by
+    rounding, and the active sets and events they decide are the same."""
+    import gflow._sliding as sliding_module
+
+    data, p0, ts, runs = drop_runs
+    cpu = runs[0.2][0]
+    cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.2)
+    solve_sliding.clear_cache()  # traced again below, with the other solve
+    monkeypatch.setattr(sliding_module, "spd_solve", lambda a, b, size=None: lu_solve(a, b))
+    try:
+        lu = gflow.gradient_flow(p0, data, ts, config=cfg)
+    finally:
+        solve_sliding.clear_cache()
+    assert int(np.asarray(cpu.sliding.sliding).max()) > 0  # with pairs sliding
+    P_cpu, P_lu = np.asarray(cpu.observables.P), np.asarray(lu.observables.P)
+    assert np.max(np.abs(P_cpu - P_lu)) / P_cpu.max() < 1e-10
+    assert not np.array_equal(P_cpu, P_lu)  # the other solve was used
 
 
 def test_sliding_flow_converges_at_second_order_through_the_loss_drop(drop_runs):
