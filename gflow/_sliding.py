@@ -387,21 +387,37 @@ def _solves(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
     return jax.vmap(spd_solve, in_axes=(0, 0, None))(a, b, _slots_in_use(mask))
 
 
-def _compact(mask: jax.Array, first: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
+def _compact(
+    mask: jax.Array, first: jax.Array, capacity: int, method: str | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Each neuron's pairs of ``mask`` ``[N, d]`` in ``capacity`` slots: ``(idx, valid)``
     ``[d, K]``, the pairs of ``first`` before the others, each group in sample order; slots past
     a neuron's count are not ``valid`` and hold 0. Pairs past the capacity are left out (the
     caller reports the overflow).
 
-    A stable partition by binary searches in the running counts: no sort, whose CPU cost
-    (``lax.top_k`` sorts every row) would exceed the rest of the step."""
+    A stable partition by searches in the running counts: no sort, whose CPU cost (``lax.top_k``
+    sorts every row) would exceed the rest of the step. On the CPU each search is a binary search
+    (a loop of log₂ 2N iterations); on an accelerator it counts the entries below the slot in one
+    comparison of all of them, because there each iteration of a loop waits for the host
+    (``method``, ``"scan"`` or ``"compare_all"`` of `jnp.searchsorted`, forces one of them)."""
     n, d = mask.shape
     on = mask.T
     order = jnp.concatenate([on & first.T, on & ~first.T], axis=1)  # [d, 2N]
     counts = jnp.cumsum(order, axis=1, dtype=jnp.int32)
     slot = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (d, capacity))
+
+    def search(method):
+        return lambda c, k: jax.vmap(
+            functools.partial(jnp.searchsorted, side="right", method=method)
+        )(c, k)
+
     # The first position whose running count exceeds the slot, back to its sample.
-    pos = jax.vmap(lambda c, k: jnp.searchsorted(c, k, side="right", method="scan"))(counts, slot)
+    if method is None:
+        pos = jax.lax.platform_dependent(
+            counts, slot, cpu=search("scan"), default=search("compare_all")
+        )
+    else:
+        pos = search(method)(counts, slot)
     valid = slot < counts[:, -1:]
     return jnp.where(valid, jnp.where(pos >= n, pos - n, pos), 0), valid
 

@@ -207,6 +207,27 @@ def drop_runs():
     return data, p0, ts, runs
 
 
+@pytest.mark.parametrize("method", ["scan", "compare_all"])
+def test_candidates_are_gathered_by_a_stable_partition(method):
+    """Each neuron's pairs in its slots, those of ``first`` before the others, each group in
+    sample order, the slots past its count invalid: against a sort, by the CPU's binary searches
+    and by the accelerators' comparison of all counts."""
+    from gflow._sliding import _compact
+
+    rng = np.random.default_rng(4)
+    n, d, k = 300, 20, 12
+    mask = rng.random((n, d)) < 0.04
+    first = mask & (rng.random((n, d)) < 0.4)
+    idx, valid = (np.asarray(a) for a in _compact(jnp.asarray(mask), jnp.asarray(first), k, method))
+    for i in range(d):
+        samples = np.nonzero(mask[:, i])[0]
+        want = sorted(samples, key=lambda s: (not first[s, i], s))[:k]
+        assert valid[i].sum() == len(want)
+        assert list(idx[i][valid[i]]) == want
+        assert np.all(idx[i][~valid[i]] == 0)
+    assert np.any(mask.sum(axis=0) > k)  # some neuron overflows its slots
+
+
 def test_sliding_flow_is_the_same_with_the_accelerators_solve(drop_runs, monkeypatch):
     """The drop problem's flow (h = 0.2) with every small system solved by the batched LU of the
     accelerators (forced here on the CPU) follows the CPU's trajectory: the two solves differ by
