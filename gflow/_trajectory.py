@@ -24,7 +24,8 @@ STATUS_MESSAGES = {
     MAX_STEPS_REACHED: "the ODE solver used up max_steps before reaching the last save time "
     "(raise max_steps, loosen rtol/atol, or shorten the time grid)",
     SOLVER_FAILED: "the ODE solver failed (step size collapsed or non-finite state)",
-    NON_FINITE: "parameters became NaN or inf (diverged: lower the learning rate)",
+    NON_FINITE: "parameters became NaN or inf (diverged: lower the learning rate, or the "
+    "constant step dt0 of an ODE solver)",
     SLIDING_OVERFLOW: "more pairs of one neuron reached their gate boundaries in one step than "
     "the sliding "
     "solver holds (raise FlowConfig.sliding_capacity or lower dt0)",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import gflow
-from gflow.network import Params, TrainingData, balance, preactivations
+from gflow.network import PAPER, Params, TrainingData, balance, preactivations
 from gflow.solvers import (
     OK,
     SLIDING_OVERFLOW,
@@ -235,15 +235,30 @@ def test_sliding_flow_is_the_same_with_the_accelerators_solve(drop_runs, monkeyp
     import gflow._sliding as sliding_module
 
     data, p0, ts, runs = drop_runs
-    cpu = runs[0.2][0]
-    cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.2)
-    solve_sliding.clear_cache()  # traced again below, with the other solve
+    traj = runs[0.2][0]
+    # The fixture's call of `solve_sliding` again (its save and snapshot grid: no compilation) ...
+    snap = np.asarray(traj.snapshot_t)
+    grid = np.union1d(ts, snap)
+    args = (p0, data, jnp.asarray(grid))
+    args += (jnp.asarray(np.searchsorted(grid, ts)), jnp.asarray(np.searchsorted(grid, snap)), 0.2)
+    options = dict(
+        capacity=gflow.solvers.DEFAULT_SLIDING_CAPACITY,
+        max_steps=gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.2).max_steps,
+        model=PAPER,
+    )
+    compiled = solve_sliding._cache_size()
+    cpu = solve_sliding(*args, **options)
+    assert solve_sliding._cache_size() == compiled
+    np.testing.assert_array_equal(np.asarray(cpu.observables.P), np.asarray(traj.observables.P))
+    # ... and traced anew (a jit of its own, leaving the cached one alone) with the other solve.
     monkeypatch.setattr(sliding_module, "spd_solve", lambda a, b, size=None: lu_solve(a, b))
-    try:
-        lu = gflow.gradient_flow(p0, data, ts, config=cfg)
-    finally:
-        solve_sliding.clear_cache()
-    assert int(np.asarray(cpu.sliding.sliding).max()) > 0  # with pairs sliding
+
+    def traced_anew(*args, **options):  # a function of its own: JAX's trace caches miss it
+        return solve_sliding.__wrapped__(*args, **options)
+
+    fresh = jax.jit(traced_anew, static_argnames=("capacity", "max_steps"))
+    lu = fresh(*args, **options)
+    assert int(np.asarray(cpu.record.sliding).max()) > 0  # with pairs sliding
     P_cpu, P_lu = np.asarray(cpu.observables.P), np.asarray(lu.observables.P)
     assert np.max(np.abs(P_cpu - P_lu)) / P_cpu.max() < 1e-10
     assert not np.array_equal(P_cpu, P_lu)  # the other solve was used
