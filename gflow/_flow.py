@@ -44,6 +44,8 @@ from ._observables import TrainingData, check_labels, observe
 from ._projection import BalanceProjection
 from ._sliding import solve_sliding
 from ._trajectory import (
+    LOSS_RISE_TOLERANCE,
+    LOSS_ROSE,
     MAX_STEPS_REACHED,
     NON_FINITE,
     OK,
@@ -118,7 +120,8 @@ class FlowConfig:
             the largest one-step defect removed. Steps land on every save time (as for ``gauss*``).
         sliding_capacity: ``sliding`` only: K, the most pairs of one neuron that may sit on or
             reach their gate boundaries in one step (default 16). More is the status
-            `SLIDING_OVERFLOW`, never silent.
+            `SLIDING_OVERFLOW`, never silent. A loss that rises between save times (a step too
+            large for the flow there) is the status `LOSS_ROSE` (`loss_rose`).
     """
 
     solver: str = "tsit5"
@@ -550,6 +553,21 @@ def _solve(
     return traj, stats
 
 
+def loss_rose(loss: jax.Array) -> jax.Array:
+    """Whether the loss ``[..., T]`` rose between consecutive save times by more than
+    ``LOSS_RISE_TOLERANCE`` of itself: ``L(t_{k+1}) − L(t_k) > tol·|L(t_k)|`` for some k. The
+    gradient flow never raises L (``dL/dt = −‖θ'‖²``), so a constant-step solve that does has
+    stepped past what the flow allows there; rounding stays far below the tolerance (the stable
+    solves of the demo and the drop problem never raise L at all).
+
+    Example:
+        >>> [bool(loss_rose(jnp.array(v))) for v in ([0.7, 0.5, 0.3], [0.7, 0.5, 0.6])]
+        [False, True]
+    """
+    previous, later = loss[..., :-1], loss[..., 1:]
+    return jnp.any(later - previous > LOSS_RISE_TOLERANCE * jnp.abs(previous), axis=-1)
+
+
 def _solve_sliding(
     params0: Params, data: TrainingData, ts, snapshot_times, config: FlowConfig, model: Model
 ) -> tuple[Trajectory, FlowStats]:
@@ -592,7 +610,11 @@ def _solve_sliding(
         jnp.where(
             ~sol.final_finite,
             NON_FINITE,
-            jnp.where(jnp.any(sol.record.overflow, axis=-1), SLIDING_OVERFLOW, OK),
+            jnp.where(
+                jnp.any(sol.record.overflow, axis=-1),
+                SLIDING_OVERFLOW,
+                jnp.where(loss_rose(sol.observables.loss), LOSS_ROSE, OK),
+            ),
         ),
     )
     traj = Trajectory(

@@ -18,6 +18,11 @@ SOLVER_FAILED = 2
 NON_FINITE = 3
 SLIDING_OVERFLOW = 4
 DEAD = 5
+LOSS_ROSE = 6
+
+# The relative rise of the loss between save times above which a gradient-flow solve fails: the
+# exact flow never raises L; float32 rounding of L is ~1e-7 of it.
+LOSS_RISE_TOLERANCE = 1e-4
 
 STATUS_MESSAGES = {
     OK: "ok",
@@ -31,6 +36,8 @@ STATUS_MESSAGES = {
     "solver holds (raise FlowConfig.sliding_capacity or lower dt0)",
     DEAD: "every neuron is inactive on every training sample (dead network: lower the learning "
     "rate or raise σ)",
+    LOSS_ROSE: "the loss rose between save times, which the gradient flow never does: the "
+    "constant step is too large for the flow there (lower dt0)",
 }
 
 
@@ -43,7 +50,7 @@ class Trajectory(NamedTuple):
         snapshot_t: flow times of the full-parameter snapshots ``[K]`` (init and end included).
         snapshots: `Params` with a leading ``[K]`` axis.
         status: int32 code (`OK`, `MAX_STEPS_REACHED`, `SOLVER_FAILED`, `NON_FINITE`,
-            `SLIDING_OVERFLOW`; a sweep adds `DEAD`, see `gflow._sweep.run_member`).
+            `SLIDING_OVERFLOW`, `LOSS_ROSE`; a sweep adds `DEAD`, see `gflow._sweep.run_member`).
         num_steps: solver steps (flow) or optimiser steps (SGD/GD) taken.
         sliding: the sliding solver's `gflow._sliding.SlidingRecord` (sliding pairs per neuron,
             crossings, overflow, dissipation, sliding sets at snapshots); None for other trainers.

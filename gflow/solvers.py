@@ -14,6 +14,7 @@ from ._flow import gate_band as gate_band
 from ._flow import gated_field as gated_field
 from ._flow import gated_loss as gated_loss
 from ._flow import gradient_flow as gradient_flow
+from ._flow import loss_rose as loss_rose
 from ._flow import neuron_magnitude as neuron_magnitude
 from ._flow import ramp_gates as ramp_gates
 from ._flow import vector_field as vector_field
@@ -40,6 +41,8 @@ from ._sliding import sliding_step as sliding_step
 from ._sliding import solve_sliding as solve_sliding
 from ._sliding import spd_solve as spd_solve
 from ._trajectory import DEAD as DEAD
+from ._trajectory import LOSS_RISE_TOLERANCE as LOSS_RISE_TOLERANCE
+from ._trajectory import LOSS_ROSE as LOSS_ROSE
 from ._trajectory import MAX_STEPS_REACHED as MAX_STEPS_REACHED
 from ._trajectory import NON_FINITE as NON_FINITE
 from ._trajectory import OK as OK

@@ -14,11 +14,13 @@ import pytest
 import gflow
 from gflow.network import PAPER, Params, TrainingData, balance, preactivations
 from gflow.solvers import (
+    LOSS_ROSE,
     OK,
     SLIDING_OVERFLOW,
     box_qp,
     gauss_jordan,
     lu_solve,
+    raise_if_failed,
     solve_sliding,
 )
 
@@ -415,6 +417,23 @@ def test_overflow_is_a_status_and_capacity_is_checked():
         gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.1, sliding_capacity=0)
     with pytest.raises(ValueError, match="only applies"):
         gflow.FlowConfig(solver="heun", adaptive=False, dt0=0.1, sliding_capacity=4)
+
+
+def test_a_step_too_large_for_the_flow_is_a_status():
+    """On the drop problem h = 1 holds every candidate (K = 80, no overflow) but the loss rises by
+    a fifth within a save interval after the drop and the run ends far from the flow (L = 0.38,
+    against 0.22 at h ≤ 0.9): the status LOSS_ROSE, not ok (the stable runs of the other tests
+    are ok, and `gradient_flow` raises on any other status)."""
+    data, p0 = _mnist_small()
+    ts = np.linspace(0.0, 130.0, 27)
+    cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=1.0, sliding_capacity=80)
+    traj = gflow.gradient_flow(p0, data, ts, config=cfg, throw=False)
+    loss = np.asarray(traj.observables.loss)
+    assert int(traj.status) == LOSS_ROSE
+    assert not np.any(np.asarray(traj.sliding.overflow))
+    assert np.max(np.diff(loss) / loss[:-1]) > 0.1 and loss[-1] > 0.3
+    with pytest.raises(gflow.TrajectoryError, match="loss rose between save times"):
+        raise_if_failed(traj)
 
 
 def test_vmap_over_seeds_equals_a_loop():
