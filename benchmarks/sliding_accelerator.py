@@ -39,6 +39,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from sliding_demo import demo_problem  # noqa: E402
 from sliding_flow import (  # noqa: E402
     CIFAR_SAMPLES,
     CIFAR_SAVES,
@@ -50,7 +51,6 @@ from sliding_flow import (  # noqa: E402
 )
 
 import gflow  # noqa: E402
-from gflow.runs import DemoConfig, estimated_drop_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -120,7 +120,8 @@ def compare(results: Path, gd_file: str = "sliding-cifar-gd-h200.npz") -> dict:
     }
 
 
-def _timed(fn):
+def timed(fn):
+    """``(fn() once it is ready, its wall time in seconds)``."""
     start = time.perf_counter()
     out = jax.block_until_ready(fn())
     return out, time.perf_counter() - start
@@ -171,14 +172,7 @@ def main() -> None:
         print(stage, json.dumps(value)[:600], f"[{result['elapsed']:.0f} s]", flush=True)
 
     # 1. The demo's flow.
-    cfg = DemoConfig()
-    ds = gflow.mnist_default(n_per_class=500)
-    t_end = args.demo_t_end or 1.75 * estimated_drop_time(ds, cfg.sigma)
-    ts = np.linspace(0.0, t_end, cfg.save_points)
-    data = gflow.training_data(ds, jnp.float32)
-    p0 = gflow.init_params(
-        jax.random.split(jax.random.key(cfg.seed))[0], cfg.width, ds.dim, cfg.sigma
-    )
+    cfg, ds, data, p0, ts = demo_problem(args.demo_t_end)
     demo = {}
     for name, config in (
         ("tsit5 rtol=1e-4", gflow.FlowConfig(rtol=1e-4, max_steps=200_000)),
@@ -188,8 +182,8 @@ def main() -> None:
         def call(config=config):
             return gflow.gradient_flow(p0, data, ts, config=config, return_stats=True, throw=False)
 
-        _, first = _timed(call)
-        (traj, stats), second = _timed(call)
+        _, first = timed(call)
+        (traj, stats), second = timed(call)
         demo[name] = {
             "seconds_first_call": first,
             "seconds_second_call": second,
@@ -221,10 +215,10 @@ def main() -> None:
                 return
         keys = jax.random.split(jax.random.key(7), seeds)
         p_seeds = jax.vmap(lambda k: gflow.init_params(k, cfg.width, ds.dim, cfg.sigma))(keys)
-        traj, first = _timed(lambda: sweep(p_seeds))
+        traj, first = timed(lambda: sweep(p_seeds))
         second = first
         if not done or left() > 2 * first:
-            traj, second = _timed(lambda: sweep(p_seeds))
+            traj, second = timed(lambda: sweep(p_seeds))
         status = np.asarray(traj.status)
         sweeps[str(seeds)] = {
             "seeds": seeds,
@@ -258,7 +252,7 @@ def main() -> None:
             gd_runs[f"{eta:.6g}"] = f"skipped: {left():.0f} s left"
             write("cifar_gd", gd_runs)
             continue
-        gd, seconds = _timed(
+        gd, seconds = timed(
             lambda eta=eta, steps=steps, per=per: gflow.train_gd(
                 params0,
                 cifar_data,
@@ -288,7 +282,7 @@ def main() -> None:
             runs[str(h)] = f"skipped: {per_step * steps_needed:.0f} s predicted, {left():.0f} left"
             write("cifar", runs)
             continue
-        (traj, stats), seconds = _timed(
+        (traj, stats), seconds = timed(
             lambda h=h: gflow.gradient_flow(
                 params0,
                 cifar_data,

@@ -18,6 +18,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,30 @@ jax.config.update("jax_enable_x64", True)
 
 import gflow  # noqa: E402
 from gflow.runs import DemoConfig, estimated_drop_time  # noqa: E402
+
+
+class DemoProblem(NamedTuple):
+    """The demo's problem as `gflow demo` builds it (embedded MNIST, N = 1000, d = 50, σ = 1e-5,
+    float32)."""
+
+    config: DemoConfig
+    dataset: gflow.Dataset
+    data: gflow.TrainingData
+    params0: gflow.Params
+    ts: np.ndarray
+
+
+def demo_problem(t_end: float | None = None) -> DemoProblem:
+    """`DemoProblem` with its save times up to ``t_end`` (default 1.75 × the estimated drop
+    time, as the demo)."""
+    cfg = DemoConfig()
+    ds = gflow.mnist_default(n_per_class=500)
+    t_end = t_end or 1.75 * estimated_drop_time(ds, cfg.sigma)
+    p0 = gflow.init_params(
+        jax.random.split(jax.random.key(cfg.seed))[0], cfg.width, ds.dim, cfg.sigma
+    )
+    ts = np.linspace(0.0, t_end, cfg.save_points)
+    return DemoProblem(cfg, ds, gflow.training_data(ds, jnp.float32), p0, ts)
 
 
 def _timed(fn):
@@ -48,14 +73,8 @@ def main() -> None:
         "--json", type=Path, default=Path(__file__).parent / "results" / "sliding-demo.json"
     )
     args = parser.parse_args()
-    cfg = DemoConfig()
-    ds = gflow.mnist_default(n_per_class=500)
-    t_end = 1.75 * estimated_drop_time(ds, cfg.sigma)
-    ts = np.linspace(0.0, t_end, cfg.save_points)
-    data = gflow.training_data(ds, jnp.float32)
-    p0 = gflow.init_params(
-        jax.random.split(jax.random.key(cfg.seed))[0], cfg.width, ds.dim, cfg.sigma
-    )
+    cfg, ds, data, p0, ts = demo_problem()
+    t_end = float(ts[-1])
     result: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": platform.processor() or platform.machine(),

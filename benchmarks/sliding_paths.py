@@ -23,7 +23,13 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from sliding_flow import CIFAR_SAMPLES, cifar_start, sliding_config  # noqa: E402
+from sliding_flow import (  # noqa: E402
+    CIFAR_SAMPLES,
+    CIFAR_SAVES,
+    CIFAR_T_END,
+    cifar_start,
+    sliding_config,
+)
 
 import gflow  # noqa: E402
 
@@ -62,7 +68,7 @@ def main() -> None:
             sliding_sets=np.asarray(traj.sliding.snapshots),
         )
     i = args.neuron
-    grid = np.linspace(0.0, 743.0, 61)
+    grid = np.linspace(0.0, CIFAR_T_END, CIFAR_SAVES)
     grid = grid[(grid >= 200) & (grid <= args.t_end)]
     for h, p in P.items():
         values = " ".join(f"{np.interp(t, ts, p[:, i]):.5e}" for t in grid)

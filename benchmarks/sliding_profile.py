@@ -30,22 +30,15 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from sliding_accelerator import load_task  # noqa: E402
+from sliding_accelerator import load_task, timed  # noqa: E402
+from sliding_demo import demo_problem  # noqa: E402
 from sliding_flow import cifar_start, sliding_config  # noqa: E402
 
 import gflow  # noqa: E402
-from gflow.runs import DemoConfig, estimated_drop_time  # noqa: E402
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
 
 
 def summarise_trace(path: Path, steps: int) -> dict:
@@ -126,9 +119,8 @@ def main() -> None:
     def cifar():
         return gflow.gradient_flow(p0, data, ts, config=config, return_stats=True)
 
-    first = _seconds(cifar)
-    second = _seconds(cifar)
-    traj, stats = cifar()
+    first = timed(cifar)[1]
+    (traj, stats), second = timed(cifar)
     result["cifar"] = {
         "h": args.step,
         "t_end": args.t_end,
@@ -141,23 +133,15 @@ def main() -> None:
     }
     write()
 
-    demo = DemoConfig()
-    ds = gflow.mnist_default(n_per_class=500)
-    demo_data = gflow.training_data(ds, jnp.float32)
-    demo_p0 = gflow.init_params(
-        jax.random.split(jax.random.key(demo.seed))[0], demo.width, ds.dim, demo.sigma
-    )
-    demo_t_end = args.demo_t_end or 1.75 * estimated_drop_time(ds, demo.sigma)
-    demo_ts = np.linspace(0.0, demo_t_end, demo.save_points)
-    demo_config = gflow.FlowConfig(
-        solver="sliding", adaptive=False, dt0=0.5, sliding_capacity=24, max_steps=10_000_000
-    )
+    demo = demo_problem(args.demo_t_end)
+    demo_config = sliding_config(0.5, 24)
 
     def demo_flow():
-        return gflow.gradient_flow(demo_p0, demo_data, demo_ts, config=demo_config)
+        return gflow.gradient_flow(demo.params0, demo.data, demo.ts, config=demo_config)
 
-    _seconds(demo_flow)
-    result["demo"] = {"h": 0.5, "t_end": demo_t_end, "seconds_second_call": _seconds(demo_flow)}
+    timed(demo_flow)
+    seconds = timed(demo_flow)[1]
+    result["demo"] = {"h": 0.5, "t_end": float(demo.ts[-1]), "seconds_second_call": seconds}
     write()
 
     if args.trace_steps > 0:

@@ -408,9 +408,7 @@ def _compact(
     slot = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (d, capacity))
 
     def search(method):
-        return lambda c, k: jax.vmap(
-            functools.partial(jnp.searchsorted, side="right", method=method)
-        )(c, k)
+        return jax.vmap(functools.partial(jnp.searchsorted, side="right", method=method))
 
     # The first position whose running count exceeds the slot, back to its sample.
     if method is None:
