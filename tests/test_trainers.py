@@ -45,20 +45,24 @@ def _final(traj):
 
 @pytest.mark.slow
 def test_balance_conserved_through_loss_drop_float64():
-    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² is exact under the flow (docs/theory.md §2): drift <= 1e-8."""
+    """Q_i = ‖w_i‖² + b_i² − ‖v_i‖² is exact under the flow (docs/theory.md §2): Tsit5's drift
+    through the loss drop is within a tenth of its rtol, and falls with it at first order (the
+    drift is the solver's error, not a motion of Q)."""
     data = _data()
     p0 = gflow.init_params(jax.random.key(0), 4, 6, 1e-4, dtype=jnp.float64)
     ts = np.linspace(0.0, 40.0, N_SAVES)
-    traj = gflow.gradient_flow(p0, data, ts, config=_flow_config(rtol=1e-7))
-    obs = traj.observables
-    # The run goes through the loss drop: loss falls from log 2 to well below it.
-    assert obs.loss[0] == pytest.approx(np.log(2), abs=1e-6)
-    assert obs.loss[-1] < 0.25
-    assert 0 < loss_drop_time(traj.t, obs.loss) < ts[-1]
-    # Norms grew by orders of magnitude, so the check is not trivial.
-    assert np.max(obs.P[-1]) / np.max(obs.P[0]) > 1e6
-    drift = np.asarray(gflow.balance_drift(obs))
-    assert np.max(drift) <= 1e-8, drift
+    drifts = {}
+    for rtol in (1e-5, 1e-6):
+        obs = gflow.gradient_flow(p0, data, ts, config=_flow_config(rtol=rtol)).observables
+        # The run goes through the loss drop: loss falls from log 2 to well below it.
+        assert obs.loss[0] == pytest.approx(np.log(2), abs=1e-6)
+        assert obs.loss[-1] < 0.25
+        assert 0 < loss_drop_time(ts, obs.loss) < ts[-1]
+        # Norms grew by orders of magnitude, so the check is not trivial.
+        assert np.max(obs.P[-1]) / np.max(obs.P[0]) > 1e6
+        drifts[rtol] = float(np.max(np.asarray(gflow.balance_drift(obs))))
+    assert drifts[1e-6] <= 1e-7, drifts
+    assert 5.0 < drifts[1e-5] / drifts[1e-6] < 20.0, drifts
 
 
 def _flow_at(p0, data, t_end, rtol=1e-10):
