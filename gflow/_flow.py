@@ -120,8 +120,10 @@ class FlowConfig:
             the largest one-step defect removed. Steps land on every save time (as for ``gauss*``).
         sliding_capacity: ``sliding`` only: K, the most pairs of one neuron that may sit on or
             reach their gate boundaries in one step (default 16). More is the status
-            `SLIDING_OVERFLOW`, never silent. A loss that rises between save times (a step too
-            large for the flow there) is the status `LOSS_ROSE` (`loss_rose`).
+            `SLIDING_OVERFLOW`, never silent.
+
+    With constant steps (``adaptive=False``, any solver) a loss that rises between save times (a
+    step too large for the flow there) is the status `LOSS_ROSE` (`loss_rose`).
     """
 
     solver: str = "tsit5"
@@ -512,7 +514,11 @@ def _solve(
         jnp.where(result == diffrax.RESULTS.max_steps_reached, MAX_STEPS_REACHED, SOLVER_FAILED),
     )
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(snaps)]))
-    status = jnp.where((status == OK) & ~finite, NON_FINITE, status).astype(jnp.int32)
+    status = jnp.where((status == OK) & ~finite, NON_FINITE, status)
+    if not config.adaptive or config.solver in _FIXED_STEP_ONLY:
+        # A constant step past what the flow allows raises L (`loss_rose`).
+        status = jnp.where((status == OK) & loss_rose(obs.loss), LOSS_ROSE, status)
+    status = status.astype(jnp.int32)
     num_steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
     traj = Trajectory(
         t=ts,

@@ -1,6 +1,7 @@
 """Balance projection of explicit solvers (`gflow.solvers`): the rescaling keeps the network
 function and sets the balance; projected Euler's step is GD's step rescaled; projected Heun
-conserves Q to rounding through gate crossings and keeps order 2 on a smooth segment.
+conserves Q to rounding through gate crossings and keeps order 2 on a smooth segment; a constant
+step too large for the flow is the status LOSS_ROSE.
 
 The projected-Heun tests share one problem size (24 samples in 6 dims, 5 neurons) and one save
 grid of 7 times, so that the projected Heun solve compiles once."""
@@ -91,6 +92,21 @@ def test_projected_heun_conserves_the_balance_through_gate_crossings():
     assert 1e-8 < float(stats.balance_defect_max) < 1e-1
     # Same trajectory up to the explicit step's own error.
     np.testing.assert_allclose(obs.loss, plain.observables.loss, rtol=0.05)
+
+
+def test_a_constant_step_that_raises_the_loss_is_a_status():
+    """Projected Heun at h = 5 (one step per save interval) on the problem above: the loss rises
+    between t = 10 and 15 (0.61 to 0.67; the flow falls to 0.15 there), which the flow never
+    does: the status LOSS_ROSE, not ok, and a `TrajectoryError` when thrown."""
+    data, p0 = _problem(sigma=0.1)
+    ts = np.linspace(0.0, 30.0, 7)
+    cfg = gflow.FlowConfig(solver="heun", adaptive=False, dt0=5.0, project_balance=True)
+    traj = gflow.gradient_flow(p0, data, ts, config=cfg, throw=False)
+    loss = np.asarray(traj.observables.loss)
+    assert int(traj.status) == gflow.solvers.LOSS_ROSE
+    assert np.max(np.diff(loss) / loss[:-1]) > 0.05 and np.all(np.isfinite(loss))
+    with pytest.raises(gflow.TrajectoryError, match="loss rose between save times"):
+        gflow.gradient_flow(p0, data, ts, config=cfg)
 
 
 def test_projected_heun_keeps_order_two_on_a_smooth_segment():
