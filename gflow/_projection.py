@@ -29,13 +29,18 @@ from ._network import Params, balance
 
 
 def balance_scale(params: Params, q):
-    """The factors ``c_i`` ``[d]`` of `rescale_to_balance` (module doc).
+    """The factors ``c_i`` ``[d]`` of `rescale_to_balance` (module doc)."""
+    a = jnp.sum(params.W**2, axis=1) + params.b**2
+    return balance_scale_of(a, jnp.sum(params.V**2, axis=1), q)
+
+
+def balance_scale_of(a, v2, q):
+    """`balance_scale` from each neuron's ``a = ‖w_i‖² + b_i²`` and ``v2 = ‖v_i‖²`` ``[d]``: the
+    c with ``c² a − v2 / c² = q``.
 
     The root ``u = c²`` is taken in the form without cancellation: ``(Q + s)/(2a)`` for Q ≥ 0,
     ``2‖v‖²/(s − Q)`` for Q < 0, with ``s = sqrt(Q² + 4a‖v‖²)``.
     """
-    a = jnp.sum(params.W**2, axis=1) + params.b**2
-    v2 = jnp.sum(params.V**2, axis=1)
     s = jnp.sqrt(q * q + 4.0 * a * v2)
     u = jnp.where(q >= 0, (q + s) / (2.0 * a), 2.0 * v2 / (s - q))
     return jnp.sqrt(u)

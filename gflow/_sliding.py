@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from ._gauss import equal_steps
 from ._network import PAPER, Model, Params, balance, logit_loss, preactivations
 from ._observables import Observables, TrainingData, observe
-from ._projection import balance_defect, balance_scale, rescaled
+from ._projection import balance_scale_of, rescale_to_balance
 
 
 class SlidingState(NamedTuple):
@@ -44,11 +44,49 @@ class SlidingState(NamedTuple):
             from the step that made them (each step knows its end point's ``z`` from products
             with the Gram matrix, which saves the product with the data), or ``None`` to
             compute them.
+        lazy: `LazyWeights` (the incoming weights are then ``materialized(params, lazy, x)``,
+            and ``z`` must be given), or ``None``: ``params.W`` are the weights.
     """
 
     params: Params
     sliding: jax.Array
     z: jax.Array | None = None
+    lazy: LazyWeights | None = None
+
+
+class LazyWeights(NamedTuple):
+    """The incoming weights of a `SlidingState` between grid times, kept without the product
+    with the data each step would take: ``W = scale_i w_i − shift_i X`` with ``w_i`` the rows of
+    the state's ``params.W`` (those at the last grid time). A step adds ``h`` times its
+    coefficients to ``shift`` and rescales both (`sliding_step`); its balance rescaling needs
+    only ``‖w_i‖²``, which each step updates from products it has anyway (`materialized` gives
+    the weights at a grid time).
+
+    Attributes:
+        scale: ``[d]``.
+        shift: ``[d, N]``, accumulated coefficients ``h·coef`` of the steps.
+        w_sq: ``[d]`` ``‖w_i‖²`` of the weights these stand for.
+    """
+
+    scale: jax.Array
+    shift: jax.Array
+    w_sq: jax.Array
+
+
+def lazy_weights(params: Params, n: int) -> LazyWeights:
+    """`LazyWeights` standing for ``params.W`` itself (for ``n`` samples)."""
+    d = params.W.shape[0]
+    dtype = params.W.dtype
+    return LazyWeights(
+        scale=jnp.ones((d,), dtype),
+        shift=jnp.zeros((d, n), dtype),
+        w_sq=jnp.sum(params.W**2, axis=1),
+    )
+
+
+def materialized(params: Params, lazy: LazyWeights, x: jax.Array) -> Params:
+    """``params`` with the incoming weights ``lazy`` stands for: ``scale_i w_i − shift_i X``."""
+    return params._replace(W=lazy.scale[:, None] * params.W - lazy.shift @ x)
 
 
 class StepReport(NamedTuple):
@@ -467,8 +505,13 @@ def sliding_step(
     across ``z_is = 0`` by ``(1 − α) c_is x̃_s`` and problem (8.1) has ``(1 − α) c_is`` for
     ``c_is`` (`_leak`, `_jump`); the part ``α c_is x̃_s`` is continuous there and enters every
     step at Heun's weights. α = 0 is the ReLU."""
-    p, sliding, z0 = state
+    p, sliding, z0, lazy = state
     x, y, gram = geom
+    eager = lazy is None
+    if eager:
+        lazy = lazy_weights(p, x.shape[0])
+    elif z0 is None:
+        raise ValueError("a SlidingState with LazyWeights needs its pre-activations z.")
     n, d = sliding.shape
     capacity = min(capacity, n)
     dtype = x.dtype
@@ -637,7 +680,8 @@ def sliding_step(
         times = carry[0]
         alpha, beta, _, held, tau_release = schedule(*times)
         coef = coefficients(alpha, beta, held, tau_release)
-        z_end = z0 - h * _gram_times(geom, coef.T)
+        gram_coef = _gram_times(geom, coef.T)
+        z_end = z0 - h * gram_coef
         z_pre = z_end + h * jnp.diagonal(gram)[:, None] * (coef.T - own)
         flips = (start_on != (z_pre > 0)) & ~cand
         cross = jnp.where(flips, _first_root(z0, z_star - z0, z_pre - z_star), 0.0)
@@ -645,11 +689,11 @@ def sliding_step(
         z_pre_k = _pick(z_pre, idx)
         refined = _first_root(z_k, h * rate_k, z_pre_k - z_k - h * rate_k)
         tau_k = jnp.where(crossing_k & ((z_k > 0) != (z_pre_k > 0)), refined, times[2])
-        return (flips, cross, tau_k), times, coef, z_end
+        return (flips, cross, tau_k), times, coef, z_end, gram_coef
 
     zeros = jnp.zeros_like(z0)
-    init = ((flips, cross, tau_k), (flips, cross, tau_k), jnp.zeros_like(c0.T), zeros)
-    _, times, coef_t, z1 = jax.lax.fori_loop(0, 2, refine, init)
+    init = ((flips, cross, tau_k), (flips, cross, tau_k), jnp.zeros_like(c0.T), zeros, zeros)
+    _, times, coef_t, z1, gram_coef = jax.lax.fori_loop(0, 2, refine, init)
     alpha, beta, on, held, tau_release = schedule(*times)
     gates = beta - alpha
     # The outgoing weights integrate a = relu(z) against the residual. On a step with an event
@@ -678,15 +722,38 @@ def sliding_step(
         # trapezoid of z, with Heun's second value z_{n+1} less the kinks of the neuron's events.
         a_star = (1.0 - slope) * a_star + slope * (z1 + kink)
     grad_v_star = a_star.T @ grad_o_star
-    stepped = Params(
-        W=p.W - h * (coef_t @ x),
-        b=p.b - h * jnp.sum(coef_t, axis=1),
-        V=p.V - 0.5 * h * (grad_v0 + grad_v_star),
+    # 6. The step's end θ_n − h coefᵀX̃ (the outgoing weights by Heun's rule), then back to the
+    # balance: the rescaling θ_i → c_i θ_i scales neuron i's pre-activations. The incoming
+    # weights stay `LazyWeights`, whose ‖w_i − h coef_i X‖² is ‖w_i‖² − 2h coef_i·(Xw_i) +
+    # h² coef_iᵀ(X Xᵀ)coef_i, with Xw_i = z_i − b_i and X Xᵀ coef_i = (G coef)_i − Σ_s coef_is
+    # from the step's own products.
+    sum_coef = jnp.sum(coef_t, axis=1)
+    along = jnp.sum(coef_t.T * (z0 - p.b), axis=0)  # coef_i·(X w_i)
+    quad = jnp.sum(coef_t.T * gram_coef, axis=0) - sum_coef**2  # ‖coef_i X‖²
+    w_sq = lazy.w_sq - 2.0 * h * along + h * h * quad
+    b_next = p.b - h * sum_coef
+    v_next = p.V - 0.5 * h * (grad_v0 + grad_v_star)
+    a_next = w_sq + b_next**2
+    v_sq = jnp.sum(v_next**2, axis=1)
+    scale = balance_scale_of(a_next, v_sq, q_ref)
+    c2 = scale**2
+    new_lazy = LazyWeights(
+        scale=scale * lazy.scale,
+        shift=scale[:, None] * (lazy.shift + h * coef_t),
+        w_sq=c2 * w_sq,
     )
-    # 6. Back to the balance: the rescaling θ_i → c_i θ_i scales neuron i's pre-activations.
-    scale = balance_scale(stepped, q_ref)
-    new = rescaled(stepped, scale)
-    moved = sum(jnp.sum((a - b) ** 2) for a, b in zip(new, p))
+    new = Params(W=p.W, b=scale * b_next, V=v_next / scale[:, None])
+    # ‖θ_{n+1} − θ_n‖², the incoming weights' part (c − 1)w_i − c h coef_i X from the same terms.
+    moved_w = (
+        (scale - 1.0) ** 2 * lazy.w_sq - 2.0 * (scale - 1.0) * scale * h * along + c2 * h * h * quad
+    )
+    moved = jnp.sum(moved_w) + jnp.sum((new.b - p.b) ** 2) + jnp.sum((new.V - p.V) ** 2)
+    q_next = a_next - v_sq
+    q_new = c2 * a_next - v_sq / c2
+    defect = jnp.max(jnp.abs(q_new - q_next) / (c2 * a_next + v_sq / c2))
+    if eager:
+        new = materialized(new, new_lazy, x)
+        new_lazy = None
     new_sliding = jnp.zeros((n, d), bool).at[idx, rows].max(slides_end)
     report = StepReport(
         crossings=jnp.sum((gates > 0) & (gates < 1), dtype=jnp.int32),
@@ -695,9 +762,9 @@ def sliding_step(
             jnp.where(jnp.any(valid, axis=1), jnp.maximum(violation, violation_end), 0.0)
         ),
         dissipation=moved / h,
-        balance_defect=balance_defect(new, stepped),
+        balance_defect=defect,
     )
-    return SlidingState(new, new_sliding, z1 * scale), report
+    return SlidingState(new, new_sliding, z1 * scale, new_lazy), report
 
 
 class SlidingSolution(NamedTuple):
@@ -788,13 +855,17 @@ def solve_sliding(
                 jnp.maximum(dfc, rep.balance_defect),
             )
 
+        state = state._replace(lazy=lazy_weights(state.params, n))
         init = (state, zero_i, zero_i, jnp.asarray(False), zero_f, dissipation, defect)
         state, cross, cross_max, over, viol, dissipation, defect = jax.lax.fori_loop(
             0, allowed, body, init
         )
-        # The carried pre-activations again from the data at every grid time: their rounding
-        # does not accumulate over more than one interval.
-        state = state._replace(z=preactivations(state.params, data.x))
+        # The incoming weights, rescaled to the balance with their own norms (the steps' norms
+        # are updates, whose rounding adds up), and the carried pre-activations again from the
+        # data, at every grid time: rounding does not accumulate over more than one interval.
+        assert state.lazy is not None
+        params = rescale_to_balance(materialized(state.params, state.lazy, data.x), q_ref)
+        state = SlidingState(params, state.sliding, preactivations(params, data.x))
         buffers = snapshot(buffers, state, j)
         out = (
             observe(state.params, data, model),

@@ -29,6 +29,7 @@ from ._projection import BalanceProjection as BalanceProjection
 from ._projection import balance_defect as balance_defect
 from ._projection import rescale_to_balance as rescale_to_balance
 from ._sliding import Geometry as Geometry
+from ._sliding import LazyWeights as LazyWeights
 from ._sliding import SlidingRecord as SlidingRecord
 from ._sliding import SlidingSolution as SlidingSolution
 from ._sliding import SlidingState as SlidingState
@@ -36,7 +37,9 @@ from ._sliding import StepReport as StepReport
 from ._sliding import box_qp as box_qp
 from ._sliding import gauss_jordan as gauss_jordan
 from ._sliding import geometry as geometry
+from ._sliding import lazy_weights as lazy_weights
 from ._sliding import lu_solve as lu_solve
+from ._sliding import materialized as materialized
 from ._sliding import sliding_step as sliding_step
 from ._sliding import solve_sliding as solve_sliding
 from ._sliding import spd_solve as spd_solve

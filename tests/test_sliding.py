@@ -3,6 +3,7 @@ against brute-force enumeration, sliding along a boundary against the reduced OD
 the invariants (balance, energy, constraints), second-order convergence through the loss drop,
 statuses and configuration."""
 
+import functools
 import itertools
 
 import diffrax
@@ -17,10 +18,14 @@ from gflow.solvers import (
     LOSS_ROSE,
     OK,
     SLIDING_OVERFLOW,
+    SlidingState,
     box_qp,
     gauss_jordan,
+    lazy_weights,
     lu_solve,
+    materialized,
     raise_if_failed,
+    sliding_step,
     solve_sliding,
 )
 
@@ -207,6 +212,54 @@ def drop_runs():
             compiled = solve_sliding._cache_size()
     assert solve_sliding._cache_size() == compiled  # h is traced: one compilation for all three
     return data, p0, ts, runs
+
+
+def test_steps_with_lazy_incoming_weights_are_the_eager_steps():
+    """Twelve steps through crossings with the incoming weights kept as `LazyWeights` (as
+    `solve_sliding` takes them between grid times), then `materialized`, against the same steps
+    each ending with its weights: the same parameters and pre-activations to rounding, the
+    tracked ‖w_i‖² that of the materialized weights, and the same reports."""
+    data, p0 = _mnist_small(sigma=1e-2)
+    geom = gflow.solvers.geometry(data.x, data.y)
+    q = balance(p0)
+    n = data.x.shape[0]
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(lazy: bool):
+        state = SlidingState(p0, jnp.zeros((n, 20), bool), preactivations(p0, data.x))
+        if lazy:
+            state = state._replace(lazy=lazy_weights(p0, n))
+
+        def one(st, _):
+            return sliding_step(st, 0.5, geom, q, capacity=16)
+
+        return jax.lax.scan(one, state, None, length=12)
+
+    eager, eager_reports = run(False)
+    lazy, lazy_reports = run(True)
+    assert eager.lazy is None and lazy.lazy is not None
+    assert int(np.sum(np.asarray(eager_reports.crossings))) > 0  # gates change in these steps
+    weights = materialized(lazy.params, lazy.lazy, data.x)
+    w_eager = np.asarray(eager.params.W)
+    np.testing.assert_allclose(
+        np.asarray(weights.W), w_eager, rtol=0, atol=1e-13 * np.abs(w_eager).max()
+    )
+    np.testing.assert_allclose(
+        np.asarray(lazy.lazy.w_sq), np.sum(np.asarray(weights.W) ** 2, 1), rtol=1e-13
+    )
+    for a, b in (
+        (lazy.params.b, eager.params.b),
+        (lazy.params.V, eager.params.V),
+        (lazy.z, eager.z),
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(np.asarray(lazy.sliding), np.asarray(eager.sliding))
+    np.testing.assert_array_equal(
+        np.asarray(lazy_reports.crossings), np.asarray(eager_reports.crossings)
+    )
+    np.testing.assert_allclose(
+        np.asarray(lazy_reports.dissipation), np.asarray(eager_reports.dissipation), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("method", ["scan", "compare_all"])
