@@ -504,7 +504,11 @@ def sliding_step(
     a pair's term in the gradient of θ_i is ``(α + (1 − α) g_is) c_is x̃_s``, so the field jumps
     across ``z_is = 0`` by ``(1 − α) c_is x̃_s`` and problem (8.1) has ``(1 − α) c_is`` for
     ``c_is`` (`_leak`, `_jump`); the part ``α c_is x̃_s`` is continuous there and enters every
-    step at Heun's weights. α = 0 is the ReLU."""
+    step at Heun's weights. α = 0 is the ReLU.
+
+    A ``state`` with `LazyWeights` (``state.lazy``) keeps them: the returned state's
+    ``params.W`` is unchanged and its ``lazy`` stands for the new incoming weights (no product
+    with the data). Without, the step returns the new weights themselves."""
     p, sliding, z0, lazy = state
     x, y, gram = geom
     eager = lazy is None

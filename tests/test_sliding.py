@@ -215,18 +215,19 @@ def drop_runs():
 
 
 def test_steps_with_lazy_incoming_weights_are_the_eager_steps():
-    """Twelve steps through crossings with the incoming weights kept as `LazyWeights` (as
-    `solve_sliding` takes them between grid times), then `materialized`, against the same steps
-    each ending with its weights: the same parameters and pre-activations to rounding, the
-    tracked ‖w_i‖² that of the materialized weights, and the same reports."""
-    data, p0 = _mnist_small(sigma=1e-2)
+    """Twelve steps through crossings and captures (the orthogonal problem of T3 below, t ≤ 6)
+    with the incoming weights kept as `LazyWeights` (as `solve_sliding` takes them between grid
+    times), then `materialized`, against the same steps each ending with its weights: the same
+    parameters and pre-activations to rounding, the tracked ‖w_i‖² that of the materialized
+    weights, and the same reports."""
+    data, p0 = _orthogonal_problem()
     geom = gflow.solvers.geometry(data.x, data.y)
     q = balance(p0)
-    n = data.x.shape[0]
+    n, d = data.x.shape[0], p0.W.shape[0]
 
     @functools.partial(jax.jit, static_argnums=0)
     def run(lazy: bool):
-        state = SlidingState(p0, jnp.zeros((n, 20), bool), preactivations(p0, data.x))
+        state = SlidingState(p0, jnp.zeros((n, d), bool), preactivations(p0, data.x))
         if lazy:
             state = state._replace(lazy=lazy_weights(p0, n))
 
@@ -239,6 +240,7 @@ def test_steps_with_lazy_incoming_weights_are_the_eager_steps():
     lazy, lazy_reports = run(True)
     assert eager.lazy is None and lazy.lazy is not None
     assert int(np.sum(np.asarray(eager_reports.crossings))) > 0  # gates change in these steps
+    assert int(np.sum(np.asarray(eager.sliding))) > 0  # and pairs slide at the end
     weights = materialized(lazy.params, lazy.lazy, data.x)
     w_eager = np.asarray(eager.params.W)
     np.testing.assert_allclose(
