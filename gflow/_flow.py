@@ -516,8 +516,7 @@ def _solve(
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(snaps)]))
     status = jnp.where((status == OK) & ~finite, NON_FINITE, status)
     if not config.adaptive or config.solver in _FIXED_STEP_ONLY:
-        # A constant step past what the flow allows raises L (`loss_rose`).
-        status = jnp.where((status == OK) & loss_rose(obs.loss), LOSS_ROSE, status)
+        status = _loss_rose_status(status, obs.loss)
     status = status.astype(jnp.int32)
     num_steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
     traj = Trajectory(
@@ -574,6 +573,12 @@ def loss_rose(loss: jax.Array) -> jax.Array:
     return jnp.any(later - previous > LOSS_RISE_TOLERANCE * jnp.abs(previous), axis=-1)
 
 
+def _loss_rose_status(status: jax.Array, loss: jax.Array) -> jax.Array:
+    """``status`` with `LOSS_ROSE` where a constant-step solve otherwise ok raised the loss
+    (`loss_rose`): its step was past what the flow allows there."""
+    return jnp.where((status == OK) & loss_rose(loss), LOSS_ROSE, status)
+
+
 def _solve_sliding(
     params0: Params, data: TrainingData, ts, snapshot_times, config: FlowConfig, model: Model
 ) -> tuple[Trajectory, FlowStats]:
@@ -616,13 +621,10 @@ def _solve_sliding(
         jnp.where(
             ~sol.final_finite,
             NON_FINITE,
-            jnp.where(
-                jnp.any(sol.record.overflow, axis=-1),
-                SLIDING_OVERFLOW,
-                jnp.where(loss_rose(sol.observables.loss), LOSS_ROSE, OK),
-            ),
+            jnp.where(jnp.any(sol.record.overflow, axis=-1), SLIDING_OVERFLOW, OK),
         ),
     )
+    status = _loss_rose_status(status, sol.observables.loss)
     traj = Trajectory(
         t=grid[save_pos],
         observables=sol.observables,

@@ -693,11 +693,11 @@ def sliding_step(
         z_pre_k = _pick(z_pre, idx)
         refined = _first_root(z_k, h * rate_k, z_pre_k - z_k - h * rate_k)
         tau_k = jnp.where(crossing_k & ((z_k > 0) != (z_pre_k > 0)), refined, times[2])
-        return (flips, cross, tau_k), times, coef, z_end, gram_coef
+        return (flips, cross, tau_k), times, coef, gram_coef
 
-    zeros = jnp.zeros_like(z0)
-    init = ((flips, cross, tau_k), (flips, cross, tau_k), jnp.zeros_like(c0.T), zeros, zeros)
-    _, times, coef_t, z1, gram_coef = jax.lax.fori_loop(0, 2, refine, init)
+    init = ((flips, cross, tau_k), (flips, cross, tau_k), jnp.zeros_like(c0.T), jnp.zeros_like(z0))
+    _, times, coef_t, gram_coef = jax.lax.fori_loop(0, 2, refine, init)
+    z1 = z0 - h * gram_coef
     alpha, beta, on, held, tau_release = schedule(*times)
     gates = beta - alpha
     # The outgoing weights integrate a = relu(z) against the residual. On a step with an event
