@@ -75,7 +75,8 @@ _GAUSS_OPTIONS = ("stage_rtol", "stage_atol", "stage_max_iterations", "anderson_
 # The sliding-mode (Filippov) integrator of `gflow._sliding`, and its default capacity K.
 SLIDING = "sliding"
 DEFAULT_SLIDING_CAPACITY = 16
-DEFAULT_SLIDING_STEP = 0.25  # h of the sliding solver where gflow chooses it (demo, validate)
+DEFAULT_SLIDING_HALVINGS = 3  # a step with too many candidates again at dt0/2, dt0/4, dt0/8
+DEFAULT_SLIDING_STEP = 0.25  # h of the sliding solver where gflow chooses it (validate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +120,14 @@ class FlowConfig:
             to rounding, the method keeps its order, and `FlowStats.balance_defect_max` reports
             the largest one-step defect removed. Steps land on every save time (as for ``gauss*``).
         sliding_capacity: ``sliding`` only: K, the most pairs of one neuron that may sit on or
-            reach their gate boundaries in one step (default 16). More is the status
-            `SLIDING_OVERFLOW`, never silent.
+            reach their gate boundaries in one step (default 16). A step with more is taken
+            again at half length (see ``sliding_halvings``); at the shortest length it is the
+            status `SLIDING_OVERFLOW`, never silent.
+        sliding_halvings: ``sliding`` only: how many times a step with more than K candidates
+            in a neuron is halved and taken again (default 3: down to dt0/8; 0: never, the
+            overflow is the status at once). Retaken steps count in ``num_steps``, in the
+            gradients and as `FlowStats.num_rejected_steps`; `SlidingRecord.halvings` has them
+            per save interval.
 
     With constant steps (``adaptive=False``, any solver) a loss that rises between save times (a
     step too large for the flow there) is the status `LOSS_ROSE` (`loss_rose`).
@@ -138,6 +145,7 @@ class FlowConfig:
     anderson_memory: int | None = None
     project_balance: bool = False
     sliding_capacity: int | None = None
+    sliding_halvings: int | None = None
 
     def __post_init__(self):
         if self.solver not in _SOLVERS and self.solver not in _GAUSS and self.solver != SLIDING:
@@ -149,15 +157,16 @@ class FlowConfig:
             raise ValueError(
                 "solver='sliding' takes constant steps: pass adaptive=False and dt0 > 0."
             )
-        if self.sliding_capacity is not None:
+        for name, least in (("sliding_capacity", 1), ("sliding_halvings", 0)):
+            k = getattr(self, name)
+            if k is None:
+                continue
             if self.solver != SLIDING:
                 raise ValueError(
-                    "sliding_capacity only applies to solver='sliding'; got "
-                    f"solver={self.solver!r}."
+                    f"{name} only applies to solver='sliding'; got solver={self.solver!r}."
                 )
-            k = self.sliding_capacity
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ValueError(f"sliding_capacity must be an integer >= 1; got {k!r}.")
+            if isinstance(k, bool) or not isinstance(k, int) or k < least:
+                raise ValueError(f"{name} must be an integer >= {least}; got {k!r}.")
         if self.solver not in _GAUSS:
             given = [name for name in _GAUSS_OPTIONS if getattr(self, name) is not None]
             if given:
@@ -614,6 +623,9 @@ def _solve_sliding(
         capacity=capacity,
         max_steps=config.max_steps,
         model=model,
+        halvings=(
+            DEFAULT_SLIDING_HALVINGS if config.sliding_halvings is None else config.sliding_halvings
+        ),
     )
     status = jnp.where(
         sol.steps_needed > config.max_steps,
@@ -637,8 +649,8 @@ def _solve_sliding(
     zero = jnp.zeros_like(sol.num_steps)
     stats = FlowStats(
         num_steps=sol.num_steps,
-        num_accepted_steps=sol.num_steps,
-        num_rejected_steps=zero,
+        num_accepted_steps=sol.num_steps - sol.rejected_steps,
+        num_rejected_steps=sol.rejected_steps,
         evaluations=2 * sol.num_steps,
         stage_iterations_max=zero,
         fractional_gates=jnp.sum(sol.record.crossings, axis=-1),

@@ -114,7 +114,10 @@ class SlidingRecord(NamedTuple):
         sliding: ``[T, d]`` sliding pairs per neuron at each save time.
         crossings: ``[T]`` gate crossings in the steps since the previous save time.
         crossings_max: ``[T]`` most crossings in one of those steps.
-        overflow: ``[T]`` whether a neuron had more than ``capacity`` candidates in one of them.
+        overflow: ``[T]`` whether a neuron had more than ``capacity`` candidates in one of them
+            (a step taken at its shortest length: see ``halvings``).
+        halvings: ``[T]`` steps since the previous save time taken again at half length because
+            a neuron had more than ``capacity`` candidates in them.
         dissipation: ``[T]`` ``∫_{t_0}^t ‖θ'‖² dt`` so far (the energy identity says it equals
             ``L(t_0) − L(t)``).
         qp_violation: ``[T]`` largest scaled KKT violation of the problems (1) since the
@@ -126,6 +129,7 @@ class SlidingRecord(NamedTuple):
     crossings: jax.Array
     crossings_max: jax.Array
     overflow: jax.Array
+    halvings: jax.Array
     dissipation: jax.Array
     qp_violation: jax.Array
     snapshots: jax.Array
@@ -778,12 +782,13 @@ class SlidingSolution(NamedTuple):
     snapshots: Params
     record: SlidingRecord
     num_steps: jax.Array
+    rejected_steps: jax.Array
     steps_needed: jax.Array
     balance_defect_max: jax.Array
     final_finite: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss"))
+@functools.partial(jax.jit, static_argnames=("capacity", "max_steps", "output_loss", "halvings"))
 def solve_sliding(
     params0: Params,
     data: TrainingData,
@@ -796,14 +801,22 @@ def solve_sliding(
     max_steps: int,
     model: Model = PAPER,
     output_loss: Callable | None = None,
+    halvings: int = 0,
 ) -> SlidingSolution:
     """Integrate the flow with `sliding_step` over ``grid`` (sorted times, save and snapshot
     times together), in equal steps of at most ``h`` between consecutive grid times.
 
+    A step in which a neuron has more than ``capacity`` candidate pairs is taken again at half
+    length, up to ``halvings`` times (default ``0``: never); each interval between grid times
+    starts one halving above where the previous one ended. Only a step at the last halving
+    keeps the overflow (`SlidingRecord.overflow`); the retaken steps are counted
+    (`SlidingRecord.halvings`, ``rejected_steps``).
+
     Observables are recorded at ``grid[save_pos]``, parameters and sliding sets at
-    ``grid[snap_pos]``. At most ``max_steps`` steps are taken (``steps_needed`` says how many
-    the grid wanted). ``model`` is the network integrated and observed: a ReLU, or a leaky
-    ReLU of slope α, integrated as ``a = z (α + (1 − α) g)`` (`sliding_step`), with its loss.
+    ``grid[snap_pos]``. At most ``max_steps`` steps are taken, retaken ones included
+    (``steps_needed`` says how many the grid wanted). ``model`` is the network integrated and
+    observed: a ReLU, or a leaky ReLU of slope α, integrated as ``a = z (α + (1 − α) g)``
+    (`sliding_step`), with its loss.
     ``output_loss`` ``(o [N, K], y) → [N]`` replaces the model's loss of the outputs in the
     field only (a loss no `Model` describes, such as the frozen-residual problem of the exact
     tests; the observables stay those of ``model``).
@@ -838,32 +851,52 @@ def solve_sliding(
         return jax.tree.map(write, params_buf, state.params), write(sliding_buf, state.sliding)
 
     def interval(carry, j):
-        state, steps, dissipation, defect, buffers = carry
+        state, taken, level, dissipation, defect, buffers = carry
         t0, t1 = grid[j - 1], grid[j]
         count = equal_steps(t1 - t0, h).astype(jnp.int32)
         dt = (t1 - t0) / count
-        allowed = jnp.clip(max_steps - steps, 0, count)
+        # A step with more candidates in a neuron than the capacity is taken again at half
+        # length (at most `halvings` times). The interval starts one level above where the
+        # previous one ended: a run that needed shorter steps tries longer ones again.
+        level = jnp.maximum(level - 1, 0)
 
-        def body(_, c):
-            st, cross, cross_max, over, viol, diss, dfc = c
-            st, rep = sliding_step(
-                st, dt, geom, q_ref, capacity=capacity, output_loss=output_loss, slope=slope
-            )
-            return (
+        def more(c):
+            remaining, taken = c[1], c[3]
+            return (remaining > 0) & (taken < max_steps)
+
+        def body(c):
+            st, remaining, level, taken, rejected, cross, cross_max, over, viol, diss, dfc = c
+            new, rep = sliding_step(
                 st,
-                cross + rep.crossings,
-                jnp.maximum(cross_max, rep.crossings),
-                over | rep.overflow,
-                jnp.maximum(viol, rep.qp_violation),
-                diss + rep.dissipation,
-                jnp.maximum(dfc, rep.balance_defect),
+                dt / 2.0 ** level.astype(dtype),
+                geom,
+                q_ref,
+                capacity=capacity,
+                output_loss=output_loss,
+                slope=slope,
+            )
+            retry = rep.overflow & (level < halvings)
+            keep = ~retry
+            return (
+                jax.tree.map(lambda a, b: jnp.where(retry, a, b), st, new),
+                jnp.where(retry, 2 * remaining, remaining - 1),
+                level + retry,
+                taken + 1,
+                rejected + retry,
+                cross + jnp.where(keep, rep.crossings, 0),
+                jnp.maximum(cross_max, jnp.where(keep, rep.crossings, 0)),
+                over | (rep.overflow & keep),
+                jnp.maximum(viol, jnp.where(keep, rep.qp_violation, 0.0)),
+                diss + jnp.where(keep, rep.dissipation, 0.0),
+                jnp.maximum(dfc, jnp.where(keep, rep.balance_defect, 0.0)),
             )
 
         state = state._replace(lazy=lazy_weights(state.params, n))
-        init = (state, zero_i, zero_i, jnp.asarray(False), zero_f, dissipation, defect)
-        state, cross, cross_max, over, viol, dissipation, defect = jax.lax.fori_loop(
-            0, allowed, body, init
-        )
+        init = (state, count * 2**level, level, taken, zero_i, zero_i, zero_i)
+        init = (*init, jnp.asarray(False), zero_f, dissipation, defect)
+        out = jax.lax.while_loop(more, body, init)
+        state, remaining, level, taken, rejected, cross, cross_max, over, viol = out[:9]
+        dissipation, defect = out[9:]
         # The incoming weights, rescaled to the balance with their own norms (the steps' norms
         # are updates, whose rounding adds up), and the carried pre-activations again from the
         # data, at every grid time: rounding does not accumulate over more than one interval.
@@ -871,16 +904,20 @@ def solve_sliding(
         params = rescale_to_balance(materialized(state.params, state.lazy, data.x), q_ref)
         state = SlidingState(params, state.sliding, preactivations(params, data.x))
         buffers = snapshot(buffers, state, j)
+        # Steps the grid still wants from here when the step budget ran out (0 otherwise).
+        left = jnp.where(remaining > 0, remaining, 0)
         out = (
             observe(state.params, data, model),
             jnp.sum(state.sliding, axis=0, dtype=jnp.int32),
             cross,
             cross_max,
             over,
+            rejected,
             dissipation,
             viol,
+            left,
         )
-        return (state, steps + count, dissipation, defect, buffers), out
+        return (state, taken, level, dissipation, defect, buffers), out
 
     n_snap = snap_pos.shape[0]
     buffers = (
@@ -888,8 +925,8 @@ def solve_sliding(
         jnp.zeros((n_snap, n, d), bool),
     )
     buffers = snapshot(buffers, state0, 0)
-    carry0 = (state0, zero_i, zero_f, zero_f, buffers)
-    (state, steps, _, defect, buffers), outs = jax.lax.scan(
+    carry0 = (state0, zero_i, zero_i, zero_f, zero_f, buffers)
+    (state, taken, _, _, defect, buffers), outs = jax.lax.scan(
         interval, carry0, jnp.arange(1, grid.shape[0])
     )
     first = (
@@ -898,16 +935,19 @@ def solve_sliding(
         zero_i,
         zero_i,
         jnp.asarray(False),
+        zero_i,
         zero_f,
         zero_f,
     )
-    outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b])[save_pos], first, outs)
-    obs, sliding_count, cross, cross_max, over, dissipation, viol = outs
+    *outs, left = outs
+    outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b])[save_pos], first, tuple(outs))
+    obs, sliding_count, cross, cross_max, over, rejected, dissipation, viol = outs
     record = SlidingRecord(
         sliding=sliding_count,
         crossings=cross,
         crossings_max=cross_max,
         overflow=over,
+        halvings=rejected,
         dissipation=dissipation,
         qp_violation=viol,
         snapshots=buffers[1],
@@ -917,8 +957,9 @@ def solve_sliding(
         observables=obs,
         snapshots=buffers[0],
         record=record,
-        num_steps=jnp.minimum(steps, max_steps),
-        steps_needed=steps,
+        num_steps=taken,
+        rejected_steps=jnp.sum(rejected),
+        steps_needed=taken + jnp.sum(left),
         balance_defect_max=defect,
         final_finite=finite,
     )

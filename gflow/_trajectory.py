@@ -32,8 +32,8 @@ STATUS_MESSAGES = {
     NON_FINITE: "parameters became NaN or inf (diverged: lower the learning rate, or the "
     "constant step dt0 of an ODE solver)",
     SLIDING_OVERFLOW: "more pairs of one neuron reached their gate boundaries in one step than "
-    "the sliding "
-    "solver holds (raise FlowConfig.sliding_capacity or lower dt0)",
+    "the sliding solver holds, even at its shortest step (raise FlowConfig.sliding_capacity or "
+    "sliding_halvings, or lower dt0)",
     DEAD: "every neuron is inactive on every training sample (dead network: lower the learning "
     "rate or raise σ)",
     LOSS_ROSE: "the loss rose between save times, which the gradient flow never does: the "

@@ -2,6 +2,7 @@
 balance projection and the sliding-mode (Filippov) solver (docs/theory.md §8)."""
 
 from ._flow import DEFAULT_SLIDING_CAPACITY as DEFAULT_SLIDING_CAPACITY
+from ._flow import DEFAULT_SLIDING_HALVINGS as DEFAULT_SLIDING_HALVINGS
 from ._flow import DEFAULT_SLIDING_STEP as DEFAULT_SLIDING_STEP
 from ._flow import GATES as GATES
 from ._flow import PROJECTABLE_SOLVERS as PROJECTABLE_SOLVERS

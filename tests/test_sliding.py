@@ -302,6 +302,7 @@ def test_sliding_flow_is_the_same_with_the_accelerators_solve(drop_runs, monkeyp
         capacity=gflow.solvers.DEFAULT_SLIDING_CAPACITY,
         max_steps=gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.2).max_steps,
         model=PAPER,
+        halvings=gflow.solvers.DEFAULT_SLIDING_HALVINGS,
     )
     compiled = solve_sliding._cache_size()
     cpu = solve_sliding(*args, **options)
@@ -313,7 +314,7 @@ def test_sliding_flow_is_the_same_with_the_accelerators_solve(drop_runs, monkeyp
     def traced_anew(*args, **options):  # a function of its own: JAX's trace caches miss it
         return solve_sliding.__wrapped__(*args, **options)
 
-    fresh = jax.jit(traced_anew, static_argnames=("capacity", "max_steps"))
+    fresh = jax.jit(traced_anew, static_argnames=("capacity", "max_steps", "halvings"))
     lu = fresh(*args, **options)
     assert int(np.asarray(cpu.record.sliding).max()) > 0  # with pairs sliding
     P_cpu, P_lu = np.asarray(cpu.observables.P), np.asarray(lu.observables.P)
@@ -456,14 +457,21 @@ def test_t3_orthogonal_inputs_no_spurious_capture():
 
 
 def test_overflow_is_a_status_and_capacity_is_checked():
-    """A capacity of 1 on the drop problem overflows: status SLIDING_OVERFLOW (a TrajectoryError
-    when throw=True); bad configurations fail at construction."""
+    """A capacity of 1 on the drop problem overflows even at dt0/8 (after the default three
+    halvings): status SLIDING_OVERFLOW (a TrajectoryError when throw=True); bad configurations
+    fail at construction."""
     data, p0 = _mnist_small(width=6)
     cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.2, sliding_capacity=1)
     ts = np.linspace(0.0, 100.0, 11)
     traj = gflow.gradient_flow(p0, data, ts, config=cfg, throw=False)
     assert int(traj.status) == SLIDING_OVERFLOW
     assert bool(np.any(np.asarray(traj.sliding.overflow)))
+    assert int(np.asarray(traj.sliding.halvings).sum()) > 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="sliding_halvings must be an integer >= 0"):
+            gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.1, sliding_halvings=bad)
+    with pytest.raises(ValueError, match="sliding_halvings only applies"):
+        gflow.FlowConfig(solver="heun", adaptive=False, dt0=0.1, sliding_halvings=2)
     with pytest.raises(gflow.TrajectoryError, match="sliding_capacity"):
         gflow.gradient_flow(p0, data, ts, config=cfg)
     with pytest.raises(ValueError, match="constant steps"):
@@ -472,6 +480,56 @@ def test_overflow_is_a_status_and_capacity_is_checked():
         gflow.FlowConfig(solver="sliding", adaptive=False, dt0=0.1, sliding_capacity=0)
     with pytest.raises(ValueError, match="only applies"):
         gflow.FlowConfig(solver="heun", adaptive=False, dt0=0.1, sliding_capacity=4)
+
+
+def test_a_step_with_too_many_candidates_is_taken_again_at_half_length():
+    """The drop problem at h = 1 with K = 8: a step in which a neuron has more than K candidates
+    is taken again at h/2 (and h/4, h/8), each save interval starting one halving above where
+    the previous one ended. Against the same rule written out as a loop of single steps (each
+    ending with its weights; at every save time the balance rescaling and the pre-activations
+    from the data, as the solver does): the same retaken steps in the same intervals and P_i
+    to rounding; the run ends ok (without halvings it overflows), and the counts are honest:
+    every step taken, retaken ones included, costs two gradients."""
+    data, p0 = _mnist_small()
+    ts, h, k, halvings = np.linspace(0.0, 25.0, 6), 1.0, 8, 3
+    cfg = gflow.FlowConfig(solver="sliding", adaptive=False, dt0=h, sliding_capacity=k)
+    traj, stats = gflow.gradient_flow(p0, data, ts, config=cfg, return_stats=True)
+    assert int(traj.status) == OK and not np.any(np.asarray(traj.sliding.overflow))
+
+    geom = gflow.solvers.geometry(data.x, data.y)
+    q = balance(p0)
+    step = jax.jit(lambda st, dt: sliding_step(st, dt, geom, q, capacity=k))
+    n, d = data.x.shape[0], p0.W.shape[0]
+    state = SlidingState(p0, jnp.zeros((n, d), bool), preactivations(p0, data.x))
+
+    def norms_product(p):  # P_i = ‖w_i‖ ‖v_i‖
+        return np.linalg.norm(np.asarray(p.W), axis=1) * np.linalg.norm(np.asarray(p.V), axis=1)
+
+    level, taken, retaken, P = 0, 0, [0], [norms_product(p0)]
+    for t0, t1 in itertools.pairwise(ts):
+        count = int(np.ceil((t1 - t0) / h - 1e-6))
+        level = max(level - 1, 0)
+        remaining, retaken_here = count * 2**level, 0
+        while remaining:
+            new, report = step(state, (t1 - t0) / count / 2**level)
+            taken += 1
+            if bool(report.overflow) and level < halvings:
+                level, remaining, retaken_here = level + 1, 2 * remaining, retaken_here + 1
+                continue
+            assert not bool(report.overflow)
+            state, remaining = new, remaining - 1
+        params = gflow.solvers.rescale_to_balance(state.params, q)
+        state = SlidingState(params, state.sliding, preactivations(params, data.x))
+        retaken.append(retaken_here)
+        P.append(norms_product(params))
+    assert sum(retaken) > 0  # the rule was exercised ...
+    assert np.asarray(traj.sliding.halvings).tolist() == retaken  # ... the same way
+    P_want = np.array(P)
+    np.testing.assert_allclose(np.asarray(traj.observables.P), P_want, atol=1e-12 * P_want.max())
+    assert int(stats.num_steps) == int(traj.num_steps) == taken
+    assert int(stats.num_rejected_steps) == sum(retaken)
+    assert int(stats.num_accepted_steps) == taken - sum(retaken)
+    assert int(stats.evaluations) == 2 * taken
 
 
 def test_a_step_too_large_for_the_flow_is_a_status():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..solvers import DEFAULT_SLIDING_STEP, FlowConfig
+from .._demo import DemoConfig
+from ..solvers import FlowConfig
 from ._common import (
     add_command,
     add_dataset_options,
@@ -62,8 +63,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--ode-step",
         type=float,
-        default=DEFAULT_SLIDING_STEP,
-        help=f"step h of the sliding solver (default {DEFAULT_SLIDING_STEP:g})",
+        default=DemoConfig.ode_step,
+        help=f"largest step h of the sliding solver (default {DemoConfig.ode_step:g})",
     )
     p.add_argument(
         "--rtol",
@@ -78,7 +79,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gflow.runs import DemoConfig, format_summary, run_demo
+    from gflow.runs import format_summary, run_demo
 
     if args.n_per_class is None and args.dataset == "mnist":
         args.n_per_class = 200 if args.quick else 500
