@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._demo import DemoConfig
+from ..runs import DemoConfig
 from ..solvers import FlowConfig
 from ._common import (
     add_command,
