@@ -929,19 +929,26 @@ def solve_sliding(
     (state, taken, _, _, defect, buffers), outs = jax.lax.scan(
         interval, carry0, jnp.arange(1, grid.shape[0])
     )
-    first = (
-        observe(params0, data, model),
-        jnp.zeros((d,), jnp.int32),
-        zero_i,
-        zero_i,
-        jnp.asarray(False),
-        zero_i,
-        zero_f,
-        zero_f,
-    )
-    *outs, left = outs
-    outs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b])[save_pos], first, tuple(outs))
-    obs, sliding_count, cross, cross_max, over, rejected, dissipation, viol = outs
+    obs, sliding_count, cross, cross_max, over, rejected, dissipation, viol, left = outs
+    # At each save time the state's records, and those of the steps reduced over every grid
+    # interval since the previous save time (snapshot-only grid times included).
+    since_save = jnp.searchsorted(save_pos, jnp.arange(grid.shape[0]))
+
+    def at_saves(a0, a):
+        return jnp.concatenate([a0[None], a])[save_pos]
+
+    def over_saves(reduce, a0, a):
+        a = jnp.concatenate([a0[None], a])
+        return reduce(a, since_save, num_segments=save_pos.shape[0])
+
+    obs = jax.tree.map(at_saves, observe(params0, data, model), obs)
+    sliding_count = at_saves(jnp.zeros((d,), jnp.int32), sliding_count)
+    dissipation = at_saves(zero_f, dissipation)
+    cross = over_saves(jax.ops.segment_sum, zero_i, cross)
+    cross_max = over_saves(jax.ops.segment_max, zero_i, cross_max)
+    over = over_saves(jax.ops.segment_max, zero_i, over.astype(jnp.int32)) > 0
+    rejected = over_saves(jax.ops.segment_sum, zero_i, rejected)
+    viol = over_saves(jax.ops.segment_max, zero_f, viol)
     record = SlidingRecord(
         sliding=sliding_count,
         crossings=cross,
