@@ -381,29 +381,43 @@ def _event_gram_times(
     geom: Geometry, first: jax.Array, second: jax.Array, events: int
 ) -> tuple[jax.Array, jax.Array]:
     """`_gram_times` of ``first`` and ``second`` ``[N, d]``, both zero but at a few pairs of each
-    neuron: as sums over those pairs' rows of the Gram matrix, ``Σ_k G[:, s_ik] coef_{s_ik i}``,
-    when no neuron has more than ``events`` of them (one gather of ``[d, events, N]``, against
-    the N² d multiply-adds of a dense product each); otherwise by `_gram_times`. Equal to the
-    dense products up to rounding."""
+    neuron (the change of a step's coefficients between its two passes, the jumps at its
+    events).
+
+    On the CPU, when no neuron has more than ``events`` such pairs, as sums over their rows of
+    the Gram matrix, ``Σ_k G[:, s_ik] coef_{s_ik i}`` (one gather of ``[d, events, N]`` against
+    the N² d multiply-adds of each dense product; otherwise, and on an accelerator, where the
+    dense products cost less than the kernels that gather, by `_gram_times`). The two agree up
+    to rounding."""
     n, d = first.shape
     events = min(events, n)
-    if n > 2 * (geom.x.shape[1] + 1) or events == n:
-        return _gram_times(geom, first), _gram_times(geom, second)
-    used = (first != 0) | (second != 0)
-    fits = jnp.max(jnp.sum(used, axis=0)) <= events
-
-    def sparse(first, second):
-        idx, valid = _compact(used, used, events)
-        rows = geom.gram[idx]  # [d, events, N]
-        both = jnp.stack([_pick(first, idx), _pick(second, idx)])
-        both = jnp.where(valid, both, 0.0)
-        out = jnp.einsum("ikn,jik->jni", rows, both)
-        return out[0], out[1]
 
     def dense(first, second):
         return _gram_times(geom, first), _gram_times(geom, second)
 
-    return jax.lax.cond(fits, sparse, dense, first, second)
+    if n > 2 * (geom.x.shape[1] + 1) or events == n:
+        return dense(first, second)
+
+    def by_events(first, second):
+        fits = jnp.max(jnp.sum((first != 0) | (second != 0), axis=0)) <= events
+        sparse = functools.partial(_gram_rows_times, geom, events=events)
+        return jax.lax.cond(fits, sparse, dense, first, second)
+
+    return jax.lax.platform_dependent(first, second, cpu=by_events, default=dense)
+
+
+def _gram_rows_times(
+    geom: Geometry, first: jax.Array, second: jax.Array, events: int
+) -> tuple[jax.Array, jax.Array]:
+    """``Σ_k G[:, s_ik] a_{s_ik i}`` ``[N, d]`` for ``a`` = ``first``, ``second`` over the
+    first ``events`` pairs (in sample order) of each neuron where either is nonzero: their
+    `_gram_times` when no neuron has more (pairs past them are left out)."""
+    used = (first != 0) | (second != 0)
+    idx, valid = _compact(used, used, events)
+    rows = geom.gram[idx]  # [d, events, N]
+    both = jnp.where(valid, jnp.stack([_pick(first, idx), _pick(second, idx)]), 0.0)
+    out = jnp.einsum("ikn,jik->jni", rows, both)
+    return out[0], out[1]
 
 
 def _first_root(z0, a, b):

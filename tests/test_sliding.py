@@ -289,6 +289,38 @@ def test_candidates_are_gathered_by_a_stable_partition(n, d, k, density):
         assert np.any(mask.sum(axis=0) > k)  # some neuron overflows its slots
 
 
+def test_gram_products_over_the_event_rows_are_the_dense_products():
+    """The Gram products of a step's sparse changes over the gathered rows of the pairs that
+    carry them equal the dense products (float64, to rounding); with a neuron past the slots,
+    `_event_gram_times` falls back to the dense product, while the rows alone leave the pairs
+    past the slots out."""
+    from gflow._sliding import _event_gram_times, _gram_rows_times, _gram_times, geometry
+
+    rng = np.random.default_rng(11)
+    n, dim, d, events = 90, 60, 6, 12
+    geom = geometry(jnp.asarray(rng.normal(size=(n, dim))), jnp.zeros(n, jnp.int32))
+    first = np.where(rng.random((n, d)) < 0.05, rng.normal(size=(n, d)), 0.0)
+    second = np.where(rng.random((n, d)) < 0.03, rng.normal(size=(n, d)), 0.0)
+    first[:, 0] = second[:, 0] = 0.0  # a neuron without events
+    assert ((first != 0) | (second != 0)).sum(axis=0).max() <= events
+    want = [np.asarray(_gram_times(geom, jnp.asarray(a))) for a in (first, second)]
+    for got in (
+        _gram_rows_times(geom, jnp.asarray(first), jnp.asarray(second), events=events),
+        jax.jit(_event_gram_times, static_argnums=3)(
+            geom, jnp.asarray(first), jnp.asarray(second), events
+        ),
+    ):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.asarray(g), w, rtol=1e-12, atol=1e-12 * np.abs(w).max())
+    crowded = first.copy()
+    crowded[: 2 * events, 3] = 1.0  # neuron 3 past its slots
+    dense = np.asarray(_gram_times(geom, jnp.asarray(crowded)))
+    got = _event_gram_times(geom, jnp.asarray(crowded), jnp.asarray(second), events)[0]
+    np.testing.assert_allclose(np.asarray(got), dense, rtol=1e-12, atol=1e-12 * np.abs(dense).max())
+    rows = _gram_rows_times(geom, jnp.asarray(crowded), jnp.asarray(second), events=events)[0]
+    assert np.abs(np.asarray(rows)[:, 3] - dense[:, 3]).max() > 1e-3 * np.abs(dense[:, 3]).max()
+
+
 def test_sliding_flow_is_the_same_with_the_accelerators_solve(drop_runs, monkeypatch):
     """The drop problem's flow (h = 0.2) with every small system solved by the batched LU of the
     accelerators (forced here on the CPU) follows the CPU's trajectory: the two solves differ by
