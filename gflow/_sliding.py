@@ -378,46 +378,90 @@ def _gram_times(geom: Geometry, coef: jax.Array) -> jax.Array:
 
 
 def _event_gram_times(
-    geom: Geometry, first: jax.Array, second: jax.Array, events: int
+    geom: Geometry,
+    first: jax.Array,
+    second: jax.Array,
+    candidates: tuple[jax.Array, jax.Array, jax.Array],
 ) -> tuple[jax.Array, jax.Array]:
-    """`_gram_times` of ``first`` and ``second`` ``[N, d]``, both zero but at a few pairs of each
-    neuron (the change of a step's coefficients between its two passes, the jumps at its
-    events).
+    """`_gram_times` of ``first`` and ``second`` ``[N, d]``, both zero but at a neuron's
+    candidate pairs and a few others (the change of a step's coefficients between its two
+    passes, the jumps at its events); ``candidates`` are the step's ``(idx, valid, gram[idx])``
+    ``[d, K]``, ``[d, K]``, ``[d, K, N]``.
 
-    On the CPU, when no neuron has more than ``events`` such pairs, as sums over their rows of
-    the Gram matrix, ``Σ_k G[:, s_ik] coef_{s_ik i}`` (one gather of ``[d, events, N]`` against
-    the N² d multiply-adds of each dense product; otherwise, and on an accelerator, where the
-    dense products cost less than the kernels that gather, by `_gram_times`). The two agree up
-    to rounding."""
+    On the CPU, when no neuron has more than 2K other such pairs and all neurons together no
+    more than 16K, as sums of Gram rows: the candidates' from their rows the step has gathered,
+    the others' gathered by a list of (neuron, sample) pairs and added in by neuron (against
+    the N² d multiply-adds of each dense product; `_gram_rows_times`). Otherwise, and on an
+    accelerator, where the dense products cost less than the kernels that gather, by
+    `_gram_times`. The two agree up to rounding."""
     n, d = first.shape
-    events = min(events, n)
+    capacity = candidates[0].shape[1]
 
-    def dense(first, second):
+    def dense(first, second, _=None):
         return _gram_times(geom, first), _gram_times(geom, second)
 
-    if n > 2 * (geom.x.shape[1] + 1) or events == n:
+    if n > 2 * (geom.x.shape[1] + 1):
         return dense(first, second)
+    per_neuron, total = 2 * capacity, 16 * capacity
 
     def by_events(first, second):
-        fits = jnp.max(jnp.sum((first != 0) | (second != 0), axis=0)) <= events
-        sparse = functools.partial(_gram_rows_times, geom, events=events)
-        return jax.lax.cond(fits, sparse, dense, first, second)
+        others = _other_pairs(first, second, *candidates[:2])
+        count = jnp.sum(others, axis=0)
+        fits = (jnp.max(count) <= per_neuron) & (jnp.sum(count) <= total)
+        sparse = functools.partial(
+            _gram_rows_times, geom, candidates=candidates, per_neuron=per_neuron, total=total
+        )
+        return jax.lax.cond(fits, sparse, dense, first, second, others)
 
     return jax.lax.platform_dependent(first, second, cpu=by_events, default=dense)
 
 
+def _other_pairs(first, second, idx, valid):
+    """Pairs ``[N, d]`` where ``first`` or ``second`` is nonzero, other than the candidates
+    ``idx`` (``valid``) ``[d, K]``."""
+    n, d = first.shape
+    cand = jnp.zeros((n, d), bool).at[idx, jnp.arange(d)[:, None]].max(valid)
+    return ((first != 0) | (second != 0)) & ~cand
+
+
 def _gram_rows_times(
-    geom: Geometry, first: jax.Array, second: jax.Array, events: int
+    geom: Geometry,
+    first: jax.Array,
+    second: jax.Array,
+    others: jax.Array | None = None,
+    *,
+    candidates: tuple[jax.Array, jax.Array, jax.Array],
+    per_neuron: int,
+    total: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """``Σ_k G[:, s_ik] a_{s_ik i}`` ``[N, d]`` for ``a`` = ``first``, ``second`` over the
-    first ``events`` pairs (in sample order) of each neuron where either is nonzero: their
-    `_gram_times` when no neuron has more (pairs past them are left out)."""
-    used = (first != 0) | (second != 0)
-    idx, valid = _compact(used, used, events)
-    rows = geom.gram[idx]  # [d, events, N]
-    both = jnp.where(valid, jnp.stack([_pick(first, idx), _pick(second, idx)]), 0.0)
-    out = jnp.einsum("ikn,jik->jni", rows, both)
-    return out[0], out[1]
+    """``Σ_s G[:, s] a_si`` ``[N, d]`` for ``a`` = ``first``, ``second`` over each neuron's
+    candidates (``(idx, valid, gram[idx])`` of `_event_gram_times`) and its first
+    ``per_neuron`` other pairs where either is nonzero, at most ``total`` of those in all:
+    their `_gram_times` when no neuron or total has more (pairs past them are left out).
+    ``others`` (`_other_pairs`) may be given."""
+    n, d = first.shape
+    idx, valid, gram_rows = candidates
+    neurons = jnp.arange(d)
+    both = jnp.stack([first, second])
+    at_candidates = jnp.where(valid, both[:, idx, neurons[:, None]], 0.0)  # [2, d, K]
+    out = jnp.einsum("ikn,jik->jin", gram_rows, at_candidates)
+    if others is None:
+        others = _other_pairs(first, second, idx, valid)
+    # Each neuron's others in `per_neuron` slots, then the slots in use in one list.
+    idx_o, valid_o = _compact(others, others, per_neuron)
+    used = valid_o.reshape(-1, 1)
+    slot, in_list = (a[0] for a in _compact(used, used, total))
+    neuron = jnp.where(in_list, slot // per_neuron, d)  # past the list: d, after all, dropped
+    sample = idx_o.reshape(-1)[slot]
+    values = jnp.where(in_list, both[:, sample, neuron], 0.0)  # [2, total]
+    rows = geom.gram[sample]  # [total, N]
+
+    def by_neuron(v):  # the list is in neuron order: a sorted segment sum, not a scatter
+        return jax.ops.segment_sum(
+            v[:, None] * rows, neuron, num_segments=d, indices_are_sorted=True
+        )
+
+    return (out[0] + by_neuron(values[0])).T, (out[1] + by_neuron(values[1])).T
 
 
 def _first_root(z0, a, b):
@@ -770,7 +814,7 @@ def sliding_step(
     jump = jump.at[idx, rows].add(jnp.where(valid, jump_k * tau_f * (1.0 - tau_f), 0.0))
     # The step's coefficients differ from the first ones only where an event moved (and at the
     # candidates), and the jumps sit at the events: both Gram products over those rows only.
-    change, kink = _event_gram_times(geom, coef_t.T - coef_first.T, jump, 2 * capacity)
+    change, kink = _event_gram_times(geom, coef_t.T - coef_first.T, jump, (idx, valid, gram_rows))
     gram_coef = gram_first + change
     kink = h * kink
     z1 = z0 - h * gram_coef

@@ -290,35 +290,74 @@ def test_candidates_are_gathered_by_a_stable_partition(n, d, k, density):
 
 
 def test_gram_products_over_the_event_rows_are_the_dense_products():
-    """The Gram products of a step's sparse changes over the gathered rows of the pairs that
-    carry them equal the dense products (float64, to rounding); with a neuron past the slots,
-    `_event_gram_times` falls back to the dense product, while the rows alone leave the pairs
-    past the slots out."""
-    from gflow._sliding import _event_gram_times, _gram_rows_times, _gram_times, geometry
+    """The Gram products of a step's sparse changes as sums of Gram rows (the candidates' from
+    their gathered rows, the other pairs' from a list) equal the dense products (float64, to
+    rounding); with a neuron past its slots for the other pairs, or more of them in all than
+    the list holds, `_event_gram_times` falls back to the dense products, while the rows alone
+    leave the pairs past the slots out."""
+    from gflow._sliding import (
+        _compact,
+        _event_gram_times,
+        _gram_rows_times,
+        _gram_times,
+        geometry,
+    )
 
     rng = np.random.default_rng(11)
-    n, dim, d, events = 90, 60, 6, 12
+    n, dim, d, k = 90, 60, 12, 3
     geom = geometry(jnp.asarray(rng.normal(size=(n, dim))), jnp.zeros(n, jnp.int32))
-    first = np.where(rng.random((n, d)) < 0.05, rng.normal(size=(n, d)), 0.0)
-    second = np.where(rng.random((n, d)) < 0.03, rng.normal(size=(n, d)), 0.0)
+    cand = rng.random((n, d)) < 0.03
+    idx, valid = _compact(jnp.asarray(cand), jnp.asarray(cand), k)
+    candidates = (idx, valid, geom.gram[idx])
+    kept = np.zeros((n, d), bool)
+    kept[np.asarray(idx), np.arange(d)[:, None]] = np.asarray(valid)
+    first = np.where(kept | (rng.random((n, d)) < 0.02), rng.normal(size=(n, d)), 0.0)
+    second = np.where(kept | (rng.random((n, d)) < 0.01), rng.normal(size=(n, d)), 0.0)
     first[:, 0] = second[:, 0] = 0.0  # a neuron without events
-    assert ((first != 0) | (second != 0)).sum(axis=0).max() <= events
-    want = [np.asarray(_gram_times(geom, jnp.asarray(a))) for a in (first, second)]
-    for got in (
-        _gram_rows_times(geom, jnp.asarray(first), jnp.asarray(second), events=events),
-        jax.jit(_event_gram_times, static_argnums=3)(
-            geom, jnp.asarray(first), jnp.asarray(second), events
-        ),
-    ):
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_allclose(np.asarray(g), w, rtol=1e-12, atol=1e-12 * np.abs(w).max())
+    others = ((first != 0) | (second != 0)) & ~kept
+    assert others.sum(axis=0).max() <= 2 * k and 0 < others.sum() <= 16 * k
+    assert np.any(kept & (first != 0))
+
+    def check(first, second, *, sparse=True):
+        want = [np.asarray(_gram_times(geom, jnp.asarray(a))) for a in (first, second)]
+        ways = [
+            jax.jit(_event_gram_times)(geom, jnp.asarray(first), jnp.asarray(second), candidates)
+        ]
+        if sparse:
+            ways.append(
+                _gram_rows_times(
+                    geom,
+                    jnp.asarray(first),
+                    jnp.asarray(second),
+                    candidates=candidates,
+                    per_neuron=2 * k,
+                    total=16 * k,
+                )
+            )
+        for got in ways:
+            for g, w in zip(got, want, strict=True):
+                scale = np.abs(w).max()
+                np.testing.assert_allclose(np.asarray(g), w, rtol=1e-12, atol=1e-12 * scale)
+        return want
+
+    check(first, second)
     crowded = first.copy()
-    crowded[: 2 * events, 3] = 1.0  # neuron 3 past its slots
-    dense = np.asarray(_gram_times(geom, jnp.asarray(crowded)))
-    got = _event_gram_times(geom, jnp.asarray(crowded), jnp.asarray(second), events)[0]
-    np.testing.assert_allclose(np.asarray(got), dense, rtol=1e-12, atol=1e-12 * np.abs(dense).max())
-    rows = _gram_rows_times(geom, jnp.asarray(crowded), jnp.asarray(second), events=events)[0]
+    crowded[~kept[:, 3], 3] = 1.0  # neuron 3 past its slots
+    dense = check(crowded, second, sparse=False)[0]
+    rows = _gram_rows_times(
+        geom,
+        jnp.asarray(crowded),
+        jnp.asarray(second),
+        candidates=candidates,
+        per_neuron=2 * k,
+        total=16 * k,
+    )[0]
     assert np.abs(np.asarray(rows)[:, 3] - dense[:, 3]).max() > 1e-3 * np.abs(dense[:, 3]).max()
+    many, second_many = np.where(kept, first, 0.0), np.where(kept, second, 0.0)
+    for i in range(1, d):  # five other pairs in each neuron: within its slots, not in all
+        many[rng.choice(np.nonzero(~kept[:, i])[0], 5, replace=False), i] = 1.0
+    assert ((many != 0) & ~kept).sum() > 16 * k
+    check(many, second_many, sparse=False)
 
 
 def test_sliding_flow_is_the_same_with_the_accelerators_solve(drop_runs, monkeypatch):
