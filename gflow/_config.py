@@ -68,7 +68,18 @@ TRAINER_DEFAULTS: dict[str, dict] = {
         "save_points": 301,
         "t_grid": None,
         # The solver options default to FlowConfig's own defaults: one default per option.
-        **{k: getattr(FlowConfig, k) for k in ("solver", "rtol", "atol", "dt0", "max_steps")},
+        **{
+            k: getattr(FlowConfig, k)
+            for k in (
+                "solver",
+                "rtol",
+                "atol",
+                "dt0",
+                "max_steps",
+                "sliding_capacity",
+                "sliding_halvings",
+            )
+        },
     },
 }
 COMMON_DEFAULTS = {
@@ -170,6 +181,8 @@ class RunConfig:
         t_end, save_points: flow save grid ``linspace(0, t_end, save_points)``; or
         t_grid: an explicit, strictly increasing save grid (flow).
         solver, rtol, atol, dt0, max_steps: ODE options (`gflow.FlowConfig`).
+        sliding_capacity, sliding_halvings: the sliding solver's K and halvings
+            (`gflow.FlowConfig`; None: its defaults).
         dtype: ``"float32"`` or ``"float64"``.
         seeds: one run per seed and point: int, ``"A:B"``, ``"A,B"`` or a list.
         chunk_size: runs per compiled batch (rounded up to a multiple of the device count);
@@ -201,6 +214,8 @@ class RunConfig:
     atol: float | None = None
     dt0: float | None = None
     max_steps: int | None = None
+    sliding_capacity: int | None = None
+    sliding_halvings: int | None = None
     dtype: str | None = None
     seeds: tuple[int, ...] | None = None
     chunk_size: int | None = None
@@ -340,6 +355,8 @@ class RunConfig:
             dt0=self.dt0,
             max_steps=self.max_steps,
             adaptive=self.solver != SLIDING,
+            sliding_capacity=self.sliding_capacity,
+            sliding_halvings=self.sliding_halvings,
         )
 
     def save_times(self) -> np.ndarray:
@@ -444,6 +461,9 @@ def _normalise(v: dict) -> dict:
         out["atol"] = None if v["atol"] is None else _positive_real("atol", v["atol"])
         out["dt0"] = None if v["dt0"] is None else _positive_real("dt0", v["dt0"])
         out["max_steps"] = _positive_int("max_steps", v["max_steps"])
+        for name in ("sliding_capacity", "sliding_halvings"):  # checked by FlowConfig below
+            if _is_int(v[name]):
+                out[name] = int(v[name])
         FlowConfig(
             solver=out["solver"],
             rtol=out["rtol"],
@@ -451,6 +471,8 @@ def _normalise(v: dict) -> dict:
             dt0=out["dt0"],
             max_steps=out["max_steps"],
             adaptive=out["solver"] != SLIDING,
+            sliding_capacity=out["sliding_capacity"],
+            sliding_halvings=out["sliding_halvings"],
         )
     return out
 
@@ -478,7 +500,12 @@ def read_config_file(path) -> dict:
 
 
 # Keys a configuration written before they existed lacks: it meant their defaults.
-_LATER_KEYS = {"loss": COMMON_DEFAULTS["loss"], "activation": COMMON_DEFAULTS["activation"]}
+_LATER_KEYS = {
+    "loss": COMMON_DEFAULTS["loss"],
+    "activation": COMMON_DEFAULTS["activation"],
+    "sliding_capacity": None,
+    "sliding_halvings": None,
+}
 
 
 def config_differences(stored: Mapping, requested: Mapping) -> list[str]:

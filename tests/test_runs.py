@@ -210,6 +210,42 @@ def test_config_file_then_flags(tmp_path):
         resolve_config(build_parser().parse_args(["run", "--config", str(path)]), sweep=False)
 
 
+def test_sliding_solver_options_reach_the_flow_config():
+    """--sliding-capacity and --sliding-halvings become the run's FlowConfig options; they are
+    refused for another trainer or solver and for bad values, and a stored configuration from
+    before they existed matches one that leaves them unset (a resume is not refused)."""
+    from gflow._cli._run import resolve_config
+    from gflow._config import config_differences
+    from gflow.cli import build_parser
+
+    def config(*flags):
+        return resolve_config(build_parser().parse_args(["run", *flags]), sweep=False)
+
+    sliding = ("--trainer", "flow", "--solver", "sliding", "--dt0", "0.5")
+    given = config(*sliding, "--sliding-capacity", "8", "--sliding-halvings", "1")
+    flow = given.flow_config()
+    assert (flow.sliding_capacity, flow.sliding_halvings, flow.adaptive) == (8, 1, False)
+    plain = config(*sliding)
+    assert (plain.flow_config().sliding_capacity, plain.flow_config().sliding_halvings) == (
+        None,
+        None,
+    )
+    older = {k: v for k, v in plain.to_dict().items() if not k.startswith("sliding_")}
+    assert config_differences(older, plain.to_dict()) == []
+    assert config_differences(older, given.to_dict()) == [
+        "sliding_capacity: None there, 8 requested",
+        "sliding_halvings: None there, 1 requested",
+    ]
+    for flags, match in (
+        (("--sliding-capacity", "8"), "does not apply to trainer 'sgd'"),
+        (("--trainer", "flow", "--sliding-halvings", "1"), "only applies to solver='sliding'"),
+        ((*sliding, "--sliding-halvings", "-1"), "integer >= 0"),
+        ((*sliding, "--sliding-capacity", "0"), "integer >= 1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            config(*flags)
+
+
 def test_figures_command_redraws_a_run_folder(sgd_folder, capsys):
     from gflow.cli import main
 

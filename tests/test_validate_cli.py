@@ -24,6 +24,8 @@ from gflow.cli import main
         (["--dataset", "mnist", "--preprocess", "pixel"], "preprocess"),
         (["--sliding-capacity", "0"], "--sliding-capacity"),
         (["--solver", "tsit5", "--sliding-capacity", "8"], "--sliding-capacity"),
+        (["--sliding-halvings", "-1"], "--sliding-halvings"),
+        (["--solver", "tsit5", "--sliding-halvings", "1"], "--sliding-halvings"),
     ],
 )
 def test_validate_bad_input_is_one_line_and_status_2(capsys, argv, needle):

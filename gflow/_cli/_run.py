@@ -18,6 +18,7 @@ from ..runs import (
     seeds_memory,
     sweep_memory,
 )
+from ..solvers import DEFAULT_SLIDING_CAPACITY, DEFAULT_SLIDING_HALVINGS
 from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -221,6 +222,21 @@ def add_config_options(parser: argparse.ArgumentParser, *, sweep: bool) -> None:
         type=_integer,
         metavar="N",
         help=f"solver step limit (default {flow['max_steps']})",
+    )
+    ode.add_argument(
+        "--sliding-capacity",
+        type=_integer,
+        metavar="K",
+        help="sliding solver: most pairs of one neuron on or reaching their gate boundaries in "
+        f"one step (default {DEFAULT_SLIDING_CAPACITY})",
+    )
+    ode.add_argument(
+        "--sliding-halvings",
+        type=_integer,
+        metavar="L",
+        help="sliding solver: times a step with more than K such pairs is taken again at half "
+        f"length before the run stops with an overflow status (default "
+        f"{DEFAULT_SLIDING_HALVINGS})",
     )
     add_dataset_options(parser)
     add_numerics_options(parser)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from ..solvers import DEFAULT_SLIDING_STEP
+from ..solvers import DEFAULT_SLIDING_CAPACITY, DEFAULT_SLIDING_HALVINGS, DEFAULT_SLIDING_STEP
 from ._common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
@@ -103,7 +103,17 @@ def register(subparsers) -> None:
         default=None,
         metavar="K",
         help="sliding solver: most pairs of one neuron on or reaching their gate boundaries in "
-        "one step (default 16; more stops the solve with an overflow status)",
+        f"one step (default {DEFAULT_SLIDING_CAPACITY}; a step with more is taken again at half "
+        "length, see --sliding-halvings)",
+    )
+    g.add_argument(
+        "--sliding-halvings",
+        type=int,
+        default=None,
+        metavar="L",
+        help="sliding solver: times a step with more than K such pairs is taken again at half "
+        f"length before the solve stops with an overflow status (default "
+        f"{DEFAULT_SLIDING_HALVINGS})",
     )
     g.add_argument("--max-steps", type=int, default=2_000_000, help="ODE step budget (default 2e6)")
     g.add_argument(
@@ -179,8 +189,11 @@ def _check_args(args) -> None:
         raise UsageError(f"--n-per-class must be a positive integer; got {args.n_per_class}")
     if args.sliding_capacity is not None:
         positive("--sliding-capacity", args.sliding_capacity, int)
-        if args.solver != "sliding":
-            raise UsageError("--sliding-capacity applies to --solver sliding only")
+    if args.sliding_halvings is not None and args.sliding_halvings < 0:
+        raise UsageError(f"--sliding-halvings must be >= 0; got {args.sliding_halvings}")
+    for flag in ("sliding_capacity", "sliding_halvings"):
+        if getattr(args, flag) is not None and args.solver != "sliding":
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --solver sliding only")
     if args.json is not None:
         check_json_path(args.json)
 
@@ -420,6 +433,7 @@ def run(args) -> int:
             dt0=args.dt0,
             max_steps=args.max_steps,
             sliding_capacity=args.sliding_capacity,
+            sliding_halvings=args.sliding_halvings,
         )
     else:
         config = FlowConfig(solver=args.solver, rtol=args.rtol, max_steps=args.max_steps)
