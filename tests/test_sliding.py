@@ -318,22 +318,17 @@ def test_gram_products_over_the_event_rows_are_the_dense_products():
     assert others.sum(axis=0).max() <= 2 * k and 0 < others.sum() <= 16 * k
     assert np.any(kept & (first != 0))
 
+    rows_times = functools.partial(
+        _gram_rows_times, geom, candidates=candidates, per_neuron=2 * k, total=16 * k
+    )
+
     def check(first, second, *, sparse=True):
         want = [np.asarray(_gram_times(geom, jnp.asarray(a))) for a in (first, second)]
         ways = [
             jax.jit(_event_gram_times)(geom, jnp.asarray(first), jnp.asarray(second), candidates)
         ]
         if sparse:
-            ways.append(
-                _gram_rows_times(
-                    geom,
-                    jnp.asarray(first),
-                    jnp.asarray(second),
-                    candidates=candidates,
-                    per_neuron=2 * k,
-                    total=16 * k,
-                )
-            )
+            ways.append(rows_times(jnp.asarray(first), jnp.asarray(second)))
         for got in ways:
             for g, w in zip(got, want, strict=True):
                 scale = np.abs(w).max()
@@ -344,14 +339,7 @@ def test_gram_products_over_the_event_rows_are_the_dense_products():
     crowded = first.copy()
     crowded[~kept[:, 3], 3] = 1.0  # neuron 3 past its slots
     dense = check(crowded, second, sparse=False)[0]
-    rows = _gram_rows_times(
-        geom,
-        jnp.asarray(crowded),
-        jnp.asarray(second),
-        candidates=candidates,
-        per_neuron=2 * k,
-        total=16 * k,
-    )[0]
+    rows = rows_times(jnp.asarray(crowded), jnp.asarray(second))[0]
     assert np.abs(np.asarray(rows)[:, 3] - dense[:, 3]).max() > 1e-3 * np.abs(dense[:, 3]).max()
     many, second_many = np.where(kept, first, 0.0), np.where(kept, second, 0.0)
     for i in range(1, d):  # five other pairs in each neuron: within its slots, not in all
