@@ -371,22 +371,28 @@ def _output_gradients(z, gates, V, y, output_loss, slope: float = 0.0):
 def _gram_times(geom: Geometry, coef: jax.Array) -> jax.Array:
     """``X̃ X̃ᵀ coef`` ``[N, d]``: the change of every pre-activation when each θ_i moves by
     ``coef_iᵀ X̃`` (Gram product when N ≤ D + 1, else through the inputs)."""
-    n, dim = geom.x.shape
-    if n <= 2 * (dim + 1):  # N² d multiply-adds against 2 N (D + 1) d
+    if _through_gram(geom):
         return geom.gram @ coef
     return geom.x @ (coef.T @ geom.x).T + jnp.sum(coef, axis=0, keepdims=True)
+
+
+def _through_gram(geom: Geometry) -> bool:
+    """Whether `_gram_times` multiplies by the Gram matrix (N² d multiply-adds) rather than
+    through the inputs (2 N (D + 1) d)."""
+    n, dim = geom.x.shape
+    return n <= 2 * (dim + 1)
 
 
 def _event_gram_times(
     geom: Geometry,
     first: jax.Array,
     second: jax.Array,
-    candidates: tuple[jax.Array, jax.Array, jax.Array],
+    candidates: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
 ) -> tuple[jax.Array, jax.Array]:
     """`_gram_times` of ``first`` and ``second`` ``[N, d]``, both zero but at a neuron's
     candidate pairs and a few others (the change of a step's coefficients between its two
-    passes, the jumps at its events); ``candidates`` are the step's ``(idx, valid, gram[idx])``
-    ``[d, K]``, ``[d, K]``, ``[d, K, N]``.
+    passes, the jumps at its events); ``candidates`` are the step's ``(idx, valid, gram[idx],
+    mask)`` ``[d, K]``, ``[d, K]``, ``[d, K, N]``, ``[N, d]`` (the valid slots' pairs).
 
     On the CPU, when no neuron has more than 2K other such pairs and all neurons together no
     more than 16K, as sums of Gram rows: the candidates' from their rows the step has gathered,
@@ -394,18 +400,17 @@ def _event_gram_times(
     the N² d multiply-adds of each dense product; `_gram_rows_times`). Otherwise, and on an
     accelerator, where the dense products cost less than the kernels that gather, by
     `_gram_times`. The two agree up to rounding."""
-    n, d = first.shape
     capacity = candidates[0].shape[1]
 
     def dense(first, second, _=None):
         return _gram_times(geom, first), _gram_times(geom, second)
 
-    if n > 2 * (geom.x.shape[1] + 1):
+    if not _through_gram(geom):
         return dense(first, second)
     per_neuron, total = 2 * capacity, 16 * capacity
 
     def by_events(first, second):
-        others = _other_pairs(first, second, *candidates[:2])
+        others = _other_pairs(first, second, candidates[3])
         count = jnp.sum(others, axis=0)
         fits = (jnp.max(count) <= per_neuron) & (jnp.sum(count) <= total)
         sparse = functools.partial(
@@ -416,37 +421,32 @@ def _event_gram_times(
     return jax.lax.platform_dependent(first, second, cpu=by_events, default=dense)
 
 
-def _other_pairs(first, second, idx, valid):
+def _other_pairs(first, second, mask):
     """Pairs ``[N, d]`` where ``first`` or ``second`` is nonzero, other than the candidates
-    ``idx`` (``valid``) ``[d, K]``."""
-    n, d = first.shape
-    cand = jnp.zeros((n, d), bool).at[idx, jnp.arange(d)[:, None]].max(valid)
-    return ((first != 0) | (second != 0)) & ~cand
+    ``mask`` ``[N, d]``."""
+    return ((first != 0) | (second != 0)) & ~mask
 
 
 def _gram_rows_times(
     geom: Geometry,
     first: jax.Array,
     second: jax.Array,
-    others: jax.Array | None = None,
+    others: jax.Array,
     *,
-    candidates: tuple[jax.Array, jax.Array, jax.Array],
+    candidates: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
     per_neuron: int,
     total: int,
 ) -> tuple[jax.Array, jax.Array]:
     """``Σ_s G[:, s] a_si`` ``[N, d]`` for ``a`` = ``first``, ``second`` over each neuron's
-    candidates (``(idx, valid, gram[idx])`` of `_event_gram_times`) and its first
-    ``per_neuron`` other pairs where either is nonzero, at most ``total`` of those in all:
-    their `_gram_times` when no neuron or total has more (pairs past them are left out).
-    ``others`` (`_other_pairs`) may be given."""
+    candidates (of `_event_gram_times`) and its first ``per_neuron`` pairs of ``others``
+    (`_other_pairs`), at most ``total`` of those in all: their `_gram_times` when no neuron or
+    total has more (pairs past them are left out)."""
     n, d = first.shape
-    idx, valid, gram_rows = candidates
+    idx, valid, gram_rows, _ = candidates
     neurons = jnp.arange(d)
     both = jnp.stack([first, second])
     at_candidates = jnp.where(valid, both[:, idx, neurons[:, None]], 0.0)  # [2, d, K]
     out = jnp.einsum("ikn,jik->jin", gram_rows, at_candidates)
-    if others is None:
-        others = _other_pairs(first, second, idx, valid)
     # Each neuron's others in `per_neuron` slots, then the slots in use in one list.
     idx_o, valid_o = _compact(others, others, per_neuron)
     used = valid_o.reshape(-1, 1)
@@ -777,10 +777,6 @@ def sliding_step(
         own = _leak(start_on, slope) * 0.5 * (c0 + c_star)
     rate_k = _pick(rate, idx)
 
-    def coefficients_at(times):
-        alpha, beta, _, held, tau_release = schedule(*times)
-        return coefficients(alpha, beta, held, tau_release)
-
     def refined(times, coef_t, gram_coef):
         """Each event time again, for the step's coefficients ``coef_t`` ``[d, N]`` at the event
         times ``times`` and their Gram product ``gram_coef``: from the quadratic through z at
@@ -797,11 +793,12 @@ def sliding_step(
 
     # The coefficients at the predicted event times, the times again from their z at the step's
     # end, and the step's coefficients at those.
-    coef_first = coefficients_at((flips, cross, tau_k))
+    alpha, beta, _, held, tau_release = schedule(flips, cross, tau_k)
+    coef_first = coefficients(alpha, beta, held, tau_release)
     gram_first = _gram_times(geom, coef_first.T)
     times = refined((flips, cross, tau_k), coef_first, gram_first)
-    coef_t = coefficients_at(times)
     alpha, beta, on, held, tau_release = schedule(*times)
+    coef_t = coefficients(alpha, beta, held, tau_release)
     gates = beta - alpha
     # An event of neuron i at τ changes θ̇_i by −J x̃_k (J the jump of the pair's coefficient),
     # which bends the z of the neuron's other pairs; the trapezoid over-counts their activation
@@ -814,7 +811,9 @@ def sliding_step(
     jump = jump.at[idx, rows].add(jnp.where(valid, jump_k * tau_f * (1.0 - tau_f), 0.0))
     # The step's coefficients differ from the first ones only where an event moved (and at the
     # candidates), and the jumps sit at the events: both Gram products over those rows only.
-    change, kink = _event_gram_times(geom, coef_t.T - coef_first.T, jump, (idx, valid, gram_rows))
+    change, kink = _event_gram_times(
+        geom, coef_t.T - coef_first.T, jump, (idx, valid, gram_rows, cand)
+    )
     gram_coef = gram_first + change
     kink = h * kink
     z1 = z0 - h * gram_coef

@@ -300,6 +300,7 @@ def test_gram_products_over_the_event_rows_are_the_dense_products():
         _event_gram_times,
         _gram_rows_times,
         _gram_times,
+        _other_pairs,
         geometry,
     )
 
@@ -308,9 +309,9 @@ def test_gram_products_over_the_event_rows_are_the_dense_products():
     geom = geometry(jnp.asarray(rng.normal(size=(n, dim))), jnp.zeros(n, jnp.int32))
     cand = rng.random((n, d)) < 0.03
     idx, valid = _compact(jnp.asarray(cand), jnp.asarray(cand), k)
-    candidates = (idx, valid, geom.gram[idx])
     kept = np.zeros((n, d), bool)
     kept[np.asarray(idx), np.arange(d)[:, None]] = np.asarray(valid)
+    candidates = (idx, valid, geom.gram[idx], jnp.asarray(kept))
     first = np.where(kept | (rng.random((n, d)) < 0.02), rng.normal(size=(n, d)), 0.0)
     second = np.where(kept | (rng.random((n, d)) < 0.01), rng.normal(size=(n, d)), 0.0)
     first[:, 0] = second[:, 0] = 0.0  # a neuron without events
@@ -318,9 +319,11 @@ def test_gram_products_over_the_event_rows_are_the_dense_products():
     assert others.sum(axis=0).max() <= 2 * k and 0 < others.sum() <= 16 * k
     assert np.any(kept & (first != 0))
 
-    rows_times = functools.partial(
-        _gram_rows_times, geom, candidates=candidates, per_neuron=2 * k, total=16 * k
-    )
+    def rows_times(first, second):
+        others = _other_pairs(first, second, candidates[3])
+        return _gram_rows_times(
+            geom, first, second, others, candidates=candidates, per_neuron=2 * k, total=16 * k
+        )
 
     def check(first, second, *, sparse=True):
         want = [np.asarray(_gram_times(geom, jnp.asarray(a))) for a in (first, second)]
