@@ -34,7 +34,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from sliding_flow import CIFAR_SAMPLES, cifar_start, sliding_config  # noqa: E402
+from sliding_flow import CIFAR_SAMPLES, cifar_start, gd_grid, sliding_config  # noqa: E402
 
 import gflow  # noqa: E402
 
@@ -64,7 +64,6 @@ def window(
     step: float,
     snap_every: float,
     neuron: int,
-    samples: list[int],
 ) -> dict:
     """The sliding solver from ``state`` over [start, end] at steps of exactly ``step`` (saves
     every 4 steps; snapshots, which split the steps too, at every save nearest ``snap_every``)."""
@@ -91,8 +90,6 @@ def window(
         "snapshot_t": np.asarray(traj.snapshot_t),
         "z": z,
         "sets": sets,
-        "sliding_samples": sets[:, samples],
-        "sliding_count": sets.sum(axis=1),
     }
 
 
@@ -115,21 +112,20 @@ def gd_window(
     state: gflow.Params, data: gflow.TrainingData, start: float, end: float, eta: float
 ) -> dict:
     """GD from ``state`` over [start, end], records every 0.25 (η rounded so they land)."""
-    per = max(1, round(0.25 / eta))
     records = int(round((end - start) / 0.25))
-    eta = (end - start) / (per * records)
+    per, steps, eta = gd_grid(np.linspace(0.0, end - start, records + 1), eta)
     begin = time.perf_counter()
     traj = gflow.train_gd(
         state,
         data,
         learning_rate=eta,
-        config=gflow.SGDConfig(steps=per * records, record_every=per),
+        config=gflow.SGDConfig(steps=steps, record_every=per),
     )
     P = np.asarray(jax.block_until_ready(traj.observables.P))
     return {
         "eta": eta,
         "seconds": time.perf_counter() - begin,
-        "steps": per * records,
+        "steps": steps,
         "t": start + np.asarray(traj.t),
         "P": P,
     }
@@ -160,7 +156,7 @@ def main() -> None:
     runs = []
     for h in steps:
         for f in factors:
-            r = window(state, data, args.start, args.end, h * f, args.snap_every, i, samples)
+            r = window(state, data, args.start, args.end, h * f, args.snap_every, i)
             r["h"], r["factor"] = h, f
             runs.append(r)
             print(
@@ -191,13 +187,13 @@ def main() -> None:
         if "z" in r:
             first = [
                 float(r["snapshot_t"][np.argmax(c)]) if c.any() else None
-                for c in r["sliding_samples"].T
+                for c in r["sets"][:, samples].T
             ]
             row["slides_from"] = dict(zip(map(str, samples), first))
             row["approach"] = {
                 str(s): approach(r["snapshot_t"], r["z"][:, s], r["sets"][:, s]) for s in samples
             }
-            row["sliding_count_end"] = int(r["sliding_count"][-1])
+            row["sliding_count_end"] = int(r["sets"][-1].sum())
         return row
 
     out: dict = {

@@ -441,7 +441,7 @@ def _gram_rows_times(
     candidates (of `_event_gram_times`) and its first ``per_neuron`` pairs of ``others``
     (`_other_pairs`), at most ``total`` of those in all: their `_gram_times` when no neuron or
     total has more (pairs past them are left out)."""
-    n, d = first.shape
+    d = first.shape[1]
     idx, valid, gram_rows, _ = candidates
     neurons = jnp.arange(d)
     both = jnp.stack([first, second])
